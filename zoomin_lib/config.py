@@ -1,0 +1,47 @@
+"""Run settings shared by the notebooks: profile, device, results folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+PROFILES = ("smoke", "cpu", "paper")
+PROFILE_ENV = "ZOOMIN_PROFILE"
+RESULTS_ENV = "ZOOMIN_RESULTS"
+
+
+def get_profile(default: str = "cpu") -> str:
+    """The profile from $ZOOMIN_PROFILE (CI sets `smoke`), else `default`."""
+    profile = os.environ.get(PROFILE_ENV, default)
+    return check_profile(profile)
+
+
+def check_profile(profile: str) -> str:
+    """Return `profile` if it is one of PROFILES, else raise a ValueError naming them."""
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; expected one of {', '.join(PROFILES)}")
+    return profile
+
+
+def default_device() -> torch.device:
+    """CUDA when available, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def repo_root(start: str | os.PathLike | None = None) -> Path:
+    """The nearest folder above `start` (default: cwd) holding pyproject.toml, else cwd."""
+    here = Path(start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "pyproject.toml").is_file() and (folder / "zoomin_lib").is_dir():
+            return folder
+    return here
+
+
+def results_dir(chapter: str) -> Path:
+    """`results/<chapter>/` under $ZOOMIN_RESULTS or the repository root; created if missing."""
+    base = Path(os.environ[RESULTS_ENV]) if RESULTS_ENV in os.environ else repo_root() / "results"
+    path = base / chapter
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -1,0 +1,117 @@
+"""Two-stage hierarchical attention sampling: Zoom-In eq. 5, 6 and 9.
+
+The target is sum_c alpha_c sum_c' beta^c_c' f(c, c')  (eq. 5). Stage one draws N tiles
+c_1..c_N iid from alpha (with replacement). The N' unique tiles are the only ones whose
+second-stage view and attention beta^c are computed (the N' of the memory analysis). Stage two
+draws, within each drawn tile c, as many distinct sub-tiles as c was drawn (m_c), in sequence
+and without replacement from beta^c.
+
+Eq. 9 as printed sums over *all* earlier draws j < i with weights beta^{c_i}_{c'_j}; that mixes
+sub-tiles of different tiles. The unbiased reading, used here, restricts the sum to earlier draws
+of the same tile: for draw n, the k-th draw in its tile c,
+
+    Y_n = sum_{earlier draws j in c} beta^c_{c'_j} f(c, c'_j) + (1 - S) f(c, c'_n),
+
+with S the beta-mass of those earlier draws. Given the tile draws, E[Y_n] = sum_c' beta^c_c' f(c, c')
+exactly; so (1/N) sum_n Y_n is unbiased for eq. 5. The gradient surrogate multiplies each Y_n by
+alpha_{c_n} / sg(alpha_{c_n}) (the with-replacement score of stage one, ATS eq. 12) and writes
+(1 - S) as beta f * sg((1 - S) / beta) (the conditional score of stage two; see sampling.py).
+Its expected gradient equals the gradient of eq. 5 w.r.t. alpha, beta and f.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .sampling import gumbel_top_k, sequential_terms, validate_probs
+
+__all__ = ["UniqueDraws", "unique_draws", "sample_subtiles", "expectation_two_stage", "full_two_stage_sum"]
+
+
+@dataclass
+class UniqueDraws:
+    """The N' unique (image, tile) pairs among the first-stage draws of a batch."""
+
+    batch: Tensor  # [U] image of each unique pair
+    tile: Tensor  # [U] tile of each unique pair
+    inverse: Tensor  # [B, N] unique pair of each draw
+    rank: Tensor  # [B, N] number of earlier draws of the same image that hit the same tile
+    counts: Tensor  # [U] how many draws hit each pair (m_c)
+
+    @property
+    def n_unique(self) -> int:
+        """U, the number of unique (image, tile) pairs over the batch."""
+        return int(self.batch.numel())
+
+
+def _same_tile_earlier(tiles: Tensor) -> Tensor:
+    """[B, N, N] mask: entry (n, m) is True when draw m < n hit the same tile as draw n."""
+    n = tiles.shape[1]
+    same = tiles.unsqueeze(2) == tiles.unsqueeze(1)  # [B, N, N]
+    before = torch.ones(n, n, dtype=torch.bool, device=tiles.device).tril(-1)
+    return same & before
+
+
+def unique_draws(tiles: Tensor) -> UniqueDraws:
+    """Group first-stage draws `tiles` [B, N] into unique (image, tile) pairs with ranks and counts."""
+    if tiles.dim() != 2 or tiles.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"tiles must be an integer tensor [B, N], got {tuple(tiles.shape)} {tiles.dtype}")
+    if (tiles < 0).any():
+        raise ValueError("tiles must be non-negative tile indices")
+    tiles = tiles.long()
+    n_tiles = int(tiles.max()) + 1
+    rows = torch.arange(tiles.shape[0], device=tiles.device).unsqueeze(1)  # [B, 1]
+    keys = rows * n_tiles + tiles  # [B, N]
+    uniq, inverse, counts = torch.unique(keys.flatten(), return_inverse=True, return_counts=True)
+    rank = _same_tile_earlier(tiles).sum(dim=2)  # [B, N]
+    return UniqueDraws(
+        batch=uniq // n_tiles,
+        tile=uniq % n_tiles,
+        inverse=inverse.view_as(tiles),
+        rank=rank,
+        counts=counts,
+    )
+
+
+def sample_subtiles(beta: Tensor, draws: UniqueDraws, generator: torch.Generator | None = None) -> Tensor:
+    """Draw each unique tile's m_c sub-tiles without replacement from `beta` [U, K2]; returns [B, N]."""
+    validate_probs(beta, "beta")
+    if beta.shape[0] != draws.n_unique:
+        raise ValueError(f"beta has {beta.shape[0]} rows but there are {draws.n_unique} unique tiles")
+    support = (beta.detach() > 0).sum(dim=1)  # [U]
+    short = support < draws.counts
+    if short.any():
+        u = int(short.nonzero()[0])
+        raise ValueError(
+            f"tile {int(draws.tile[u])} of image {int(draws.batch[u])} was drawn {int(draws.counts[u])} times "
+            f"but has only {int(support[u])} sub-tiles of positive attention; lower N or use larger tiles"
+        )
+    order = gumbel_top_k(beta, int(draws.counts.max()), generator)  # [U, max m_c], draw order
+    return order[draws.inverse, draws.rank]  # [B, N]
+
+
+def expectation_two_stage(alpha: Tensor, tiles: Tensor, beta_drawn: Tensor, feats: Tensor) -> Tensor:
+    """Unbiased estimate (value and gradient) of eq. 5 from two-stage draws; returns [B, D]."""
+    validate_probs(alpha, "alpha")
+    if tiles.shape != beta_drawn.shape or feats.shape[:2] != tiles.shape or feats.dim() != 3:
+        raise ValueError(
+            f"tiles {tuple(tiles.shape)}, beta_drawn {tuple(beta_drawn.shape)} and feats {tuple(feats.shape)} "
+            "must be [B, N], [B, N] and [B, N, D]"
+        )
+    b = beta_drawn.detach()
+    if not torch.isfinite(b).all() or (b <= 0).any() or (b > 1 + 1e-6).any():
+        raise ValueError("beta_drawn must hold the (0, 1] probabilities of drawn sub-tiles; got NaN, <= 0 or > 1")
+    tile_prob = alpha.gather(1, tiles.long())  # [B, N]
+    if (tile_prob.detach() <= 0).any():
+        raise ValueError("tiles selects a tile of zero first-stage probability")
+    ratio = tile_prob / tile_prob.detach()  # value 1; gradient: score of the stage-one draw
+    terms = sequential_terms(beta_drawn, feats, _same_tile_earlier(tiles.long()))  # [B, N, D]
+    return (ratio.unsqueeze(-1) * terms).mean(dim=1)  # [B, D]
+
+
+def full_two_stage_sum(alpha: Tensor, beta: Tensor, feats: Tensor) -> Tensor:
+    """The exact eq. 5 aggregate sum_c alpha_c sum_c' beta^c_c' f(c, c'): alpha [B, T], beta [B, T, K2], feats [B, T, K2, D]."""
+    return torch.einsum("bt,btk,btkd->bd", alpha, beta, feats)

@@ -1,0 +1,145 @@
+"""Draws from an attention distribution and the unbiased estimators of `sum_i a_i f_i`.
+
+With replacement (ATS eq. 4, gradient eq. 11-12): for draws q_1..q_n iid from `a`,
+
+    value     (1/n) sum_k f_{q_k}
+    surrogate (1/n) sum_k [a_{q_k} / sg(a_{q_k})] f_{q_k}
+
+where `sg` stops the gradient. The surrogate has the value of the estimator and, by
+autograd, the gradient (1/n) sum_k d[a_{q_k} f_{q_k}] / a_{q_k} of ATS eq. 12.
+
+Without replacement (ATS eq. 14-17, Zoom-In eq. 9): draws i_1..i_n in sequence, each from
+`a` renormalised over what is left (Gumbel-top-k, Kool et al. 2019). With the *exclusive*
+sums S_{k-1} = sum_{j<k} a_{i_j}, each term
+
+    Y_k = sum_{j<k} a_{i_j} f_{i_j} + (1 - S_{k-1}) f_{i_k}
+
+has E[Y_k | i_1..i_{k-1}] = sum_i a_i f_i exactly, so the average (1/n) sum_k Y_k is unbiased.
+For the gradient, the second part is written as a_{i_k} f_{i_k} * sg((1 - S_{k-1}) / a_{i_k}):
+the same value, and its gradient is the score-function (likelihood-ratio) gradient of the draw
+of i_k given the earlier draws, conditioned on those draws. Because E[Y_k | earlier draws] does
+not depend on the earlier draws, this conditional gradient is unbiased for d/dtheta sum_i a_i f_i,
+with respect to the attention and the features alike. No hand-written backward pass is needed.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "validate_probs",
+    "sample_with_replacement",
+    "sample_without_replacement",
+    "gumbel_top_k",
+    "expectation_with_replacement",
+    "expectation_without_replacement",
+    "sequential_terms",
+]
+
+
+def _sum_tolerance(dtype: torch.dtype) -> float:
+    """How far a row of probabilities may sum from 1 in this dtype."""
+    return 1e-8 if dtype == torch.float64 else 1e-3
+
+
+def validate_probs(probs: Tensor, name: str = "probs") -> None:
+    """Raise ValueError unless `probs` is a [B, K] float tensor of finite, non-negative rows summing to 1."""
+    if not isinstance(probs, Tensor) or not probs.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got {type(probs).__name__}")
+    if probs.dim() != 2 or probs.shape[1] == 0:
+        raise ValueError(f"{name} must have shape [B, K] with K >= 1, got {tuple(probs.shape)}")
+    p = probs.detach()
+    if not torch.isfinite(p).all():
+        bad = (~torch.isfinite(p)).any(dim=1).nonzero().flatten().tolist()
+        raise ValueError(f"{name} contains NaN or inf (rows {bad[:10]})")
+    if (p < 0).any():
+        raise ValueError(f"{name} contains negative entries (min {p.min().item():.3g})")
+    err = (p.sum(dim=1) - 1).abs()
+    tol = _sum_tolerance(p.dtype)
+    if (err > tol).any():
+        row = int(err.argmax())
+        raise ValueError(
+            f"{name} rows must sum to 1: row {row} sums to {p[row].sum().item():.6g} "
+            f"(tolerance {tol:g} for {p.dtype})"
+        )
+
+
+def _check_n(n: int) -> None:
+    """Raise unless n is a positive int."""
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"the number of draws must be a positive int, got {n!r}")
+
+
+def sample_with_replacement(probs: Tensor, n: int, generator: torch.Generator | None = None) -> Tensor:
+    """Draw n iid indices per row of `probs` [B, K]; returns LongTensor [B, n]."""
+    validate_probs(probs)
+    _check_n(n)
+    return torch.multinomial(probs.detach(), n, replacement=True, generator=generator)
+
+
+def gumbel_top_k(probs: Tensor, n: int, generator: torch.Generator | None = None) -> Tensor:
+    """Indices of the n largest log p + Gumbel noise per row, in draw order; no support check."""
+    p = probs.detach()  # [B, K]
+    tiny = torch.finfo(p.dtype).tiny
+    u = torch.rand(p.shape, generator=generator, dtype=p.dtype, device=p.device)
+    gumbel = -torch.log(-torch.log(u.clamp(min=tiny, max=1 - torch.finfo(p.dtype).eps)))
+    keys = torch.log(p) + gumbel  # [B, K]; log 0 = -inf is never drawn while support lasts
+    return keys.topk(n, dim=1, sorted=True).indices  # [B, n]
+
+
+def sample_without_replacement(probs: Tensor, n: int, generator: torch.Generator | None = None) -> Tensor:
+    """Draw n distinct indices per row of `probs` [B, K] in sequence (Gumbel-top-k); LongTensor [B, n]."""
+    validate_probs(probs)
+    _check_n(n)
+    support = (probs.detach() > 0).sum(dim=1)  # [B]
+    if (support < n).any():
+        row = int(support.argmin())
+        raise ValueError(
+            f"cannot draw {n} items without replacement: row {row} has only "
+            f"{int(support[row])} items with positive probability"
+        )
+    return gumbel_top_k(probs, n, generator)
+
+
+def _gather_checked(probs: Tensor, idx: Tensor, feats: Tensor) -> Tensor:
+    """Validate shapes and return the probabilities of the drawn items, [B, n]."""
+    validate_probs(probs)
+    if idx.dim() != 2 or idx.shape[0] != probs.shape[0] or idx.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"idx must be an integer tensor [B, n] with B={probs.shape[0]}, got {tuple(idx.shape)}")
+    if feats.dim() != 3 or feats.shape[:2] != idx.shape:
+        raise ValueError(f"feats must be [B, n, D] with [B, n]={tuple(idx.shape)}, got {tuple(feats.shape)}")
+    if (idx < 0).any() or (idx >= probs.shape[1]).any():
+        raise ValueError(f"idx has entries outside [0, {probs.shape[1]})")
+    drawn = probs.gather(1, idx.long())  # [B, n]
+    if (drawn.detach() <= 0).any():
+        raise ValueError("idx selects an item of zero probability: it cannot have been drawn from probs")
+    return drawn
+
+
+def expectation_with_replacement(probs: Tensor, idx: Tensor, feats: Tensor) -> Tensor:
+    """Unbiased estimate of sum_i probs_i f_i from iid draws `idx` [B, n] with features `feats` [B, n, D]."""
+    drawn = _gather_checked(probs, idx, feats)  # [B, n]
+    ratio = drawn / drawn.detach()  # value 1, gradient d log a (ATS eq. 12)
+    return (ratio.unsqueeze(-1) * feats).mean(dim=1)  # [B, D]
+
+
+def sequential_terms(drawn: Tensor, feats: Tensor, earlier: Tensor) -> Tensor:
+    """The terms Y_k of the without-replacement estimator, grouped by `earlier` [B, n, n] (1 where draw m precedes draw k in k's group)."""
+    weighted = drawn.unsqueeze(-1) * feats  # [B, n, D]
+    before = earlier.to(feats.dtype)  # [B, n, n]
+    known = before @ weighted  # [B, n, D]: sum over earlier draws of the group of a_j f_j (exclusive)
+    used_mass = (before @ drawn.detach().unsqueeze(-1)).squeeze(-1)  # [B, n]: S_{k-1}
+    remaining = (1 - used_mass).clamp(min=0)  # [B, n]
+    scale = drawn * (remaining / drawn.detach())  # value 1 - S_{k-1}; gradient: score of the k-th draw
+    return known + scale.unsqueeze(-1) * feats  # [B, n, D]
+
+
+def expectation_without_replacement(probs: Tensor, idx: Tensor, feats: Tensor) -> Tensor:
+    """Unbiased estimate (value and gradient) of sum_i probs_i f_i from draws without replacement `idx` [B, n]."""
+    drawn = _gather_checked(probs, idx, feats)  # [B, n]
+    if (idx.unsqueeze(2) == idx.unsqueeze(1)).sum(dim=(1, 2)).gt(idx.shape[1]).any():
+        raise ValueError("idx repeats an item in a row: these are not draws without replacement")
+    n = idx.shape[1]
+    earlier = torch.ones(n, n, dtype=torch.bool, device=idx.device).tril(-1).expand(idx.shape[0], n, n)
+    return sequential_terms(drawn, feats, earlier).mean(dim=1)  # [B, D]
