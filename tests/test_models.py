@@ -1,0 +1,253 @@
+"""Tests of zoomin_lib.models: ATS, Zoom-In and the baselines at tiny sizes."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from zoomin_lib.geometry import extract_patches, view
+from zoomin_lib.models import (
+    MODES,
+    ATSNet,
+    CNNBaseline,
+    DeepMIL,
+    UniformNet,
+    ZoomInNet,
+    complement,
+)
+from zoomin_lib.networks import AttentionLeNet, FeatureLeNet, ResNetCNN
+
+
+def make_ats(replace: bool = False, n: int = 3) -> ATSNet:
+    """ATS at tiny size: view 0.25 of 64x64 -> 16x16 locations, 8x8 patches."""
+    return ATSNet(AttentionLeNet(3, True), FeatureLeNet(3), 2, 0.25, 8, n, replace=replace)
+
+
+def make_zoomin(n: int = 3) -> ZoomInNet:
+    """Zoom-In at tiny size: 32x32 tiles, s1 = s2 = 0.25, 8x8 patches."""
+    return ZoomInNet(AttentionLeNet(3, True), AttentionLeNet(3, False), FeatureLeNet(3), 2, 0.25, 0.25, 32, 8, n)
+
+
+MAKERS: dict[str, Callable[[], nn.Module]] = {
+    "ats": make_ats,
+    "ats_replace": lambda: make_ats(replace=True),
+    "zoomin": make_zoomin,
+    "uniform": lambda: UniformNet(FeatureLeNet(3), 2, 0.25, 8, 3),
+    "deepmil": lambda: DeepMIL(AttentionLeNet(3), FeatureLeNet(3), 2, 0.25, 8),
+    "cnn": lambda: CNNBaseline(ResNetCNN(3, 2, channels=8), 0.5),
+}
+
+
+class TinyFeatures(nn.Module):
+    """A cheap feature network (1x1 conv, tanh, global average pool) for Monte Carlo tests."""
+
+    out_features = 4
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """[M, 3, p, p] -> [M, 4]."""
+        return torch.tanh(3 * self.conv(x)).mean(dim=(2, 3))
+
+
+def naive_patch(x: torch.Tensor, b: int, r: int, c: int, p: int, pad: int = 40) -> torch.Tensor:
+    """Patch of size p with top-left (r - p//2, c - p//2) from a zero-padded copy of image b."""
+    padded = F.pad(x[b], (pad, pad, pad, pad))
+    top, left = r - p // 2 + pad, c - p // 2 + pad
+    return padded[:, top : top + p, left : left + p]
+
+
+@pytest.mark.parametrize("name", list(MAKERS))
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("contrastive", [False, True])
+def test_forward_backward_all_modes(name: str, mode: str, contrastive: bool) -> None:
+    torch.manual_seed(0)
+    model = MAKERS[name]()
+    x = torch.rand(2, 3, 64, 64)
+    if (name == "deepmil" and mode != "exact") or (name == "cnn" and contrastive):
+        with pytest.raises(ValueError):
+            model(x, mode=mode, contrastive=contrastive)
+        return
+    out = model(x, mode=mode, contrastive=contrastive)
+    assert out.logits.shape == (2, 2) and torch.isfinite(out.logits).all()
+    out.logits.sum().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+    if name != "cnn":
+        N = out.centers.shape[1]
+        assert out.centers.shape == (2, N, 2)
+        assert (out.centers >= 0).all() and (out.centers < 64).all()
+        assert torch.allclose(out.alpha.sum(dim=1), torch.ones(2))
+        if mode != "exact":
+            assert N == 3
+
+
+def test_gradients_reach_every_network_in_sample_mode() -> None:
+    torch.manual_seed(1)
+    x = torch.rand(2, 3, 64, 64)
+    for model, parts in ((make_zoomin(), ("attention_a", "attention_b", "features", "g")), (make_ats(), ("attention", "features", "g"))):
+        model(x, generator=torch.Generator().manual_seed(3)).logits.sum().backward()
+        for part in parts:
+            grads = [p.grad for p in getattr(model, part).parameters()]
+            assert all(g is not None for g in grads) and sum(g.abs().sum() for g in grads) > 0, part
+
+
+def test_zoomin_computes_b_only_on_unique_tiles() -> None:
+    torch.manual_seed(2)
+    model = make_zoomin(n=6)
+    rows: list[int] = []
+    model.attention_b.register_forward_hook(lambda m, inp, out: rows.append(inp[0].shape[0]))
+    x = torch.rand(2, 3, 64, 64)
+    out = model(x, generator=torch.Generator().manual_seed(0))
+    pairs = {(b, int(t)) for b in range(2) for t in out.tiles[b]}
+    assert rows == [len(pairs)] == [out.betas.shape[0]]
+    assert {(int(b), int(t)) for b, t in zip(out.beta_batch, out.beta_tile)} == pairs
+    # each draw of a tile takes a distinct sub-tile, and its centre lies inside its tile
+    for b in range(2):
+        seen = list(zip(out.tiles[b].tolist(), out.subtiles[b].tolist()))
+        assert len(seen) == len(set(seen))
+    top = (out.tiles // 2) * 32
+    left = (out.tiles % 2) * 32
+    assert ((out.centers[..., 0] >= top) & (out.centers[..., 0] < top + 32)).all()
+    assert ((out.centers[..., 1] >= left) & (out.centers[..., 1] < left + 32)).all()
+
+
+def test_ats_exact_equals_hand_loop() -> None:
+    torch.manual_seed(3)
+    model = ATSNet(AttentionLeNet(3, False), FeatureLeNet(3), 2, 0.25, 5, 2, chunk_size=7).double()
+    x = torch.rand(2, 3, 16, 20, dtype=torch.float64)
+    out = model(x, mode="exact")
+    h, w = 4, 5
+    a = torch.softmax(model.attention(view(x, 0.25)).flatten(1), dim=1)  # [B, h*w]
+    for b in range(2):
+        total = torch.zeros(32, dtype=torch.float64)
+        for i in range(h * w):
+            r, c = (i // w) * 15 // (h - 1), (i % w) * 19 // (w - 1)
+            total += a[b, i] * model.features(naive_patch(x, b, r, c, 5).unsqueeze(0))[0]
+        assert torch.allclose(out.features[b], total)
+    assert torch.allclose(out.logits, model.g(out.features))
+    assert torch.allclose(DeepMIL(model.attention, model.features, 2, 0.25, 5).double()(x).features, out.features)
+
+
+def test_zoomin_exact_equals_hand_loop() -> None:
+    torch.manual_seed(4)
+    model = ZoomInNet(AttentionLeNet(3, False), AttentionLeNet(3, False), FeatureLeNet(3), 2, 0.25, 0.25, 16, 5, 2, chunk_size=10).double()
+    x = torch.rand(1, 3, 32, 24, dtype=torch.float64)  # tiles 16: grid 2x2, right column partial (8 px)
+    out = model(x, mode="exact")
+    alpha = out.alpha[0]
+    total = torch.zeros(32, dtype=torch.float64)
+    for t in range(4):
+        top, left = (t // 2) * 16, (t % 2) * 16
+        beta = model.second_stage(x, torch.tensor([0]), torch.tensor([t]))[0]  # [16]: 4x4 sub-tiles
+        for k in range(16):
+            r, c = top + (k // 4) * 15 // 3, left + (k % 4) * 15 // 3
+            total += alpha[t] * beta[k] * model.features(naive_patch(x, 0, r, c, 5).unsqueeze(0))[0]
+    assert torch.allclose(out.features[0], total)
+
+
+def sharpen(net: nn.Module, k: float = 30.0) -> nn.Module:
+    """Scale the last conv of an attention network so that its distribution is far from uniform."""
+    with torch.no_grad():
+        [m for m in net.modules() if isinstance(m, nn.Conv2d)][-1].weight.mul_(k)
+    return net
+
+
+def _mc_check(model: nn.Module, x1: torch.Tensor, copies: int) -> None:
+    """The mean of `copies` sampled aggregates is within 4 standard errors of the exact one, and the check has power."""
+    with torch.no_grad():
+        full = model(x1, mode="exact")
+        est = model(x1.expand(copies, -1, -1, -1), generator=torch.Generator().manual_seed(5)).features  # [copies, D]
+        patches = extract_patches(x1, torch.zeros_like(full.centers[0, :, 0]), full.centers[0, :, 0], full.centers[0, :, 1], model.patch_size)
+        unweighted = model.features(patches).mean(dim=0)  # [D]: what ignoring the attention would give
+    exact = full.features[0]
+    se = est.std(dim=0) / copies**0.5
+    err = (est.mean(dim=0) - exact).abs()
+    assert (err <= 4 * se + 1e-9).all(), (err / (se + 1e-12)).max()
+    assert ((unweighted - exact).abs() > 4 * se).any()
+
+
+def test_sampled_aggregate_approaches_exact() -> None:
+    torch.manual_seed(6)
+    x1 = torch.rand(1, 3, 32, 32, dtype=torch.float64)
+    ats = ATSNet(sharpen(AttentionLeNet(3, False)), TinyFeatures(), 2, 0.25, 5, 4).double()
+    _mc_check(ats, x1, 400)
+    ats.replace = True
+    _mc_check(ats, x1, 400)
+    a, b = sharpen(AttentionLeNet(3, False)), sharpen(AttentionLeNet(3, False))
+    zoom = ZoomInNet(a, b, TinyFeatures(), 2, 0.25, 0.5, 16, 5, 4).double()
+    _mc_check(zoom, x1, 400)
+    _mc_check(zoom, x1[..., :24], 400)  # partial tiles on the right
+
+
+def test_topk_is_deterministic_and_picks_the_highest_attention() -> None:
+    torch.manual_seed(7)
+    x = torch.rand(2, 3, 64, 64)
+    ats = make_ats()
+    o1, o2 = ats(x, mode="topk"), ats(x, mode="topk")
+    assert torch.equal(o1.logits, o2.logits)
+    assert torch.equal(o1.locations, o1.alpha.topk(3, dim=1).indices)
+    assert torch.allclose(o1.weights.sum(dim=1), torch.ones(2))
+    zoom = make_zoomin()
+    z1, z2 = zoom(x, mode="topk"), zoom(x, mode="topk")
+    assert torch.equal(z1.logits, z2.logits) and torch.equal(z1.centers, z2.centers)
+    assert torch.allclose(z1.weights.sum(dim=1), torch.ones(2))
+
+
+def test_contrastive_uses_the_complement() -> None:
+    torch.manual_seed(8)
+    x = torch.rand(1, 3, 64, 64)
+    out = make_ats()(x, mode="exact", contrastive=True)
+    assert torch.allclose(out.weights, complement(out.alpha))
+    assert torch.allclose(out.weights.sum(dim=1), torch.ones(1))
+
+
+def test_uniform_net_is_uniform() -> None:
+    out = UniformNet(FeatureLeNet(3), 2, 0.25, 8, 3)(torch.rand(2, 3, 64, 64))
+    assert torch.allclose(out.alpha, torch.full((2, 256), 1 / 256))
+
+
+def test_float64_models() -> None:
+    x = torch.rand(2, 3, 32, 32, dtype=torch.float64)
+    models = {
+        "ats": ATSNet(AttentionLeNet(3), FeatureLeNet(3), 2, 0.25, 5, 3),
+        "zoomin": ZoomInNet(AttentionLeNet(3), AttentionLeNet(3, False), FeatureLeNet(3), 2, 0.25, 0.25, 16, 5, 3),
+        "uniform": UniformNet(FeatureLeNet(3), 2, 0.25, 5, 3),
+        "deepmil": DeepMIL(AttentionLeNet(3), TinyFeatures(), 2, 0.25, 5),
+        "cnn": CNNBaseline(ResNetCNN(3, 2, channels=8), 0.5),
+    }
+    for name, model in models.items():
+        out = model.double()(x, mode="exact" if name == "deepmil" else "sample")
+        assert out.logits.dtype == torch.float64, name
+        out.logits.sum().backward()
+        assert all(p.grad is None or p.grad.dtype == torch.float64 for p in model.parameters())
+
+
+def test_nan_input_gives_clear_error() -> None:
+    x = torch.rand(2, 3, 64, 64)
+    x[1, 0, 5, 5] = float("nan")
+    for name, make in MAKERS.items():
+        if name == "cnn":
+            continue
+        model = make()
+        with pytest.raises(ValueError, match="NaN"):
+            model(x, mode="exact" if name == "deepmil" else "sample")
+
+
+def test_bad_arguments() -> None:
+    x = torch.rand(1, 3, 64, 64)
+    with pytest.raises(ValueError, match="mode"):
+        make_ats()(x, mode="greedy")
+    with pytest.raises(ValueError, match="n_patches"):
+        ATSNet(AttentionLeNet(3), FeatureLeNet(3), 2, 0.0625, 8, 17)(x)
+    with pytest.raises(ValueError, match="larger than the image"):
+        ATSNet(AttentionLeNet(3), FeatureLeNet(3), 2, 0.25, 80, 2)(x)
+    with pytest.raises(ValueError, match="scale"):
+        make_zoomin().__class__(AttentionLeNet(3), AttentionLeNet(3), FeatureLeNet(3), 2, 1.5, 0.5, 32, 8, 3)
+    valid_conv = nn.Conv2d(3, 1, 3)  # no padding: a smaller score map
+    with pytest.raises(ValueError, match="same padding"):
+        ATSNet(valid_conv, FeatureLeNet(3), 2, 0.25, 8, 2)(x)
