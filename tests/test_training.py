@@ -1,0 +1,154 @@
+"""Tests of zoomin_lib.training: learning, evaluation metrics, resume determinism, NaN errors."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+from zoomin_lib.io import read_json
+from zoomin_lib.training import (
+    NonFiniteLossError,
+    binary_auc,
+    evaluate,
+    fit,
+    seed_everything,
+    write_metrics,
+)
+
+
+def _blobs(n: int = 256, seed: int = 0) -> TensorDataset:
+    """Two separable Gaussian blobs in 2-D, labels 0/1."""
+    gen = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % 2  # [N]
+    centres = torch.tensor([[-2.0, -2.0], [2.0, 2.0]])
+    x = centres[y] + 0.7 * torch.randn(n, 2, generator=gen)  # [N, 2]
+    return TensorDataset(x, y)
+
+
+def _model() -> torch.nn.Module:
+    return torch.nn.Sequential(torch.nn.Dropout(0.2), torch.nn.Linear(2, 2))
+
+
+def _loss(model, batch, epoch):
+    x, y = batch
+    loss = F.cross_entropy(model(x), y)
+    return loss, {"ce": loss.item()}
+
+
+def _predict(model, batch):
+    x, y = batch
+    return model(x), y
+
+
+def _loader_for_epoch(data, seed):
+    """A loader reseeded per epoch, so epoch e always sees the same order."""
+    def make(epoch):
+        return DataLoader(data, batch_size=32, shuffle=True,
+                          generator=torch.Generator().manual_seed(seed * 1000 + epoch))
+    return make
+
+
+def test_fit_learns_and_evaluate_reports(tmp_path):
+    seed_everything(0)
+    data = _blobs()
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.2)
+    history = fit(model, _loader_for_epoch(data, 0), _loss, opt, 4, progress=False,
+                  eval_fn=lambda m: evaluate(m, DataLoader(data, batch_size=64), _predict))
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4]
+    assert history[-1]["loss"] < history[0]["loss"]
+    assert history[0]["ce"] == pytest.approx(history[0]["loss"])
+    metrics = evaluate(model, DataLoader(data, batch_size=64), _predict)
+    assert metrics["accuracy"] > 0.9 and metrics["auc"] > 0.95
+    assert metrics["n"] == 256 and metrics["support"] == [128, 128]
+    assert sum(metrics["correct"]) == round(metrics["accuracy"] * 256)
+    assert history[-1]["val_accuracy"] == metrics["accuracy"]
+    path = write_metrics(tmp_path / "m.json", metrics)
+    assert read_json(path)["accuracy"] == metrics["accuracy"]
+
+
+@pytest.mark.parametrize("per_epoch_loader", [True, False])
+def test_resume_gives_same_weights(tmp_path, per_epoch_loader):
+    data = _blobs(128)
+
+    def run(epochs, ckpt):
+        seed_everything(1)
+        model = _model()
+        opt = torch.optim.Adam(model.parameters(), lr=0.05)
+        # the plain DataLoader shuffles with the global torch RNG, restored on resume
+        batches = (_loader_for_epoch(data, 1) if per_epoch_loader
+                   else DataLoader(data, batch_size=32, shuffle=True))
+        history = fit(model, batches, _loss, opt, epochs, checkpoint_path=ckpt, progress=False)
+        return model, history
+
+    straight, hist_straight = run(4, None)
+    run(2, tmp_path / "ckpt.pt")  # "interrupted" after 2 epochs
+    resumed, hist_resumed = run(4, tmp_path / "ckpt.pt")  # fresh objects, resumes at epoch 3
+    for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()):
+        assert torch.equal(a, b)
+    assert [h["loss"] for h in hist_resumed] == [h["loss"] for h in hist_straight]
+
+
+def test_resume_restores_generators(tmp_path):
+    gen = seed_everything(3)
+    full = torch.nn.Linear(2, 2)
+    ckpt = tmp_path / "gen.pt"
+
+    def train(model, epochs, generator, path):
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+
+        def loss_fn(m, batch, epoch):
+            noise = torch.randn(4, 2, generator=generator)
+            return F.cross_entropy(m(batch + noise), torch.tensor([0, 1, 0, 1])), {}
+
+        fit(model, [torch.zeros(4, 2)] * 3, loss_fn, opt, epochs, checkpoint_path=path,
+            progress=False, generators=[generator])
+
+    train(full, 3, gen, None)
+    gen2 = seed_everything(3)
+    part = torch.nn.Linear(2, 2)
+    train(part, 1, gen2, ckpt)
+    gen3 = seed_everything(99)  # a different state: the checkpoint must restore it
+    resumed = torch.nn.Linear(2, 2)
+    train(resumed, 3, gen3, ckpt)
+    assert torch.equal(full.weight, resumed.weight)
+
+
+def test_nan_loss_names_epoch_and_batch():
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+
+    def loss_fn(m, batch, epoch):
+        loss = m(batch).sum()
+        return (loss * float("nan") if epoch == 1 and batch[0, 0] == 3 else loss), {}
+
+    batches = [torch.full((1, 2), float(i)) for i in range(5)]
+    with pytest.raises(NonFiniteLossError, match=r"epoch 2 .*batch 3"):
+        fit(model, batches, loss_fn, opt, 3, progress=False)
+
+
+def test_binary_auc_rank_formula():
+    assert binary_auc(torch.tensor([0.1, 0.4, 0.35, 0.8]), torch.tensor([0, 0, 1, 1])) == 0.75
+    assert binary_auc([0.5, 0.5], [0, 1]) == 0.5  # a tie counts one half
+    assert math.isnan(binary_auc([0.1, 0.2], [1, 1]))
+
+
+def test_evaluate_counts_and_missing_class():
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [3.0, 0.0]])
+    target = torch.tensor([0, 0, 0])
+    metrics = evaluate(torch.nn.Identity(), [(logits, target)], lambda m, b: b)
+    assert metrics["accuracy"] == pytest.approx(2 / 3)
+    assert metrics["support"] == [3, 0] and metrics["predicted"] == [2, 1]
+    assert metrics["confusion"] == [[2, 1], [0, 0]]
+    assert metrics["auc"] is None
+    assert metrics["loss"] == pytest.approx(F.cross_entropy(logits, target).item())
+
+
+def test_seed_everything_is_reproducible():
+    g1 = seed_everything(5)
+    a = (torch.rand(3), torch.rand(2, generator=g1))
+    g2 = seed_everything(5)
+    b = (torch.rand(3), torch.rand(2, generator=g2))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
