@@ -14,6 +14,8 @@ from typing import Callable, Iterator, Sequence
 import torch
 from torch import Tensor
 
+from .hierarchical import expectation_two_stage, full_two_stage_sum
+
 __all__ = [
     "Outcome",
     "with_replacement_outcomes",
@@ -21,6 +23,7 @@ __all__ = [
     "two_stage_outcomes",
     "sequence_probability",
     "expected_value_and_grads",
+    "two_stage_bias",
 ]
 
 
@@ -93,3 +96,34 @@ def expected_value_and_grads(
             if g is not None:
                 acc += o.prob * g
     return value, grads
+
+
+def two_stage_bias(t: int, k2: int, n: int, dim: int = 3, seed: int = 0) -> dict[str, float]:
+    """Relative error of E[value] and E[gradients] (alpha logits, beta logits, features) of the two-stage estimator, float64."""
+    gen = torch.Generator().manual_seed(seed)
+    la = torch.randn(t, generator=gen, dtype=torch.float64).requires_grad_()
+    lb = torch.randn(t, k2, generator=gen, dtype=torch.float64).requires_grad_()
+    feats = torch.randn(t, k2, dim, generator=gen, dtype=torch.float64).requires_grad_()
+    project = torch.randn(dim, generator=gen, dtype=torch.float64)
+    params = [la, lb, feats]
+
+    def estimate(draws: tuple) -> Tensor:
+        tiles, subtiles = torch.tensor([draws[0]]), torch.tensor([draws[1]])
+        beta = torch.softmax(lb, 1)
+        return expectation_two_stage(torch.softmax(la, 0)[None], tiles, beta[tiles, subtiles], feats[tiles, subtiles])
+
+    outcomes = list(two_stage_outcomes(torch.softmax(la.detach(), 0).tolist(), torch.softmax(lb.detach(), 1).tolist(), n))
+    value, grads = expected_value_and_grads(outcomes, estimate, params, project)
+    exact = full_two_stage_sum(torch.softmax(la, 0)[None], torch.softmax(lb, 1)[None], feats[None])[0]
+    exact_grads = torch.autograd.grad((exact * project).sum(), params)
+
+    def rel(got: Tensor, want: Tensor) -> float:
+        return float((got - want).norm() / want.norm())
+
+    return {
+        "outcomes": len(outcomes),
+        "value": rel(value.squeeze(0), exact.detach()),
+        "grad_alpha_logits": rel(grads[0], exact_grads[0]),
+        "grad_beta_logits": rel(grads[1], exact_grads[1]),
+        "grad_features": rel(grads[2], exact_grads[2]),
+    }

@@ -24,9 +24,9 @@ import torch
 from torch import Tensor
 
 from .enumeration import expected_value_and_grads, without_replacement_outcomes
-from .sampling import expectation_without_replacement
+from .sampling import expectation_without_replacement, sample_without_replacement
 
-__all__ = ["pathwise_only", "hand_written_rule", "RULES", "gradient_bias"]
+__all__ = ["pathwise_only", "hand_written_rule", "RULES", "gradient_bias", "monte_carlo_logit_gradient"]
 
 
 def _exclusive_cumsum(x: Tensor, dim: int = 1) -> Tensor:
@@ -111,3 +111,21 @@ def gradient_bias(k: int, n: int, dim: int = 3, seed: int = 0, logit_scale: floa
             "grad_features": rel(g_feats, exact_grads[1]),
         }
     return table
+
+
+def monte_carlo_logit_gradient(
+    rule: Callable[[Tensor, Tensor, Tensor], Tensor],
+    logits: Tensor,
+    feats: Tensor,
+    project: Tensor,
+    n: int,
+    repeats: int,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Average over `repeats` independent draws of the gradient of project . estimate w.r.t. `logits` [K] (feats [K, D])."""
+    logits = logits.detach().requires_grad_()
+    probs = torch.softmax(logits, 0).expand(repeats, -1)  # [R, K]
+    idx = sample_without_replacement(probs.detach(), n, generator)  # [R, n]
+    est = rule(probs, idx, feats.detach()[idx])  # [R, D]
+    (grad,) = torch.autograd.grad((est @ project).mean(), logits)
+    return grad  # [K]

@@ -86,18 +86,18 @@ def _sequence_probability(b: list[sp.Expr], seq: tuple[int, ...]) -> sp.Expr:
     return reduce(mul, factors, sp.Integer(1))
 
 
-def _sequence_estimate(b: list[sp.Expr], f: list[sp.Symbol], seq: tuple[int, ...]) -> sp.Expr:
-    """(1/n) sum_k [sum_{j<k} b_{i_j} f_{i_j} + (1 - sum_{j<k} b_{i_j}) f_{i_k}] for one draw sequence."""
+def _sequence_estimate(b: list[sp.Expr], f: list[sp.Symbol], seq: tuple[int, ...], last_only: bool = False) -> sp.Expr:
+    """(1/n) sum_k Y_k, Y_k = sum_{j<k} b_{i_j} f_{i_j} + (1 - sum_{j<k} b_{i_j}) f_{i_k}; or Y_n alone (ATS eq. 14-15)."""
     terms, known, used = [], 0, 0
     for i in seq:
         terms.append(known + (1 - used) * f[i])
         known += b[i] * f[i]
         used += b[i]
-    return sum(terms) / len(seq)
+    return terms[-1] if last_only else sum(terms) / len(seq)
 
 
-def without_replacement_expected_value(b: list[sp.Expr], f: list[sp.Symbol], n: int) -> sp.Expr:
-    """E over all ordered n-draws without replacement of the estimator of ATS eq. 14-17 / Zoom-In eq. 9.
+def without_replacement_expected_value(b: list[sp.Expr], f: list[sp.Symbol], n: int, last_only: bool = False) -> sp.Expr:
+    """E over all ordered n-draws without replacement of the estimator of Zoom-In eq. 9 (or, last_only, ATS eq. 14-15).
 
     The sum over the K!/(K-n)! sequences is taken level by level (first draw outermost) and each
     level is cancelled to lowest terms, which keeps the rational functions small.
@@ -108,7 +108,7 @@ def without_replacement_expected_value(b: list[sp.Expr], f: list[sp.Symbol], n: 
 
     def expect(prefix: tuple[int, ...]) -> sp.Expr:
         if len(prefix) == n:
-            return _sequence_estimate(b, f, prefix)
+            return _sequence_estimate(b, f, prefix, last_only)
         left = 1 - sum(b[i] for i in prefix)
         total = sum(b[i] / left * expect(prefix + (i,)) for i in range(len(b)) if i not in prefix)
         return sp.cancel(sp.together(total))

@@ -1,0 +1,347 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Eq. 8, its proof, and unbiased gradients, checked by code
+#
+# The Zoom-In network (Kong & Henao) samples sub-tiles **without replacement** and still claims an
+# unbiased estimate of the full attention-weighted sum. The claim rests on eq. 8 of the paper, its
+# proof (appendix B, eq. 11) and the estimator of eq. 9, which the paper takes from one-stage
+# attention sampling (ATS, Katharopoulos & Fleuret, eq. 14-17). This chapter checks every one of
+# them:
+#
+# 1. **symbolically** with sympy, for every number of items $K$ from 2 up to the profile's limit
+#    (6 in the book), with the constraint $\sum_i \beta_i = 1$ built in;
+# 2. **numerically**, by enumerating every draw sequence in float64, for the value *and the
+#    gradient* with respect to the attention logits and the features;
+# 3. against the gradient rules of the public ATS code and its PyTorch ports, which turn out to
+#    be biased.
+#
+# Where the printed formulas are wrong (typesetting or OCR slips) the chapter shows the false
+# reading failing and the corrected one holding. Every number below is computed by this run;
+# nothing is quoted.
+
+# %%
+import os
+
+# %% tags=["parameters"]
+profile = os.environ.get("ZOOMIN_PROFILE", "cpu")  # smoke | cpu | paper
+seed = 0
+
+# %%
+import time
+
+import matplotlib.pyplot as plt
+import numpy as np
+import sympy as sp
+import torch
+
+from zoomin_lib import symbolic as S
+from zoomin_lib.config import check_profile, results_dir
+from zoomin_lib.enumeration import two_stage_bias
+from zoomin_lib.estimator_variants import RULES, gradient_bias, monte_carlo_logit_gradient
+from zoomin_lib.io import write_json
+from zoomin_lib.plotting import relative_error_bars, save_figure
+
+check_profile(profile)
+SETTINGS = {
+    # max K for eq. 8, max K for the estimator, two-stage symbolic cases, enumeration grid, Monte-Carlo repeats
+    "smoke": dict(eq8_k=4, estimator_k=4, two_stage=[(2, 2, 2)], grid_k=(3, 4), mc_repeats=(10, 100, 1000)),
+    "cpu": dict(eq8_k=6, estimator_k=6, two_stage=[(2, 2, 2), (2, 3, 2)], grid_k=(3, 4, 5, 6),
+                mc_repeats=(10, 100, 1000, 10_000, 100_000)),
+    "paper": dict(eq8_k=7, estimator_k=7, two_stage=[(2, 2, 2), (2, 3, 2), (2, 3, 3)], grid_k=(3, 4, 5, 6, 7),
+                  mc_repeats=(10, 100, 1000, 10_000, 100_000, 1_000_000)),
+}[profile]
+out = results_dir("01_eq8_proof_check")
+metrics = {"profile": profile, "seed": seed}
+torch.manual_seed(seed)
+print(f"profile={profile}; results in {out}")
+
+# %% [markdown]
+# ## Eq. 8: the identity and how it is printed
+#
+# For the second-stage attention $\beta$ of one tile (we drop the superscript $c$) and the
+# sub-tile features $f_i$, eq. 8 states
+#
+# $$
+# \mathbb{E}_{c'\sim\beta}[f_{c'}] \;=\; \sum_{c'}\sum_{i\neq c'} \beta_{c'}\,\frac{\beta_i}{1-\beta_{c'}}
+# \Big(\beta_{c'} f_{c'} + (1-\beta_{c'})\, f_i\Big),
+# $$
+#
+# i.e. draw $c'$ from $\beta$, then $i$ from $\beta$ renormalised without $c'$, and use the
+# two-draw estimate $\beta_{c'} f_{c'} + (1-\beta_{c'}) f_i$. In the paper (and in both OCR copies
+# we have) the closing parenthesis sits after $\beta_{c'} f_{c'}$, so the printed formula reads
+# $\sum\sum \frac{\beta_{c'}\beta_i}{1-\beta_{c'}}(\beta_{c'} f_{c'}) + (1-\beta_{c'}) f_i$, with the
+# second term outside the weights. sympy shows the corrected form is an identity and the printed
+# form is not.
+
+# %%
+rows = []
+for k in range(2, SETTINGS["eq8_k"] + 1):
+    b, f = S.symbols(k)
+    t0 = time.perf_counter()
+    rows.append({
+        "K": k,
+        "corrected eq. 8 holds": S.is_zero(S.eq8_corrected(b, f) - S.eq8_rhs(b, f)),
+        "printed eq. 8 holds": S.is_zero(S.eq8_as_printed(b, f) - S.eq8_rhs(b, f)),
+        "eq. 11 line 2 with minus holds": S.is_zero(S.eq11_second_line(b, f, -1) - S.eq8_corrected(b, f)),
+        "eq. 11 line 2 with plus holds": S.is_zero(S.eq11_second_line(b, f, +1) - S.eq8_corrected(b, f)),
+        "seconds": round(time.perf_counter() - t0, 2),
+    })
+header = list(rows[0])
+print(" | ".join(header))
+for r in rows:
+    print(" | ".join(str(r[h]) for h in header))
+metrics["eq8_symbolic"] = rows
+assert all(r["corrected eq. 8 holds"] and not r["printed eq. 8 holds"] for r in rows)
+assert all(r["eq. 11 line 2 with minus holds"] and not r["eq. 11 line 2 with plus holds"] for r in rows)
+
+# %% [markdown]
+# For $K=3$ the corrected right-hand side, put over a common denominator and simplified with
+# $\beta_3 = 1-\beta_1-\beta_2$, is literally $\sum_i \beta_i f_i$:
+
+# %%
+b, f = S.symbols(3)
+display_expr = sp.simplify(S.eq8_corrected(b, f))
+print("corrected eq. 8 =", sp.expand(display_expr))
+print("sum_i b_i f_i   =", sp.expand(S.eq8_rhs(b, f)))
+assert sp.expand(display_expr - S.eq8_rhs(b, f)) == 0
+
+# %% [markdown]
+# **The proof (appendix B, eq. 11).** Its first step extends the inner sum from $i\neq c'$ to all
+# $d$ and compensates by taking the $d=c'$ term away again. In our copy of the supplement the
+# operator before that compensating term is lost (and the bracket that should enclose it closes
+# early); the table above shows it must be a **minus**: with a plus the second line of eq. 11 is
+# false for every $K$. The remaining steps are right: with the minus restored, line 2 equals
+# eq. 8 and the chain ends at $\sum_d \beta_d f_d$.
+#
+# A numerical check in float64 with random $\beta$ and vector-valued features agrees:
+
+# %%
+gen = torch.Generator().manual_seed(seed)
+numeric = []
+for k in range(2, SETTINGS["eq8_k"] + 1):
+    beta = torch.softmax(torch.randn(k, generator=gen, dtype=torch.float64), 0)
+    feats = torch.randn(k, 4, generator=gen, dtype=torch.float64)
+    corrected = sum(beta[c] * beta[i] / (1 - beta[c]) * (beta[c] * feats[c] + (1 - beta[c]) * feats[i])
+                    for c in range(k) for i in range(k) if i != c)
+    printed = sum(beta[c] * beta[i] / (1 - beta[c]) * (beta[c] * feats[c]) + (1 - beta[c]) * feats[i]
+                  for c in range(k) for i in range(k) if i != c)
+    target = beta @ feats
+    numeric.append({"K": k, "corrected_error": float((corrected - target).abs().max()),
+                    "printed_error": float((printed - target).abs().max())})
+    print(f"K={k}: |corrected - E[f]| = {numeric[-1]['corrected_error']:.1e}   "
+          f"|printed - E[f]| = {numeric[-1]['printed_error']:.2f}")
+metrics["eq8_numeric"] = numeric
+assert all(r["corrected_error"] < 1e-14 and r["printed_error"] > 1e-3 for r in numeric)
+
+# %% [markdown]
+# ## The estimator with more than two draws (Zoom-In eq. 9, ATS eq. 14-17)
+#
+# Drawing $i_1,\dots,i_n$ one after the other without replacement, each from $\beta$ renormalised
+# over what is left, and writing $S_{k-1}=\sum_{j<k}\beta_{i_j}$ for the mass already drawn
+# (an **exclusive** cumulative sum), the $k$-th term
+#
+# $$ Y_k = \sum_{j<k} \beta_{i_j} f_{i_j} + (1-S_{k-1})\, f_{i_k} $$
+#
+# satisfies $\mathbb{E}[Y_k \mid i_1,\dots,i_{k-1}] = \sum_i \beta_i f_i$ whatever the earlier draws
+# were. ATS eq. 14-15 prints the last term $Y_n$ alone; Zoom-In eq. 9 averages
+# $\frac1n\sum_k Y_k$. Both are unbiased. sympy confirms it by summing over all
+# $K!/(K-n)!$ ordered draws:
+
+# %%
+rows = []
+for k in range(2, SETTINGS["estimator_k"] + 1):
+    b, f = S.symbols(k)
+    target = S.expectation(b, f)
+    for n in range(1, min(k, 3) + 1):
+        t0 = time.perf_counter()
+        mean_ok = S.is_zero(S.without_replacement_expected_value(b, f, n) - target)
+        last_ok = S.is_zero(S.without_replacement_expected_value(b, f, n, last_only=True) - target)
+        rows.append({"K": k, "n": n, "mean of Y_k unbiased": mean_ok, "Y_n alone unbiased": last_ok,
+                     "seconds": round(time.perf_counter() - t0, 2)})
+        print(rows[-1])
+metrics["estimator_symbolic"] = rows
+assert all(r["mean of Y_k unbiased"] and r["Y_n alone unbiased"] for r in rows)
+
+# %% [markdown]
+# ## Eq. 9 across two stages: which earlier draws count
+#
+# In Zoom-In the $N$ draws come from different tiles: tiles $c_1..c_N$ are drawn with replacement
+# from $\alpha$, and a tile drawn $m_c$ times contributes $m_c$ distinct sub-tiles drawn without
+# replacement from $\beta^c$. Eq. 9 as printed sums over **all** earlier draws $j<i$ with weights
+# $\beta^{c_i}_{c'_j}$, i.e. it mixes the sub-tile positions of different tiles. The reading that is
+# unbiased, and the one `zoomin_lib.hierarchical` implements, restricts the sum to earlier draws
+# **of the same tile** (the paper's remark on "ordering the samples in $Q$" suggests this was the
+# intent). Two smaller slips in the same passage: the sampling rule should read
+# $p(c'\mid\dots)\propto\beta^{c}_{c'}$ (printed $\beta^{c'}_i$), and the size condition
+# $h_2, w_2 > 1/s_2$ (printed $h_2, s_2$).
+#
+# sympy, with $\alpha$ over $T$ tiles and $\beta^c$ over $K_2$ sub-tiles all symbolic:
+
+# %%
+rows = []
+for t, k2, n in SETTINGS["two_stage"]:
+    alpha, beta, feats = S.two_stage_symbols(t, k2)
+    target = S.two_stage_target(alpha, beta, feats)
+    t0 = time.perf_counter()
+    within = S.is_zero(S.two_stage_expected_value(alpha, beta, feats, n) - target)
+    literal = S.two_stage_expected_value(alpha, beta, feats, n, literal=True)
+    literal_ok = S.is_zero(literal - target)
+    # the literal reading's bias relative to the target, at one random rational point
+    rng = np.random.default_rng(seed)
+    point = {s: sp.Rational(int(rng.integers(1, 9)), 40) for s in literal.free_symbols if s.name[0] in "ab"}
+    point.update({s: sp.Integer(int(rng.integers(-3, 4))) for s in literal.free_symbols if s.name[0] == "f"})
+    bias = float(((literal - target) / target).subs(point))
+    rows.append({"T": t, "K2": k2, "N": n, "within-tile reading unbiased": within,
+                 "literal reading unbiased": literal_ok, "literal relative bias at a random point": round(bias, 4),
+                 "seconds": round(time.perf_counter() - t0, 2)})
+    print(rows[-1])
+metrics["two_stage_symbolic"] = rows
+assert all(r["within-tile reading unbiased"] and not r["literal reading unbiased"] for r in rows)
+
+# %% [markdown]
+# ## Unbiased gradients: four rules side by side
+#
+# An estimator can be unbiased in value and still give a biased **gradient**, because the draws
+# themselves depend on the attention. `zoomin_lib.sampling` writes each term so that autograd
+# produces the score-function gradient of the $k$-th draw given the earlier ones:
+#
+# $$ Y_k = \sum_{j<k}\beta_{i_j}f_{i_j} + \beta_{i_k} f_{i_k}\cdot \mathrm{sg}\!\left(\frac{1-S_{k-1}}{\beta_{i_k}}\right), $$
+#
+# where $\mathrm{sg}$ stops the gradient. The value is unchanged; since
+# $\mathbb{E}[Y_k\mid i_{<k}]$ does not depend on $i_{<k}$, the conditional score gradient is
+# unbiased. We compare it with three other rules, each re-derived from its formula in
+# `zoomin_lib.estimator_variants`:
+#
+# * **pathwise only**: plain autograd through the value formula, no score term;
+# * **ATS hand-written rule**: the backward pass of the public ATS implementation;
+# * **port: inclusive sums**: the same rule with inclusive cumulative sums, as in public PyTorch
+#   ports; its forward value is still right, so only a gradient test can catch it.
+#
+# The expectations below are exact (float64, every ordered draw enumerated), for $K=5$ items and
+# $n=3$ draws; errors are relative to the norm of the exact gradient of $\sum_i a_i f_i$.
+
+# %%
+table = gradient_bias(5, 3, seed=seed)
+for name, row in table.items():
+    print(f"{name:26s} value {row['value']:.1e}   d/dlogits {row['grad_logits']:.1e}   d/dfeatures {row['grad_features']:.1e}")
+metrics["gradient_bias_K5_n3"] = table
+fig = relative_error_bars(table, ["value", "grad_logits", "grad_features"],
+                          title="K = 5, n = 3: relative error of E[estimate] and E[gradient]")
+save_figure(fig, out, "gradient_bias_K5_n3")
+plt.show()
+
+ours = table["zoomin (score surrogate)"]
+assert max(ours.values()) < 1e-10
+assert all(row["value"] < 1e-10 for row in table.values())  # every rule has the right value ...
+assert table["pathwise only"]["grad_logits"] > 0.1  # ... but these attention gradients are off
+assert table["ATS hand-written rule"]["grad_logits"] > 0.1
+assert table["port: inclusive sums"]["grad_logits"] > 0.1 and table["port: inclusive sums"]["grad_features"] > 0.1
+
+# %% [markdown]
+# The bias is not an accident of one draw size or one random problem. Over a grid of $K$ and $n$
+# and several random attention maps, the worst relative error of each rule's expected logit
+# gradient:
+
+# %%
+grid = {name: {} for name in RULES}
+for k in SETTINGS["grid_k"]:
+    for n in range(2, min(k, 3) + 1):
+        worst = {name: 0.0 for name in RULES}
+        for s in range(3):
+            for name, row in gradient_bias(k, n, seed=seed + 10 * s + k).items():
+                worst[name] = max(worst[name], row["grad_logits"])
+        for name in RULES:
+            grid[name][f"K={k}, n={n}"] = worst[name]
+cases = list(next(iter(grid.values())))
+fig, ax = plt.subplots(figsize=(8, 3.4))
+for name, marker in zip(RULES, "osD^"):
+    ax.semilogy(range(len(cases)), [max(grid[name][c], 1e-17) for c in cases], marker=marker, label=name)
+ax.set_xticks(range(len(cases)), cases, rotation=30)
+ax.set_ylabel("worst relative error of E[d/dlogits]")
+ax.axhline(1e-10, color="k", lw=0.8, ls="--")
+ax.legend(fontsize=8)
+fig.tight_layout()
+save_figure(fig, out, "gradient_bias_grid")
+plt.show()
+metrics["gradient_bias_grid"] = grid
+assert max(grid["zoomin (score surrogate)"].values()) < 1e-10
+assert min(grid["ATS hand-written rule"].values()) > 0.05
+
+# %% [markdown]
+# ## The two-stage estimator, value and gradient
+#
+# The same enumeration over both stages (tiles with replacement, then sub-tiles without
+# replacement within each drawn tile) for `zoomin_lib.hierarchical.expectation_two_stage`.
+# Gradients are taken with respect to the first-stage logits, the second-stage logits of every
+# tile and every feature:
+
+# %%
+two_stage = two_stage_bias(3, 3, 3, seed=seed)
+print(two_stage)
+metrics["two_stage_bias_T3_K3_N3"] = two_stage
+assert max(v for key, v in two_stage.items() if key != "outcomes") < 1e-10
+
+# %% [markdown]
+# ## What a biased gradient does in practice
+#
+# Training averages gradients over many draws. With enough of them the average of an unbiased
+# rule converges to the true gradient, with error falling like $1/\sqrt{R}$; a biased rule
+# converges to something else. Monte-Carlo averages over $R$ draws ($K=5$, $n=3$):
+
+# %%
+gen = torch.Generator().manual_seed(seed)
+logits = torch.randn(5, generator=gen, dtype=torch.float64)
+feats = torch.randn(5, 3, generator=gen, dtype=torch.float64)
+project = torch.randn(3, generator=gen, dtype=torch.float64)
+lg = logits.clone().requires_grad_()
+(exact_grad,) = torch.autograd.grad(torch.softmax(lg, 0) @ feats @ project, lg)
+curves = {name: [] for name in RULES}
+for repeats in SETTINGS["mc_repeats"]:
+    for name, rule in RULES.items():
+        g = monte_carlo_logit_gradient(rule, logits, feats, project, 3, repeats, gen)
+        curves[name].append(float((g - exact_grad).norm() / exact_grad.norm()))
+fig, ax = plt.subplots(figsize=(6.5, 3.6))
+for name, marker in zip(RULES, "osD^"):
+    ax.loglog(SETTINGS["mc_repeats"], curves[name], marker=marker, label=name)
+r = np.array(SETTINGS["mc_repeats"], dtype=float)
+ax.loglog(r, curves["zoomin (score surrogate)"][0] * np.sqrt(r[0] / r), "k:", lw=1, label=r"$\propto 1/\sqrt{R}$")
+ax.set_xlabel("number of draws averaged, R")
+ax.set_ylabel("relative error of the mean logit gradient")
+ax.legend(fontsize=8)
+fig.tight_layout()
+save_figure(fig, out, "monte_carlo_gradient")
+plt.show()
+metrics["monte_carlo_gradient"] = {"repeats": list(SETTINGS["mc_repeats"]), "relative_error": curves}
+assert curves["zoomin (score surrogate)"][-1] < curves["zoomin (score surrogate)"][0]
+assert curves["ATS hand-written rule"][-1] > 5 * curves["zoomin (score surrogate)"][-1]
+
+# %% [markdown]
+# ## Summary
+#
+# * Eq. 8 is true once its parenthesis is restored; as printed it is false. The proof of
+#   appendix B is right once the lost minus sign is restored.
+# * The without-replacement estimator (Zoom-In eq. 9 within a tile, ATS eq. 14-17) is unbiased in
+#   value, symbolically for every $K$ checked and $n\le 3$.
+# * Across two stages, eq. 9 must sum over earlier draws **of the same tile**; read literally it
+#   is biased.
+# * Unbiased values do not make unbiased gradients: the pathwise-only rule, the public ATS rule
+#   and its inclusive-sum port all have biased expected attention gradients (the port also biased
+#   feature gradients); the score surrogate used in `zoomin_lib` is exact to rounding.
+
+# %%
+write_json(out / "metrics.json", metrics)
+print("wrote", out / "metrics.json")
