@@ -1,0 +1,121 @@
+"""Tests of zoomin_lib.runner on tiny notebooks written into tmp_path (about 2 s of kernels)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from zoomin_lib import runner
+from zoomin_lib.config import repo_root
+
+OK_PY = '''# %% [markdown]
+# # A notebook that passes
+
+# %% tags=["parameters"]
+profile = "cpu"
+
+# %%
+import os
+print(f"profile={profile} env={os.environ['ZOOMIN_PROFILE']}")
+'''
+
+
+def _failing_notebook(path: Path) -> Path:
+    """A notebook whose 4th cell raises, with a parameters cell."""
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    params = nbformat.v4.new_code_cell('profile = "cpu"')
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [
+        nbformat.v4.new_markdown_cell("# A notebook that fails"),
+        params,
+        nbformat.v4.new_code_cell("x = 1"),
+        nbformat.v4.new_code_cell("\n# the claim\nassert x == 2, f'x is {x} under {profile}'\ny = 3"),
+        nbformat.v4.new_code_cell("print('never reached')"),
+    ]
+    nbformat.write(nb, path)
+    return path
+
+
+def test_discover_notebooks_sorted_and_includes_py_only(tmp_path: Path) -> None:
+    for name in ["02_b.ipynb", "02_b.py", "01_a.ipynb", "03_c.py", "scratch.ipynb", "1_x.ipynb"]:
+        (tmp_path / name).write_text("{}")
+    found = runner.discover_notebooks(tmp_path)
+    assert [p.name for p in found] == ["01_a.ipynb", "02_b.ipynb", "03_c.ipynb"]
+
+
+def test_sync_from_source_only_when_py_is_newer(tmp_path: Path) -> None:
+    py = tmp_path / "01_ok.py"
+    py.write_text(OK_PY)
+    ipynb = py.with_suffix(".ipynb")
+    assert runner.sync_from_source(ipynb)  # .ipynb missing: created from the .py
+    nb = nbformat.read(ipynb, as_version=4)
+    assert nb.metadata["kernelspec"]["name"] == "python3"
+    assert [c.metadata.get("tags") for c in nb.cells if c.cell_type == "code"][0] == ["parameters"]
+    assert not runner.sync_from_source(ipynb)  # up to date: untouched
+    py.write_text(OK_PY.replace('profile = "cpu"', 'profile = "cpu"\nseed = 0'))
+    os.utime(py, (ipynb.stat().st_mtime + 5,) * 2)
+    assert runner.sync_from_source(ipynb)
+    assert "seed = 0" in nbformat.read(ipynb, as_version=4).cells[1].source
+
+
+def test_cli_runs_passing_and_reports_failing_notebook(tmp_path: Path) -> None:
+    (tmp_path / "01_ok.py").write_text(OK_PY)  # only the Jupytext source: the runner pairs it
+    bad = _failing_notebook(tmp_path / "02_bad.ipynb")
+    out = tmp_path / "executed"
+    env = {k: v for k, v in os.environ.items() if k != "ZOOMIN_PROFILE"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "zoomin_lib.runner", "--profile", "smoke", "--out", str(out),
+         "--no-progress", str(tmp_path / "01_ok.py"), str(bad)],
+        cwd=repo_root(Path(__file__).parent), env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+
+    # the passing notebook: executed atomically into OUT with the injected profile
+    executed = nbformat.read(out / "01_ok.ipynb", as_version=4)
+    injected = [c for c in executed.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert len(injected) == 1 and 'profile = "smoke"' in injected[0].source
+    printed = "".join(o.get("text", "") for c in executed.cells for o in c.get("outputs", []))
+    assert "profile=smoke env=smoke" in printed
+    assert not list(out.glob(".*"))  # no temporary files left behind
+
+    # the failing one: named with its cell number, first line and exception
+    summary_text = proc.stdout
+    assert "1 notebook(s) FAILED" in summary_text
+    assert "02_bad.ipynb: cell 4" in summary_text
+    assert "`# the claim`" in summary_text
+    assert "AssertionError: x is 1 under smoke" in summary_text
+    assert (out / "02_bad.failed.ipynb").is_file() and not (out / "02_bad.ipynb").exists()
+
+    summary = json.loads((out / runner.SUMMARY_NAME).read_text())
+    assert summary["profile"] == "smoke" and summary["ok"] is False
+    by_name = {n["name"]: n for n in summary["notebooks"]}
+    assert by_name["01_ok"]["status"] == "ok" and by_name["01_ok"]["synced"] is True
+    assert by_name["02_bad"]["status"] == "failed"
+    assert by_name["02_bad"]["error"]["cell"] == 4
+    assert by_name["02_bad"]["error"]["ename"] == "AssertionError"
+    assert all(n["seconds"] > 0 for n in summary["notebooks"])
+
+
+def test_fail_fast_skips_the_rest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ZOOMIN_PROFILE", "cpu")  # run_notebooks sets it for the kernel
+    bad = _failing_notebook(tmp_path / "01_bad.ipynb")
+    (tmp_path / "02_ok.py").write_text(OK_PY)
+    results = runner.run_notebooks(
+        [bad, tmp_path / "02_ok.ipynb"], tmp_path / "out", "smoke", fail_fast=True, progress_bar=False
+    )
+    assert [r.status for r in results] == ["failed", "skipped"]
+    assert results[0].error is not None and results[0].error.first_line == "# the claim"
+    table = runner.format_summary(results)
+    assert "skipped after the first failure" in table and "01_bad" in table
+
+
+def test_unknown_profile_is_rejected(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown profile"):
+        runner.run_notebooks([], tmp_path, "gpu")

@@ -1,0 +1,346 @@
+"""Execute the chapter notebooks with papermill and report what passed, what failed and how long.
+
+    python -m zoomin_lib.runner [--profile smoke|cpu|paper] [--out book/executed] [--fail-fast]
+                                [notebooks ...]
+
+Without notebook arguments it runs every ``notebooks/NN_name.ipynb`` (and every
+``notebooks/NN_name.py`` that has no ``.ipynb`` yet), sorted by name. For each notebook:
+
+1. if the Jupytext source ``NN_name.py`` beside it is newer than the ``.ipynb`` (or the
+   ``.ipynb`` is missing), the ``.ipynb`` is regenerated from it (the ``.py`` is the source);
+2. papermill executes it (kernel ``python3``, parameters ``{"profile": PROFILE}``, working
+   directory the repository root, ``$ZOOMIN_PROFILE`` set to PROFILE for the kernel);
+3. the executed copy is written to ``OUT/NN_name.ipynb`` atomically (executed into a temporary
+   file, then renamed). A failing notebook leaves ``OUT/NN_name.failed.ipynb`` instead, and any
+   older ``OUT/NN_name.ipynb`` is removed so that a stale copy is never rendered.
+
+A summary table (status and seconds per notebook) is printed at the end and written to
+``OUT/_run_summary.json``; each failure names the cell (number in the ``.ipynb`` and its
+first source line) and the exception. The exit status is 0 only if every notebook passed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Sequence
+
+from zoomin_lib.config import PROFILE_ENV, PROFILES, check_profile, repo_root
+from zoomin_lib.io import write_json
+
+NOTEBOOK_GLOB = "[0-9][0-9]_*"
+SUMMARY_NAME = "_run_summary.json"
+KERNEL_NAME = "python3"
+_SKIP_TAGS = {"injected-parameters", "papermill-error-cell-tag"}
+_KERNELSPEC = {"name": KERNEL_NAME, "display_name": "Python 3 (ipykernel)", "language": "python"}
+
+
+@dataclasses.dataclass
+class CellError:
+    """Where and how a notebook failed."""
+
+    cell: int | None  # 1-based number of the cell in the source .ipynb (markdown cells count)
+    execution_count: int | None
+    first_line: str
+    ename: str
+    evalue: str
+
+    def describe(self) -> str:
+        """One line: cell number, its first source line, exception type and message."""
+        where = "outside any cell" if self.cell is None else f"cell {self.cell}"
+        if self.execution_count is not None:
+            where += f" (In [{self.execution_count}])"
+        line = f" `{self.first_line}`" if self.first_line else ""
+        evalue = self.evalue if len(self.evalue) <= 300 else self.evalue[:297] + "..."
+        message = f"{self.ename}: {evalue}" if evalue else self.ename
+        return f"{where}{line} -> {message}"
+
+
+@dataclasses.dataclass
+class NotebookResult:
+    """The outcome of running one notebook."""
+
+    name: str
+    source: str
+    status: str  # "ok", "failed" or "skipped"
+    seconds: float = 0.0
+    output: str | None = None
+    synced: bool = False
+    error: CellError | None = None
+
+    def to_json(self) -> dict:
+        """A JSON-ready dict of this result."""
+        return dataclasses.asdict(self)
+
+
+def discover_notebooks(folder: str | os.PathLike | None = None) -> list[Path]:
+    """Every ``NN_name.ipynb`` in `folder` (default: notebooks/), plus ``NN_name.py`` without one."""
+    folder = Path(folder) if folder is not None else repo_root() / "notebooks"
+    stems = {p.stem for p in folder.glob(NOTEBOOK_GLOB + ".ipynb")}
+    stems |= {p.stem for p in folder.glob(NOTEBOOK_GLOB + ".py")}
+    return [folder / f"{stem}.ipynb" for stem in sorted(stems)]
+
+
+def sync_from_source(notebook: str | os.PathLike, force: bool = False) -> bool:
+    """Regenerate `notebook` from its paired Jupytext ``.py`` if that is newer; True if it did."""
+    import jupytext
+    import nbformat
+    from jupytext.combine import combine_inputs_with_outputs
+
+    ipynb = Path(notebook).with_suffix(".ipynb")
+    py = ipynb.with_suffix(".py")
+    if not py.is_file():
+        return False
+    if ipynb.is_file() and not force and py.stat().st_mtime <= ipynb.stat().st_mtime:
+        return False
+    nb = jupytext.read(py, fmt="py:percent")
+    if ipynb.is_file():
+        nb = combine_inputs_with_outputs(nb, nbformat.read(ipynb, as_version=4), fmt="py:percent")
+    nb.metadata.setdefault("kernelspec", dict(_KERNELSPEC))
+    text = jupytext.writes(nb, fmt="ipynb")
+    fd, tmp = tempfile.mkstemp(prefix=f".{ipynb.name}.", suffix=".tmp", dir=ipynb.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    _publish(tmp, ipynb)
+    return True
+
+
+def _publish(tmp: str | os.PathLike, final: str | os.PathLike) -> None:
+    """Give a temporary file the usual permissions (mkstemp makes it 0600), then rename it."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, final)
+
+
+def _display(path: Path) -> str:
+    """`path` relative to the repository root when it lies inside it, else absolute."""
+    path = Path(path).resolve()
+    try:
+        return str(path.relative_to(repo_root()))
+    except ValueError:
+        return str(path)
+
+
+def _first_line(source: str) -> str:
+    """The first non-blank line of a cell's source, stripped and shortened."""
+    for line in source.splitlines():
+        if line.strip():
+            line = line.strip()
+            return line if len(line) <= 100 else line[:97] + "..."
+    return ""
+
+
+def _strip_ansi(text: str) -> str:
+    """Remove terminal colour codes from an exception message."""
+    from papermill.exceptions import strip_color
+
+    return strip_color(text)
+
+
+def locate_error(executed: str | os.PathLike, exc: BaseException) -> CellError:
+    """Describe the failing cell of an executed notebook, numbered as in the source ``.ipynb``."""
+    import nbformat
+
+    ename = getattr(exc, "ename", type(exc).__name__)
+    evalue = _strip_ansi(str(getattr(exc, "evalue", exc))).strip()
+    try:
+        nb = nbformat.read(executed, as_version=4)
+    except Exception:  # noqa: BLE001 - e.g. the kernel died before papermill wrote anything
+        return CellError(None, None, "", ename, evalue)
+    number = 0
+    for cell in nb.cells:
+        if _SKIP_TAGS & set(cell.get("metadata", {}).get("tags", [])):
+            continue  # cells papermill added: injected parameters, error banners
+        number += 1
+        errors = [
+            o
+            for o in cell.get("outputs", [])
+            if o.get("output_type") == "error"
+            and not (o.get("ename") == "SystemExit" and o.get("evalue") in ("", "0"))
+        ]
+        if errors:
+            error = errors[0]
+            return CellError(
+                number,
+                cell.get("execution_count"),
+                _first_line(cell.source),
+                error.get("ename", ename),
+                _strip_ansi(error.get("evalue", "")).strip(),
+            )
+        if cell.get("metadata", {}).get("papermill", {}).get("exception") is True:
+            return CellError(number, cell.get("execution_count"), _first_line(cell.source), ename, evalue)
+    return CellError(None, None, "", ename, evalue)
+
+
+def execute_notebook(
+    notebook: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    profile: str,
+    cwd: str | os.PathLike | None = None,
+    progress_bar: bool = True,
+    timeout: float | None = None,
+) -> NotebookResult:
+    """Sync, execute and write one notebook to `out_dir`; failures are returned, not raised."""
+    import papermill
+
+    notebook, out_dir = Path(notebook), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    name = notebook.stem
+    result = NotebookResult(name=name, source=_display(notebook), status="failed")
+    start = time.perf_counter()
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".ipynb", dir=out_dir)
+    os.close(fd)
+    try:
+        result.synced = sync_from_source(notebook)
+        if not notebook.is_file():
+            raise FileNotFoundError(f"{notebook} (and no paired .py)")
+        papermill.execute_notebook(
+            str(notebook),
+            tmp,
+            parameters={"profile": profile},
+            kernel_name=KERNEL_NAME,
+            cwd=str(cwd if cwd is not None else repo_root()),
+            progress_bar=progress_bar,
+            log_output=False,
+            execution_timeout=timeout,
+        )
+    except Exception as exc:  # noqa: BLE001 - every failure is reported, then the next one runs
+        result.error = locate_error(tmp, exc)
+        failed = out_dir / f"{name}.failed.ipynb"
+        if Path(tmp).stat().st_size > 0:
+            _publish(tmp, failed)
+            result.output = _display(failed)
+        (out_dir / f"{name}.ipynb").unlink(missing_ok=True)
+    else:
+        final = out_dir / f"{name}.ipynb"
+        _publish(tmp, final)
+        (out_dir / f"{name}.failed.ipynb").unlink(missing_ok=True)
+        result.status, result.output = "ok", _display(final)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+        result.seconds = round(time.perf_counter() - start, 2)
+    return result
+
+
+def run_notebooks(
+    notebooks: Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    profile: str,
+    fail_fast: bool = False,
+    progress_bar: bool = True,
+    timeout: float | None = None,
+) -> list[NotebookResult]:
+    """Execute `notebooks` in order; after a failure, go on unless `fail_fast`."""
+    check_profile(profile)
+    previous = os.environ.get(PROFILE_ENV)
+    os.environ[PROFILE_ENV] = profile  # the kernels inherit it, so get_profile() agrees
+    results: list[NotebookResult] = []
+    failed = False
+    try:
+        for notebook in notebooks:
+            notebook = Path(notebook).with_suffix(".ipynb")
+            if failed and fail_fast:
+                results.append(NotebookResult(notebook.stem, _display(notebook), "skipped"))
+                continue
+            print(f"[runner] {notebook.stem}  (profile {profile})", flush=True)
+            result = execute_notebook(
+                notebook, out_dir, profile, progress_bar=progress_bar, timeout=timeout
+            )
+            if result.status != "ok":
+                failed = True
+                print(f"[runner] FAILED {result.name}: {result.error.describe()}", flush=True)
+            results.append(result)
+    finally:
+        if previous is None:
+            os.environ.pop(PROFILE_ENV, None)
+        else:
+            os.environ[PROFILE_ENV] = previous
+    return results
+
+
+def format_summary(results: Sequence[NotebookResult]) -> str:
+    """The final table (notebook, status, seconds) followed by one paragraph per failure."""
+    width = max([len("notebook")] + [len(r.name) for r in results])
+    lines = [f"{'notebook':<{width}}  {'status':<7}  {'seconds':>8}", "-" * (width + 19)]
+    for r in results:
+        lines.append(f"{r.name:<{width}}  {r.status:<7}  {r.seconds:>8.1f}")
+    total = sum(r.seconds for r in results)
+    lines.append("-" * (width + 19))
+    lines.append(f"{'total':<{width}}  {'':<7}  {total:>8.1f}")
+    failures = [r for r in results if r.status == "failed"]
+    if failures:
+        lines.append("")
+        lines.append(f"{len(failures)} notebook(s) FAILED:")
+        for r in failures:
+            lines.append(f"  {r.source}: {r.error.describe() if r.error else 'unknown error'}")
+            if r.output:
+                lines.append(f"    executed copy with the traceback: {r.output}")
+    skipped = [r.name for r in results if r.status == "skipped"]
+    if skipped:
+        lines.append(f"skipped after the first failure (--fail-fast): {', '.join(skipped)}")
+    return "\n".join(lines)
+
+
+def write_summary(
+    results: Sequence[NotebookResult], out_dir: str | os.PathLike, profile: str
+) -> Path:
+    """Write ``OUT/_run_summary.json`` (profile, time stamp, per-notebook status and seconds)."""
+    summary = {
+        "profile": profile,
+        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "ok": all(r.status == "ok" for r in results),
+        "total_seconds": round(sum(r.seconds for r in results), 2),
+        "notebooks": [r.to_json() for r in results],
+    }
+    return write_json(Path(out_dir) / SUMMARY_NAME, summary)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status (0 when every notebook passed)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m zoomin_lib.runner",
+        description="Execute the chapter notebooks with papermill into the book's build folder.",
+    )
+    parser.add_argument("notebooks", nargs="*", help="default: every notebooks/NN_*.ipynb, sorted")
+    parser.add_argument(
+        "--profile",
+        choices=PROFILES,
+        default=os.environ.get(PROFILE_ENV, "cpu"),
+        help="papermill parameter `profile` (default: $%s or cpu)" % PROFILE_ENV,
+    )
+    parser.add_argument("--out", default=None, help="folder for executed copies (default: book/executed)")
+    parser.add_argument("--fail-fast", action="store_true", help="stop at the first failing notebook")
+    parser.add_argument("--timeout", type=float, default=None, help="seconds per cell (default: none)")
+    parser.add_argument("--no-progress", action="store_true", help="hide papermill's progress bar")
+    args = parser.parse_args(argv)
+
+    root = repo_root()
+    notebooks = [Path(n) for n in args.notebooks] or discover_notebooks(root / "notebooks")
+    out_dir = Path(args.out) if args.out else root / "book" / "executed"
+    if not notebooks:
+        print(f"[runner] no notebooks found under {root / 'notebooks'}", file=sys.stderr)
+        return 2
+    results = run_notebooks(
+        notebooks,
+        out_dir,
+        args.profile,
+        fail_fast=args.fail_fast,
+        progress_bar=not args.no_progress,
+        timeout=args.timeout,
+    )
+    summary_path = write_summary(results, out_dir, args.profile)
+    print()
+    print(format_summary(results))
+    print(f"\n[runner] executed copies in {out_dir}; summary in {summary_path}")
+    return 0 if all(r.status == "ok" for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
