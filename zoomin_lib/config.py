@@ -30,13 +30,19 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def _is_checkout(folder: Path) -> bool:
+    """True when `folder` is a zoomin checkout (pyproject.toml beside zoomin_lib/)."""
+    return (folder / "pyproject.toml").is_file() and (folder / "zoomin_lib").is_dir()
+
+
 def repo_root(start: str | os.PathLike | None = None) -> Path:
-    """The nearest folder above `start` (default: cwd) holding pyproject.toml, else cwd."""
+    """The checkout above `start` (default: cwd); else the checkout this package is installed from; else cwd."""
     here = Path(start or Path.cwd()).resolve()
     for folder in (here, *here.parents):
-        if (folder / "pyproject.toml").is_file() and (folder / "zoomin_lib").is_dir():
+        if _is_checkout(folder):
             return folder
-    return here
+    installed = Path(__file__).resolve().parent.parent  # editable install: the checkout itself
+    return installed if _is_checkout(installed) else here
 
 
 def results_dir(chapter: str) -> Path:
