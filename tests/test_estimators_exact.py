@@ -44,14 +44,15 @@ def _check(outcomes, estimate, logits, feats, project):
 CASES = [(k, n) for k in range(2, 7) for n in (1, 2, 3) if n <= k]
 
 
+@pytest.mark.parametrize("terms", ["mean", "last"])
 @pytest.mark.parametrize("k,n", CASES)
-def test_without_replacement_unbiased_value_and_gradient(k, n):
+def test_without_replacement_unbiased_value_and_gradient(k, n, terms):
     logits, feats, project = _problem(k, seed=10 * k + n)
     probs = torch.softmax(logits.detach(), 0).tolist()
 
     def estimate(seq):
         idx = torch.tensor([seq])
-        return expectation_without_replacement(torch.softmax(logits, 0)[None], idx, feats[idx])
+        return expectation_without_replacement(torch.softmax(logits, 0)[None], idx, feats[idx], terms)
 
     _check(list(without_replacement_outcomes(probs, n)), estimate, logits, feats, project)
 

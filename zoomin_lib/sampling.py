@@ -14,7 +14,9 @@ sums S_{k-1} = sum_{j<k} a_{i_j}, each term
 
     Y_k = sum_{j<k} a_{i_j} f_{i_j} + (1 - S_{k-1}) f_{i_k}
 
-has E[Y_k | i_1..i_{k-1}] = sum_i a_i f_i exactly, so the average (1/n) sum_k Y_k is unbiased.
+has E[Y_k | i_1..i_{k-1}] = sum_i a_i f_i exactly, so the average (1/n) sum_k Y_k (Zoom-In eq. 9)
+and the last term Y_n alone (ATS eq. 14-15 as printed) are both unbiased. The average has the
+lower variance for few draws; Y_n has zero variance at n = K (chapter 02 measures both).
 For the gradient, the second part is written as a_{i_k} f_{i_k} * sg((1 - S_{k-1}) / a_{i_k}):
 the same value, and its gradient is the score-function (likelihood-ratio) gradient of the draw
 of i_k given the earlier draws, conditioned on those draws. Because E[Y_k | earlier draws] does
@@ -135,11 +137,17 @@ def sequential_terms(drawn: Tensor, feats: Tensor, earlier: Tensor) -> Tensor:
     return known + scale.unsqueeze(-1) * feats  # [B, n, D]
 
 
-def expectation_without_replacement(probs: Tensor, idx: Tensor, feats: Tensor) -> Tensor:
-    """Unbiased estimate (value and gradient) of sum_i probs_i f_i from draws without replacement `idx` [B, n]."""
+def expectation_without_replacement(probs: Tensor, idx: Tensor, feats: Tensor, terms: str = "mean") -> Tensor:
+    """Unbiased estimate (value and gradient) of sum_i probs_i f_i from draws without replacement `idx` [B, n].
+
+    terms="mean" averages Y_1..Y_n (Zoom-In eq. 9); terms="last" returns Y_n (ATS eq. 14-15).
+    """
+    if terms not in ("mean", "last"):
+        raise ValueError(f"terms must be 'mean' or 'last', got {terms!r}")
     drawn = _gather_checked(probs, idx, feats)  # [B, n]
     if (idx.unsqueeze(2) == idx.unsqueeze(1)).sum(dim=(1, 2)).gt(idx.shape[1]).any():
         raise ValueError("idx repeats an item in a row: these are not draws without replacement")
     n = idx.shape[1]
     earlier = torch.ones(n, n, dtype=torch.bool, device=idx.device).tril(-1).expand(idx.shape[0], n, n)
-    return sequential_terms(drawn, feats, earlier).mean(dim=1)  # [B, D]
+    ys = sequential_terms(drawn, feats, earlier)  # [B, n, D]
+    return ys.mean(dim=1) if terms == "mean" else ys[:, -1]  # [B, D]
