@@ -16,6 +16,8 @@ bash scripts/setup_venv.sh
 echo "== setup: $((SECONDS - start))s"
 
 export ZOOMIN_PROFILE=smoke
+# smoke results go beside the build outputs, never over the book's results/ (cpu profile)
+export ZOOMIN_RESULTS="${ZOOMIN_RESULTS:-$root/build/test-results}"
 # Paths among the arguments replace the default targets; options are added to them.
 targets=(tests notebooks)
 for arg in "$@"; do
