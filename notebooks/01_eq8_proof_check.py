@@ -47,6 +47,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import sympy as sp
 import torch
+from IPython.display import display
 
 from zoomin_lib import symbolic as S
 from zoomin_lib.config import check_profile, results_dir
@@ -54,6 +55,7 @@ from zoomin_lib.enumeration import two_stage_bias
 from zoomin_lib.estimator_variants import RULES, gradient_bias, monte_carlo_logit_gradient
 from zoomin_lib.io import write_json
 from zoomin_lib.plotting import relative_error_bars, save_figure
+from zoomin_lib.report import markdown_table
 
 check_profile(profile)
 SETTINGS = {
@@ -100,13 +102,10 @@ for k in range(2, SETTINGS["eq8_k"] + 1):
         "eq. 11 line 2 with plus holds": S.is_zero(S.eq11_second_line(b, f, +1) - S.eq8_corrected(b, f)),
         "seconds": round(time.perf_counter() - t0, 2),
     })
-header = list(rows[0])
-print(" | ".join(header))
-for r in rows:
-    print(" | ".join(str(r[h]) for h in header))
 metrics["eq8_symbolic"] = rows
 assert all(r["corrected eq. 8 holds"] and not r["printed eq. 8 holds"] for r in rows)
 assert all(r["eq. 11 line 2 with minus holds"] and not r["eq. 11 line 2 with plus holds"] for r in rows)
+markdown_table(rows)
 
 # %% [markdown]
 # For $K=3$ the corrected right-hand side, put over a common denominator and simplified with
@@ -140,12 +139,11 @@ for k in range(2, SETTINGS["eq8_k"] + 1):
     printed = sum(beta[c] * beta[i] / (1 - beta[c]) * (beta[c] * feats[c]) + (1 - beta[c]) * feats[i]
                   for c in range(k) for i in range(k) if i != c)
     target = beta @ feats
-    numeric.append({"K": k, "corrected_error": float((corrected - target).abs().max()),
-                    "printed_error": float((printed - target).abs().max())})
-    print(f"K={k}: |corrected - E[f]| = {numeric[-1]['corrected_error']:.1e}   "
-          f"|printed - E[f]| = {numeric[-1]['printed_error']:.2f}")
+    numeric.append({"K": k, "max abs error, corrected": float((corrected - target).abs().max()),
+                    "max abs error, printed": float((printed - target).abs().max())})
 metrics["eq8_numeric"] = numeric
-assert all(r["corrected_error"] < 1e-14 and r["printed_error"] > 1e-3 for r in numeric)
+assert all(r["max abs error, corrected"] < 1e-14 and r["max abs error, printed"] > 1e-3 for r in numeric)
+markdown_table(numeric)
 
 # %% [markdown]
 # ## The estimator with more than two draws (Zoom-In eq. 9, ATS eq. 14-17)
@@ -172,9 +170,9 @@ for k in range(2, SETTINGS["estimator_k"] + 1):
         last_ok = S.is_zero(S.without_replacement_expected_value(b, f, n, last_only=True) - target)
         rows.append({"K": k, "n": n, "mean of Y_k unbiased": mean_ok, "Y_n alone unbiased": last_ok,
                      "seconds": round(time.perf_counter() - t0, 2)})
-        print(rows[-1])
 metrics["estimator_symbolic"] = rows
 assert all(r["mean of Y_k unbiased"] and r["Y_n alone unbiased"] for r in rows)
+markdown_table(rows)
 
 # %% [markdown]
 # ## Eq. 9 across two stages: which earlier draws count
@@ -208,9 +206,9 @@ for t, k2, n in SETTINGS["two_stage"]:
     rows.append({"T": t, "K2": k2, "N": n, "within-tile reading unbiased": within,
                  "literal reading unbiased": literal_ok, "literal relative bias at a random point": round(bias, 4),
                  "seconds": round(time.perf_counter() - t0, 2)})
-    print(rows[-1])
 metrics["two_stage_symbolic"] = rows
 assert all(r["within-tile reading unbiased"] and not r["literal reading unbiased"] for r in rows)
+markdown_table(rows)
 
 # %% [markdown]
 # ## Unbiased gradients: four rules side by side
@@ -236,8 +234,8 @@ assert all(r["within-tile reading unbiased"] and not r["literal reading unbiased
 
 # %%
 table = gradient_bias(5, 3, seed=seed)
-for name, row in table.items():
-    print(f"{name:26s} value {row['value']:.1e}   d/dlogits {row['grad_logits']:.1e}   d/dfeatures {row['grad_features']:.1e}")
+display(markdown_table([{"rule": name, "E[value]": row["value"], "E[d/d logits]": row["grad_logits"],
+                         "E[d/d features]": row["grad_features"]} for name, row in table.items()], digits=2))
 metrics["gradient_bias_K5_n3"] = table
 fig = relative_error_bars(table, ["value", "grad_logits", "grad_features"],
                           title="K = 5, n = 3: relative error of E[estimate] and E[gradient]")
@@ -291,9 +289,9 @@ assert min(grid["ATS hand-written rule"].values()) > 0.05
 
 # %%
 two_stage = two_stage_bias(3, 3, 3, seed=seed)
-print(two_stage)
 metrics["two_stage_bias_T3_K3_N3"] = two_stage
 assert max(v for key, v in two_stage.items() if key != "outcomes") < 1e-10
+markdown_table([two_stage], digits=2)
 
 # %% [markdown]
 # ## What a biased gradient does in practice

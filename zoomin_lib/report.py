@@ -1,0 +1,28 @@
+"""Tables for the chapters: a list of row dicts rendered as a Markdown table in the notebook."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+__all__ = ["format_cell", "markdown_table"]
+
+
+def format_cell(value: Any, digits: int = 3) -> str:
+    """A table cell: booleans as yes/no, floats in `digits` significant figures, the rest as str."""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    return str(value).replace("|", "\\|")
+
+
+def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None, digits: int = 3):
+    """Render rows (dicts sharing keys) as a Markdown table; displays as a table in Jupyter and the book."""
+    from IPython.display import Markdown
+
+    if not rows:
+        raise ValueError("markdown_table needs at least one row")
+    columns = list(columns or rows[0])
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(format_cell(row.get(c, ""), digits) for c in columns) + " |" for row in rows]
+    return Markdown("\n".join(lines))
