@@ -124,7 +124,7 @@ def zoomin_objective(
     *,
     contrastive_logits: torch.Tensor | None = None,
     use_contrastive: bool = False,
-    lam: float = 0.01,
+    lam: float = 1e-5,  # Zoom-In sec. 4 (ATS used 0.01)
     lam_beta: float | None = None,
     class_weights: Sequence[float] | torch.Tensor | None = None,
     reference_class: int = 0,

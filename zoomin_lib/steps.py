@@ -1,0 +1,67 @@
+"""One training step and one prediction for the sampling models, for `training.fit` / `training.evaluate`.
+
+`sampling_loss` is the per-batch objective of Zoom-In eq. 12: cross-entropy on the sampled
+prediction, entropy regularisation of alpha and of every sampled beta^c, and, from epoch
+`warmup_epochs` on (sec. 4: "after training without it for 10 epochs"), the contrastive loss of
+sec. 2.2 on the images whose label is not the reference class, predicted from tiles drawn from
+1 - alpha and sub-tiles from 1 - beta. ATSNet (one stage, no betas) and UniformNet take the same
+loss; a model without attention (CNNBaseline) gets plain cross-entropy.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .losses import contrastive_loss, weighted_cross_entropy, zoomin_objective
+
+__all__ = ["sampling_loss", "predictor"]
+
+Batch = Sequence[Tensor]  # (images [B, C, H, W], labels [B])
+
+
+def sampling_loss(
+    *,
+    warmup_epochs: int = 10,
+    lam: float = 1e-5,
+    class_weights: Sequence[float] | Tensor | None = None,
+    reference_class: int = 0,
+    contrastive: bool = True,
+    generator: torch.Generator | None = None,
+) -> Callable[[nn.Module, Batch, int], tuple[Tensor, dict[str, float]]]:
+    """The loss_fn(model, (x, y), epoch) of eq. 12 for `training.fit`; contrastive from `warmup_epochs` on."""
+    if warmup_epochs < 0:
+        raise ValueError(f"warmup_epochs must be >= 0, got {warmup_epochs}")
+
+    def loss_fn(model: nn.Module, batch: Batch, epoch: int) -> tuple[Tensor, dict[str, float]]:
+        x, y = batch
+        out = model(x, mode="sample", generator=generator)
+        if out.alpha is None:  # no attention: plain (weighted) cross-entropy
+            ce = weighted_cross_entropy(out.logits, y, class_weights)
+            return ce, {"total": float(ce.detach()), "ce": float(ce.detach())}
+        total, parts = zoomin_objective(
+            out.logits, y, out.alpha, out.betas, lam=lam, class_weights=class_weights, reference_class=reference_class
+        )
+        use_contrastive = contrastive and epoch >= warmup_epochs
+        positive = y != reference_class
+        con = total.new_zeros(())
+        if use_contrastive and bool(positive.any()):
+            negative_view = model(x[positive], mode="sample", generator=generator, contrastive=True)
+            con = contrastive_loss(negative_view.logits, y[positive], reference_class, reduction="sum") / len(y)
+        parts["contrastive"] = float(con.detach())
+        parts["total"] = float((total + con).detach())
+        return total + con, parts
+
+    return loss_fn
+
+
+def predictor(mode: str = "topk", generator: torch.Generator | None = None) -> Callable[[nn.Module, Batch], tuple[Tensor, Tensor]]:
+    """The predict_fn(model, (x, y)) for `training.evaluate`: logits in `mode` ("topk" is deterministic)."""
+
+    def predict_fn(model: nn.Module, batch: Batch) -> tuple[Tensor, Tensor]:
+        x, y = batch
+        return model(x, mode=mode, generator=generator).logits, y
+
+    return predict_fn
