@@ -28,12 +28,15 @@ stamp=.venv/.zoomin-installed
 want="$(cat requirements.txt constraints.txt pyproject.toml | sha256sum | cut -d' ' -f1)"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "setup_venv: installing pinned dependencies (torch 2.13.0 CPU, Jupyter Book 1.x, ...)"
-  .venv/bin/python -m pip install --quiet --upgrade pip >/dev/null 2>&1 || true
   # (this machine's pip config names index folders that may be absent; drop only those warnings)
   .venv/bin/python -m pip install --quiet -r requirements.txt -c constraints.txt \
     2> >(grep -v "^WARNING: Location '.*' is ignored" >&2)
-  .venv/bin/python -m pip install --quiet --no-deps --no-build-isolation -e . \
-    2> >(grep -v "^WARNING: Location '.*' is ignored" >&2)
+  # the editable install of zoomin_lib + data_prep: its output (a setuptools notice) is shown only on failure
+  if ! log="$(.venv/bin/python -m pip install --quiet --no-deps --no-build-isolation -e . 2>&1)"; then
+    echo "$log" >&2
+    echo "setup_venv: installing the project itself (pip install -e .) failed" >&2
+    exit 1
+  fi
   .venv/bin/python -m ipykernel install --sys-prefix --name python3 >/dev/null
   echo "$want" > "$stamp"
 fi
