@@ -83,11 +83,11 @@ print(f"profile={profile}; results in {out}")
 # $$
 #
 # i.e. draw $c'$ from $\beta$, then $i$ from $\beta$ renormalised without $c'$, and use the
-# two-draw estimate $\beta_{c'} f_{c'} + (1-\beta_{c'}) f_i$. In the paper (and in both OCR copies
-# we have) the closing parenthesis sits after $\beta_{c'} f_{c'}$, so the printed formula reads
+# two-draw estimate $\beta_{c'} f_{c'} + (1-\beta_{c'}) f_i$. In the main text's eq. 8 the
+# parenthesis closes early, after $\beta_{c'} f_{c'}$, so the formula as printed there reads
 # $\sum\sum \frac{\beta_{c'}\beta_i}{1-\beta_{c'}}(\beta_{c'} f_{c'}) + (1-\beta_{c'}) f_i$, with the
-# second term outside the weights. sympy shows the corrected form is an identity and the printed
-# form is not.
+# second term outside the weights; the restatement at the top of appendix B has the parenthesis in
+# the right place. sympy shows the corrected form is an identity and the main-text form is not.
 
 # %%
 rows = []
