@@ -13,6 +13,7 @@ from zoomin_lib.sampling import (
     sample_with_replacement,
     sample_without_replacement,
 )
+from zoomin_lib.training import seed_everything
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 CUDA = torch.device("cuda")
@@ -27,6 +28,32 @@ def test_samplers_run_on_cuda_with_a_cuda_generator():
     draws = unique_draws(tiles)
     sub = sample_subtiles(torch.softmax(torch.randn(draws.n_unique, 20, device=CUDA), 1), draws, gen)
     assert sub.shape == tiles.shape and sub.device.type == "cuda"
+
+
+def test_samplers_accept_a_cpu_generator_with_cuda_probs():
+    """The draw runs on the generator's device; the indices come back on the probs' device."""
+    probs = torch.softmax(torch.randn(4, 50, device=CUDA), 1)
+    idx = sample_with_replacement(probs, 12, torch.Generator().manual_seed(0))
+    want = sample_with_replacement(probs.cpu(), 12, torch.Generator().manual_seed(0))
+    assert idx.device.type == "cuda" and torch.equal(idx.cpu(), want)
+    idx = sample_without_replacement(probs, 10, torch.Generator().manual_seed(1))
+    want = sample_without_replacement(probs.cpu(), 10, torch.Generator().manual_seed(1))
+    assert idx.device.type == "cuda" and torch.equal(idx.cpu(), want)
+    sub = sample_subtiles(torch.softmax(torch.randn(3, 20, device=CUDA), 1),
+                          unique_draws(torch.tensor([[0, 1, 1, 2]], device=CUDA)), torch.Generator().manual_seed(2))
+    assert sub.device.type == "cuda"
+    # and the reverse: a CUDA generator with CPU probs
+    idx = sample_without_replacement(probs.cpu(), 10, torch.Generator(device=CUDA).manual_seed(1))
+    assert idx.device.type == "cpu" and all(len(set(r)) == 10 for r in idx.tolist())
+
+
+def test_seed_everything_gives_a_cuda_generator_that_drives_a_cuda_model():
+    gen = seed_everything(0)
+    assert gen.device.type == "cuda" and seed_everything(0, "cpu").device.type == "cpu"
+    zoom = ZoomInNet(AttentionLeNet(3), AttentionLeNet(3, final_tanh=False), FeatureLeNet(3), 2,
+                     scale1=0.25, scale2=0.5, tile_size=32, patch_size=8, n_patches=3).to(CUDA)
+    out = zoom(torch.rand(2, 3, 64, 64, device=CUDA), mode="sample", generator=gen)
+    assert out.logits.device.type == "cuda"
 
 
 def test_estimator_exact_on_cuda_float64():

@@ -19,6 +19,7 @@ from zoomin_lib.geometry import (
     view_size,
     view_to_full,
 )
+from zoomin_lib.profiling import peak_memory
 
 
 def naive_patch(x: torch.Tensor, b: int, r: int, c: int, ph: int, pw: int) -> torch.Tensor:
@@ -66,6 +67,32 @@ def test_extract_patches_gradient_matches_naive() -> None:
     assert torch.allclose(g1, x.grad)
 
 
+def test_extract_patches_peak_memory_is_one_copy_of_the_patches() -> None:
+    """10 full-resolution tiles of a 2048 x 2048 x 3 image: no second full-size temporary (was ~2x)."""
+    x = torch.rand(1, 3, 2048, 2048)
+    top, left = tile_top_left(torch.arange(10), (2048, 2048), 256)
+    b = torch.zeros(10, dtype=torch.long)
+    out_bytes = 10 * 3 * 256 * 256 * 4
+    for rows, cols in ((top + 128, left + 128), (top * 0 + 2047, left * 0 + 2047)):  # inside; mostly outside
+        with torch.no_grad():
+            report = peak_memory(lambda: extract_patches(x, b, rows, cols, 256), "cpu")
+        assert out_bytes <= report.peak_bytes < 1.5 * out_bytes
+
+
+def test_extract_patches_zero_fill_keeps_autograd_with_a_leaf_input() -> None:
+    """In-place zero fill of the gathered patches: backward works and gives zero gradient outside."""
+    x = torch.randn(1, 1, 5, 5, dtype=torch.float64, requires_grad=True)
+    out = extract_patches(x, torch.tensor([0]), torch.tensor([0]), torch.tensor([0]), 3)  # [1, 1, 3, 3]
+    assert torch.equal(out[0, 0, 0], torch.zeros(3, dtype=torch.float64))  # row -1 is outside
+    out.sum().backward()
+    want = torch.zeros(5, 5, dtype=torch.float64)
+    want[:2, :2] = 1
+    assert torch.equal(x.grad[0, 0], want)
+    assert torch.autograd.gradcheck(
+        lambda t: extract_patches(t, torch.tensor([0, 0]), torch.tensor([4, 2]), torch.tensor([0, 3]), (3, 4)), (x,)
+    )
+
+
 def test_extract_patches_errors() -> None:
     x = torch.zeros(2, 1, 8, 8)
     one = torch.tensor([0])
@@ -89,6 +116,17 @@ def test_view_size_follows_floor(scale: float, dtype: torch.dtype) -> None:
     assert v.shape == (2, 3, math.floor(scale * 37), math.floor(scale * 50))
     assert v.dtype == dtype
     assert view_size((37, 50), scale) == tuple(v.shape[-2:])
+
+
+@pytest.mark.parametrize(
+    ("size", "scale", "want"),
+    [((100, 100), 0.29, (29, 29)), ((100, 100), 0.57, (57, 57)), ((100, 300), 0.58, (58, 174)),
+     ((2048, 2048), 0.0625, (128, 128)), ((37, 50), 1 / 3, (12, 16)), ((9, 9), 1.0, (9, 9))],
+)
+def test_view_size_is_exact_for_decimal_scales(size: tuple[int, int], scale: float, want: tuple[int, int]) -> None:
+    """floor(s H) for the decimal s as written: the float product 0.29 * 100 = 28.999... must not give 28."""
+    assert view_size(size, scale) == want
+    assert view(torch.zeros(1, 1, *size), scale).shape[-2:] == want
 
 
 def test_view_of_constant_is_constant() -> None:

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from zoomin_lib.geometry import tile_pool
 from zoomin_lib.losses import (
     attention_mse,
     contrastive_loss,
@@ -141,6 +142,23 @@ def test_mask_to_view_tiles_by_hand():
     # 4 x 6 in tiles of 3 x 4 -> padded to 6 x 8 -> 2 x 2 grid
     padded = mask_to_view(mask, tile_size=(3, 4))
     assert torch.equal(padded, torch.tensor([[[1.0, 0], [0, 1]]]))
+
+
+def test_mask_to_view_fraction_of_partial_tiles_counts_only_pixels_inside():
+    """All-ROI image, size not a multiple of the tile: every tile, partial ones too, is all ROI."""
+    full = torch.ones(2, 10, 7, dtype=torch.bool)
+    frac = mask_to_view(full, tile_size=(4, 3), rule="fraction")
+    assert frac.shape == (2, 3, 3) and torch.equal(frac, torch.ones(2, 3, 3))
+    mask = torch.zeros(1, 4, 6, dtype=torch.bool)
+    mask[0, 0, 0] = True  # tile (0, 0): 1 of 3 x 4 = 12 pixels
+    mask[0, 3, 4:6] = True  # tile (1, 1): 2 of the 1 x 2 pixels inside the image
+    frac = mask_to_view(mask, tile_size=(3, 4), rule="fraction")
+    assert torch.allclose(frac, torch.tensor([[[1 / 12, 0], [0, 1.0]]]))
+    # the same as tile_pool of the mask as a full-resolution score map
+    gen = torch.Generator().manual_seed(0)
+    mask = torch.rand(3, 13, 11, generator=gen) > 0.6
+    pooled = tile_pool(mask.double(), (13, 11), (5, 4))
+    assert torch.allclose(mask_to_view(mask.double(), tile_size=(5, 4), rule="fraction"), pooled)
 
 
 def test_mask_to_view_downsampled_view():

@@ -82,6 +82,19 @@ def test_time_per_sample_reports_runs():
         time_per_sample(lambda: None, batch_size=0)
 
 
+def test_time_per_sample_times_with_all_threads():
+    """The timed calls see torch.get_num_threads() threads (benchmark.Timer defaults to one)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        seen: list[int] = []
+        report = time_per_sample(lambda: seen.append(torch.get_num_threads()), min_run_time=0.01)
+        assert report.threads == torch.get_num_threads() == 2
+        assert set(seen) == {2}
+    finally:
+        torch.set_num_threads(previous)
+
+
 def test_profile_inference_on_tiny_conv_net():
     model = torch.nn.Sequential(
         torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(),
@@ -94,6 +107,7 @@ def test_profile_inference_on_tiny_conv_net():
         assert result[key] > 0, key
     assert result["mmacs"] == pytest.approx((3 * 9 * 16 * 16 * 4 + 4 * 2) / 1e6)
     assert result["memory_method"] and result["batch_size"] == 1
+    assert result["threads"] == torch.get_num_threads()
     json.dumps(result)  # JSON-serialisable
     json.dumps(report_dict(count_flops(lambda: model(torch.randn(1, 3, 8, 8)))))
 

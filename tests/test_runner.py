@@ -116,6 +116,38 @@ def test_fail_fast_skips_the_rest(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert "skipped after the first failure" in table and "01_bad" in table
 
 
+def test_cell_timeout_is_reported_as_a_timeout(tmp_path: Path) -> None:
+    """A cell past the timeout is named with its number and first line and 'timed out after N s'."""
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells = [
+        nbformat.v4.new_markdown_cell("# A notebook that hangs"),
+        nbformat.v4.new_code_cell("x = 1"),
+        nbformat.v4.new_code_cell("# sleep past the timeout\nimport time\ntime.sleep(60)"),
+        nbformat.v4.new_code_cell("print('never reached')"),
+    ]
+    path = tmp_path / "01_slow.ipynb"
+    nbformat.write(nb, path)
+    result = runner.execute_notebook(path, tmp_path / "out", "smoke", cwd=tmp_path, progress_bar=False, timeout=2)
+    assert result.status == "failed" and result.seconds < 30
+    error = result.error
+    assert error is not None and error.cell == 3 and error.first_line == "# sleep past the timeout"
+    assert error.ename == "CellTimeoutError" and error.evalue == "timed out after 2 s"
+    assert "cell 3" in error.describe() and "KeyboardInterrupt" not in error.describe()
+
+    # however the timeout is wrapped, it is recognised; N comes from nbclient's message
+    from nbclient.exceptions import CellTimeoutError
+
+    try:
+        try:
+            raise CellTimeoutError("A cell timed out while it was being executed, after 2 seconds.")
+        except CellTimeoutError as inner:
+            raise RuntimeError("papermill gave up") from inner
+    except RuntimeError as wrapped:
+        located = runner.locate_error(tmp_path / "out" / "01_slow.failed.ipynb", wrapped)
+    assert (located.cell, located.evalue) == (3, "timed out after 2 s")
+
+
 def test_unknown_profile_is_rejected(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown profile"):
         runner.run_notebooks([], tmp_path, "gpu")

@@ -25,6 +25,18 @@ def _pvalue(counts: torch.Tensor, probs: torch.Tensor) -> float:
 PROBS = torch.tensor([[0.05, 0.1, 0.15, 0.3, 0.4]], dtype=torch.float64)
 
 
+def test_cpu_generator_with_cpu_probs_draws_as_torch_does():
+    """Same device: the samplers draw exactly what torch.multinomial / Gumbel-top-k draw with that generator."""
+    probs = torch.softmax(torch.randn(3, 12, generator=torch.Generator().manual_seed(7)), 1)
+    idx = sample_with_replacement(probs, 9, torch.Generator().manual_seed(0))
+    want = torch.multinomial(probs, 9, replacement=True, generator=torch.Generator().manual_seed(0))
+    assert idx.device == probs.device and torch.equal(idx, want)
+    idx = sample_without_replacement(probs, 5, torch.Generator().manual_seed(1))
+    u = torch.rand(probs.shape, generator=torch.Generator().manual_seed(1))
+    keys = torch.log(probs) - torch.log(-torch.log(u))
+    assert torch.equal(idx, keys.topk(5, dim=1).indices)
+
+
 def test_with_replacement_frequencies_match_probabilities():
     draws = sample_with_replacement(PROBS, 20000, generator=torch.Generator().manual_seed(0))
     counts = torch.bincount(draws.flatten(), minlength=5).double()

@@ -1,12 +1,15 @@
 """Tests of zoomin_lib.training: learning, evaluation metrics, resume determinism, NaN errors."""
 
 import math
+import warnings
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
+from zoomin_lib.config import default_device
 from zoomin_lib.io import read_json
 from zoomin_lib.training import (
     NonFiniteLossError,
@@ -92,7 +95,7 @@ def test_resume_gives_same_weights(tmp_path, per_epoch_loader):
 
 
 def test_resume_restores_generators(tmp_path):
-    gen = seed_everything(3)
+    gen = seed_everything(3, "cpu")
     full = torch.nn.Linear(2, 2)
     ckpt = tmp_path / "gen.pt"
 
@@ -107,13 +110,72 @@ def test_resume_restores_generators(tmp_path):
             progress=False, generators=[generator])
 
     train(full, 3, gen, None)
-    gen2 = seed_everything(3)
+    gen2 = seed_everything(3, "cpu")
     part = torch.nn.Linear(2, 2)
     train(part, 1, gen2, ckpt)
-    gen3 = seed_everything(99)  # a different state: the checkpoint must restore it
+    gen3 = seed_everything(99, "cpu")  # a different state: the checkpoint must restore it
     resumed = torch.nn.Linear(2, 2)
     train(resumed, 3, gen3, ckpt)
     assert torch.equal(full.weight, resumed.weight)
+
+
+def _tiny_fit(path, epochs, **kwargs):
+    """Train a Linear(2, 2) on one fixed batch with SGD; return (model, history)."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    batch = (torch.randn(4, 2), torch.tensor([0, 1, 0, 1]))
+    kwargs.setdefault("progress", False)
+    history = fit(model, [batch], lambda m, b, e: (F.cross_entropy(m(b[0]), b[1]), {}), opt, epochs,
+                  checkpoint_path=path, **kwargs)
+    return model, history
+
+
+def test_resume_with_numpy_and_tensor_eval_values(tmp_path):
+    """eval_fn values of numpy/torch types are stored as plain Python, so weights_only loading resumes."""
+    def eval_fn(model):
+        return {"auc": np.float64(0.75), "per_class": np.array([1, 2]), "n": np.int64(3),
+                "t": torch.tensor(0.5), "nested": {"a": (np.float32(0.25), None, "s")}}
+
+    _tiny_fit(tmp_path / "ck.pt", 1, eval_fn=eval_fn)
+    _, history = _tiny_fit(tmp_path / "ck.pt", 2, eval_fn=eval_fn)  # resumes from epoch 1
+    assert [h["epoch"] for h in history] == [1, 2]
+    for h in history:
+        assert h["val_auc"] == 0.75 and type(h["val_auc"]) is float
+        assert h["val_per_class"] == [1, 2] and type(h["val_n"]) is int and h["val_t"] == 0.5
+        assert h["val_nested"] == {"a": [0.25, None, "s"]}
+    with pytest.raises(TypeError, match="val_bad"):
+        _tiny_fit(None, 1, eval_fn=lambda m: {"bad": object()})
+
+
+def test_resume_warns_when_checkpoint_has_no_scheduler_state(tmp_path):
+    _tiny_fit(tmp_path / "ck.pt", 1)  # saved without a scheduler
+
+    def with_scheduler(epochs):
+        torch.manual_seed(0)
+        model = torch.nn.Linear(2, 2)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        sched = torch.optim.lr_scheduler.StepLR(opt, 1, gamma=0.5)
+        batch = (torch.randn(4, 2), torch.tensor([0, 1, 0, 1]))
+        fit(model, [batch], lambda m, b, e: (F.cross_entropy(m(b[0]), b[1]), {}), opt, epochs,
+            checkpoint_path=tmp_path / "ck.pt", scheduler=sched, progress=False)
+
+    with pytest.warns(UserWarning, match="no scheduler state"):
+        with_scheduler(2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # now the checkpoint holds the scheduler: no warning
+        with_scheduler(3)
+
+
+def test_epoch_without_batches_is_an_error():
+    """A one-shot iterable is exhausted after epoch 1: epoch 2 must fail, naming the epoch."""
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    batches = iter([torch.zeros(1, 2), torch.ones(1, 2)])
+    with pytest.raises(ValueError, match=r"epoch 2 \(0-based 1\) yielded no batches"):
+        fit(model, batches, lambda m, b, e: (m(b).sum(), {}), opt, 3, progress=False)
+    with pytest.raises(ValueError, match=r"epoch 1 .*no batches"):
+        fit(model, [], lambda m, b, e: (m(b).sum(), {}), opt, 1, progress=False)
 
 
 def test_nan_loss_names_epoch_and_batch():
@@ -146,9 +208,19 @@ def test_evaluate_counts_and_missing_class():
     assert metrics["loss"] == pytest.approx(F.cross_entropy(logits, target).item())
 
 
+def test_seed_everything_generator_device(monkeypatch):
+    """The generator lives on the device asked for; by default on config.default_device()."""
+    gen = seed_everything(0, "cpu")
+    assert gen.device.type == "cpu"
+    assert seed_everything(0, torch.device("cpu")).device.type == "cpu"
+    assert seed_everything(0).device.type == default_device().type
+    monkeypatch.setattr("zoomin_lib.training.default_device", lambda: torch.device("cpu"))
+    assert seed_everything(0).device.type == "cpu"
+
+
 def test_seed_everything_is_reproducible():
-    g1 = seed_everything(5)
+    g1 = seed_everything(5, "cpu")
     a = (torch.rand(3), torch.rand(2, generator=g1))
-    g2 = seed_everything(5)
+    g2 = seed_everything(5, "cpu")
     b = (torch.rand(3), torch.rand(2, generator=g2))
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])

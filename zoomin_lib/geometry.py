@@ -1,7 +1,8 @@
 """Views, the view-to-image location map, batched patch extraction and the tile grid.
 
 - `view` is the low-resolution view V(x, s) of Zoom-In sec. 2.1 / ATS sec. 3.3 (eq. 18):
-  h = floor(s H), w = floor(s W), antialiased bilinear resampling.
+  h = floor(s H), w = floor(s W) (computed exactly for the decimal s, so 0.29 * 100 gives 29),
+  antialiased bilinear resampling.
 - `view_to_full` is the location map of T_s(x, c) in Zoom-In sec. 2.1, written 0-based:
   view row i -> floor(i (H - 1) / (h - 1)) (the paper's 1-based
   floor(1 + (i - 1)(H - 1)/(h - 1)) shifted by one); it depends only on H, W, h, w.
@@ -16,6 +17,7 @@
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import torch
 import torch.nn.functional as F
@@ -51,12 +53,22 @@ def _check_image(x: Tensor, name: str = "x") -> None:
         raise ValueError(f"{name} must be floating point, got {x.dtype}")
 
 
+def _floor_scaled(scale: float, n: int) -> int:
+    """floor(scale * n) exactly for the decimal the user wrote: 0.29 * 100 is 29, not 28.
+
+    The float product 0.29 * 100 = 28.999999999999996 floors to 28. The scale is taken as the
+    shortest decimal that reads back as the same float (Fraction(repr(scale))), so the floor is
+    exact for every scale written as a decimal literal.
+    """
+    return math.floor(Fraction(repr(float(scale))) * n)
+
+
 def view_size(full_size: tuple[int, int], scale: float) -> tuple[int, int]:
     """The view size (floor(s H), floor(s W)) of Zoom-In sec. 2.1; ValueError if empty or s not in (0, 1]."""
     H, W = _pair(full_size, "full_size")
     if not isinstance(scale, (int, float)) or not (0 < scale <= 1):
         raise ValueError(f"scale must be in (0, 1], got {scale!r}")
-    h, w = math.floor(scale * H), math.floor(scale * W)
+    h, w = _floor_scaled(scale, H), _floor_scaled(scale, W)
     if h < 1 or w < 1:
         raise ValueError(f"scale {scale} of an image of size {(H, W)} gives an empty view {(h, w)}")
     return h, w
@@ -128,8 +140,10 @@ def extract_patches(
     c = cols.clamp(0, W - 1).unsqueeze(1)  # [M, 1, pw]
     b = batch_idx.to(dev).long().view(-1, 1, 1)  # [M, 1, 1]
     # Advanced indices separated by a slice put the broadcast index dims first: [M, ph, pw, C].
-    gathered = x[b, :, r, c]  # [M, ph, pw, C]
-    gathered = torch.where(inside.unsqueeze(-1), gathered, gathered.new_zeros(()))
+    gathered = x[b, :, r, c]  # [M, ph, pw, C], a fresh copy (advanced indexing never views)
+    # Zero outside the image in place: no second [M, ph, pw, C] temporary. Autograd allows it
+    # (the gather's backward does not need its output) and masks the gradient the same way.
+    gathered.masked_fill_(~inside.unsqueeze(-1), 0)
     return gathered.permute(0, 3, 1, 2)  # [M, C, ph, pw]
 
 

@@ -233,7 +233,9 @@ def mask_to_view(
       the image rows floor(i H / h) .. ceil((i + 1) H / h) (and likewise for columns).
 
     rule="any" labels a location 1 if any ROI pixel falls in it (appendix L's patch labelling);
-    rule="fraction" returns the fraction of its pixels that are ROI.
+    rule="fraction" returns the fraction of its pixels that are ROI, counting only the pixels
+    inside the image (a partial edge tile is divided by its area inside the image, as
+    geometry.tile_pool averages only over that part).
     """
     if (view_size is None) == (tile_size is None):
         raise ValueError("give exactly one of view_size and tile_size")
@@ -253,7 +255,14 @@ def mask_to_view(
         pad_h, pad_w = (-height) % th, (-width) % tw
         if pad_h or pad_w:
             m = F.pad(m, (0, pad_w, 0, pad_h))  # [B, 1, H', W'] background padding
-        pooled = F.max_pool2d(m, (th, tw)) if pool_max else F.avg_pool2d(m, (th, tw))
+        if pool_max:
+            pooled = F.max_pool2d(m, (th, tw))  # [B, 1, R, C]
+        else:
+            roi = F.avg_pool2d(m, (th, tw), divisor_override=1)  # [B, 1, R, C]: ROI pixels per tile
+            n_rows, n_cols = roi.shape[-2:]
+            rows = (height - th * torch.arange(n_rows, device=m.device)).clamp(max=th)  # [R] rows inside
+            cols = (width - tw * torch.arange(n_cols, device=m.device)).clamp(max=tw)  # [C] cols inside
+            pooled = roi / (rows[:, None] * cols[None, :]).to(m.dtype)  # [B, 1, R, C]
     else:
         size = _pair(view_size, "view_size")  # type: ignore[arg-type]
         pooled = F.adaptive_max_pool2d(m, size) if pool_max else F.adaptive_avg_pool2d(m, size)

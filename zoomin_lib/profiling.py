@@ -7,7 +7,8 @@
   never the process RSS.
 - FLOPs: `torch.utils.flop_counter.FlopCounterMode`. It reports FLOPs (2 per
   multiply-accumulate); Zoom-In's eq. (10), C_in k^2 H_out W_out C_out, counts MACs = FLOPs / 2.
-- Time: `torch.utils.benchmark.Timer` (warm-up call first; the timer synchronises CUDA).
+- Time: `torch.utils.benchmark.Timer` (warm-up call first; the timer synchronises CUDA), run
+  with `torch.get_num_threads()` threads (the Timer's own default is a single thread).
 """
 
 from __future__ import annotations
@@ -67,12 +68,13 @@ class FlopReport:
 
 @dataclass(frozen=True)
 class TimeReport:
-    """Median wall time per sample over `runs` timed calls."""
+    """Median wall time per sample over `runs` timed calls, with `threads` CPU threads."""
 
     seconds_per_sample: float
     seconds_per_call: float
     runs: int
     batch_size: int
+    threads: int
 
 
 def _as_device(device: str | torch.device | None) -> torch.device:
@@ -98,7 +100,12 @@ def _cpu_allocation_deltas(prof: profile) -> list[tuple[int, int]]:
 
 
 def _replay_peak(deltas: list[tuple[int, int]]) -> int:
-    """Largest running total of the byte deltas (starting from 0, never below 0)."""
+    """max(0, largest running total) of the byte deltas, starting from 0.
+
+    The running total itself can go negative: tensors allocated before the profiled call and
+    freed inside it count as frees without a matching allocation. The peak is the extra memory
+    above the starting point, so it is at least 0.
+    """
     running, peak = 0, 0
     for _, nbytes in deltas:
         running += nbytes
@@ -168,17 +175,22 @@ def count_flops(fn: Callable[[], Any]) -> FlopReport:
 def time_per_sample(
     fn: Callable[[], Any], batch_size: int = 1, min_run_time: float = 0.2
 ) -> TimeReport:
-    """Median seconds per sample of `fn()` (which processes `batch_size` samples), by torch.utils.benchmark.Timer."""
+    """Median seconds per sample of `fn()` (which processes `batch_size` samples), by torch.utils.benchmark.Timer.
+
+    The timer runs with torch.get_num_threads() threads, as the code runs outside the timer
+    (benchmark.Timer would otherwise use one thread); the count is recorded in the report.
+    """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if min_run_time <= 0:
         raise ValueError(f"min_run_time must be positive, got {min_run_time}")
     fn()  # warm-up
-    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn})
+    threads = torch.get_num_threads()
+    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads)
     measurement = timer.blocked_autorange(min_run_time=min_run_time)
     runs = len(measurement.times) * int(measurement.number_per_run)
     per_call = float(measurement.median)
-    return TimeReport(per_call / batch_size, per_call, runs, batch_size)
+    return TimeReport(per_call / batch_size, per_call, runs, batch_size, threads)
 
 
 def _to_device(obj: Any, device: torch.device) -> Any:
@@ -249,6 +261,7 @@ def profile_inference(
         "flops_by_operator": dict(flops.by_operator),
         "ms_per_sample": timing.seconds_per_sample * 1e3,
         "timing_runs": timing.runs,
+        "threads": timing.threads,
     }
 
 

@@ -16,7 +16,9 @@ Without notebook arguments it runs every ``notebooks/NN_name.ipynb`` (and every
 
 A summary table (status and seconds per notebook) is printed at the end and written to
 ``OUT/_run_summary.json``; each failure names the cell (number in the ``.ipynb`` and its
-first source line) and the exception. The exit status is 0 only if every notebook passed.
+first source line) and the exception; a cell that ran past ``--timeout`` is reported as
+"timed out after N s" (not as the KeyboardInterrupt the kernel shows when it is stopped).
+The exit status is 0 only if every notebook passed.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 import sys
 import tempfile
 import time
@@ -144,12 +147,45 @@ def _strip_ansi(text: str) -> str:
     return strip_color(text)
 
 
-def locate_error(executed: str | os.PathLike, exc: BaseException) -> CellError:
-    """Describe the failing cell of an executed notebook, numbered as in the source ``.ipynb``."""
+def _cell_timeout(exc: BaseException) -> BaseException | None:
+    """nbclient's CellTimeoutError if it is `exc` or an exception `exc` was raised from or during."""
+    from nbclient.exceptions import CellTimeoutError
+
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, CellTimeoutError) or type(current).__name__ == "CellTimeoutError":
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _timeout_message(exc: BaseException, timeout: float | None) -> str:
+    """'timed out after N s': N is the configured timeout, else the seconds in the timeout's message."""
+    if timeout is None:
+        found = re.search(r"after (\d+(?:\.\d+)?) seconds", str(exc))
+        timeout = float(found.group(1)) if found else None
+    return "timed out" if timeout is None else f"timed out after {timeout:g} s"
+
+
+def locate_error(
+    executed: str | os.PathLike, exc: BaseException, timeout: float | None = None
+) -> CellError:
+    """Describe the failing cell of an executed notebook, numbered as in the source ``.ipynb``.
+
+    A cell timeout (nbclient's CellTimeoutError, however papermill wraps it) is reported as
+    CellTimeoutError "timed out after N s" (N = `timeout` when given) on the cell that the
+    kernel interrupted, instead of the KeyboardInterrupt that cell shows.
+    """
     import nbformat
 
     ename = getattr(exc, "ename", type(exc).__name__)
     evalue = _strip_ansi(str(getattr(exc, "evalue", exc))).strip()
+    cell_timeout = _cell_timeout(exc)
+    timed_out = cell_timeout is not None
+    if cell_timeout is not None:
+        ename, evalue = "CellTimeoutError", _timeout_message(cell_timeout, timeout)
     try:
         nb = nbformat.read(executed, as_version=4)
     except Exception:  # noqa: BLE001 - e.g. the kernel died before papermill wrote anything
@@ -167,6 +203,8 @@ def locate_error(executed: str | os.PathLike, exc: BaseException) -> CellError:
         ]
         if errors:
             error = errors[0]
+            if timed_out:  # the interrupt that stopped the cell: report the timeout
+                return CellError(number, cell.get("execution_count"), _first_line(cell.source), ename, evalue)
             return CellError(
                 number,
                 cell.get("execution_count"),
@@ -212,7 +250,7 @@ def execute_notebook(
             execution_timeout=timeout,
         )
     except Exception as exc:  # noqa: BLE001 - every failure is reported, then the next one runs
-        result.error = locate_error(tmp, exc)
+        result.error = locate_error(tmp, exc, timeout)
         failed = out_dir / f"{name}.failed.ipynb"
         if Path(tmp).stat().st_size > 0:
             _publish(tmp, failed)

@@ -22,6 +22,12 @@ the same value, and its gradient is the score-function (likelihood-ratio) gradie
 of i_k given the earlier draws, conditioned on those draws. Because E[Y_k | earlier draws] does
 not depend on the earlier draws, this conditional gradient is unbiased for d/dtheta sum_i a_i f_i,
 with respect to the attention and the features alike. No hand-written backward pass is needed.
+
+Generators: the random numbers are drawn on the generator's device. A generator on another
+device than `probs` (a CPU generator with CUDA probabilities, or the reverse) is accepted:
+the draw runs on the generator's device (the detached probabilities, or the uniform noise,
+cross over) and the indices are returned on `probs.device`. The draws are then those of the
+generator's device, so the same seed gives the same indices wherever `probs` lives.
 """
 
 from __future__ import annotations
@@ -73,18 +79,34 @@ def _check_n(n: int) -> None:
         raise ValueError(f"the number of draws must be a positive int, got {n!r}")
 
 
+def _draw_device(device: torch.device, generator: torch.Generator | None) -> torch.device:
+    """The device to draw random numbers on: the generator's when it has one, else `device`."""
+    if generator is None:
+        return device
+    gen_device = generator.device
+    same_index = gen_device.index is None or device.index is None or gen_device.index == device.index
+    return device if gen_device.type == device.type and same_index else gen_device
+
+
 def sample_with_replacement(probs: Tensor, n: int, generator: torch.Generator | None = None) -> Tensor:
-    """Draw n iid indices per row of `probs` [B, K]; returns LongTensor [B, n]."""
+    """Draw n iid indices per row of `probs` [B, K] on the generator's device; LongTensor [B, n] on probs.device."""
     validate_probs(probs)
     _check_n(n)
-    return torch.multinomial(probs.detach(), n, replacement=True, generator=generator)
+    p = probs.detach()  # [B, K]
+    draw_on = _draw_device(p.device, generator)
+    idx = torch.multinomial(p.to(draw_on), n, replacement=True, generator=generator)  # [B, n]
+    return idx.to(p.device)
 
 
 def gumbel_top_k(probs: Tensor, n: int, generator: torch.Generator | None = None) -> Tensor:
-    """Indices of the n largest log p + Gumbel noise per row, in draw order; no support check."""
+    """Indices of the n largest log p + Gumbel noise per row, in draw order; no support check.
+
+    The uniform noise is drawn on the generator's device and moved to probs.device.
+    """
     p = probs.detach()  # [B, K]
     tiny = torch.finfo(p.dtype).tiny
-    u = torch.rand(p.shape, generator=generator, dtype=p.dtype, device=p.device)
+    u = torch.rand(p.shape, generator=generator, dtype=p.dtype, device=_draw_device(p.device, generator))
+    u = u.to(p.device)  # [B, K]
     gumbel = -torch.log(-torch.log(u.clamp(min=tiny, max=1 - torch.finfo(p.dtype).eps)))
     keys = torch.log(p) + gumbel  # [B, K]; log 0 = -inf is never drawn while support lasts
     return keys.topk(n, dim=1, sorted=True).indices  # [B, n]

@@ -13,6 +13,7 @@ import math
 import os
 import random
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -21,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .config import default_device
 from .io import save_torch, write_json
 
 __all__ = [
@@ -39,12 +41,12 @@ class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or infinite."""
 
 
-def seed_everything(seed: int) -> torch.Generator:
-    """Seed python, numpy and torch (CPU and CUDA); return a torch.Generator seeded for sampling."""
+def seed_everything(seed: int, device: str | torch.device | None = None) -> torch.Generator:
+    """Seed python, numpy and torch (CPU and CUDA); return a torch.Generator on `device` (None: default_device()) seeded for sampling."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)  # also seeds every CUDA device
-    generator = torch.Generator()
+    generator = torch.Generator(device=default_device() if device is None else torch.device(device))
     generator.manual_seed(seed)
     return generator
 
@@ -80,6 +82,27 @@ def _set_rng_state(state: dict[str, Any], generators: Sequence[torch.Generator])
         generator.set_state(gen_state)
 
 
+def _plain(value: Any, key: str) -> Any:
+    """`value` as plain Python (None/bool/int/float/str, lists, dicts) that torch.load(weights_only=True) accepts."""
+    if isinstance(value, (np.generic, np.ndarray)):  # first: np.float64 is a float subclass
+        return value.tolist()  # numpy scalar -> int/float/bool, array -> nested lists
+    if value is None or isinstance(value, bool):
+        return value
+    for base in (int, float, str):
+        if isinstance(value, base):
+            return base(value)  # an IntEnum or str subclass becomes the plain type
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().tolist()  # 0-d -> a number, else nested lists
+    if isinstance(value, dict):
+        return {(k.item() if isinstance(k, np.generic) else k): _plain(v, f"{key}[{k!r}]") for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v, f"{key}[{i}]") for i, v in enumerate(value)]
+    raise TypeError(
+        f"history entry {key!r} is a {type(value).__name__}; eval_fn must return numbers, strings, "
+        "None, numpy/torch values, or lists/dicts of them"
+    )
+
+
 def _epoch_batches(train_batches: Iterable | Callable[[int], Iterable], epoch: int) -> Iterable:
     """The batches of `epoch`: `train_batches(epoch)` if it is callable, else `train_batches`."""
     return train_batches(epoch) if callable(train_batches) else train_batches
@@ -107,12 +130,15 @@ def fit(
       epoch -> iterable (e.g. a loader reseeded per epoch).
     - loss_fn(model, batch, epoch) -> (loss, dict of floats): the dict's entries are averaged
       over the epoch's batches into the history.
-    - eval_fn(model) -> dict: run after each epoch; its entries enter the history as "val_<key>".
+    - eval_fn(model) -> dict: run after each epoch; its entries enter the history as "val_<key>",
+      converted to plain Python (numpy/torch scalars -> numbers, arrays -> lists).
     - checkpoint_path: after every epoch, model + optimizer (+ scheduler) + epoch + history +
       RNG states (including `generators`) are saved atomically; with `resume`, an existing
       checkpoint is loaded and training continues after its last finished epoch.
     - log_every: batches between updates of the progress bar's loss display.
-    Raises NonFiniteLossError naming the epoch and batch if the loss is NaN or infinite.
+    Raises NonFiniteLossError naming the epoch and batch if the loss is NaN or infinite, and
+    ValueError naming the epoch if it yields no batches (e.g. an exhausted one-shot iterable).
+    Warns if a scheduler is given but the checkpoint resumed from holds no scheduler state.
     """
     if epochs < 0:
         raise ValueError(f"epochs must be >= 0, got {epochs}")
@@ -126,8 +152,15 @@ def fit(
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
-        if scheduler is not None and ckpt.get("scheduler") is not None:
-            scheduler.load_state_dict(ckpt["scheduler"])
+        if scheduler is not None:
+            if ckpt.get("scheduler") is not None:
+                scheduler.load_state_dict(ckpt["scheduler"])
+            else:
+                warnings.warn(
+                    f"checkpoint {path} holds no scheduler state (it was saved without a scheduler); "
+                    "the scheduler passed to fit() starts from its initial state",
+                    stacklevel=2,
+                )
         history = list(ckpt["history"])
         start = int(ckpt["epoch"])
         _set_rng_state(ckpt["rng"], generators)
@@ -160,13 +193,19 @@ def fit(
             if (index + 1) % log_every == 0:
                 batch_bar.set_postfix(loss=f"{loss_sum / n_batches:.4f}")
         batch_bar.close()
+        if n_batches == 0:
+            raise ValueError(
+                f"epoch {epoch + 1} (0-based {epoch}) yielded no batches: train_batches is empty, "
+                "or a one-shot iterable (a generator, an iterator) that an earlier epoch exhausted; "
+                "pass a list, a DataLoader or a callable epoch -> iterable"
+            )
         if scheduler is not None:
             scheduler.step()
-        record: dict[str, Any] = {"epoch": epoch + 1, "batches": n_batches,
-                                  "loss": loss_sum / n_batches if n_batches else math.nan}
-        record.update({key: value / n_batches for key, value in sums.items() if n_batches})
+        record: dict[str, Any] = {"epoch": epoch + 1, "batches": n_batches, "loss": loss_sum / n_batches}
+        record.update({key: value / n_batches for key, value in sums.items()})
         if eval_fn is not None:
-            record.update({f"val_{k}": v for k, v in eval_fn(model).items()})
+            # plain Python: the checkpoint is read back with torch.load(weights_only=True)
+            record.update({f"val_{k}": _plain(v, f"val_{k}") for k, v in eval_fn(model).items()})
         record["seconds"] = time.perf_counter() - began
         history.append(record)
         epoch_bar.set_postfix(loss=f"{record['loss']:.4f}")
