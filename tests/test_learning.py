@@ -36,7 +36,7 @@ def _needle_tile_mass(model: ZoomInNet, x: torch.Tensor, y: torch.Tensor) -> flo
 
 
 def test_zoomin_learns_needles_and_its_attention_moves(tmp_path):
-    gen = seed_everything(0)
+    gen = seed_everything(0, "cpu")  # the data and the model live on the CPU
     x_train, y_train = _needles(64, gen)
     x_test, y_test = _needles(64, gen)
     model = ZoomInNet(AttentionLeNet(1), AttentionLeNet(1, final_tanh=False), FeatureLeNet(1), 2,
@@ -59,3 +59,21 @@ def test_zoomin_learns_needles_and_its_attention_moves(tmp_path):
     assert all(h["contrastive"] == 0 for h in history[:4]) and all(h["contrastive"] > 0 for h in history[4:])
     assert max(h["val_accuracy"] for h in history[-3:]) >= 0.9
     assert (tmp_path / "ckpt.pt").is_file()
+
+
+def test_steps_follow_each_models_modes():
+    """DeepMIL trains and predicts in exact mode; U-N gets no contrastive term (its complement is itself)."""
+    from zoomin_lib.models import DeepMIL, UniformNet
+
+    gen = torch.Generator().manual_seed(0)
+    x, y = _needles(4, gen)
+    loss_fn = sampling_loss(warmup_epochs=0, generator=gen)
+    mil = DeepMIL(AttentionLeNet(1), FeatureLeNet(1), 2, scale=0.125, patch_size=8)
+    loss, parts = loss_fn(mil, (x, y), epoch=3)
+    loss.backward()
+    assert parts["contrastive"] > 0
+    assert predictor()(mil, (x, y))[0].shape == (4, 2)
+    uniform = UniformNet(FeatureLeNet(1), 2, scale=0.125, patch_size=8, n_patches=3)
+    _, parts = loss_fn(uniform, (x, y), epoch=3)
+    assert parts["contrastive"] == 0
+    assert predictor(generator=gen)(uniform, (x, y))[0].shape == (4, 2)  # evaluates by sampling

@@ -70,7 +70,11 @@ def test_forward_backward_all_modes(name: str, mode: str, contrastive: bool) -> 
     torch.manual_seed(0)
     model = MAKERS[name]()
     x = torch.rand(2, 3, 64, 64)
-    if (name == "deepmil" and mode != "exact") or (name == "cnn" and contrastive):
+    if (
+        (name == "deepmil" and mode != "exact")
+        or (name == "cnn" and contrastive)
+        or (name == "uniform" and (mode == "topk" or contrastive))
+    ):
         with pytest.raises(ValueError):
             model(x, mode=mode, contrastive=contrastive)
         return
@@ -251,3 +255,73 @@ def test_bad_arguments() -> None:
     valid_conv = nn.Conv2d(3, 1, 3)  # no padding: a smaller score map
     with pytest.raises(ValueError, match="same padding"):
         ATSNet(valid_conv, FeatureLeNet(3), 2, 0.25, 8, 2)(x)
+
+
+def _fixed_zoomin(alpha: torch.Tensor, beta: torch.Tensor, tile_chunk: int = 1) -> ZoomInNet:
+    """A ZoomInNet on 1x3x64x64 inputs (4 tiles of 32, 8x8 sub-tile grid) whose alpha [T] and beta [T, 64] are fixed."""
+    model = ZoomInNet(AttentionLeNet(3), AttentionLeNet(3, final_tanh=False), FeatureLeNet(3), 2,
+                      scale1=0.25, scale2=0.25, tile_size=32, patch_size=8, n_patches=3, tile_chunk=tile_chunk)
+    model.visited = []
+    model.first_stage = lambda x: alpha.expand(x.shape[0], -1)
+
+    def second_stage(x, batch, tile):
+        model.visited += tile.tolist()
+        return beta[tile]
+
+    model.second_stage = second_stage
+    return model
+
+
+def test_zoomin_topk_finds_the_largest_products_even_in_a_lower_tile() -> None:
+    """The reviewer's case: the best sub-tile lies in the tile of third-highest alpha."""
+    alpha = torch.tensor([0.269, 0.269, 0.220, 0.242])
+    alpha = alpha / alpha.sum()
+    beta = torch.full((4, 64), 1 / 64)
+    beta[3] = 0.001
+    beta[3, 5] = 1 - 0.001 * 63  # sharply peaked
+    model = _fixed_zoomin(alpha, beta)
+    out = model(torch.rand(1, 3, 64, 64), mode="topk")
+    joint = alpha[:, None] * beta  # [T, K2]
+    chosen = joint[out.tiles[0], out.subtiles[0]]
+    assert torch.allclose(chosen.sort().values, joint.flatten().topk(3).values.sort().values)  # ties aside
+    assert (3, 5) in list(zip(out.tiles[0].tolist(), out.subtiles[0].tolist()))
+
+
+def test_zoomin_topk_stops_early_and_matches_brute_force() -> None:
+    gen = torch.Generator().manual_seed(0)
+    alpha = torch.tensor([0.85, 0.1, 0.03, 0.02])
+    beta = torch.softmax(3 * torch.randn(4, 64, generator=gen), 1)
+    model = _fixed_zoomin(alpha, beta)
+    out = model(torch.rand(1, 3, 64, 64), mode="topk")
+    joint = (alpha[:, None] * beta).flatten()
+    chosen = sorted(t * 64 + s for t, s in zip(out.tiles[0].tolist(), out.subtiles[0].tolist()))
+    assert chosen == sorted(joint.topk(3).indices.tolist())
+    assert torch.allclose(out.weights[0].sum(), torch.tensor(1.0))
+    assert len(model.visited) < 4  # tiles whose alpha is below the 3rd best product are never viewed
+
+
+def test_padding_only_subtiles_get_no_attention() -> None:
+    """100x100 image, 64-pixel tiles: the edge tiles' sub-tiles centred beyond the image are never drawn or weighted."""
+    torch.manual_seed(0)
+    model = ZoomInNet(AttentionLeNet(3), AttentionLeNet(3, final_tanh=False), FeatureLeNet(3), 2,
+                      scale1=0.25, scale2=0.25, tile_size=64, patch_size=8, n_patches=6)
+    x = torch.rand(2, 3, 100, 100)
+    exact = model(x, mode="exact")
+    inside = (exact.centers[..., 0] < 100) & (exact.centers[..., 1] < 100)
+    assert (~inside).any()  # the edge tiles do reach beyond the image ...
+    assert (exact.weights[~inside] == 0).all()  # ... but those sub-tiles weigh nothing
+    assert torch.allclose(exact.weights.sum(1), torch.ones(2))
+    gen = torch.Generator().manual_seed(1)
+    for contrastive in (False, True):
+        for _ in range(20):
+            out = model(x, generator=gen, contrastive=contrastive)
+            assert (out.centers < 100).all()
+
+
+def test_complement_over_a_support() -> None:
+    p = torch.tensor([[0.5, 0.3, 0.2, 0.0], [1.0, 0.0, 0.0, 0.0]])
+    support = torch.tensor([[True, True, True, False], [True, False, False, False]])
+    comp = complement(p, support)
+    assert torch.allclose(comp[0], torch.tensor([0.25, 0.35, 0.4, 0.0]))
+    assert torch.equal(comp[1], torch.tensor([1.0, 0.0, 0.0, 0.0]))  # a single entry keeps it
+    assert torch.allclose(complement(p[:1, :3]), torch.tensor([[0.25, 0.35, 0.4]]))

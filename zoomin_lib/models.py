@@ -76,12 +76,23 @@ class ModelOutput:
     contrastive: bool = False
 
 
-def complement(probs: Tensor) -> Tensor:
-    """The normalised complement (1 - p) / (K - 1) of distributions `probs` [B, K] (Zoom-In sec. 2.2)."""
+def complement(probs: Tensor, support: Tensor | None = None) -> Tensor:
+    """The normalised complement of distributions `probs` [B, K] (Zoom-In sec. 2.2) over `support` [B, K].
+
+    (1 - p_i) / sum_j (1 - p_j) over the entries of the support (all entries by default), which
+    is (1 - p_i) / (K - 1) when the support is everything. A row whose support is a single entry
+    keeps that entry (probability 1): there is nothing else to draw.
+    """
     K = probs.shape[-1]
-    if K < 2:
-        raise ValueError(f"the complement of a distribution needs K >= 2 entries, got shape {tuple(probs.shape)}")
-    return (1 - probs) / (K - 1)
+    if support is None:
+        if K < 2:
+            raise ValueError(f"the complement of a distribution needs K >= 2 entries, got shape {tuple(probs.shape)}")
+        return (1 - probs) / (K - 1)
+    inside = support.to(probs.dtype)  # [B, K]
+    comp = (1 - probs) * inside  # [B, K]
+    total = comp.sum(dim=-1, keepdim=True)  # [B, 1]
+    single = inside / inside.sum(dim=-1, keepdim=True).clamp(min=1)
+    return torch.where(total > 0, comp / total.clamp(min=torch.finfo(probs.dtype).tiny), single)
 
 
 def _check_mode(mode: str) -> None:
@@ -117,10 +128,12 @@ def _classifier(features: nn.Module, n_classes: int) -> nn.Linear:
     return nn.Linear(d, n_classes)
 
 
-def _score_distribution(scores: Tensor, name: str) -> Tensor:
-    """Softmax of score logits [B, K] -> probabilities [B, K], with a clear error on NaN/inf."""
+def _score_distribution(scores: Tensor, name: str, allowed: Tensor | None = None) -> Tensor:
+    """Softmax of score logits [B, K] over the `allowed` entries (all by default); clear error on NaN/inf."""
     if not torch.isfinite(scores.detach()).all():
         raise ValueError(f"the {name} scores contain NaN or inf (shape {tuple(scores.shape)}); check the input")
+    if allowed is not None:
+        scores = scores.masked_fill(~allowed, float("-inf"))
     probs = torch.softmax(scores, dim=-1)  # [B, K]
     validate_probs(probs, name)
     return probs
@@ -154,7 +167,7 @@ def _features_of(features: nn.Module, x: Tensor, rows: Tensor, cols: Tensor, pat
     B, N = rows.shape
     batch = torch.arange(B, device=x.device).repeat_interleave(N)  # [B*N]
     patches = extract_patches(x, batch, rows.flatten(), cols.flatten(), patch_size)  # [B*N, C, ph, pw]
-    return features(patches).view(B, N, -1)  # [B, N, D]
+    return features(patches).reshape(B, N, -1)  # [B, N, D]
 
 
 class ATSNet(nn.Module):
@@ -164,6 +177,10 @@ class ATSNet(nn.Module):
     convolutions, as in tables 5 and 6), so view location (i, j) maps to the full-resolution
     centre view_to_full(i, j) with no receptive-field offset; a smaller map is an error.
     """
+
+    train_mode = "sample"  # the mode steps.sampling_loss trains in
+    eval_mode = "topk"  # the mode steps.predictor evaluates in by default
+    supports_contrastive = True  # the complement of the attention differs from the attention
 
     def __init__(
         self,
@@ -257,7 +274,14 @@ class ATSNet(nn.Module):
 
 
 class UniformNet(ATSNet):
-    """U-N baseline: ATSNet with the uniform distribution over the view's locations and no attention network."""
+    """U-N baseline: ATSNet with the uniform distribution over the view's locations and no attention network.
+
+    It has no deterministic top-k (every location ties) and no contrastive samples (the complement
+    of the uniform distribution is itself), so only "sample" and "exact" are accepted.
+    """
+
+    eval_mode = "sample"
+    supports_contrastive = False
 
     def __init__(
         self,
@@ -278,9 +302,26 @@ class UniformNet(ATSNet):
             raise ValueError(f"x contains NaN or inf (shape {tuple(x.shape)})")
         return x.new_zeros(x.shape[0], h * w)
 
+    def forward(
+        self,
+        x: Tensor,
+        mode: str = "sample",
+        generator: torch.Generator | None = None,
+        contrastive: bool = False,
+    ) -> ModelOutput:
+        """Classify x [B, C, H, W] from n_patches uniformly drawn patches ("sample") or all of them ("exact")."""
+        if mode == "topk":
+            raise ValueError("UniformNet has no top-k: every location has the same weight (use mode='sample')")
+        if contrastive:
+            raise ValueError("UniformNet has no contrastive samples: the complement of uniform is uniform")
+        return super().forward(x, mode, generator, contrastive)
+
 
 class DeepMIL(ATSNet):
     """Attention MIL over all patches (the full model of eq. 19 / Zoom-In eq. 2): ATSNet in "exact" mode only."""
+
+    train_mode = "exact"
+    eval_mode = "exact"
 
     def __init__(
         self,
@@ -315,8 +356,16 @@ class ZoomInNet(nn.Module):
     (image, tile) pairs, the tile (zero beyond the image) is viewed at scale s2 and b gives
     beta^c over its u*v entries; each draw of a tile takes a distinct sub-tile (without
     replacement). Sub-tile (i', j') of tile c is the patch centred at
-    top_left(c) + view_to_full((i', j'), (u, v), tile_size), read from the full image.
+    top_left(c) + view_to_full((i', j'), (u, v), tile_size), read from the full image. In a
+    partial edge tile, the sub-tiles whose centre falls outside the image (pure zero padding)
+    get no second-stage attention. Stage two runs `tile_chunk` tiles at a time, so at most that
+    many full-resolution tiles are held at once (at inference; with gradients every chunk's
+    activations are kept for the backward pass).
     """
+
+    train_mode = "sample"
+    eval_mode = "topk"
+    supports_contrastive = True
 
     def __init__(
         self,
@@ -330,12 +379,14 @@ class ZoomInNet(nn.Module):
         patch_size: int | tuple[int, int],
         n_patches: int,
         chunk_size: int = 256,
+        tile_chunk: int = 16,
     ) -> None:
         super().__init__()
         _check_scale(scale1, "scale1")
         _check_scale(scale2, "scale2")
         _check_positive_int(n_patches, "n_patches")
         _check_positive_int(chunk_size, "chunk_size")
+        _check_positive_int(tile_chunk, "tile_chunk")
         self.attention_a = attention_a
         self.attention_b = attention_b
         self.features = features
@@ -347,23 +398,43 @@ class ZoomInNet(nn.Module):
         self.patch_size = _pair(patch_size, "patch_size")
         self.n_patches = n_patches
         self.chunk_size = chunk_size
+        self.tile_chunk = tile_chunk
 
     def first_stage(self, x: Tensor) -> Tensor:
         """alpha [B, T]: a's scores on V(x, s1), averaged over the tile grid, softmaxed."""
         v = view(x, self.scale1)  # [B, C, h1, w1]
         s = self.attention_a(v)  # [B, 1, h1, w1]
-        if s.dim() != 4 or s.shape[1] != 1 or s.shape[2:] != v.shape[2:]:
+        if s.dim() != 4 or s.shape[0] != x.shape[0] or s.shape[1] != 1 or s.shape[2:] != v.shape[2:]:
             raise ValueError(f"attention_a must map a view {tuple(v.shape)} to [B, 1, h1, w1], got {tuple(s.shape)}")
         pooled = tile_pool(s[:, 0], tuple(x.shape[-2:]), self.tile_size)  # [B, n_rows, n_cols]
         return _score_distribution(pooled.flatten(1), "first-stage attention")  # [B, T]
 
+    def subtile_inside(self, x: Tensor, tile: Tensor) -> Tensor:
+        """[U, K2] mask: True where the sub-tile's centre lies inside the image (False only in partial edge tiles)."""
+        k2 = self.subview_size[0] * self.subview_size[1]
+        sub = torch.arange(k2, device=tile.device).expand(tile.numel(), k2)  # [U, K2]
+        rows, cols = self._centers(x, tile.reshape(-1, 1).expand_as(sub), sub)
+        return (rows < x.shape[-2]) & (cols < x.shape[-1])
+
     def second_stage(self, x: Tensor, batch: Tensor, tile: Tensor) -> Tensor:
         """beta [U, K2]: b's scores on the views V(x, s2, c) of the given (image, tile) pairs, softmaxed."""
-        tv = tile_views(x, batch, tile, self.tile_size, self.scale2)  # [U, C, u, v]
-        s = self.attention_b(tv)  # [U, 1, u, v]
-        if s.dim() != 4 or s.shape[1] != 1 or s.shape[2:] != tv.shape[2:]:
-            raise ValueError(f"attention_b must map tile views {tuple(tv.shape)} to [U, 1, u, v], got {tuple(s.shape)}")
-        return _score_distribution(s.flatten(1), "second-stage attention")  # [U, K2]
+        parts = []
+        for start in range(0, batch.numel(), self.tile_chunk):
+            sl = slice(start, start + self.tile_chunk)
+            tv = tile_views(x, batch[sl], tile[sl], self.tile_size, self.scale2)  # [u_c, C, u, v]
+            s = self.attention_b(tv)  # [u_c, 1, u, v]
+            if s.dim() != 4 or s.shape[0] != tv.shape[0] or s.shape[1] != 1 or s.shape[2:] != tv.shape[2:]:
+                raise ValueError(f"attention_b must map tile views {tuple(tv.shape)} to [U, 1, u, v], got {tuple(s.shape)}")
+            parts.append(s.flatten(1))
+        scores = torch.cat(parts)  # [U, K2]
+        return _score_distribution(scores, "second-stage attention", self.subtile_inside(x, tile))  # [U, K2]
+
+    def _second_stage_probs(self, x: Tensor, batch: Tensor, tile: Tensor, contrastive: bool) -> tuple[Tensor, Tensor]:
+        """(beta [U, K2], the distribution to draw from: beta or its complement over the tile's inside)."""
+        betas = self.second_stage(x, batch, tile)
+        if not contrastive:
+            return betas, betas
+        return betas, complement(betas, self.subtile_inside(x, tile))
 
     def _centers(self, x: Tensor, tiles: Tensor, subtiles: Tensor) -> tuple[Tensor, Tensor]:
         """Full-resolution centres (rows, cols) of sub-tiles `subtiles` of tiles `tiles` (same shapes)."""
@@ -371,6 +442,46 @@ class ZoomInNet(nn.Module):
         top, left = tile_top_left(tiles, tuple(x.shape[-2:]), self.tile_size)
         dr, dc = view_to_full(subtiles // v, subtiles % v, (u, v), self.tile_size)
         return top + dr, left + dc
+
+    def _top_joint(self, x: Tensor, p1: Tensor, contrastive: bool):
+        """The n_patches largest alpha_c beta^c_c' of each image, found exactly.
+
+        Tiles are visited in decreasing alpha, `tile_chunk` at a time; since alpha_c beta^c_c' <= alpha_c,
+        the search stops once the n-th best product found is at least the alpha of the next tile.
+        Returns tiles, subtiles, joint weights [B, N] and the betas computed (with their image and tile).
+        """
+        B, _ = p1.shape
+        n = self.n_patches
+        order = p1.detach().argsort(dim=1, descending=True)  # [B, T]
+        out_tiles, out_subs, out_w, all_betas, all_b, all_t = [], [], [], [], [], []
+        for b in range(B):
+            best_w = p1.new_zeros(0)  # joint weights, with gradient
+            best_tile = order.new_zeros(0)
+            best_sub = order.new_zeros(0)
+            for start in range(0, order.shape[1], self.tile_chunk):
+                chunk = order[b, start : start + self.tile_chunk]  # [c]
+                if best_w.numel() >= n and float(best_w.detach().min()) >= float(p1[b, chunk[0]].detach()):
+                    break
+                img = torch.full_like(chunk, b)
+                betas, p2 = self._second_stage_probs(x, img, chunk, contrastive)  # [c, K2]
+                all_betas.append(betas)
+                all_b.append(img)
+                all_t.append(chunk)
+                joint = p1[b, chunk].unsqueeze(1) * p2  # [c, K2]
+                k2 = joint.shape[1]
+                cand_w = torch.cat([best_w, joint.flatten()])
+                cand_tile = torch.cat([best_tile, chunk.repeat_interleave(k2)])
+                cand_sub = torch.cat([best_sub, torch.arange(k2, device=chunk.device).repeat(chunk.numel())])
+                keep = cand_w.detach().topk(min(n, cand_w.numel())).indices
+                best_w, best_tile, best_sub = cand_w[keep], cand_tile[keep], cand_sub[keep]
+            out_tiles.append(best_tile)
+            out_subs.append(best_sub)
+            out_w.append(best_w)
+        m = min(t.numel() for t in out_tiles)  # every image has the same number of candidates
+        tiles = torch.stack([t[:m] for t in out_tiles])  # [B, N]
+        subtiles = torch.stack([t[:m] for t in out_subs])  # [B, N]
+        joint = torch.stack([w[:m] for w in out_w])  # [B, N]
+        return tiles, subtiles, joint, torch.cat(all_betas), torch.cat(all_b), torch.cat(all_t)
 
     def forward(
         self,
@@ -393,35 +504,24 @@ class ZoomInNet(nn.Module):
             tiles = sample_with_replacement(p1, self.n_patches, generator)  # [B, N]
             draws = unique_draws(tiles)
             beta_batch, beta_tile = draws.batch, draws.tile  # [U], [U]
-            betas = self.second_stage(x, beta_batch, beta_tile)  # [U, K2]
-            p2 = complement(betas) if contrastive else betas
+            betas, p2 = self._second_stage_probs(x, beta_batch, beta_tile, contrastive)  # [U, K2]
             subtiles = sample_subtiles(p2, draws, generator)  # [B, N]
             beta_drawn = p2[draws.inverse, subtiles]  # [B, N]
             rows, cols = self._centers(x, tiles, subtiles)  # [B, N]
             feats = _features_of(self.features, x, rows, cols, self.patch_size)  # [B, N, D]
             agg = expectation_two_stage(p1, tiles, beta_drawn, feats)  # [B, D]
         else:
-            n_top = T if mode == "exact" else min(self.n_patches, T)
             if mode == "exact":
-                top = torch.arange(T, device=dev).expand(B, T)  # [B, T]
+                beta_tile = torch.arange(T, device=dev).repeat(B)  # [B*T]
+                beta_batch = torch.arange(B, device=dev).repeat_interleave(T)  # [B*T]
+                betas, p2 = self._second_stage_probs(x, beta_batch, beta_tile, contrastive)  # [B*T, K2]
+                K2 = p2.shape[1]
+                weights = (p1.unsqueeze(-1) * p2.view(B, T, K2)).flatten(1)  # [B, T*K2]
+                sel = torch.arange(T * K2, device=dev).expand(B, -1)
+                tiles, subtiles = sel // K2, sel % K2  # [B, T*K2]
             else:
-                top = p1.detach().topk(n_top, dim=1).indices  # [B, n_top]
-            beta_batch = torch.arange(B, device=dev).repeat_interleave(n_top)  # [U]
-            beta_tile = top.flatten()  # [U]
-            betas = self.second_stage(x, beta_batch, beta_tile)  # [U, K2]
-            p2 = complement(betas) if contrastive else betas
-            K2 = p2.shape[1]
-            joint = (p1.gather(1, top).unsqueeze(-1) * p2.view(B, n_top, K2)).flatten(1)  # [B, n_top*K2]
-            if mode == "exact":
-                sel = torch.arange(n_top * K2, device=dev).expand(B, -1)  # [B, T*K2]
-                weights = joint
-            else:
-                n_sel = min(self.n_patches, n_top * K2)
-                sel = joint.detach().topk(n_sel, dim=1).indices  # [B, n_sel]
-                w = joint.gather(1, sel)
-                weights = w / w.sum(dim=1, keepdim=True)  # [B, n_sel]
-            tiles = top.gather(1, sel // K2)  # [B, N]
-            subtiles = sel % K2  # [B, N]
+                tiles, subtiles, joint, betas, beta_batch, beta_tile = self._top_joint(x, p1, contrastive)
+                weights = joint / joint.sum(dim=1, keepdim=True)  # [B, N]
             rows, cols = self._centers(x, tiles, subtiles)  # [B, N]
             N = tiles.shape[1]
             batch = torch.arange(B, device=dev).repeat_interleave(N)
@@ -438,6 +538,10 @@ class ZoomInNet(nn.Module):
 
 class CNNBaseline(nn.Module):
     """CNN baseline: a backbone (e.g. networks.ResNetCNN) on the downsampled image V(x, s)."""
+
+    train_mode = "exact"  # every mode is the same deterministic pass
+    eval_mode = "exact"
+    supports_contrastive = False
 
     def __init__(self, backbone: nn.Module, scale: float) -> None:
         super().__init__()

@@ -4,8 +4,13 @@
 prediction, entropy regularisation of alpha and of every sampled beta^c, and, from epoch
 `warmup_epochs` on (sec. 4: "after training without it for 10 epochs"), the contrastive loss of
 sec. 2.2 on the images whose label is not the reference class, predicted from tiles drawn from
-1 - alpha and sub-tiles from 1 - beta. ATSNet (one stage, no betas) and UniformNet take the same
-loss; a model without attention (CNNBaseline) gets plain cross-entropy.
+1 - alpha and sub-tiles from 1 - beta. Each model says how it trains and predicts (`train_mode`,
+`eval_mode`) and whether a contrastive sample means anything for it (`supports_contrastive`:
+not for uniform sampling, whose complement is itself, nor for the CNN). ATSNet (one stage, no
+betas) takes the same loss; a model without attention gets plain cross-entropy.
+
+In train mode the contrastive forward also passes through BatchNorm layers (ResNet16 features),
+so their running statistics see the low-attention patches too.
 """
 
 from __future__ import annotations
@@ -37,18 +42,18 @@ def sampling_loss(
 
     def loss_fn(model: nn.Module, batch: Batch, epoch: int) -> tuple[Tensor, dict[str, float]]:
         x, y = batch
-        out = model(x, mode="sample", generator=generator)
+        out = model(x, mode=getattr(model, "train_mode", "sample"), generator=generator)
         if out.alpha is None:  # no attention: plain (weighted) cross-entropy
             ce = weighted_cross_entropy(out.logits, y, class_weights)
             return ce, {"total": float(ce.detach()), "ce": float(ce.detach())}
         total, parts = zoomin_objective(
             out.logits, y, out.alpha, out.betas, lam=lam, class_weights=class_weights, reference_class=reference_class
         )
-        use_contrastive = contrastive and epoch >= warmup_epochs
+        use_contrastive = contrastive and epoch >= warmup_epochs and getattr(model, "supports_contrastive", False)
         positive = y != reference_class
         con = total.new_zeros(())
         if use_contrastive and bool(positive.any()):
-            negative_view = model(x[positive], mode="sample", generator=generator, contrastive=True)
+            negative_view = model(x[positive], mode=model.train_mode, generator=generator, contrastive=True)
             con = contrastive_loss(negative_view.logits, y[positive], reference_class, reduction="sum") / len(y)
         parts["contrastive"] = float(con.detach())
         parts["total"] = float((total + con).detach())
@@ -57,11 +62,14 @@ def sampling_loss(
     return loss_fn
 
 
-def predictor(mode: str = "topk", generator: torch.Generator | None = None) -> Callable[[nn.Module, Batch], tuple[Tensor, Tensor]]:
-    """The predict_fn(model, (x, y)) for `training.evaluate`: logits in `mode` ("topk" is deterministic)."""
+def predictor(
+    mode: str | None = None, generator: torch.Generator | None = None
+) -> Callable[[nn.Module, Batch], tuple[Tensor, Tensor]]:
+    """The predict_fn(model, (x, y)) for `training.evaluate`: logits in `mode`, by default the model's `eval_mode`."""
 
     def predict_fn(model: nn.Module, batch: Batch) -> tuple[Tensor, Tensor]:
         x, y = batch
-        return model(x, mode=mode, generator=generator).logits, y
+        chosen = mode or getattr(model, "eval_mode", "topk")
+        return model(x, mode=chosen, generator=generator).logits, y
 
     return predict_fn
