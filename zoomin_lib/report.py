@@ -4,7 +4,19 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-__all__ = ["format_cell", "markdown_table"]
+__all__ = ["MarkdownTable", "format_cell", "markdown_table"]
+
+
+class MarkdownTable(str):
+    """A Markdown string that Jupyter (and the book) display as a table; no IPython import needed."""
+
+    def _repr_markdown_(self) -> str:
+        return str(self)
+
+    @property
+    def data(self) -> str:
+        """The Markdown source."""
+        return str(self)
 
 
 def format_cell(value: Any, digits: int = 3) -> str:
@@ -16,13 +28,11 @@ def format_cell(value: Any, digits: int = 3) -> str:
     return str(value).replace("|", "\\|")
 
 
-def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None, digits: int = 3):
+def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None, digits: int = 3) -> MarkdownTable:
     """Render rows (dicts sharing keys) as a Markdown table; displays as a table in Jupyter and the book."""
-    from IPython.display import Markdown
-
     if not rows:
         raise ValueError("markdown_table needs at least one row")
     columns = list(columns or rows[0])
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(format_cell(row.get(c, ""), digits) for c in columns) + " |" for row in rows]
-    return Markdown("\n".join(lines))
+    return MarkdownTable("\n".join(lines))
