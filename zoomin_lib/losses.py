@@ -15,6 +15,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from .geometry import _pair
+
 __all__ = [
     "weighted_cross_entropy",
     "contrastive_loss",
@@ -206,14 +208,6 @@ def attention_mse(
         total = m.sum(dim=1, keepdim=True)  # [B, 1]
         m = torch.where(total > 0, m / total.clamp_min(torch.finfo(m.dtype).tiny), m)
     return ((m - a) ** 2).sum(dim=1).mean()
-
-
-def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
-    """(h, w) from an int or a pair of positive ints."""
-    pair = (value, value) if isinstance(value, int) else tuple(int(v) for v in value)
-    if len(pair) != 2 or min(pair) < 1:
-        raise ValueError(f"{name} must be a positive int or a pair of them, got {value!r}")
-    return pair  # type: ignore[return-value]
 
 
 def mask_to_view(
