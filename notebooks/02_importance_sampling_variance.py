@@ -55,7 +55,7 @@ import torch
 from zoomin_lib import variance as V
 from zoomin_lib.config import check_profile, results_dir
 from zoomin_lib.io import write_json
-from zoomin_lib.plotting import save_figure
+from zoomin_lib.plotting import lift_zeros, log_floor, save_figure
 
 check_profile(profile)
 SETTINGS = {
@@ -76,26 +76,16 @@ cfg = SETTINGS[profile]
 R = cfg["repeats"]
 D = 8  # feature dimension
 SCALE = 2.0  # attention = softmax(SCALE * z), z ~ N(0, I): peaked
-SIGMAS = 4.0  # Monte-Carlo tolerance, in standard errors
+SIGMAS = V.MC_SIGMAS  # Monte-Carlo tolerance, in standard errors
 out = results_dir("02_importance_sampling_variance")
 metrics = {"profile": profile, "seed": seed, "repeats": R, "feature_dim": D, "attention_scale": SCALE}
 t_start = time.perf_counter()
 print(f"profile={profile}, repeats={R}, results in {out}")
 
 
-def within(mc, target, se):
-    """True when a Monte-Carlo variance is within SIGMAS standard errors `se` of its known value."""
-    return abs(mc.variance - target) <= SIGMAS * se + 1e-12
-
-
 def is_se(a, f, p, n):
     """Exact standard error of a variance measured from R runs of the IS estimator."""
     return V.importance_sampling_variance_se(a, f, p, n, R)
-
-
-def clearly_below(x, se_x, y, se_y):
-    """True when x < y by more than SIGMAS combined standard errors."""
-    return x + SIGMAS * math.hypot(se_x, se_y) < y
 
 
 # %% [markdown]
@@ -129,14 +119,14 @@ for name, p in proposals.items():
     for n in cfg["n_is"]:
         mc = V.monte_carlo_variance("importance", a, f, n, R, gen, proposal=p)
         analytic = V.importance_sampling_variance(a, f, p, n)
-        assert within(mc, analytic, is_se(a, f, p, n)), (name, n, mc.variance, analytic, mc.se)
+        assert V.agrees(mc.variance, analytic, is_se(a, f, p, n)), (name, n, mc.variance, analytic, mc.se)
         res_a[name]["analytic"].append(analytic)
         res_a[name]["mc"].append(mc.variance)
         res_a[name]["se"].append(mc.se)
 
 # sampling from a with the library's with-replacement estimator (ATS eq. 4) is importance sampling with p = a
 mc_ats = V.monte_carlo_variance("with", a, f, 4, R, gen)
-assert within(mc_ats, V.importance_sampling_variance(a, f, a, 4), is_se(a, f, a, 4))
+assert V.agrees(mc_ats.variance, V.importance_sampling_variance(a, f, a, 4), is_se(a, f, a, 4))
 for i in range(len(cfg["n_is"])):
     assert res_a["optimal p*"]["analytic"][i] <= res_a["attention a"]["analytic"][i] <= res_a["uniform"]["analytic"][i]
 ratio_a = res_a["attention a"]["analytic"][0] / res_a["optimal p*"]["analytic"][0]
@@ -190,7 +180,7 @@ var_unit_a = V.importance_sampling_variance(a, unit, a, n_b)
 var_unit_opt = V.importance_sampling_variance(a, unit, V.optimal_proposal(a, unit), n_b)
 assert math.isclose(var_unit_a, var_unit_opt, rel_tol=1e-12)
 mc_unit = V.monte_carlo_variance("with", a, unit, n_b, R, gen)
-assert within(mc_unit, var_unit_a, is_se(a, unit, a, n_b))
+assert V.agrees(mc_unit.variance, var_unit_a, is_se(a, unit, a, n_b))
 print(f"unit-norm features, n={n_b}: max |p* - a| = {float((V.optimal_proposal(a, unit) - a).abs().max()):.1e}; "
       f"variance from a {var_unit_a:.4g} = from p* {var_unit_opt:.4g}; measured {mc_unit.variance:.4g} ± {mc_unit.se:.2g}")
 
@@ -202,7 +192,7 @@ for sigma in cfg["spreads"]:
     var_opt = V.importance_sampling_variance(a, f_s, p_opt, n_b)
     mc_a = V.monte_carlo_variance("with", a, f_s, n_b, R, gen)
     mc_opt = V.monte_carlo_variance("importance", a, f_s, n_b, R, gen, proposal=p_opt)
-    assert within(mc_a, var_a, is_se(a, f_s, a, n_b)) and within(mc_opt, var_opt, is_se(a, f_s, p_opt, n_b)), sigma
+    assert V.agrees(mc_a.variance, var_a, is_se(a, f_s, a, n_b)) and V.agrees(mc_opt.variance, var_opt, is_se(a, f_s, p_opt, n_b)), sigma
     assert var_opt <= var_a * (1 + 1e-12)
     for key, val in zip(("ratio", "var_a", "var_opt", "mc_a", "se_a", "mc_opt", "se_opt"),
                         (var_a / var_opt, var_a, var_opt, mc_a.variance, mc_a.se, mc_opt.variance, mc_opt.se)):
@@ -268,9 +258,9 @@ for n in cfg["n_wor"]:
     mc_wr = V.monte_carlo_variance("with", a_c, f_c, n, R, gen)
     mc_avg = V.monte_carlo_variance("without", a_c, f_c, n, R, gen)
     mc_last = V.monte_carlo_variance("without_last", a_c, f_c, n, R, gen)
-    assert within(mc_wr, wr, is_se(a_c, f_c, a_c, n))
+    assert V.agrees(mc_wr.variance, wr, is_se(a_c, f_c, a_c, n))
     if n > 1:
-        assert clearly_below(mc_avg.variance, mc_avg.se, wr, 0.0), n  # the average beats with replacement
+        assert V.clearly_below(mc_avg.variance, mc_avg.se, wr, 0.0), n  # the average beats with replacement
     for key, val in zip(("with_analytic", "with_mc", "with_se", "without_avg", "without_avg_se", "without_last",
                          "without_last_se"), (wr, mc_wr.variance, mc_wr.se, mc_avg.variance, mc_avg.se,
                                               mc_last.variance, mc_last.se)):
@@ -279,10 +269,10 @@ assert cfg["n_wor"][-1] == k_c
 assert res_c["without_last"][-1] < 1e-12  # n = K: the last term is the exact sum
 assert res_c["without_avg"][-1] > SIGMAS * res_c["without_avg_se"][-1]  # the average is not exact at n = K
 i2 = cfg["n_wor"].index(2)
-assert clearly_below(res_c["without_avg"][i2], res_c["without_avg_se"][i2],
+assert V.clearly_below(res_c["without_avg"][i2], res_c["without_avg_se"][i2],
                      res_c["without_last"][i2], res_c["without_last_se"][i2])  # small n: the average wins
 assert cfg["n_wor"][-2] == k_c - 1  # one item left: the last term wins clearly
-assert clearly_below(res_c["without_last"][-2], res_c["without_last_se"][-2],
+assert V.clearly_below(res_c["without_last"][-2], res_c["without_last_se"][-2],
                      res_c["without_avg"][-2], res_c["without_avg_se"][-2])
 cross = next(n for n, x, y in zip(cfg["n_wor"], res_c["without_avg"], res_c["without_last"]) if n > 1 and y < x)
 last_vs_with = [n for n, y, w in zip(cfg["n_wor"], res_c["without_last"], res_c["with_analytic"]) if n > 1 and y >= w]
@@ -305,7 +295,7 @@ for n in exact_c["n"]:
         exact_spread = V.exact_moments(scheme, a_e, f_e, n).value
         exact = exact_spread.variance
         mc = V.monte_carlo_variance(scheme, a_e, f_e, n, R, gen)
-        assert within(mc, exact, exact_spread.monte_carlo_se(R)), (scheme, n, mc.variance, exact)
+        assert V.agrees(mc.variance, exact, exact_spread.monte_carlo_se(R)), (scheme, n, mc.variance, exact)
         exact_c[key].append(exact)
         exact_c["mc_" + key].append(mc.variance)
         exact_c["mc_" + key + "_se"].append(mc.se)
@@ -318,41 +308,28 @@ for n, w, x, y in zip(exact_c["n"], exact_c["with"], exact_c["without_avg"], exa
     print(f"K={k_e}, n={n}: exact variance with {w:.4g} | without, average {x:.4g} | without, last term {y:.3g}")
 
 # %%
-ZERO = 1e-20  # below this a variance is zero up to floating-point rounding (~1e-30 here)
-
-
-def floor_of(*series):
-    """A line on a log axis, below every non-zero value, on which the zero variances are drawn."""
-    return 0.3 * min(v for values in series for v in values if v > ZERO)
-
-
-def show(values, floor):
-    """Values for a log axis, zeros lifted to `floor` (and marked as such in the plot)."""
-    return np.maximum(np.array(values), floor)
-
-
-
+# variances below 1e-20 are zero up to rounding (~1e-30 here): log_floor draws them on one line
 fig, axes = plt.subplots(1, 2, figsize=(11.5, 4.4))
 ax = axes[0]
-floor = floor_of(res_c["without_avg"], res_c["without_last"])
+floor = log_floor(res_c["without_avg"], res_c["without_last"])
 ax.plot(res_c["n"], res_c["with_analytic"], "-", color="tab:blue", label="with replacement: analytic")
 ax.errorbar(res_c["n"], res_c["with_mc"], yerr=2 * np.array(res_c["with_se"]), fmt="o", mfc="none",
             color="tab:blue", label="with replacement: measured")
-ax.errorbar(res_c["n"], show(res_c["without_avg"], floor), yerr=2 * np.array(res_c["without_avg_se"]), fmt="s-",
+ax.errorbar(res_c["n"], lift_zeros(res_c["without_avg"], floor), yerr=2 * np.array(res_c["without_avg_se"]), fmt="s-",
             color="tab:orange", label=r"without, average $\frac{1}{n}\sum_k Y_k$ (Zoom-In eq. 9)")
-ax.errorbar(res_c["n"], show(res_c["without_last"], floor), yerr=2 * np.array(res_c["without_last_se"]), fmt="^-",
+ax.errorbar(res_c["n"], lift_zeros(res_c["without_last"], floor), yerr=2 * np.array(res_c["without_last_se"]), fmt="^-",
             color="tab:green", label=r"without, last term $Y_n$ (ATS eq. 14)")
 ax.axhline(floor, ls=":", color="gray")
 ax.text(res_c["n"][0], floor * 1.5, "zero (up to rounding) is drawn on this line", fontsize=8, color="gray")
 ax.set(yscale="log", xlabel="number of draws n", ylabel="total variance", title=f"(c) Monte Carlo, K={k_c}, R={R}")
 ax.legend(fontsize=8)
 ax = axes[1]
-floor = floor_of(exact_c["without_avg"], exact_c["without_last"], exact_c["mc_without_last"])
+floor = log_floor(exact_c["without_avg"], exact_c["without_last"], exact_c["mc_without_last"])
 ax.plot(exact_c["n"], exact_c["with"], "o-", color="tab:blue", label="with replacement (exact)")
-ax.plot(exact_c["n"], show(exact_c["without_avg"], floor), "s-", color="tab:orange", label="without, average (exact)")
-ax.plot(exact_c["n"], show(exact_c["without_last"], floor), "^-", color="tab:green", label="without, last term (exact)")
-ax.plot(exact_c["n"], show(exact_c["mc_without_avg"], floor), "k+", ms=10, label="Monte Carlo check")
-ax.plot(exact_c["n"], show(exact_c["mc_without_last"], floor), "k+", ms=10)
+ax.plot(exact_c["n"], lift_zeros(exact_c["without_avg"], floor), "s-", color="tab:orange", label="without, average (exact)")
+ax.plot(exact_c["n"], lift_zeros(exact_c["without_last"], floor), "^-", color="tab:green", label="without, last term (exact)")
+ax.plot(exact_c["n"], lift_zeros(exact_c["mc_without_avg"], floor), "k+", ms=10, label="Monte Carlo check")
+ax.plot(exact_c["n"], lift_zeros(exact_c["mc_without_last"], floor), "k+", ms=10)
 ax.axhline(floor, ls=":", color="gray")
 ax.text(1, floor * 1.5, "zero (up to rounding) is drawn on this line", fontsize=8, color="gray")
 ax.set(yscale="log", xlabel="number of draws n", ylabel="total variance",
@@ -425,9 +402,9 @@ for part in ("logits", "feats"):
             assert ex[f"without_{part}"][i] < ex[f"with_{part}"][i]
     for i, n in enumerate(mc["n"]):
         wor, se_wor, wr, se_wr = mc[f"without_{part}"][i], mc[f"without_{part}_se"][i], mc[f"with_{part}"][i], mc[f"with_{part}_se"][i]
-        assert not clearly_below(wr, se_wr, wor, se_wor), (part, n)  # never measurably worse
+        assert not V.clearly_below(wr, se_wr, wor, se_wor), (part, n)  # never measurably worse
         if n >= 4:
-            assert clearly_below(wor, se_wor, wr, se_wr), (part, n)  # and measurably better from n = 4
+            assert V.clearly_below(wor, se_wor, wr, se_wr), (part, n)  # and measurably better from n = 4
     for i, n in enumerate(ex["n"]):  # with replacement: exactly 1/n
         assert math.isclose(ex[f"with_{part}"][i] * n, ex[f"with_{part}"][0], rel_tol=1e-9)
     gain = [w / x for w, x in zip(ex[f"with_{part}"], ex[f"without_{part}"])]  # with / without replacement
@@ -442,13 +419,13 @@ metrics["d_gradients"] = res_d
 fig, axes = plt.subplots(1, 2, figsize=(11.5, 4.4))
 styles = {"with": ("tab:blue", "o"), "without": ("tab:orange", "s"), "without_last": ("tab:green", "^")}
 for ax, part, label in ((axes[0], "logits", "attention logits $s$"), (axes[1], "feats", "features $f$")):
-    floor = floor_of(*(res_d[src][f"{scheme}_{part}"] for src in ("exact", "mc") for scheme in schemes))
+    floor = log_floor(*(res_d[src][f"{scheme}_{part}"] for src in ("exact", "mc") for scheme in schemes))
     for scheme, name in schemes.items():
         color, marker = styles[scheme]
         x = np.array(res_d["exact"]["n"]) / k_e
-        ax.plot(x, show(res_d["exact"][f"{scheme}_{part}"], floor), marker + "-", color=color, label=f"{name}: exact, K={k_e}")
+        ax.plot(x, lift_zeros(res_d["exact"][f"{scheme}_{part}"], floor), marker + "-", color=color, label=f"{name}: exact, K={k_e}")
         x = np.array(res_d["mc"]["n"]) / k_c
-        ax.errorbar(x, show(res_d["mc"][f"{scheme}_{part}"], floor), yerr=2 * np.array(res_d["mc"][f"{scheme}_{part}_se"]),
+        ax.errorbar(x, lift_zeros(res_d["mc"][f"{scheme}_{part}"], floor), yerr=2 * np.array(res_d["mc"][f"{scheme}_{part}_se"]),
                     fmt=marker + "--", mfc="none", color=color, alpha=0.7, label=f"{name}: measured, K={k_c}")
     ax.axhline(floor, ls=":", color="gray")
     ax.text(0.0, floor * 1.5, "zero (up to rounding) is drawn on this line", fontsize=8, color="gray")
@@ -501,14 +478,14 @@ for n in cfg["n_two"]:
     two = V.monte_carlo_two_stage(alpha, beta, f_t, n, R, gen_e)
     bound = V.between_tile_variance(alpha, beta, f_t, n)
     expected_unique = V.expected_unique_tiles(alpha, n)
-    assert within(one_wr, wr, is_se(a_j, f_j, a_j, n))
+    assert V.agrees(one_wr.variance, wr, is_se(a_j, f_j, a_j, n))
     assert two.value.variance + SIGMAS * two.value.se >= bound  # law of total variance
     assert two.value.variance <= wr + SIGMAS * two.value.se  # within-tile draws without replacement never hurt
     assert abs(float(two.unique_tiles.mean) - expected_unique) <= SIGMAS * two.unique_tiles.mean_se + 1e-12
     assert expected_unique < n or n == 1  # repeated tiles share one second-stage view
     assert expected_unique < cfg["tiles"]
     if n == 1:
-        assert within(two.value, wr, is_se(a_j, f_j, a_j, 1)) and within(one_wor, wr, is_se(a_j, f_j, a_j, 1))  # one draw: all three are one draw from the joint
+        assert V.agrees(two.value.variance, wr, is_se(a_j, f_j, a_j, 1)) and V.agrees(one_wor.variance, wr, is_se(a_j, f_j, a_j, 1))  # one draw: all three are one draw from the joint
     for key, val in zip(("one_with_analytic", "one_with", "one_with_se", "one_without", "one_without_se", "two_stage",
                          "two_stage_se", "between_tile_bound", "unique_expected", "unique_measured", "unique_se"),
                         (wr, one_wr.variance, one_wr.se, one_wor.variance, one_wor.se, two.value.variance,

@@ -161,3 +161,21 @@ def test_argument_checks():
         V.exact_variance("without", a, f, 5)  # more draws than items
     with pytest.raises(ValueError):
         V.exact_variance("with", V.uniform_proposal(20), torch.ones(20, 2, dtype=torch.float64), 6)  # too many
+
+
+def test_monte_carlo_check_helpers():
+    from zoomin_lib.variance import MC_SIGMAS, agrees, clearly_below
+
+    assert agrees(1.0 + 3.9 * 0.01, 1.0, 0.01) and not agrees(1.0 + 4.1 * 0.01, 1.0, 0.01)
+    assert clearly_below(1.0, 0.03, 1.25, 0.04)  # gap 0.25 > 4 * hypot(0.03, 0.04) = 0.2
+    assert not clearly_below(1.0, 0.03, 1.19, 0.04) and MC_SIGMAS == 4.0
+
+
+def test_log_axis_helpers():
+    from zoomin_lib.plotting import lift_zeros, log_floor
+
+    floor = log_floor([1e-3, 0.0, 1e-31], [2e-2])
+    assert floor == pytest.approx(0.3e-3)
+    assert lift_zeros([0.0, 1e-31, 5e-3], floor).tolist() == pytest.approx([0.3e-3, 0.3e-3, 5e-3])
+    with pytest.raises(ValueError, match="above zero"):
+        log_floor([0.0])

@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 
 from .io import _atomic
 
-__all__ = ["save_figure", "relative_error_bars"]
+__all__ = ["save_figure", "relative_error_bars", "log_floor", "lift_zeros"]
 
 
 def save_figure(fig: Figure, folder: str | os.PathLike, name: str, dpi: int = 120) -> Path:
@@ -43,3 +43,16 @@ def relative_error_bars(
         ax.set_title(title)
     fig.tight_layout()
     return fig
+
+
+def log_floor(*series: Sequence[float], zero: float = 1e-20, factor: float = 0.3) -> float:
+    """A level on a log axis below every value above `zero`, on which zeros (up to rounding) are drawn."""
+    positive = [v for values in series for v in values if v > zero]
+    if not positive:
+        raise ValueError("log_floor needs at least one value above zero")
+    return factor * min(positive)
+
+
+def lift_zeros(values: Sequence[float], floor: float) -> np.ndarray:
+    """Values for a log axis, with everything below `floor` (zeros) drawn at `floor`."""
+    return np.maximum(np.asarray(values, dtype=float), floor)

@@ -49,6 +49,9 @@ from .sampling import (
 )
 
 __all__ = [
+    "MC_SIGMAS",
+    "agrees",
+    "clearly_below",
     "SCHEMES",
     "Spread",
     "Moments",
@@ -478,3 +481,16 @@ def tiled_problem(
     centres = torch.randn(t, 1, d, generator=generator, dtype=torch.float64)  # [T, 1, D]
     noise = torch.randn(t, k2, d, generator=generator, dtype=torch.float64)  # [T, K2, D]
     return alpha, beta, l2_normalize(centres + within_tile * noise)  # [T], [T, K2], [T, K2, D]
+
+
+MC_SIGMAS = 4.0  # default tolerance of a Monte-Carlo check, in standard errors
+
+
+def agrees(measured: float, expected: float, se: float, sigmas: float = MC_SIGMAS) -> bool:
+    """True when a Monte-Carlo measurement lies within `sigmas` standard errors `se` of its known value."""
+    return abs(measured - expected) <= sigmas * se + 1e-12
+
+
+def clearly_below(x: float, se_x: float, y: float, se_y: float, sigmas: float = MC_SIGMAS) -> bool:
+    """True when x < y by more than `sigmas` combined standard errors."""
+    return x + sigmas * math.hypot(se_x, se_y) < y
