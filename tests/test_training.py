@@ -224,3 +224,23 @@ def test_seed_everything_is_reproducible():
     g2 = seed_everything(5, "cpu")
     b = (torch.rand(3), torch.rand(2, generator=g2))
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_atomic_dir_is_all_or_nothing(tmp_path):
+    """A folder written through atomic_dir appears whole on success and not at all on error."""
+    import pytest
+
+    from zoomin_lib.io import atomic_dir
+
+    target = tmp_path / "prepared"
+    with pytest.raises(RuntimeError):
+        with atomic_dir(target) as tmp:
+            (tmp / "half.txt").write_text("x")
+            raise RuntimeError("interrupted")
+    assert not target.exists() and list(tmp_path.iterdir()) == []
+    with atomic_dir(target) as tmp:
+        (tmp / "a.txt").write_text("1")
+    with atomic_dir(target) as tmp:  # replacing a complete folder
+        (tmp / "b.txt").write_text("2")
+    assert sorted(p.name for p in target.iterdir()) == ["b.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["prepared"]

@@ -1,4 +1,4 @@
-"""Run settings shared by the notebooks: profile, device, results folder."""
+"""Run settings shared by the notebooks: profile, device, results folder, data cache."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import torch
 PROFILES = ("smoke", "cpu", "paper")
 PROFILE_ENV = "ZOOMIN_PROFILE"
 RESULTS_ENV = "ZOOMIN_RESULTS"
+DATA_ENV = "ZOOMIN_DATA"
 
 
 def get_profile(default: str = "cpu") -> str:
@@ -49,5 +50,13 @@ def results_dir(chapter: str) -> Path:
     """`results/<chapter>/` under $ZOOMIN_RESULTS or the repository root; created if missing."""
     base = Path(os.environ[RESULTS_ENV]) if RESULTS_ENV in os.environ else repo_root() / "results"
     path = base / chapter
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def data_dir(name: str) -> Path:
+    """`data/<name>/` under $ZOOMIN_DATA or the repository root (generated datasets are cached there); created if missing."""
+    base = Path(os.environ[DATA_ENV]) if DATA_ENV in os.environ else repo_root() / "data"
+    path = base / name
     path.mkdir(parents=True, exist_ok=True)
     return path
