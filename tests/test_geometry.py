@@ -201,3 +201,20 @@ def test_tile_pool_partial_tiles() -> None:
     assert torch.allclose(w.sum(dim=1), torch.ones(3, dtype=torch.float64))
     const = torch.full((1, 9, 9), 2.5)
     assert torch.allclose(tile_pool(const, (37, 37), 16), torch.full((1, 3, 3), 2.5))
+
+
+def test_tile_views_match_the_padded_tile_resampled_without_copying_whole_tiles():
+    """tile_views equals view(extract_patches(tile)) for whole and partial edge tiles, and copies no whole tile."""
+    from zoomin_lib.geometry import extract_patches, tile_top_left, tile_views, view
+    from zoomin_lib.profiling import peak_memory
+
+    x = torch.rand(2, 3, 130, 110)
+    batch = torch.tensor([0, 1, 1, 0, 1])
+    tiles = torch.tensor([0, 3, 5, 4, 1])  # grid 3 x 3 of 50x50 tiles; row 2 and col 2 are partial
+    top, left = tile_top_left(tiles, (130, 110), 50)
+    reference = view(extract_patches(x, batch, top + 25, left + 25, (50, 50)), 0.2)
+    torch.testing.assert_close(tile_views(x, batch, tiles, 50, 0.2), reference, rtol=0, atol=1e-6)
+    big = torch.rand(1, 3, 1000, 1000)
+    whole = torch.zeros(4, dtype=torch.long), torch.tensor([0, 1, 2, 3])
+    peak = peak_memory(lambda: tile_views(big, *whole, 500, 0.1), "cpu").peak_bytes
+    assert peak < 4 * 3 * 500 * 500 * 4 / 10  # far below one copy of the four 500x500 tiles (12 MB)

@@ -180,9 +180,23 @@ def tile_views(
     """Views V(x, s2, c) [U, C, u, v] of tiles (image batch_idx[k], tile tile_idx[k]); zero beyond the border."""
     _check_image(x)
     th, tw = _pair(tile_size, "tile_size")
-    top, left = tile_top_left(tile_idx, tuple(x.shape[-2:]), (th, tw))  # [U], [U]
-    tiles = extract_patches(x, batch_idx, top + th // 2, left + tw // 2, (th, tw))  # [U, C, th, tw]
-    return view(tiles, scale)  # [U, C, u, v]
+    H, W = x.shape[-2:]
+    top, left = tile_top_left(tile_idx, (H, W), (th, tw))  # [U], [U]
+    if batch_idx.shape != tile_idx.shape or batch_idx.dim() != 1:
+        raise ValueError(f"batch_idx {tuple(batch_idx.shape)} and tile_idx {tuple(tile_idx.shape)} must both be [U]")
+    views = []
+    for b, r, c in zip(batch_idx.tolist(), top.tolist(), left.tolist()):
+        if r + th <= H and c + tw <= W:
+            # a whole tile: resample the slice of x in place, never copying the full-resolution tile
+            views.append(view(x[b : b + 1, :, r : r + th, c : c + tw], scale))  # [1, C, u, v]
+        else:  # a partial edge tile: zero-pad it to the tile size first (a copy of this tile only)
+            one = torch.tensor([b], device=x.device)
+            tile = extract_patches(x, one, torch.tensor([r + th // 2], device=x.device),
+                                   torch.tensor([c + tw // 2], device=x.device), (th, tw))  # [1, C, th, tw]
+            views.append(view(tile, scale))
+    if not views:
+        return x.new_zeros(0, x.shape[1], *view_size((th, tw), scale))
+    return torch.cat(views)  # [U, C, u, v]
 
 
 def tile_pool_weights(n_view: int, n_full: int, tile: int, dtype: torch.dtype, device: torch.device) -> Tensor:

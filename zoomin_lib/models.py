@@ -162,12 +162,19 @@ def _chunked_weighted_sum(
     return total
 
 
-def _features_of(features: nn.Module, x: Tensor, rows: Tensor, cols: Tensor, patch_size: tuple[int, int]) -> Tensor:
-    """Features [B, N, D] of the patches centred at (rows, cols) [B, N] of each image."""
+def _features_of(
+    features: nn.Module, x: Tensor, rows: Tensor, cols: Tensor, patch_size: tuple[int, int], chunk_size: int
+) -> Tensor:
+    """Features [B, N, D] of the patches centred at (rows, cols) [B, N] of each image, `chunk_size` patches at a time."""
     B, N = rows.shape
     batch = torch.arange(B, device=x.device).repeat_interleave(N)  # [B*N]
-    patches = extract_patches(x, batch, rows.flatten(), cols.flatten(), patch_size)  # [B*N, C, ph, pw]
-    return features(patches).reshape(B, N, -1)  # [B, N, D]
+    rows, cols = rows.flatten(), cols.flatten()
+    parts = [
+        features(extract_patches(x, batch[i : i + chunk_size], rows[i : i + chunk_size], cols[i : i + chunk_size],
+                                 patch_size))  # [m, D]
+        for i in range(0, B * N, chunk_size)
+    ]
+    return torch.cat(parts).reshape(B, N, -1)  # [B, N, D]
 
 
 class ATSNet(nn.Module):
@@ -258,7 +265,7 @@ class ATSNet(nn.Module):
             else:
                 idx = sample_without_replacement(probs, n, generator)  # [B, n]
             rows, cols = self._centers(idx, x)  # [B, n]
-            feats = _features_of(self.features, x, rows, cols, self.patch_size)  # [B, n, D]
+            feats = _features_of(self.features, x, rows, cols, self.patch_size, self.chunk_size)  # [B, n, D]
             if mode == "topk":
                 w = probs.gather(1, idx)  # [B, n]
                 weights = w / w.sum(dim=1, keepdim=True)
@@ -508,7 +515,7 @@ class ZoomInNet(nn.Module):
             subtiles = sample_subtiles(p2, draws, generator)  # [B, N]
             beta_drawn = p2[draws.inverse, subtiles]  # [B, N]
             rows, cols = self._centers(x, tiles, subtiles)  # [B, N]
-            feats = _features_of(self.features, x, rows, cols, self.patch_size)  # [B, N, D]
+            feats = _features_of(self.features, x, rows, cols, self.patch_size, self.chunk_size)  # [B, N, D]
             agg = expectation_two_stage(p1, tiles, beta_drawn, feats)  # [B, D]
         else:
             if mode == "exact":
