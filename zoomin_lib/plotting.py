@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 
 from .io import _atomic
 
-__all__ = ["save_figure", "relative_error_bars", "log_floor", "lift_zeros"]
+__all__ = ["save_figure", "relative_error_bars", "log_floor", "lift_zeros", "show_attention", "error_bars"]
 
 
 def save_figure(fig: Figure, folder: str | os.PathLike, name: str, dpi: int = 120) -> Path:
@@ -56,3 +56,57 @@ def log_floor(*series: Sequence[float], zero: float = 1e-20, factor: float = 0.3
 def lift_zeros(values: Sequence[float], floor: float) -> np.ndarray:
     """Values for a log axis, with everything below `floor` (zeros) drawn at `floor`."""
     return np.maximum(np.asarray(values, dtype=float), floor)
+
+
+def show_attention(
+    ax: plt.Axes,
+    image: np.ndarray,
+    attention: np.ndarray | None = None,
+    *,
+    points: np.ndarray | None = None,
+    centers: np.ndarray | None = None,
+    patch_size: tuple[int, int] | None = None,
+    title: str = "",
+) -> None:
+    """Draw `image` [H, W, 3], an attention map [h, w] stretched over it, points (x, y) and sampled patches.
+
+    The map is shown min-max normalised (ATS sec. 4.3's w = (a - min a) / (max a - min a)) as a
+    heat overlay; `centers` [N, 2] (row, col) with `patch_size` (ph, pw) are drawn as boxes.
+    """
+    H, W = image.shape[:2]
+    ax.imshow(image, extent=(0, W, H, 0))
+    if attention is not None:
+        a = np.asarray(attention, dtype=float)
+        span = a.max() - a.min()
+        a = (a - a.min()) / span if span > 0 else np.zeros_like(a)
+        ax.imshow(a, cmap="inferno", alpha=0.55, extent=(0, W, H, 0), interpolation="nearest")
+    if points is not None and len(points):
+        ax.scatter(points[:, 0], points[:, 1], s=6, c="cyan", marker="o", linewidths=0)
+    if centers is not None and patch_size is not None:
+        ph, pw = patch_size
+        for r, c in np.asarray(centers).reshape(-1, 2):
+            ax.add_patch(plt.Rectangle((c - pw // 2, r - ph // 2), pw, ph, fill=False, ec="lime", lw=0.9))
+    ax.set_xlim(0, W)
+    ax.set_ylim(H, 0)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(title, fontsize=8)
+
+
+def error_bars(
+    means: Mapping[str, float], stds: Mapping[str, float], ylabel: str, title: str = ""
+) -> Figure:
+    """One point with a +-1 std error bar per method (Zoom-In figure 5)."""
+    names = list(means)
+    fig, ax = plt.subplots(figsize=(1.3 * len(names) + 2, 3.2))
+    y = [means[n] for n in names]
+    e = [0.0 if not np.isfinite(stds.get(n, np.nan)) else stds[n] for n in names]
+    ax.errorbar(np.arange(len(names)), y, yerr=e, fmt="o", capsize=6, color="C0")
+    ax.set_xticks(np.arange(len(names)), names)
+    ax.set_xlim(-0.5, len(names) - 0.5)
+    ax.set_ylabel(ylabel)
+    ax.grid(axis="y", alpha=0.3)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,118 @@
+"""The experiment loop: batches, folds, summaries, lean inference, N' and attention maps."""
+
+from types import SimpleNamespace
+
+import math
+
+import pytest
+import torch
+
+from zoomin_lib import builders
+from zoomin_lib.experiments import (
+    TrainSettings,
+    attention_map,
+    lean_inference,
+    profile_methods,
+    run_folds,
+    summarize,
+    tensor_batches,
+    training_step_peak_mb,
+    unique_tiles,
+)
+
+
+def _zoomin(n_patches: int = 4):
+    return builders.zoomin(in_channels=1, n_classes=2, scale1=0.25, scale2=0.5, tile_size=16, patch_size=5,
+                           n_patches=n_patches)
+
+
+def test_tensor_batches_cover_every_sample_once_and_depend_only_on_seed_and_epoch():
+    x, y = torch.arange(11.0).view(11, 1, 1, 1), torch.arange(11)
+    make = tensor_batches(x, y, 4, seed=3)
+    first = make(0)
+    assert [len(b[1]) for b in first] == [4, 4, 3]
+    assert sorted(torch.cat([b[1] for b in first]).tolist()) == list(range(11))
+    assert all(torch.equal(a[1], b[1]) for a, b in zip(first, tensor_batches(x, y, 4, seed=3)(0)))
+    assert not torch.equal(torch.cat([b[1] for b in first]), torch.cat([b[1] for b in make(1)]))
+    with pytest.raises(ValueError, match="same, non-zero"):
+        tensor_batches(x, y[:3], 4, 0)
+
+
+def test_lean_inference_changes_memory_not_results_and_restores_the_model():
+    torch.manual_seed(0)
+    model = _zoomin().eval()
+    x = torch.rand(2, 1, 40, 40)
+    with torch.no_grad():
+        before = model(x, mode="topk").logits
+        with lean_inference(model):
+            assert model.chunk_size == 1 and model.tile_chunk == 1
+            lean = model(x, mode="topk").logits
+    torch.testing.assert_close(lean, before)
+    assert model.chunk_size == 256 and model.tile_chunk == 16
+    rows = profile_methods({"zoom": model, "ats": builders.ats(in_channels=1, n_classes=2, scale=0.25,
+                                                                  patch_size=5, n_patches=3)},
+                           x[:1], min_run_time=0.01)
+    assert set(rows) == {"zoom", "ats"} and all(r["peak_memory_mb"] > 0 and r["lean"] for r in rows.values())
+
+
+def test_unique_tiles_counts_distinct_draws_per_image():
+    torch.manual_seed(0)
+    model = _zoomin(n_patches=6)
+    x = torch.rand(3, 1, 32, 48)  # 2 x 3 = 6 tiles
+    gen = torch.Generator().manual_seed(1)
+    counts = unique_tiles(model, x, gen)
+    gen = torch.Generator().manual_seed(1)
+    tiles = model(x, mode="sample", generator=gen).tiles
+    assert counts.tolist() == [len(set(row.tolist())) for row in tiles]
+    with pytest.raises(ValueError, match="N'"):
+        unique_tiles(builders.ats(in_channels=1, n_classes=2, scale=0.25, patch_size=5, n_patches=2), x)
+
+
+def test_attention_map_is_a_distribution_over_the_image():
+    torch.manual_seed(0)
+    x = torch.rand(2, 1, 40, 40)  # 3 x 3 tiles of 16, the last row/col partial
+    zmap = attention_map(_zoomin(), x)
+    assert zmap.shape == (2, 20, 20)  # ceil(40 * 8 / 16)
+    torch.testing.assert_close(zmap.sum(dim=(1, 2)), torch.ones(2))
+    amap = attention_map(builders.ats(in_channels=1, n_classes=2, scale=0.25, patch_size=5, n_patches=2), x)
+    assert amap.shape == (2, 10, 10)
+    torch.testing.assert_close(amap.sum(dim=(1, 2)), torch.ones(2))
+
+
+def test_run_folds_trains_each_method_on_each_fold_and_summarizes(tmp_path):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(12, 1, 32, 32, generator=gen)
+    y = torch.arange(12) % 2
+    folds = [SimpleNamespace(repetition=0, fold=k, train=[i for i in range(12) if i % 2 != k],
+                             test=[i for i in range(12) if i % 2 == k]) for k in range(2)]
+    folds[0].test, folds[1].test = list(range(6)), list(range(6, 12))
+    folds[0].train, folds[1].train = list(range(6, 12)), list(range(6))
+    methods = {"zoom": lambda: _zoomin(), "cnn": lambda: builders.cnn(in_channels=1, n_classes=2, channels=4, n_conv=2)}
+    settings = {name: TrainSettings(epochs=2, batch_size=3, lr=1e-3, warmup_epochs=1) for name in methods}
+    results, models = run_folds(methods, settings, x, y, folds, out_dir=tmp_path,
+                                probe=lambda m, g: {"seen": 1}, progress=False)
+    assert [r.fold for r in results["zoom"]] == [0, 1] and set(models) == {"zoom", "cnn"}
+    assert all(r.n_test == 6 and len(r.history) == 2 and r.history[0]["val_seen"] == 1 for r in results["zoom"])
+    assert (tmp_path / "runs" / "zoom_r0_f1.json").is_file() and (tmp_path / "checkpoints" / "cnn_r0_f0.pt").is_file()
+    summary = summarize(results["zoom"])
+    accs = [r.accuracy for r in results["zoom"]]
+    assert summary["runs"] == 2 and math.isclose(summary["accuracy_mean"], sum(accs) / 2)
+    assert math.isclose(summary["accuracy_std"], abs(accs[0] - accs[1]) / math.sqrt(2))
+    assert math.isnan(summarize(results["zoom"][:1])["accuracy_std"])
+
+
+def test_training_step_peak_grows_with_the_number_of_patches():
+    torch.manual_seed(0)
+    x, y = torch.rand(1, 1, 64, 64), torch.tensor([1])
+    small = training_step_peak_mb(_zoomin(2), x, y, torch.Generator().manual_seed(0))
+    large = training_step_peak_mb(_zoomin(16), x, y, torch.Generator().manual_seed(0))
+    assert 0 < small < large
+
+
+def test_standardize_gives_each_channel_mean_zero_and_unit_std():
+    from zoomin_lib.experiments import standardize
+
+    x = torch.rand(4, 3, 8, 8) * torch.tensor([1.0, 5.0, 0.1]).view(1, 3, 1, 1) + 2
+    z = standardize(x)
+    torch.testing.assert_close(z.mean(dim=(0, 2, 3)), torch.zeros(3), atol=1e-5, rtol=0)
+    torch.testing.assert_close(z.std(dim=(0, 2, 3)), torch.ones(3), atol=1e-5, rtol=0)

@@ -1,0 +1,61 @@
+"""The methods of the papers' tables, built from their architectures by name.
+
+- Zoom-In (sec. 2, appendix K): attention networks a and b and feature network f from table 5
+  ("lenet") or table 6 ("resnet16"), a linear classifier g.
+- ATS-N (ATS sec. 3.3, supp. H.2): the same attention a on V(x, s) and the same f.
+- U-N (ATS table 1): uniform sampling with the same f.
+- CNN (Zoom-In sec. 4, "a ResNet with 8 convolutional layers and 32 channels") on V(x, s).
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from .models import ATSNet, CNNBaseline, UniformNet, ZoomInNet
+from .networks import AttentionLeNet, AttentionResNet16, FeatureLeNet, FeatureResNet16, ResNetCNN
+
+__all__ = ["BACKBONES", "zoomin", "ats", "uniform", "cnn"]
+
+BACKBONES = ("lenet", "resnet16")
+
+
+def _networks(backbone: str, in_channels: int) -> tuple[nn.Module, nn.Module, nn.Module]:
+    """(a, b, f) of table 5 (lenet) or table 6 (resnet16)."""
+    if backbone == "lenet":
+        return AttentionLeNet(in_channels), AttentionLeNet(in_channels, final_tanh=False), FeatureLeNet(in_channels)
+    if backbone == "resnet16":
+        return (AttentionResNet16(in_channels), AttentionResNet16(in_channels, final_relu=False),
+                FeatureResNet16(in_channels))
+    raise ValueError(f"backbone must be one of {BACKBONES}, got {backbone!r}")
+
+
+def zoomin(
+    *, in_channels: int, n_classes: int, scale1: float, scale2: float, tile_size: int | tuple[int, int],
+    patch_size: int | tuple[int, int], n_patches: int, backbone: str = "lenet",
+) -> ZoomInNet:
+    """A Zoom-In network with the table-5/6 networks."""
+    a, b, f = _networks(backbone, in_channels)
+    return ZoomInNet(a, b, f, n_classes, scale1, scale2, tile_size, patch_size, n_patches)
+
+
+def ats(
+    *, in_channels: int, n_classes: int, scale: float, patch_size: int | tuple[int, int], n_patches: int,
+    backbone: str = "lenet",
+) -> ATSNet:
+    """ATS-N: attention a on V(x, s), N patches drawn without replacement."""
+    a, _, f = _networks(backbone, in_channels)
+    return ATSNet(a, f, n_classes, scale, patch_size, n_patches)
+
+
+def uniform(
+    *, in_channels: int, n_classes: int, scale: float, patch_size: int | tuple[int, int], n_patches: int,
+    backbone: str = "lenet",
+) -> UniformNet:
+    """U-N: N patches drawn uniformly without replacement."""
+    _, _, f = _networks(backbone, in_channels)
+    return UniformNet(f, n_classes, scale, patch_size, n_patches)
+
+
+def cnn(*, in_channels: int, n_classes: int, scale: float = 1.0, channels: int = 32, n_conv: int = 8) -> CNNBaseline:
+    """The ResNet baseline (n_conv 3x3 convolutions, `channels` wide) on V(x, s)."""
+    return CNNBaseline(ResNetCNN(in_channels, n_classes, channels, n_conv), scale)
