@@ -1,0 +1,518 @@
+"""The colon cancer dataset (CRCHistoPhenotypes) in its distributed format, and a synthetic stand-in.
+
+Real data. Sirinukunwattana et al. (IEEE TMI 35(5), 2016; ref. [42] of the Zoom-In paper)
+released 100 H&E stained colon histology images of 500x500 pixels with about 22,000 annotated
+nuclei. ATS (Katharopoulos & Fleuret 2019, sec. 4.3, after Ilse et al. 2018) labels an image
+positive when it contains at least one epithelial nucleus; Zoom-In (Kong & Henao, sec. 4 "Colon
+cancer") keeps that task and evaluates by 10-fold cross-validation with five repetitions, "the
+same experimental setup as [16, 20]". The archive `CRCHistoPhenotypes_2016_04_28` is laid out as
+
+    <root>/Classification/imgN/imgN.bmp                 500x500 RGB (some files RGBA)
+    <root>/Classification/imgN/imgN_<type>.mat          type in epithelial, fibroblast,
+                                                        inflammatory, others
+
+where each .mat holds one variable `detection`: an M x 2 array of nucleus centres, (x, y) =
+(column, row) as stored (possibly empty). An image is positive iff its epithelial `detection`
+is non-empty.
+
+Synthetic stand-in (no download possible at run time). `write_synthetic` writes the same layout:
+the background is real tissue, `skimage.data.immunohistochemistry()` (`ihc.png`, shipped in the
+scikit-image wheel; colonic glands, IHC with hematoxylin counterstain, acquired at the Center for
+Microscopy And Molecular Imaging (CMMI), "No known copyright restrictions"), separated into stain
+concentrations and re-tinted towards H&E, then randomly cropped, flipped, rotated by 90 degrees
+and colour-jittered. Drawn nuclei on top: inflammatory (small, round, very dark), fibroblast
+(spindles), others (medium, round, pale) in every image, and in positive images 3-8 gland-like
+rings of larger, radially oriented, dark-purple epithelial nuclei around a pale lumen. The
+epithelial rings are clear at full resolution and faint after 10x downsampling, where small
+inflammatory clumps (present in every image) look alike. Unlike the real positives, which hold
+hundreds of epithelial nuclei (ATS sec. 4.3), a stand-in positive holds about 20-100 on a few per cent of
+its area: small objects. It is a stand-in for the method's mechanics, not the CRCHistoPhenotypes data,
+and is marked as such (`SYNTHETIC_STAND_IN.json`); its `detection` centres are 0-based pixels.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import scipy.io
+import scipy.ndimage
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from zoomin_lib.config import data_dir
+from zoomin_lib.io import atomic_dir, read_json, write_json
+
+CELL_TYPES = ("epithelial", "fibroblast", "inflammatory", "others")
+POSITIVE_TYPE = "epithelial"
+MARKER = "SYNTHETIC_STAND_IN.json"
+MARKER_TEXT = "synthetic stand-in, not the CRCHistoPhenotypes data"
+GENERATOR_VERSION = 2
+GLANDS = (3, 8)  # epithelial rings per positive image (fewer cells than the real data's hundreds)
+EXPECTED_LAYOUT = (
+    "<root>/Classification/imgN/imgN.bmp with imgN_{epithelial,fibroblast,inflammatory,others}.mat"
+)
+_IMG_NAME = re.compile(r"img(\d+)")
+_MAT_DESCRIPTION = b"MATLAB 5.0 MAT-file, synthetic stand-in written by zoomin data_prep.colon_cancer"
+
+
+@dataclass
+class ColonCancerData:
+    """The images, labels and nucleus centres of one colon cancer folder."""
+
+    ids: list[str]
+    images: np.ndarray  # [N, H, W, 3] uint8
+    labels: np.ndarray  # [N] int64, 1 = contains epithelial nuclei
+    cells: list[dict[str, np.ndarray]]  # per image: type -> [M, 2] float (x, y)
+    root: Path
+    synthetic: bool
+
+    def __len__(self) -> int:
+        """Number of images."""
+        return len(self.ids)
+
+
+@dataclass(frozen=True)
+class Fold:
+    """One train/test split of repeated k-fold cross-validation (index arrays into the dataset)."""
+
+    repetition: int
+    fold: int
+    train: np.ndarray  # [N - n_test] int64
+    test: np.ndarray  # [n_test] int64
+
+
+# ---------------------------------------------------------------- reading the real format
+
+
+def classification_dir(root: str | Path) -> Path:
+    """The `Classification` folder: `root` itself or `root/Classification`."""
+    root = Path(root)
+    if root.name == "Classification" and root.is_dir():
+        return root
+    if (root / "Classification").is_dir():
+        return root / "Classification"
+    raise FileNotFoundError(f"{root}: no Classification folder; expected {EXPECTED_LAYOUT}")
+
+
+def _image_folders(cls_dir: Path) -> list[Path]:
+    """The `imgN` folders of `cls_dir`, sorted by N."""
+    folders = [p for p in cls_dir.iterdir() if p.is_dir() and _IMG_NAME.fullmatch(p.name)]
+    if not folders:
+        raise FileNotFoundError(f"{cls_dir}: no imgN folders; expected {EXPECTED_LAYOUT}")
+    return sorted(folders, key=lambda p: int(_IMG_NAME.fullmatch(p.name).group(1)))
+
+
+def _read_bmp(path: Path) -> np.ndarray:
+    """An image as uint8 RGB [H, W, 3] (alpha dropped, grey or palette expanded)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: image missing; expected {EXPECTED_LAYOUT}")
+    with Image.open(path) as img:
+        if img.mode == "RGBA":
+            return np.asarray(img)[..., :3].copy()  # [H, W, 3]
+        return np.asarray(img.convert("RGB"))  # [H, W, 3]
+
+
+def _read_detection(path: Path) -> np.ndarray:
+    """The `detection` centres of one .mat file as float64 [M, 2] (x, y)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: annotation file missing; expected {EXPECTED_LAYOUT}")
+    try:
+        content = scipy.io.loadmat(path)
+    except (ValueError, NotImplementedError, OSError) as err:
+        raise ValueError(f"{path}: not a readable MATLAB file ({err})") from err
+    if "detection" not in content:
+        names = sorted(k for k in content if not k.startswith("__"))
+        raise ValueError(f"{path}: no variable 'detection' (found {names})")
+    det = np.asarray(content["detection"], dtype=np.float64)
+    if det.size == 0:
+        return np.zeros((0, 2))  # [0, 2]
+    if det.ndim != 2 or det.shape[1] != 2:
+        raise ValueError(f"{path}: 'detection' has shape {det.shape}, expected M x 2 (x, y)")
+    return det  # [M, 2]
+
+
+def _read_cells(folder: Path) -> dict[str, np.ndarray]:
+    """Nucleus centres by type for one `imgN` folder."""
+    return {t: _read_detection(folder / f"{folder.name}_{t}.mat") for t in CELL_TYPES}
+
+
+def _check_sizes(images: list[np.ndarray], folders: list[Path]) -> None:
+    """Raise naming the first image whose size differs from the first one."""
+    first = images[0].shape
+    for img, folder in zip(images, folders):
+        if img.shape != first:
+            raise ValueError(
+                f"{folder / (folder.name + '.bmp')}: size {img.shape[:2]} differs from "
+                f"{folders[0].name}.bmp {first[:2]}; all images must have one size"
+            )
+
+
+def load_colon_cancer(root: str | Path, progress: bool = True) -> ColonCancerData:
+    """Read a CRCHistoPhenotypes-format folder (`root` holds `Classification/` or is it)."""
+    cls_dir = classification_dir(root)
+    folders = _image_folders(cls_dir)
+    images, cells = [], []
+    for folder in tqdm(folders, desc="colon cancer", unit="img", disable=not progress):
+        images.append(_read_bmp(folder / f"{folder.name}.bmp"))
+        cells.append(_read_cells(folder))
+    _check_sizes(images, folders)
+    labels = np.array([len(c[POSITIVE_TYPE]) > 0 for c in cells], dtype=np.int64)  # [N]
+    return ColonCancerData(
+        ids=[f.name for f in folders],
+        images=np.stack(images),  # [N, H, W, 3]
+        labels=labels,
+        cells=cells,
+        root=cls_dir.parent,
+        synthetic=(cls_dir.parent / MARKER).is_file(),
+    )
+
+
+def to_tensors(data: ColonCancerData) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images as float32 [N, 3, H, W] in [0, 1] and labels as int64 [N]."""
+    x = torch.from_numpy(data.images).permute(0, 3, 1, 2).contiguous().float().div_(255)  # [N, 3, H, W]
+    y = torch.from_numpy(np.asarray(data.labels, dtype=np.int64))  # [N]
+    return x, y
+
+
+# ---------------------------------------------------------------- evaluation protocol
+
+
+def _stratified_fold_ids(labels: np.ndarray, n_folds: int, rng: np.random.Generator) -> np.ndarray:
+    """A fold number per sample [N]: each class shuffled, then dealt round-robin."""
+    order = np.concatenate([rng.permutation(np.flatnonzero(labels == c)) for c in np.unique(labels)])
+    ids = np.empty(len(labels), dtype=np.int64)
+    ids[order] = np.arange(len(order)) % n_folds
+    return rng.permutation(n_folds)[ids]  # shuffle which fold gets the remainders
+
+
+def cross_validation_folds(
+    labels: np.ndarray, n_folds: int = 10, repetitions: int = 5, seed: int = 0
+) -> list[Fold]:
+    """Stratified `n_folds`-fold cross-validation repeated `repetitions` times (the papers' protocol)."""
+    labels = np.asarray(labels).ravel()  # [N]
+    if not 2 <= n_folds <= len(labels):
+        raise ValueError(f"n_folds={n_folds} must lie in [2, {len(labels)}] for {len(labels)} samples")
+    folds = []
+    for rep in range(repetitions):
+        ids = _stratified_fold_ids(labels, n_folds, np.random.default_rng([seed, rep]))
+        for k in range(n_folds):
+            folds.append(Fold(rep, k, np.flatnonzero(ids != k), np.flatnonzero(ids == k)))
+    return folds
+
+
+# ---------------------------------------------------------------- synthetic stand-in: texture
+
+
+@lru_cache(maxsize=1)
+def _ihc_stains() -> np.ndarray:
+    """Hematoxylin and DAB optical densities of scikit-image's ihc.png, float32 [512, 512, 2]."""
+    from skimage.color import rgb2hed
+    from skimage.data import immunohistochemistry
+
+    hed = rgb2hed(immunohistochemistry()) * -np.log(1e-6)  # rgb2hed scales OD by 1/ln(1e6)
+    return hed[..., [0, 2]].astype(np.float32)  # [512, 512, 2]
+
+
+def _stain_vectors() -> np.ndarray:
+    """Unit optical-density RGB vectors of hematoxylin and eosin [2, 3] (Ruifrok & Johnston)."""
+    from skimage.color import rgb_from_hed
+
+    vectors = rgb_from_hed[:2]  # [2, 3]
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def _zoomed_crop(rng: np.random.Generator, stains: np.ndarray, size: int) -> np.ndarray:
+    """A random square crop of `stains` [h, w, 2] resized to [size, size, 2] (zoom 1-1.3x or more)."""
+    side = int(rng.integers(int(0.78 * min(stains.shape[:2])), min(stains.shape[:2]) + 1))
+    r, c = rng.integers(0, np.array(stains.shape[:2]) - side + 1)
+    crop = stains[r : r + side, c : c + side]  # [side, side, 2]
+    channels = [Image.fromarray(np.ascontiguousarray(crop[..., k])).resize((size, size), Image.BILINEAR)
+                for k in range(crop.shape[-1])]
+    return np.stack([np.asarray(ch) for ch in channels], axis=-1)  # [size, size, 2]
+
+
+def _dihedral(rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
+    """`image` [S, S, C] under a random one of the 8 flips / 90-degree rotations."""
+    image = np.rot90(image, k=int(rng.integers(4)))
+    return image[:, ::-1] if rng.random() < 0.5 else image
+
+
+def _background(rng: np.random.Generator, size: int) -> np.ndarray:
+    """An H&E-tinted tissue crop, float32 [size, size, 3] in 0..255."""
+    crop = _dihedral(rng, _zoomed_crop(rng, _ihc_stains(), size))  # [size, size, 2]
+    gains = np.array([rng.uniform(0.55, 0.9), rng.uniform(0.25, 0.45)], dtype=np.float32)
+    dens = crop * gains + np.array([0.0, rng.uniform(0.1, 0.18)], dtype=np.float32)  # eosin floor
+    od = dens @ _stain_vectors().astype(np.float32)  # [size, size, 3]
+    rgb = 255 * np.exp(-od) * rng.uniform(0.95, 1.0, size=3).astype(np.float32)  # jitter per channel
+    return np.ascontiguousarray(rgb, dtype=np.float32)
+
+
+# ---------------------------------------------------------------- synthetic stand-in: drawing
+
+
+def _ellipse_alpha(size: int, centres: np.ndarray, axes: np.ndarray, angles: np.ndarray,
+                   opacity: np.ndarray, soft: float = 0.8) -> np.ndarray:
+    """Anti-aliased coverage [size, size] of filled ellipses (max over overlaps).
+
+    centres [M, 2] (x, y), axes [M, 2] (semi-axis along `angles`, across it), angles [M] radians.
+    """
+    canvas = np.zeros((size, size), dtype=np.float32)  # [H, W]
+    if len(centres) == 0:
+        return canvas
+    half = int(np.ceil(axes.max())) + 2
+    off = np.arange(-half, half + 1)  # [S]
+    base = np.rint(centres).astype(np.int64)  # [M, 2]
+    frac = centres - base  # [M, 2]
+    dx = off[None, None, :] - frac[:, 0, None, None]  # [M, 1, S]
+    dy = off[None, :, None] - frac[:, 1, None, None]  # [M, S, 1]
+    cos, sin = np.cos(angles)[:, None, None], np.sin(angles)[:, None, None]
+    u, v = dx * cos + dy * sin, dy * cos - dx * sin  # [M, S, S] along / across the ellipse
+    a, b = axes[:, 0, None, None], axes[:, 1, None, None]
+    f = (u / a) ** 2 + (v / b) ** 2 - 1
+    grad = 2 * np.sqrt((u / a**2) ** 2 + (v / b**2) ** 2) + 1e-6
+    alpha = np.clip(0.5 - f / grad / soft, 0, 1) * opacity[:, None, None]  # [M, S, S]
+    rows = np.broadcast_to(base[:, 1, None, None] + off[None, :, None], alpha.shape)
+    cols = np.broadcast_to(base[:, 0, None, None] + off[None, None, :], alpha.shape)
+    inside = (rows >= 0) & (rows < size) & (cols >= 0) & (cols < size) & (alpha > 0)
+    np.maximum.at(canvas, (rows[inside], cols[inside]), alpha[inside].astype(np.float32))
+    return canvas
+
+
+def _paint(image: np.ndarray, alpha: np.ndarray, colour: tuple[float, float, float]) -> None:
+    """Stain `image` [H, W, 3] in place: where `alpha` [H, W] is 1, white would turn into `colour`."""
+    od = -np.log(np.asarray(colour, dtype=np.float32) / 255)  # [3] Beer-Lambert optical density
+    image *= np.exp(-alpha[..., None] * od)
+
+
+def _far_from(points: np.ndarray, centres: np.ndarray, radius: float) -> np.ndarray:
+    """Mask [M] of `points` [M, 2] farther than `radius` from every one of `centres` [K, 2]."""
+    if len(centres) == 0:
+        return np.ones(len(points), dtype=bool)
+    dist = np.linalg.norm(points[:, None, :] - centres[None, :, :], axis=-1)  # [M, K]
+    return (dist > radius).all(axis=1)
+
+
+def _scatter(rng: np.random.Generator, n: int, size: int, avoid: np.ndarray, radius: float) -> np.ndarray:
+    """Up to `n` uniform centres [n, 2] (x, y) inside the image, none within `radius` of `avoid`."""
+    pts = rng.uniform(3, size - 3, size=(4 * n + 16, 2))  # over-draw, then keep the allowed ones
+    return pts[_far_from(pts, avoid, radius)][:n]
+
+
+@dataclass
+class _Cells:
+    """Centres, semi-axes, angles and opacities of one population of drawn nuclei."""
+
+    centres: np.ndarray  # [M, 2] (x, y)
+    axes: np.ndarray  # [M, 2] semi-axis along the angle, across it
+    angles: np.ndarray  # [M] radians
+    opacity: np.ndarray  # [M]
+
+
+_COLOURS = {  # RGB a nucleus of each type stains white paper to (Beer-Lambert)
+    "others": (135, 105, 170),
+    "fibroblast": (85, 60, 130),
+    "inflammatory": (38, 28, 70),
+    "epithelial": (92, 18, 96),
+}
+
+
+def _round_cells(rng: np.random.Generator, centres: np.ndarray, radius: tuple[float, float],
+                 opacity: tuple[float, float], stretch: float = 1.15) -> _Cells:
+    """Nearly round nuclei with radius drawn from `radius` at `centres` [M, 2]."""
+    m = len(centres)
+    r = rng.uniform(*radius, m)
+    axes = np.stack([r * rng.uniform(1.0, stretch, m), r], axis=1)  # [M, 2]
+    return _Cells(centres, axes, rng.uniform(0, np.pi, m), rng.uniform(*opacity, m))
+
+
+def _spindles(rng: np.random.Generator, centres: np.ndarray) -> _Cells:
+    """Elongated fibroblast nuclei (about 3 x 10 px) at `centres` [M, 2], randomly oriented."""
+    m = len(centres)
+    axes = np.stack([rng.uniform(4.0, 6.0, m), rng.uniform(1.2, 1.8, m)], axis=1)  # [M, 2]
+    return _Cells(centres, axes, rng.uniform(0, np.pi, m), rng.uniform(0.7, 0.9, m))
+
+
+def _gland_sites(rng: np.random.Generator, size: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Centres [G, 2] and ring radii [G] of up to `n` separate glands fully inside the image."""
+    centres, radii = np.zeros((0, 2)), np.zeros(0)
+    for _ in range(100 * n):  # the first always fits; later ones may not in a small image
+        if len(centres) == n:
+            break
+        r = rng.uniform(10, 16)
+        c = rng.uniform(r + 12, size - r - 12, size=(1, 2))
+        if _far_from(c, centres, r + radii.max(initial=0) + 24)[0]:
+            centres, radii = np.vstack([centres, c]), np.append(radii, r)
+    return centres, radii
+
+
+def _gland_nuclei(
+    rng: np.random.Generator, centre: np.ndarray, radius: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Centres [K, 2] and radial angles [K] of the 6-12 nuclei lining one gland."""
+    k = int(np.clip(round(2 * np.pi * radius / 8.5), 6, 12))
+    theta = rng.uniform(0, 2 * np.pi) + 2 * np.pi * np.arange(k) / k + rng.normal(0, 0.08, k)  # [K]
+    r = radius + rng.normal(0, 0.8, k)  # [K]
+    pts = centre + np.stack([r * np.cos(theta), r * np.sin(theta)], axis=1)  # [K, 2]
+    return pts, theta
+
+
+def _epithelium(rng: np.random.Generator, sites: np.ndarray, radii: np.ndarray) -> _Cells:
+    """Larger, radially oriented epithelial nuclei lining each gland (about 6 x 9 px)."""
+    parts = [_gland_nuclei(rng, c, r) for c, r in zip(sites, radii)]
+    centres = np.concatenate([np.zeros((0, 2))] + [p[0] for p in parts])  # [K, 2]
+    angles = np.concatenate([np.zeros(0)] + [p[1] for p in parts])  # [K]
+    m = len(centres)
+    axes = np.stack([rng.uniform(4.0, 5.0, m), rng.uniform(2.5, 3.2, m)], axis=1)  # [K, 2] long axis radial
+    return _Cells(centres, axes, angles, rng.uniform(0.88, 1.0, m))
+
+
+def _inflammatory_clumps(rng: np.random.Generator, size: int, avoid: np.ndarray) -> np.ndarray:
+    """Centres [K, 2] of 0-3 tight lymphocyte clumps (they resemble glands at low resolution)."""
+    hubs = _scatter(rng, int(rng.integers(0, 4)), size, avoid, 45)  # [C, 2]
+    pts = [h + rng.normal(0, 5.5, size=(int(rng.integers(8, 16)), 2)) for h in hubs]
+    return np.clip(np.concatenate([np.zeros((0, 2))] + pts), 3, size - 4)  # [K, 2]
+
+
+def _populations(
+    rng: np.random.Generator, size: int, sites: np.ndarray, radii: np.ndarray
+) -> dict[str, _Cells]:
+    """All drawn nuclei by type; only the epithelial ones lie on the glands."""
+    keep_out = radii.max(initial=0) + 9  # other nuclei stay off the glands
+
+    def scatter(low: int, high: int) -> np.ndarray:
+        return _scatter(rng, int(rng.integers(low, high)), size, sites, keep_out)
+
+    inflammatory = np.vstack([scatter(30, 70), _inflammatory_clumps(rng, size, sites)])  # [M, 2]
+    return {
+        "others": _round_cells(rng, scatter(25, 55), (3.5, 4.5), (0.5, 0.75), stretch=1.3),
+        "fibroblast": _spindles(rng, scatter(25, 55)),
+        "inflammatory": _round_cells(rng, inflammatory, (2.0, 3.0), (0.85, 1.0)),
+        "epithelial": _epithelium(rng, sites, radii),
+    }
+
+
+def _smooth_noise(rng: np.random.Generator, size: int, low: float) -> np.ndarray:
+    """Blotchy noise [size, size] in [low, 1], correlated over about a pixel."""
+    noise = scipy.ndimage.gaussian_filter(rng.standard_normal((size, size)).astype(np.float32), 1.0)
+    noise = (noise - noise.min()) / (np.ptp(noise) + 1e-6)
+    return low + (1 - low) * noise
+
+
+def _disks(size: int, centres: np.ndarray, radii: np.ndarray) -> np.ndarray:
+    """Anti-aliased coverage [size, size] of filled disks."""
+    g = len(centres)
+    return _ellipse_alpha(size, centres, np.repeat(radii[:, None], 2, 1), np.zeros(g), np.ones(g))
+
+
+def _draw_glands(image: np.ndarray, sites: np.ndarray, radii: np.ndarray, texture: np.ndarray) -> None:
+    """Paint each gland's pink cytoplasm ring and pale lumen in place (nuclei come later)."""
+    if len(sites) == 0:
+        return
+    size = image.shape[0]
+    lumen = _disks(size, sites, radii - 5)  # [H, W]
+    ring = np.clip(_disks(size, sites, radii + 6) - lumen, 0, 1)  # [H, W]
+    _paint(image, 0.6 * ring * texture, (200, 105, 160))
+    a = (0.8 * lumen * texture)[..., None]  # [H, W, 1] mix towards a pale, slightly pink lumen
+    image *= 1 - a
+    image += a * np.array([246, 234, 240], dtype=np.float32)
+
+
+def _synthetic_image(
+    rng: np.random.Generator, size: int, positive: bool
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """One stand-in image uint8 [size, size, 3] and its nucleus centres [M, 2] by type."""
+    image = _background(rng, size)  # [size, size, 3]
+    sites, radii = _gland_sites(rng, size, int(rng.integers(GLANDS[0], GLANDS[1] + 1)) if positive else 0)
+    pops = _populations(rng, size, sites, radii)
+    chromatin = _smooth_noise(rng, size, low=0.7)  # [H, W] nuclear texture
+    _draw_glands(image, sites, radii, chromatin)
+    for name, cells in pops.items():
+        alpha = _ellipse_alpha(size, cells.centres, cells.axes, cells.angles, cells.opacity)  # [H, W]
+        _paint(image, alpha * chromatin, _COLOURS[name])
+    image = scipy.ndimage.gaussian_filter(image, sigma=(0.6, 0.6, 0))  # optics
+    image += rng.normal(0, 2.0, size=image.shape).astype(np.float32)  # sensor noise
+    cells = {t: pops[t].centres.astype(np.float64).reshape(-1, 2) for t in CELL_TYPES}
+    return np.clip(np.rint(image), 0, 255).astype(np.uint8), cells
+
+
+# ---------------------------------------------------------------- synthetic stand-in: files
+
+
+def _mat_bytes(detection: np.ndarray) -> bytes:
+    """A MATLAB v5 file holding `detection`, with a fixed header (savemat stamps the time)."""
+    buf = io.BytesIO()
+    scipy.io.savemat(buf, {"detection": detection})
+    data = bytearray(buf.getvalue())
+    data[:116] = _MAT_DESCRIPTION.ljust(116)  # the 116-byte description text of the header
+    return bytes(data)
+
+
+def _write_example(cls_dir: Path, name: str, image: np.ndarray, cells: dict[str, np.ndarray]) -> None:
+    """Write one `imgN` folder: the bmp and one .mat per cell type."""
+    folder = cls_dir / name
+    folder.mkdir(parents=True)
+    Image.fromarray(image).save(folder / f"{name}.bmp", format="BMP")
+    for t in CELL_TYPES:
+        det = np.asarray(cells[t], dtype=np.float64).reshape(-1, 2)  # [M, 2], empty as (0, 2)
+        (folder / f"{name}_{t}.mat").write_bytes(_mat_bytes(det))
+
+
+def _marker(n_images: int, size: int, seed: int) -> dict:
+    """The marker's content: what was generated and how."""
+    return {
+        "description": MARKER_TEXT,
+        "generator": "data_prep.colon_cancer.write_synthetic",
+        "version": GENERATOR_VERSION,
+        "n_images": n_images,
+        "size": size,
+        "seed": seed,
+        "n_positive": n_images // 2,
+        "texture": "skimage.data.immunohistochemistry() (ihc.png, CMMI, no known copyright restrictions)",
+        "coordinates": "detection = [x, y] = [column, row], 0-based pixel centres",
+    }
+
+
+def synthetic_labels(n_images: int, seed: int = 0) -> np.ndarray:
+    """Exactly n_images // 2 positives, shuffled by `seed`, int64 [n_images]."""
+    labels = (np.arange(n_images) < n_images // 2).astype(np.int64)
+    return np.random.default_rng([seed, 0]).permutation(labels)
+
+
+def write_synthetic(root: str | Path, n_images: int = 100, size: int = 500, seed: int = 0,
+                    progress: bool = False) -> Path:
+    """Write the stand-in as `root/Classification/imgN/...` plus the marker; returns `root`."""
+    if size < 64:
+        raise ValueError(f"size={size} too small for the stand-in (need >= 64)")
+    root = Path(root)
+    labels = synthetic_labels(n_images, seed)
+    with atomic_dir(root) as tmp:
+        cls_dir = tmp / "Classification"
+        for i in tqdm(range(n_images), desc="synthetic colon", unit="img", disable=not progress):
+            rng = np.random.default_rng([seed, 1, i])
+            image, cells = _synthetic_image(rng, size, bool(labels[i]))
+            _write_example(cls_dir, f"img{i + 1}", image, cells)
+        write_json(tmp / MARKER, _marker(n_images, size, seed))
+    return root
+
+
+def read_marker(root: str | Path) -> dict | None:
+    """The stand-in marker of `root` (the folder holding Classification/), or None (absent or unreadable)."""
+    path = Path(root) / MARKER
+    try:
+        return read_json(path) if path.is_file() else None
+    except ValueError:
+        return None
+
+
+def default_dataset(n_images: int = 100, seed: int = 0) -> Path:
+    """The cached stand-in under data_dir('colon_cancer_synthetic'), generated on first use."""
+    root = data_dir("colon_cancer_synthetic")
+    if read_marker(root) != _marker(n_images, 500, seed) or not (root / "Classification").is_dir():
+        write_synthetic(root, n_images=n_images, size=500, seed=seed, progress=True)
+    return root
