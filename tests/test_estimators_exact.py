@@ -104,3 +104,19 @@ def test_two_stage_with_one_tile_is_the_one_stage_estimator():
     one = expectation_without_replacement(probs, idx, feats)
     two = expectation_two_stage(torch.ones(1, 1, dtype=torch.float64), torch.zeros_like(idx), probs.gather(1, idx), feats)
     assert torch.allclose(one, two, atol=1e-14)
+
+
+def test_expected_unique_tiles_matches_enumeration():
+    """E[N'] = sum_c 1 - (1 - p_c)^n against the mean number of distinct tiles over every draw sequence."""
+    import itertools
+
+    from zoomin_lib.hierarchical import expected_unique
+
+    p = torch.tensor([[0.5, 0.3, 0.15, 0.05]], dtype=torch.float64)
+    n = 3
+    exact = sum(
+        float(p[0, list(seq)].prod()) * len(set(seq)) for seq in itertools.product(range(4), repeat=n)
+    )
+    torch.testing.assert_close(expected_unique(p, n), torch.tensor([exact], dtype=torch.float64))
+    uniform = torch.full((1, 4), 0.25, dtype=torch.float64)
+    assert float(expected_unique(uniform, n)) > float(expected_unique(p, n))  # uniform maximises E[N']

@@ -116,3 +116,67 @@ def test_standardize_gives_each_channel_mean_zero_and_unit_std():
     z = standardize(x)
     torch.testing.assert_close(z.mean(dim=(0, 2, 3)), torch.zeros(3), atol=1e-5, rtol=0)
     torch.testing.assert_close(z.std(dim=(0, 2, 3)), torch.ones(3), atol=1e-5, rtol=0)
+
+
+def test_per_image_loss_and_predictor_handle_images_of_different_sizes():
+    """Batches of differently sized images: the loss is the mean of the per-image losses, logits come per image."""
+    from zoomin_lib.experiments import per_image, per_image_predictor
+    from zoomin_lib.steps import sampling_loss
+
+    torch.manual_seed(0)
+    model = builders.cnn(in_channels=1, n_classes=2, size=16, channels=4, n_conv=2)
+    images = [torch.rand(1, 1, 20, 30), torch.rand(1, 1, 40, 24)]
+    labels = torch.tensor([0, 1])
+    loss, parts = per_image(sampling_loss())(model, (images, labels), 0)
+    singles = [sampling_loss()(model, (xi, labels[i : i + 1]), 0)[0] for i, xi in enumerate(images)]
+    torch.testing.assert_close(loss, (singles[0] + singles[1]) / 2)
+    logits, target = per_image_predictor()(model, (images, labels))
+    assert logits.shape == (2, 2) and torch.equal(target, labels)
+
+
+def test_lazy_batches_load_only_when_iterated_and_cover_every_sample():
+    from zoomin_lib.experiments import lazy_batches
+
+    calls = []
+
+    def load(idx):
+        calls.append(list(idx))
+        return torch.tensor(idx, dtype=torch.float32)
+
+    make = lazy_batches(load, [0, 1, 0, 1, 1], batch_size=2, seed=1)
+    epoch = make(0)
+    assert calls == []  # nothing read before iteration
+    seen = [(xb.long().tolist(), yb.tolist()) for xb, yb in epoch]
+    assert sorted(i for idx, _ in seen for i in idx) == [0, 1, 2, 3, 4]
+    assert all(yb == [[0, 1, 0, 1, 1][i] for i in idx] for idx, yb in seen)
+    ordered = [xb.long().tolist() for xb, _ in lazy_batches(load, [0, 1, 0], 2, 0, shuffle=False)(3)]
+    assert ordered == [[0, 1], [2]]
+
+
+def test_top_tile_and_subtile_are_the_argmaxes_inside_the_image():
+    from zoomin_lib.experiments import top_tile_and_subtile
+
+    torch.manual_seed(0)
+    model = _zoomin()
+    x = torch.rand(1, 1, 48, 64)
+    tile_box, sub_box = top_tile_and_subtile(model, x)
+    with torch.no_grad():
+        best = int(model.first_stage(x).argmax())
+    assert tile_box == ((best // 4) * 16, (best % 4) * 16, 16, 16)
+    r, c, ph, pw = sub_box
+    assert (ph, pw) == (5, 5)
+    assert tile_box[0] <= r + 2 < tile_box[0] + 16 and tile_box[1] <= c + 2 < tile_box[1] + 16
+
+
+def test_image_stats_and_image_tensor():
+    import numpy as np
+
+    from zoomin_lib.experiments import image_stats, image_tensor
+
+    a = np.zeros((16, 16, 3), dtype=np.uint8)
+    b = np.full((8, 24, 3), 255, dtype=np.uint8)
+    mean, std = image_stats([a, b], step=1)
+    assert mean.shape == (1, 3, 1, 1)
+    torch.testing.assert_close(mean.flatten(), torch.full((3,), 192 / 448))  # 192 white pixels of 448
+    t = image_tensor(b)
+    assert t.shape == (1, 3, 8, 24) and float(t.max()) == 1.0

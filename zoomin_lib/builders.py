@@ -2,7 +2,7 @@
 
 - Zoom-In (sec. 2, appendix K): attention networks a and b and feature network f from table 5
   ("lenet") or table 6 ("resnet16"), a linear classifier g.
-- ATS-N (ATS sec. 3.3, supp. H.2): the same attention a on V(x, s) and the same f.
+- ATS-N (ATS sec. 3.3, supp. H.2): attention on V(x, s) with unbounded scores, and the same f.
 - U-N (ATS table 1): uniform sampling with the same f.
 - CNN (Zoom-In sec. 4, "a ResNet with 8 convolutional layers and 32 channels") on V(x, s).
 """
@@ -42,9 +42,14 @@ def ats(
     *, in_channels: int, n_classes: int, scale: float, patch_size: int | tuple[int, int], n_patches: int,
     backbone: str = "lenet",
 ) -> ATSNet:
-    """ATS-N: attention a on V(x, s), N patches drawn without replacement."""
-    a, _, f = _networks(backbone, in_channels)
-    return ATSNet(a, f, n_classes, scale, patch_size, n_patches)
+    """ATS-N: attention on V(x, s) with unbounded scores (ATS supp. H.2: convs + ReLUs, no tanh), N patches without replacement.
+
+    Zoom-In's a ends in a tanh (table 5), which bounds the ratio of two attention weights by e^2;
+    over the thousands of locations of a one-stage view that forbids any sharp attention, so ATS
+    uses the network of b (the same layers without the bounded output).
+    """
+    _, b, f = _networks(backbone, in_channels)
+    return ATSNet(b, f, n_classes, scale, patch_size, n_patches)
 
 
 def uniform(
@@ -56,6 +61,9 @@ def uniform(
     return UniformNet(f, n_classes, scale, patch_size, n_patches)
 
 
-def cnn(*, in_channels: int, n_classes: int, scale: float = 1.0, channels: int = 32, n_conv: int = 8) -> CNNBaseline:
-    """The ResNet baseline (n_conv 3x3 convolutions, `channels` wide) on V(x, s)."""
-    return CNNBaseline(ResNetCNN(in_channels, n_classes, channels, n_conv), scale)
+def cnn(
+    *, in_channels: int, n_classes: int, scale: float = 1.0, size: int | tuple[int, int] | None = None,
+    channels: int = 32, n_conv: int = 8,
+) -> CNNBaseline:
+    """The ResNet baseline (n_conv 3x3 convolutions, `channels` wide) on V(x, s), or on x resized to `size`."""
+    return CNNBaseline(ResNetCNN(in_channels, n_classes, channels, n_conv), scale, size)

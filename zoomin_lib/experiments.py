@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -33,17 +34,27 @@ from .training import evaluate, fit, seed_everything
 
 __all__ = [
     "TrainSettings",
+    "channel_stats",
+    "image_stats",
+    "image_tensor",
     "standardize",
+    "lazy_batches",
     "tensor_batches",
     "train_model",
     "FoldResult",
+    "run_method",
     "run_folds",
+    "per_image",
+    "per_image_predictor",
     "summarize",
+    "result_rows",
     "lean_inference",
     "profile_methods",
     "unique_tiles",
     "training_step_peak_mb",
     "attention_map",
+    "top_tile_and_subtile",
+    "zoom_picks",
 ]
 
 Factory = Callable[[], nn.Module]
@@ -60,13 +71,52 @@ class TrainSettings:
     lam: float = 1e-5  # entropy regularisation, eq. 12
     contrastive: bool = True
     class_weights: tuple[float, ...] | None = None
+    cosine_decay: bool = False  # lr decays to 0 by a cosine over the epochs (the papers keep it fixed)
 
 
-def standardize(x: Tensor) -> Tensor:
-    """x [N, C, H, W] with each channel shifted and scaled to mean 0 and standard deviation 1 over the whole set (no labels used)."""
-    mean = x.mean(dim=(0, 2, 3), keepdim=True)  # [1, C, 1, 1]
-    std = x.std(dim=(0, 2, 3), keepdim=True).clamp(min=1e-6)
+def channel_stats(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-channel mean and standard deviation [1, C, 1, 1] of images x [N, C, H, W]."""
+    return x.mean(dim=(0, 2, 3), keepdim=True), x.std(dim=(0, 2, 3), keepdim=True).clamp(min=1e-6)
+
+
+def image_stats(images: Iterable[np.ndarray], step: int = 8) -> tuple[Tensor, Tensor]:
+    """Per-channel mean and standard deviation [1, 3, 1, 1] in [0, 1] units of uint8 images [H, W, 3] of any sizes (every `step`-th pixel)."""
+    pixels = torch.cat([torch.from_numpy(np.ascontiguousarray(a[::step, ::step])).reshape(-1, a.shape[-1]).float() / 255
+                        for a in images])  # [P, 3]
+    return pixels.mean(0).view(1, -1, 1, 1), pixels.std(0).clamp(min=1e-6).view(1, -1, 1, 1)
+
+
+def image_tensor(image: np.ndarray) -> Tensor:
+    """A uint8 image [H, W, C] as a float batch of one [1, C, H, W] in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float().div_(255)
+
+
+def standardize(x: Tensor, stats: tuple[Tensor, Tensor] | None = None) -> Tensor:
+    """x [N, C, H, W] with each channel shifted and scaled by `stats` (default: x's own, no labels used) to mean 0, std 1."""
+    mean, std = channel_stats(x) if stats is None else stats
     return (x - mean) / std
+
+
+def lazy_batches(
+    load: Callable[[Sequence[int]], Any],
+    labels: Sequence[int] | np.ndarray | Tensor,
+    batch_size: int,
+    seed: int,
+    shuffle: bool = True,
+) -> Callable[[int], Iterator[tuple[Any, Tensor]]]:
+    """epoch -> mini-batches (load(indices), labels [b]) read from disk only when iterated; order from (seed, epoch)."""
+    y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+    if y.numel() == 0:
+        raise ValueError("lazy_batches needs at least one sample")
+
+    def batches(epoch: int) -> Iterator[tuple[Any, Tensor]]:
+        order = (torch.randperm(len(y), generator=torch.Generator().manual_seed(seed * 100003 + epoch))
+                 if shuffle else torch.arange(len(y)))
+        for i in range(0, len(order), batch_size):
+            idx = order[i : i + batch_size]
+            yield load(idx.tolist()), y[idx]
+
+    return batches
 
 
 def tensor_batches(x: Tensor, y: Tensor, batch_size: int, seed: int) -> Callable[[int], list[tuple[Tensor, Tensor]]]:
@@ -91,6 +141,7 @@ def train_model(
     checkpoint_path: str | Path | None = None,
     resume: bool = False,
     progress: bool = True,
+    loss_wrapper: Callable[[Callable], Callable] | None = None,
 ) -> list[dict[str, Any]]:
     """Adam on the eq. 12 objective (contrastive after the warm-up) for `settings.epochs` epochs; the history."""
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
@@ -98,8 +149,12 @@ def train_model(
         warmup_epochs=settings.warmup_epochs, lam=settings.lam, class_weights=settings.class_weights,
         contrastive=settings.contrastive, generator=generator,
     )
+    if loss_wrapper is not None:
+        loss_fn = loss_wrapper(loss_fn)
+    scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(settings.epochs, 1))
+                 if settings.cosine_decay else None)
     return fit(
-        model, train_batches, loss_fn, optimizer, settings.epochs, eval_fn=eval_fn,
+        model, train_batches, loss_fn, optimizer, settings.epochs, eval_fn=eval_fn, scheduler=scheduler,
         checkpoint_path=checkpoint_path, resume=resume, progress=progress, generators=[generator],
     )
 
@@ -116,11 +171,49 @@ class FoldResult:
     n_test: int
     loss: float
     history: list[dict[str, Any]] = field(default_factory=list)
+    confusion: list[list[int]] = field(default_factory=list)  # [true class][predicted class]
 
 
 def _as_loader(x: Tensor, y: Tensor, batch_size: int = 16) -> list[tuple[Tensor, Tensor]]:
     """Fixed-order evaluation batches."""
     return [(x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)]
+
+
+def run_method(
+    name: str,
+    factory: Factory,
+    settings: TrainSettings,
+    train_batches: Callable[[int], Sequence[Any]],
+    test_batches: Sequence[Any],
+    *,
+    run_seed: int,
+    tag: str,
+    out_dir: str | Path | None = None,
+    resume: bool = False,
+    probe: Callable[[nn.Module, torch.Generator], dict[str, Any]] | None = None,
+    loss_wrapper: Callable[[Callable], Callable] | None = None,
+    predict_fn: Callable | None = None,
+) -> tuple[FoldResult, nn.Module]:
+    """Seed, build, train and test one method; its result (written to out_dir/runs/<tag>.json) and the model.
+
+    `loss_wrapper` adapts the per-batch loss (e.g. `per_image` for batches of images of different
+    sizes) and `predict_fn` the evaluation (default: `steps.predictor` in the model's eval mode).
+    """
+    generator = seed_everything(run_seed, "cpu")
+    model = factory()
+    checkpoint = Path(out_dir) / "checkpoints" / f"{tag}.pt" if out_dir is not None else None
+    history = train_model(
+        model, train_batches, settings, generator,
+        eval_fn=(lambda m: probe(m, generator)) if probe is not None else None,
+        checkpoint_path=checkpoint, resume=resume, progress=False, loss_wrapper=loss_wrapper,
+    )
+    metrics = evaluate(model, test_batches, predict_fn or predictor(generator=generator))
+    rep, fold = (int(v) for v in re.findall(r"_r(\d+)_f(\d+)$", tag)[0]) if re.search(r"_r\d+_f\d+$", tag) else (0, 0)
+    result = FoldResult(name, rep, fold, metrics["accuracy"], metrics["auc"], metrics["n"], metrics["loss"], history,
+                        metrics["confusion"])
+    if out_dir is not None:
+        write_json(Path(out_dir) / "runs" / f"{tag}.json", asdict(result))
+    return result, model
 
 
 def run_folds(
@@ -149,27 +242,46 @@ def run_folds(
     runs = [(name, f) for f in folds for name in methods]
     for name, f in tqdm(runs, desc="runs", disable=not progress):
         run_seed = seed * 1000 + int(f.repetition) * 100 + int(f.fold)
-        generator = seed_everything(run_seed, "cpu")
-        model = methods[name]()
         train_idx = torch.as_tensor(np.asarray(f.train), dtype=torch.long)
         test_idx = torch.as_tensor(np.asarray(f.test), dtype=torch.long)
-        tag = f"{name}_r{int(f.repetition)}_f{int(f.fold)}"
-        checkpoint = Path(out_dir) / "checkpoints" / f"{tag}.pt" if out_dir is not None else None
-        history = train_model(
-            model, tensor_batches(x[train_idx], y[train_idx], settings[name].batch_size, run_seed),
-            settings[name], generator,
-            eval_fn=(lambda m: probe(m, generator)) if probe is not None else None,
-            checkpoint_path=checkpoint, resume=resume, progress=False,
+        result, model = run_method(
+            name, methods[name], settings[name],
+            tensor_batches(x[train_idx], y[train_idx], settings[name].batch_size, run_seed),
+            _as_loader(x[test_idx], y[test_idx]),
+            run_seed=run_seed, tag=f"{name}_r{int(f.repetition)}_f{int(f.fold)}",
+            out_dir=out_dir, resume=resume, probe=probe,
         )
-        metrics = evaluate(model, _as_loader(x[test_idx], y[test_idx]), predictor(generator=generator))
-        result = FoldResult(name, int(f.repetition), int(f.fold), metrics["accuracy"], metrics["auc"],
-                            metrics["n"], metrics["loss"], history)
         results[name].append(result)
-        if out_dir is not None:
-            write_json(Path(out_dir) / "runs" / f"{tag}.json", asdict(result))
-        if name not in first_models:
-            first_models[name] = model
+        first_models.setdefault(name, model)
     return results, first_models
+
+
+def per_image(loss_fn: Callable) -> Callable:
+    """A loss over batches ([x_i [1, C, H_i, W_i], ...], y [B]) of images of different sizes: the mean of loss_fn per image."""
+
+    def batch_loss(model: nn.Module, batch: tuple[Sequence[Tensor], Tensor], epoch: int) -> tuple[Tensor, dict[str, float]]:
+        images, labels = batch
+        total, parts = None, {}
+        for xi, yi in zip(images, labels):
+            loss, p = loss_fn(model, (xi, yi.view(1)), epoch)
+            total = loss if total is None else total + loss
+            for k, v in p.items():
+                parts[k] = parts.get(k, 0.0) + v / len(images)
+        assert total is not None
+        return total / len(images), parts
+
+    return batch_loss
+
+
+def per_image_predictor(mode: str | None = None, generator: torch.Generator | None = None) -> Callable:
+    """The predict_fn for batches of images of different sizes: logits [B, C] image by image."""
+    single = predictor(mode, generator)
+
+    def predict_fn(model: nn.Module, batch: tuple[Sequence[Tensor], Tensor]) -> tuple[Tensor, Tensor]:
+        images, labels = batch
+        return torch.cat([single(model, (xi, yi.view(1)))[0] for xi, yi in zip(images, labels)]), labels
+
+    return predict_fn
 
 
 def summarize(results: Sequence[FoldResult]) -> dict[str, float]:
@@ -183,6 +295,33 @@ def summarize(results: Sequence[FoldResult]) -> dict[str, float]:
         "accuracy_std": std,
         "auc_mean": float(aucs.mean()) if aucs.size else math.nan,
     }
+
+
+def _accuracy_cell(summary: Mapping[str, float]) -> str:
+    """'mean ± std' in percent (just the mean for one run)."""
+    mean = f"{100 * summary['accuracy_mean']:.1f}"
+    return f"{mean} ± {100 * summary['accuracy_std']:.1f}" if summary["runs"] > 1 else mean
+
+
+def result_rows(
+    results: Mapping[str, Sequence[FoldResult]], costs: Mapping[str, Mapping[str, Any]]
+) -> list[dict[str, Any]]:
+    """One table row per profiled method: measured accuracy (mean ± std over runs), AUC, runs, GFLOPs, GMACs, MiB, ms, mode."""
+    rows = []
+    for name, cost in costs.items():
+        s = summarize(results[name]) if name in results else None
+        rows.append({
+            "method": name,
+            "accuracy % (mean ± std)": "not trained" if s is None else _accuracy_cell(s),
+            "AUC": "" if s is None or not np.isfinite(s["auc_mean"]) else s["auc_mean"],
+            "runs": "" if s is None else s["runs"],
+            "GFLOPs": cost["mflops"] / 1e3,
+            "GMACs": cost["mmacs"] / 1e3,
+            "peak memory (MiB)": cost["peak_memory_mb"],
+            "time (ms)": cost["ms_per_sample"],
+            "inference": cost["mode"],
+        })
+    return rows
 
 
 @contextlib.contextmanager
@@ -274,3 +413,35 @@ def attention_map(model: nn.Module, x: Tensor) -> Tensor:
             h, w = view_size(tuple(x.shape[-2:]), model.scale)
             return torch.softmax(model.scores(x), dim=-1).reshape(x.shape[0], h, w)
     raise ValueError(f"{type(model).__name__} has no attention to map")
+
+
+def top_tile_and_subtile(model: nn.Module, x: Tensor) -> tuple[tuple[int, int, int, int], tuple[int, int, int, int]]:
+    """Boxes (top, left, height, width) in full-resolution pixels of a ZoomInNet's highest-alpha tile and highest-beta sub-tile in it (Zoom-In fig. 3), for x [1, C, H, W]."""
+    from .geometry import tile_top_left
+
+    with torch.no_grad():
+        alpha = model.first_stage(x)  # [1, T]
+        tile = alpha.argmax(dim=1)  # [1]
+        beta = model.second_stage(x, torch.zeros_like(tile), tile)  # [1, K2]
+        sub = beta.argmax(dim=1)  # [1]
+        top, left = tile_top_left(tile, tuple(x.shape[-2:]), model.tile_size)
+        rows, cols = model._centers(x, tile.view(1, 1), sub.view(1, 1))
+    th, tw = model.tile_size
+    ph, pw = model.patch_size
+    return ((int(top), int(left), th, tw), (int(rows) - ph // 2, int(cols) - pw // 2, ph, pw))
+
+
+def zoom_picks(model: nn.Module, xs: Sequence[Tensor]) -> list[tuple[tuple[int, ...], tuple[int, ...], int]]:
+    """For each image x [1, C, H, W]: (top tile box, top sub-tile box, predicted class in top-k mode) of a ZoomInNet."""
+    picks = []
+    was_training = model.training
+    model.eval()
+    try:
+        for x in xs:
+            tile_box, sub_box = top_tile_and_subtile(model, x)
+            with torch.no_grad():
+                pred = int(model(x, mode="topk").logits.argmax())
+            picks.append((tile_box, sub_box, pred))
+    finally:
+        model.train(was_training)
+    return picks

@@ -28,7 +28,9 @@ from torch import Tensor
 
 from .sampling import gumbel_top_k, sequential_terms, validate_probs
 
-__all__ = ["UniqueDraws", "unique_draws", "sample_subtiles", "expectation_two_stage", "full_two_stage_sum"]
+__all__ = [
+    "UniqueDraws", "unique_draws", "expected_unique", "sample_subtiles", "expectation_two_stage", "full_two_stage_sum",
+]
 
 
 @dataclass
@@ -45,6 +47,11 @@ class UniqueDraws:
     def n_unique(self) -> int:
         """U, the number of unique (image, tile) pairs over the batch."""
         return int(self.batch.numel())
+
+
+def expected_unique(probs: Tensor, n: int) -> Tensor:
+    """E[N'] [B]: the expected number of distinct tiles among n iid draws from probs [B, T], sum_c 1 - (1 - p_c)^n."""
+    return (1 - (1 - probs).pow(n)).sum(dim=-1)
 
 
 def _same_tile_earlier(tiles: Tensor) -> Tensor:

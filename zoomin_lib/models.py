@@ -27,6 +27,7 @@ from typing import Callable
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from .geometry import (
     _pair,
@@ -544,17 +545,18 @@ class ZoomInNet(nn.Module):
 
 
 class CNNBaseline(nn.Module):
-    """CNN baseline: a backbone (e.g. networks.ResNetCNN) on the downsampled image V(x, s)."""
+    """CNN baseline: a backbone (e.g. networks.ResNetCNN) on the downsampled image V(x, s), or on x resized to `size`."""
 
     train_mode = "exact"  # every mode is the same deterministic pass
     eval_mode = "exact"
     supports_contrastive = False
 
-    def __init__(self, backbone: nn.Module, scale: float) -> None:
+    def __init__(self, backbone: nn.Module, scale: float, size: int | tuple[int, int] | None = None) -> None:
         super().__init__()
         _check_scale(scale, "scale")
         self.backbone = backbone
         self.scale = scale
+        self.size = None if size is None else _pair(size, "size")  # resize every image to this size instead
 
     def forward(
         self,
@@ -568,4 +570,8 @@ class CNNBaseline(nn.Module):
         _check_mode(mode)
         if contrastive:
             raise ValueError("CNNBaseline has no attention to draw contrastive samples from")
-        return ModelOutput(logits=self.backbone(view(x, self.scale)), mode=mode)
+        if self.size is not None:
+            v = F.interpolate(x, size=self.size, mode="bilinear", align_corners=False, antialias=True)
+        else:
+            v = view(x, self.scale)
+        return ModelOutput(logits=self.backbone(v), mode=mode)

@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 
 from .io import _atomic
 
-__all__ = ["save_figure", "relative_error_bars", "log_floor", "lift_zeros", "show_attention", "error_bars"]
+__all__ = ["save_figure", "relative_error_bars", "log_floor", "lift_zeros", "show_attention", "error_bars", "show_zoom", "zoom_grid"]
 
 
 def save_figure(fig: Figure, folder: str | os.PathLike, name: str, dpi: int = 120) -> Path:
@@ -79,7 +79,7 @@ def show_attention(
         a = np.asarray(attention, dtype=float)
         span = a.max() - a.min()
         a = (a - a.min()) / span if span > 0 else np.zeros_like(a)
-        ax.imshow(a, cmap="inferno", alpha=0.55, extent=(0, W, H, 0), interpolation="nearest")
+        ax.imshow(a, cmap="inferno", alpha=0.45, extent=(0, W, H, 0), interpolation="nearest")
     if points is not None and len(points):
         ax.scatter(points[:, 0], points[:, 1], s=6, c="cyan", marker="o", linewidths=0)
     if centers is not None and patch_size is not None:
@@ -108,5 +108,49 @@ def error_bars(
     ax.grid(axis="y", alpha=0.3)
     if title:
         ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def show_zoom(
+    axes: Sequence[plt.Axes],
+    image: np.ndarray,
+    tile_box: tuple[int, int, int, int],
+    subtile_box: tuple[int, int, int, int],
+    title: str = "",
+) -> None:
+    """Zoom-In figure 3 on three axes: the image with its top tile, the tile with its top sub-tile, the sub-tile."""
+    H, W = image.shape[:2]
+    t, l, th, tw = tile_box
+    r, c, ph, pw = subtile_box
+    show_attention(axes[0], image, title=title)
+    axes[0].add_patch(plt.Rectangle((l, t), tw, th, fill=False, ec="yellow", lw=1.2))
+    tile = np.zeros((th, tw) + image.shape[2:], dtype=image.dtype)
+    inside = image[t : min(t + th, H), l : min(l + tw, W)]
+    tile[: inside.shape[0], : inside.shape[1]] = inside  # zero beyond the border, as the model sees it
+    show_attention(axes[1], tile, title="tile with the highest alpha")
+    axes[1].add_patch(plt.Rectangle((c - l, r - t), pw, ph, fill=False, ec="lime", lw=1.2))
+    sub = np.zeros((ph, pw) + image.shape[2:], dtype=image.dtype)
+    r0, c0 = max(r, 0), max(c, 0)
+    part = image[r0 : min(r + ph, H), c0 : min(c + pw, W)]
+    sub[r0 - r : r0 - r + part.shape[0], c0 - c : c0 - c + part.shape[1]] = part
+    show_attention(axes[2], sub, title="its sub-tile with the highest beta")
+
+
+def zoom_grid(
+    images: Sequence[np.ndarray],
+    picks: Sequence[tuple[tuple[int, ...], tuple[int, ...], int]],
+    truth_boxes: Sequence[Sequence[tuple[float, float, float, float]]],
+    titles: Sequence[str],
+    suptitle: str = "",
+) -> Figure:
+    """One `show_zoom` row per image (picks from experiments.zoom_picks), ground-truth boxes (x0, y0, w, h) in cyan."""
+    fig, axes = plt.subplots(len(images), 3, figsize=(11, 3.2 * len(images)), squeeze=False)
+    for row, image, (tile_box, sub_box, _), boxes, title in zip(axes, images, picks, truth_boxes, titles):
+        show_zoom(row, image, tile_box, sub_box, title=title)
+        for x0, y0, w, h in boxes:
+            row[0].add_patch(plt.Rectangle((x0, y0), w, h, fill=False, ec="cyan", lw=1))
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=9)
     fig.tight_layout()
     return fig
