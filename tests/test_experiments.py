@@ -180,3 +180,11 @@ def test_image_stats_and_image_tensor():
     torch.testing.assert_close(mean.flatten(), torch.full((3,), 192 / 448))  # 192 white pixels of 448
     t = image_tensor(b)
     assert t.shape == (1, 3, 8, 24) and float(t.max()) == 1.0
+
+
+def test_above_majority_names_only_methods_beating_the_majority_rate():
+    from zoomin_lib.experiments import FoldResult, above_majority
+
+    runs = {"good": [FoldResult("good", 0, 0, 0.9, None, 10, 0.1)], "bad": [FoldResult("bad", 0, 0, 0.5, None, 10, 1.0)]}
+    majority, beaten = above_majority(runs, [0, 0, 0, 0, 0, 0, 1, 1, 2, 3])
+    assert majority == 0.6 and beaten == {"good": 0.9}

@@ -48,6 +48,7 @@ __all__ = [
     "per_image_predictor",
     "summarize",
     "result_rows",
+    "above_majority",
     "lean_inference",
     "profile_methods",
     "unique_tiles",
@@ -322,6 +323,14 @@ def result_rows(
             "inference": cost["mode"],
         })
     return rows
+
+
+def above_majority(results: Mapping[str, Sequence[FoldResult]], test_labels: Sequence[int] | np.ndarray) -> tuple[float, dict[str, float]]:
+    """The majority-class rate of the test labels, and the methods whose mean accuracy beats it (name -> accuracy)."""
+    labels = np.asarray(test_labels)
+    majority = float(np.bincount(labels).max() / labels.size)
+    beaten = {name: summarize(runs)["accuracy_mean"] for name, runs in results.items()}
+    return majority, {name: acc for name, acc in beaten.items() if acc > majority}
 
 
 @contextlib.contextmanager
