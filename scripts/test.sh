@@ -18,6 +18,8 @@ echo "== setup: $((SECONDS - start))s"
 export ZOOMIN_PROFILE=smoke
 # smoke results go beside the build outputs, never over the book's results/ (cpu profile)
 export ZOOMIN_RESULTS="${ZOOMIN_RESULTS:-$root/build/test-results}"
+# and the smoke profile's (smaller) generated data sets are cached apart from the book's data/
+export ZOOMIN_DATA="${ZOOMIN_DATA:-$root/build/test-data}"
 # Paths among the arguments replace the default targets; options are added to them.
 targets=(tests notebooks)
 for arg in "$@"; do
