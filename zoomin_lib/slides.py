@@ -194,13 +194,17 @@ class Slide:
         """Pixels [h, w, 3] uint8 of `level` at level-`level` column x, row y, fully inside the level."""
         raise NotImplementedError
 
-    def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
-        """RGB uint8 [h, w, 3] of `level` whose top-left is `location` = (x, y) in level-0 pixels; background outside."""
+    def _region_args(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> tuple[int, int, int, int, int]:
+        """(x0, y0, w, h, level) of a read_region call, validated."""
         x0, y0 = _pair_ints(location, "location")
         w, h = _pair_ints(size, "size")
         if w < 0 or h < 0:
             raise ValueError(f"size must be non-negative, got {size!r}")
-        level = self._check_level(level)
+        return x0, y0, w, h, self._check_level(level)
+
+    def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
+        """RGB uint8 [h, w, 3] of `level` whose top-left is `location` = (x, y) in level-0 pixels; background outside."""
+        x0, y0, w, h, level = self._region_args(location, level, size)
         ds = self.level_downsamples[level]
         lx, ly = math.floor(x0 / ds), math.floor(y0 / ds)  # top-left in level pixels
         lw, lh = self.level_dimensions[level]
@@ -435,11 +439,7 @@ class OpenSlideSlide(Slide):
 
     def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
         """OpenSlide's read_region, RGBA composited over white: RGB uint8 [h, w, 3]."""
-        x0, y0 = _pair_ints(location, "location")
-        w, h = _pair_ints(size, "size")
-        if w < 0 or h < 0:
-            raise ValueError(f"size must be non-negative, got {size!r}")
-        level = self._check_level(level)
+        x0, y0, w, h, level = self._region_args(location, level, size)
         if w == 0 or h == 0:
             return np.full((h, w, 3), self.background, dtype=np.uint8)
         try:
