@@ -188,10 +188,26 @@ ax2.set_xlabel("epoch"); ax2.set_ylabel("distinct tiles drawn, Zoom-In N=10"); a
 fig.suptitle(f"Measured here on the CPU ({DATA_LABEL}); cf. Zoom-In figure 4 (left, GPU, real data)", fontsize=9)
 fig.tight_layout()
 save_figure(fig, out, "figure4_memory_and_unique_tiles");
-if profile != "smoke":  # one epoch cannot show a trend
-    assert expected[-1] < expected[0], f"E[N'] should fall as the attention sharpens: {expected[0]:.3f} -> {expected[-1]:.3f}"
-print(f"E[N'] from {expected[0]:.3f} (epoch 1) to {expected[-1]:.3f} (epoch {len(expected)}); "
-      f"drawn N' from {n_unique[0]:.2f} to {n_unique[-1]:.2f}")
+T, N10 = 4, 10
+uniform_bound = T * (1 - (1 - 1 / T) ** N10)  # E[N'] for a uniform alpha: the largest it can be
+top = np.e / (np.e + (T - 1) / np.e)  # the most mass one tile can get when tile logits lie in [-1, 1]
+tanh_floor = 1 + (T - 1) * (1 - (1 - (1 - top) / (T - 1)) ** N10)  # E[N'] at that alpha
+assert all(tanh_floor - 1e-6 <= e <= uniform_bound + 1e-6 for e in expected), (tanh_floor, expected, uniform_bound)
+print(f"E[N'] from {expected[0]:.3f} (epoch 1) to {expected[-1]:.3f} (epoch {len(expected)}), within the bounds "
+      f"[{tanh_floor:.2f}, {uniform_bound:.2f}] the tanh and the 4 tiles allow; drawn N' from {n_unique[0]:.2f} to "
+      f"{n_unique[-1]:.2f}")
+print("E[N'] fell over training" if expected[-1] < expected[0] - 0.01 else
+      "E[N'] did not fall: the first-stage attention did not sharpen in this run (see below)")
+
+# %% [markdown]
+# **What this measures, honestly.** Appendix A reports that $N'$ drops once $\alpha$ is trained. In our runs on
+# the stand-in it barely moved in every `cpu` run we made (the line above prints this run's values). Two
+# reasons, both visible here: a positive stand-in image holds 3-8 glands
+# over only 4 tiles, so nearly every tile is informative and nothing rewards preferring one; and $\alpha$
+# comes from $a$'s tanh-bounded scores averaged over each tile (table 5, appendix F), so a tile's logit
+# moves only when most of its area changes score. The claim is therefore not reproduced on this data; it
+# needs images with many tiles and few informative ones (the Camelyon16 chapters), where the printed line
+# above says which way it went.
 
 # %% [markdown]
 # ## The memory model, fitted to measurement
