@@ -69,6 +69,8 @@ def test_cli_runs_passing_and_reports_failing_notebook(tmp_path: Path) -> None:
     (tmp_path / "01_ok.py").write_text(OK_PY)  # only the Jupytext source: the runner pairs it
     bad = _failing_notebook(tmp_path / "02_bad.ipynb")
     out = tmp_path / "executed"
+    out.mkdir()
+    (out / ".01_ok.k1ll3d.ipynb").write_text("{}")  # the temporary file of an earlier run that was killed
     env = {k: v for k, v in os.environ.items() if k != "ZOOMIN_PROFILE"}
     proc = subprocess.run(
         [sys.executable, "-m", "zoomin_lib.runner", "--profile", "smoke", "--out", str(out),
@@ -83,7 +85,7 @@ def test_cli_runs_passing_and_reports_failing_notebook(tmp_path: Path) -> None:
     assert len(injected) == 1 and 'profile = "smoke"' in injected[0].source
     printed = "".join(o.get("text", "") for c in executed.cells for o in c.get("outputs", []))
     assert "profile=smoke env=smoke" in printed
-    assert not list(out.glob(".*"))  # no temporary files left behind
+    assert not list(out.glob(".*"))  # no temporary files left behind, not even a killed run's
 
     # the failing one: named with its cell number, first line and exception
     summary_text = proc.stdout

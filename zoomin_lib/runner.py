@@ -231,6 +231,8 @@ def execute_notebook(
     notebook, out_dir = Path(notebook), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     name = notebook.stem
+    for stale in out_dir.glob(f".{name}.*.ipynb"):  # left by a run that was killed mid-way
+        stale.unlink(missing_ok=True)
     result = NotebookResult(name=name, source=_display(notebook), status="failed")
     start = time.perf_counter()
     fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".ipynb", dir=out_dir)
