@@ -40,6 +40,8 @@ data_dir = None  # a CRCHistoPhenotypes_2016_04_28 folder; None: the synthetic s
 seed = 0
 
 # %%
+import math
+
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
@@ -265,7 +267,7 @@ def training_mb(fit, terms):
 
 rows = []
 for n_u in (1, 2, 4, 10):
-    za = [(side, training_mb(fit_z, mm.zoomin_terms(side, side, 0.1, 0.2, 250, 27, 10, min(n_u, -(-side // 250) ** 2))),
+    za = [(side, training_mb(fit_z, mm.zoomin_terms(side, side, 0.1, 0.2, 250, 27, 10, min(n_u, math.ceil(side / 250) ** 2))),
            training_mb(fit_a, mm.ats_terms(side, side, 0.2, 27, 10))) for side in range(250, 4001, 10)]
     above = [side for side, z, a in za if z >= a]  # sides where Zoom-In needs at least as much as ATS
     cross = 250 if not above else (above[-1] + 10 if above[-1] < 4000 else None)
