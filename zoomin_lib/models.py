@@ -140,6 +140,17 @@ def _score_distribution(scores: Tensor, name: str, allowed: Tensor | None = None
     return probs
 
 
+def _score_map(network: nn.Module, views: Tensor, name: str) -> Tensor:
+    """network(views) [M, 1, h, w] for views [M, C, h, w]; a ValueError naming `name` unless the map has the views' size."""
+    s = network(views)
+    if s.dim() != 4 or s.shape[0] != views.shape[0] or s.shape[1] != 1 or s.shape[2:] != views.shape[2:]:
+        raise ValueError(
+            f"{name} must map views {tuple(views.shape)} to a score map "
+            f"[M, 1, {views.shape[2]}, {views.shape[3]}] (same padding), got {tuple(s.shape)}"
+        )
+    return s
+
+
 def _chunked_weighted_sum(
     features: Callable[[Tensor], Tensor],
     x: Tensor,
@@ -218,13 +229,7 @@ class ATSNet(nn.Module):
 
     def scores(self, x: Tensor) -> Tensor:
         """Attention logits [B, h*w] of the view V(x, s), row-major."""
-        v = view(x, self.scale)  # [B, C, h, w]
-        s = self.attention(v)  # [B, 1, h, w]
-        if s.dim() != 4 or s.shape[0] != x.shape[0] or s.shape[1] != 1 or s.shape[2:] != v.shape[2:]:
-            raise ValueError(
-                f"the attention network must map a view {tuple(v.shape)} to a score map "
-                f"[B, 1, {v.shape[2]}, {v.shape[3]}] (same padding), got {tuple(s.shape)}"
-            )
+        s = _score_map(self.attention, view(x, self.scale), "the attention network")  # [B, 1, h, w]
         return s.flatten(1)  # [B, h*w]
 
     def _centers(self, idx: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -410,10 +415,7 @@ class ZoomInNet(nn.Module):
 
     def first_stage(self, x: Tensor) -> Tensor:
         """alpha [B, T]: a's scores on V(x, s1), averaged over the tile grid, softmaxed."""
-        v = view(x, self.scale1)  # [B, C, h1, w1]
-        s = self.attention_a(v)  # [B, 1, h1, w1]
-        if s.dim() != 4 or s.shape[0] != x.shape[0] or s.shape[1] != 1 or s.shape[2:] != v.shape[2:]:
-            raise ValueError(f"attention_a must map a view {tuple(v.shape)} to [B, 1, h1, w1], got {tuple(s.shape)}")
+        s = _score_map(self.attention_a, view(x, self.scale1), "attention_a")  # [B, 1, h1, w1]
         pooled = tile_pool(s[:, 0], tuple(x.shape[-2:]), self.tile_size)  # [B, n_rows, n_cols]
         return _score_distribution(pooled.flatten(1), "first-stage attention")  # [B, T]
 
@@ -430,10 +432,7 @@ class ZoomInNet(nn.Module):
         for start in range(0, batch.numel(), self.tile_chunk):
             sl = slice(start, start + self.tile_chunk)
             tv = tile_views(x, batch[sl], tile[sl], self.tile_size, self.scale2)  # [u_c, C, u, v]
-            s = self.attention_b(tv)  # [u_c, 1, u, v]
-            if s.dim() != 4 or s.shape[0] != tv.shape[0] or s.shape[1] != 1 or s.shape[2:] != tv.shape[2:]:
-                raise ValueError(f"attention_b must map tile views {tuple(tv.shape)} to [U, 1, u, v], got {tuple(s.shape)}")
-            parts.append(s.flatten(1))
+            parts.append(_score_map(self.attention_b, tv, "attention_b").flatten(1))  # [u_c, u*v]
         scores = torch.cat(parts)  # [U, K2]
         return _score_distribution(scores, "second-stage attention", self.subtile_inside(x, tile))  # [U, K2]
 
