@@ -22,7 +22,8 @@ Microscopy And Molecular Imaging (CMMI), "No known copyright restrictions"), sep
 concentrations and re-tinted towards H&E, then randomly cropped, flipped, rotated by 90 degrees
 and colour-jittered. Drawn nuclei on top: inflammatory (small, round, very dark), fibroblast
 (spindles), others (medium, round, pale) in every image, and in positive images 3-8 gland-like
-rings of larger, radially oriented, dark-purple epithelial nuclei around a pale lumen. The
+rings of larger, radially oriented, dark-purple epithelial nuclei around a pale lumen, crowded
+round one hub (a lesion, not a scatter over the whole image: most 250x250 tiles hold none). The
 epithelial rings are clear at full resolution and faint after 10x downsampling, where small
 inflammatory clumps (present in every image) look alike. Unlike the real positives, which hold
 hundreds of epithelial nuclei (ATS sec. 4.3), a stand-in positive holds about 20-100 on a few per cent of
@@ -52,8 +53,9 @@ CELL_TYPES = ("epithelial", "fibroblast", "inflammatory", "others")
 POSITIVE_TYPE = "epithelial"
 MARKER = "SYNTHETIC_STAND_IN.json"
 MARKER_TEXT = "synthetic stand-in, not the CRCHistoPhenotypes data"
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 GLANDS = (3, 8)  # epithelial rings per positive image (fewer cells than the real data's hundreds)
+CLUSTER_RADIUS = 80  # px: a positive's glands lie within this of one hub (a square of 160 px, under a 250 px tile)
 EXPECTED_LAYOUT = (
     "<root>/Classification/imgN/imgN.bmp with imgN_{epithelial,fibroblast,inflammatory,others}.mat"
 )
@@ -339,13 +341,20 @@ def _spindles(rng: np.random.Generator, centres: np.ndarray) -> _Cells:
 
 
 def _gland_sites(rng: np.random.Generator, size: int, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Centres [G, 2] and ring radii [G] of up to `n` separate glands fully inside the image."""
+    """Centres [G, 2] and ring radii [G] of up to `n` separate glands in one cluster fully inside the image.
+
+    The glands of an image crowd round one hub (within CLUSTER_RADIUS of it), as a small lesion
+    would, so most of an image's tiles hold none: the first-stage attention has somewhere to look.
+    """
+    margin = 28  # the largest ring (16) plus its cytoplasm (6) and a few pixels
+    hub = rng.uniform(margin, size - margin, size=(1, 2))  # [1, 2]
     centres, radii = np.zeros((0, 2)), np.zeros(0)
-    for _ in range(100 * n):  # the first always fits; later ones may not in a small image
+    for _ in range(100 * n):  # the first always fits; later ones may not in a small cluster
         if len(centres) == n:
             break
         r = rng.uniform(10, 16)
-        c = rng.uniform(r + 12, size - r - 12, size=(1, 2))
+        offset = rng.uniform(-CLUSTER_RADIUS, CLUSTER_RADIUS, size=(1, 2))
+        c = np.clip(hub + offset, r + 12, size - r - 12)
         if _far_from(c, centres, r + radii.max(initial=0) + 24)[0]:
             centres, radii = np.vstack([centres, c]), np.append(radii, r)
     return centres, radii

@@ -11,6 +11,7 @@ from PIL import Image
 
 from data_prep.colon_cancer import (
     CELL_TYPES,
+    CLUSTER_RADIUS,
     GLANDS,
     MARKER,
     MARKER_TEXT,
@@ -192,6 +193,8 @@ def test_synthetic_is_read_by_the_same_loader(synthetic_root: Path):
         assert all(len(cells[t]) >= 10 for t in ("fibroblast", "inflammatory", "others"))
         if label:
             assert 6 * GLANDS[0] <= len(epi) <= 12 * GLANDS[1] and ((epi >= 0) & (epi < 500)).all()
+            # one cluster: every nucleus within a hub's square (half-side CLUSTER_RADIUS) plus a ring's radius
+            assert np.ptp(epi, axis=0).max() <= 2 * CLUSTER_RADIUS + 2 * (16 + 4)
 
 
 def test_synthetic_marker(synthetic_root: Path):
