@@ -188,3 +188,18 @@ def test_above_majority_names_only_methods_beating_the_majority_rate():
     runs = {"good": [FoldResult("good", 0, 0, 0.9, None, 10, 0.1)], "bad": [FoldResult("bad", 0, 0, 0.5, None, 10, 1.0)]}
     majority, beaten = above_majority(runs, [0, 0, 0, 0, 0, 0, 1, 1, 2, 3])
     assert majority == 0.6 and beaten == {"good": 0.9}
+
+
+def test_zoomin_first_stage_scores_are_unbounded_unless_table_5s_tanh_is_asked_for():
+    """bounded_a=True keeps table 5's tanh (tile logits in [-1, 1]); the default lets alpha sharpen past e^2."""
+    x = torch.randn(1, 3, 40, 40)
+    kwargs = dict(in_channels=3, n_classes=2, scale1=0.5, scale2=0.5, tile_size=20, patch_size=5, n_patches=2)
+    bounded = builders.zoomin(**kwargs, bounded_a=True)
+    free = builders.zoomin(**kwargs)
+    assert isinstance(bounded.attention_a.net[-1], torch.nn.Tanh)
+    assert not isinstance(free.attention_a.net[-1], torch.nn.Tanh)
+    with torch.no_grad():
+        for conv in (m for m in free.attention_a.modules() if isinstance(m, torch.nn.Conv2d)):
+            conv.weight.mul_(20)
+        assert free.attention_a(x).abs().max() > 1
+        assert bounded.attention_a(x).abs().max() <= 1

@@ -1,7 +1,12 @@
 """The methods of the papers' tables, built from their architectures by name.
 
 - Zoom-In (sec. 2, appendix K): attention networks a and b and feature network f from table 5
-  ("lenet") or table 6 ("resnet16"), a linear classifier g.
+  ("lenet") or table 6 ("resnet16"), a linear classifier g. Table 5 ends the LeNet a in a tanh;
+  appendix K's text describes a as convolutions "followed by average pooling and a softmax", and
+  table 6's a ends in an unbounded ReLU. We follow the text by default (`bounded_a=False`): a
+  tanh-bounded score averaged over a tile caps the ratio of two tile weights at e^2, so on the
+  2x2 tiles of a colon image alpha can never put more than 71% on one tile and N' (the distinct
+  tiles drawn, appendix A) cannot fall as the paper's figure 4 shows (chapter 08 measures both).
 - ATS-N (ATS sec. 3.3, supp. H.2): attention on V(x, s) with unbounded scores, and the same f.
 - U-N (ATS table 1): uniform sampling with the same f.
 - CNN (Zoom-In sec. 4, "a ResNet with 8 convolutional layers and 32 channels") on V(x, s).
@@ -19,10 +24,11 @@ __all__ = ["BACKBONES", "zoomin", "ats", "uniform", "cnn"]
 BACKBONES = ("lenet", "resnet16")
 
 
-def _networks(backbone: str, in_channels: int) -> tuple[nn.Module, nn.Module, nn.Module]:
-    """(a, b, f) of table 5 (lenet) or table 6 (resnet16)."""
+def _networks(backbone: str, in_channels: int, bounded_a: bool = True) -> tuple[nn.Module, nn.Module, nn.Module]:
+    """(a, b, f) of table 5 (lenet) or table 6 (resnet16); `bounded_a` keeps table 5's final tanh on a."""
     if backbone == "lenet":
-        return AttentionLeNet(in_channels), AttentionLeNet(in_channels, final_tanh=False), FeatureLeNet(in_channels)
+        return (AttentionLeNet(in_channels, final_tanh=bounded_a), AttentionLeNet(in_channels, final_tanh=False),
+                FeatureLeNet(in_channels))
     if backbone == "resnet16":
         return (AttentionResNet16(in_channels), AttentionResNet16(in_channels, final_relu=False),
                 FeatureResNet16(in_channels))
@@ -31,10 +37,10 @@ def _networks(backbone: str, in_channels: int) -> tuple[nn.Module, nn.Module, nn
 
 def zoomin(
     *, in_channels: int, n_classes: int, scale1: float, scale2: float, tile_size: int | tuple[int, int],
-    patch_size: int | tuple[int, int], n_patches: int, backbone: str = "lenet",
+    patch_size: int | tuple[int, int], n_patches: int, backbone: str = "lenet", bounded_a: bool = False,
 ) -> ZoomInNet:
-    """A Zoom-In network with the table-5/6 networks."""
-    a, b, f = _networks(backbone, in_channels)
+    """A Zoom-In network with the table-5/6 networks (LeNet a without table 5's final tanh unless `bounded_a`)."""
+    a, b, f = _networks(backbone, in_channels, bounded_a)
     return ZoomInNet(a, b, f, n_classes, scale1, scale2, tile_size, patch_size, n_patches)
 
 
@@ -44,7 +50,7 @@ def ats(
 ) -> ATSNet:
     """ATS-N: attention on V(x, s) with unbounded scores (ATS supp. H.2: convs + ReLUs, no tanh), N patches without replacement.
 
-    Zoom-In's a ends in a tanh (table 5), which bounds the ratio of two attention weights by e^2;
+    Table 5's LeNet a ends in a tanh, which bounds the ratio of two attention weights by e^2;
     over the thousands of locations of a one-stage view that forbids any sharp attention, so ATS
     uses the network of b (the same layers without the bounded output).
     """
