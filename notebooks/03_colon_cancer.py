@@ -22,7 +22,7 @@
 #
 # | method | what it sees | settings (Zoom-In sec. 4, appendix G) |
 # |---|---|---|
-# | **Zoom-In** | alpha over 250x250 tiles on $V(x, 0.1)$, then beta over each drawn tile at $s_2 = 0.2$, 27x27 sub-tiles at full resolution | $N = 10$, LeNet (table 5), Adam lr $10^{-3}$, batch 5, contrastive after 10 epochs, $\lambda = 10^{-5}$ |
+# | **Zoom-In** | alpha over 250x250 tiles on $V(x, 0.1)$, then beta over each drawn tile at $s_2 = 0.2$, 27x27 sub-tiles at full resolution | $N = 10$, LeNet (table 5; $a$ without its final tanh, as appendix K's text has it: chapter 08 shows why), Adam lr $10^{-3}$, batch 5, contrastive after 10 epochs, $\lambda = 10^{-5}$ |
 # | **ATS-10** | attention on $V(x, 0.2)$, 10 patches of 27x27 | the same $f$ and training |
 # | **U-10** | 10 uniformly drawn 27x27 patches | the same $f$ |
 # | **CNN** | a ResNet with 8 convolutional layers and 32 channels on the image | the same optimiser |
@@ -34,7 +34,7 @@
 #
 # **Data.** With no `data_dir`, the notebook runs on a **synthetic stand-in** generated here in the real
 # on-disk format (`data_prep.colon_cancer`): real tissue texture (scikit-image's `ihc.png`) with drawn
-# nuclei, and in positives 1-3 small rings of epithelial-like nuclei. It is not the CRCHistoPhenotypes
+# nuclei, and in positives 3-8 small rings of epithelial-like nuclei crowded round one spot. It is not the CRCHistoPhenotypes
 # data, its positives hold far fewer epithelial cells than the real ones, and no accuracy below is
 # comparable to the paper's. With `-p data_dir /path/to/CRCHistoPhenotypes_2016_04_28` the same
 # notebook runs on the real data set.

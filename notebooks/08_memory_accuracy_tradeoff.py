@@ -45,6 +45,7 @@ import math
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from scipy.stats import spearmanr
 
 from data_prep import colon_cancer
 from zoomin_lib import builders
@@ -92,8 +93,9 @@ print(f"{len(data)} images, data: {DATA_LABEL}; {len(folds)} fold(s), {cfg['epoc
 
 # %%
 COMMON = dict(in_channels=3, n_classes=2)
-def zoom(n):
-    return lambda: builders.zoomin(**COMMON, scale1=0.1, scale2=0.2, tile_size=250, patch_size=27, n_patches=n)
+def zoom(n, bounded_a=False):
+    return lambda: builders.zoomin(**COMMON, scale1=0.1, scale2=0.2, tile_size=250, patch_size=27, n_patches=n,
+                                   bounded_a=bounded_a)
 def ats(n):
     return lambda: builders.ats(**COMMON, scale=0.2, patch_size=27, n_patches=n)
 
@@ -108,6 +110,7 @@ CONFIGS = {  # name: (factory, settings, lambda, N, contrastive)
     "Zoom-In N=10 lambda=0": (zoom(10), settings(lam=0.0), 0.0, 10, True),
     "Zoom-In N=10 lambda=1": (zoom(10), settings(lam=1.0), 1.0, 10, True),
     "Zoom-In N=10 no contrastive": (zoom(10), settings(contrastive=False), 1e-5, 10, False),
+    "Zoom-In N=10 tanh on a": (zoom(10, bounded_a=True), settings(), 1e-5, 10, True),
     "ATS N=5": (ats(5), settings(), 1e-5, 5, True),
     "ATS N=10": (ats(10), settings(), 1e-5, 10, True),
     "ATS N=50": (ats(50), settings(), 1e-5, 50, True),
@@ -121,7 +124,9 @@ def probe(model, generator):
     if hasattr(model, "first_stage"):
         record["n_unique"] = float(unique_tiles(model, test_x, torch.Generator().manual_seed(seed)).float().mean())
         with torch.no_grad():
-            record["expected_n_unique"] = float(expected_unique(model.first_stage(test_x), model.n_patches).mean())
+            alpha = model.first_stage(test_x)  # [B, T]
+        record["expected_n_unique"] = float(expected_unique(alpha, model.n_patches).mean())
+        record["max_alpha"] = float(alpha.max(dim=1).values.mean())
     return record
 
 results, trained = run_folds({k: v[0] for k, v in CONFIGS.items()}, {k: v[1] for k, v in CONFIGS.items()},
@@ -170,23 +175,29 @@ markdown_table(table4)
 # sharpens, fewer distinct tiles $N'$ are drawn and fewer tile views are held. ATS's memory does not
 # depend on its attention. $N'$ is shown two ways: drawn (one draw per test image, noisy) and its exact
 # expectation given $\alpha$, $E[N'] = \sum_c 1 - (1 - \alpha_c)^N$ (no sampling noise), which is largest for a
-# uniform $\alpha$. A colon image has only 2x2 tiles of 250x250, so $N' \le 4$ here, and the tanh on $a$'s
-# last layer (table 5) bounds how sharp $\alpha$ can get: its logits differ by at most 2, so no tile can get
-# more than $e/(e + 3e^{-1}) \approx 0.71$ of the mass and $E[N']$ cannot fall below about 2.9 for $N = 10$.
+# uniform $\alpha$. A colon image has only 2x2 tiles of 250x250, so $N' \le 4$ here.
+#
+# Two first-stage networks are compared. Table 5 ends $a$ in a tanh; averaged over a tile, its logits then
+# differ by at most 2, so no tile can get more than $e/(e + 3e^{-1}) \approx 0.71$ of the mass and $E[N']$
+# cannot fall below about 2.9 for $N = 10$. Appendix K's text describes $a$ as convolutions "followed by
+# average pooling and a softmax", with no bound, and table 6's $a$ ends in an unbounded ReLU; that is our
+# default (`builders.zoomin(bounded_a=False)`), and the tanh version is trained alongside ("tanh on a").
 
 # %%
 epochs = np.arange(1, cfg["epochs"] + 1)
 fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.4))
-for name in ["Zoom-In N=10", "ATS N=10"]:
+for name in ["Zoom-In N=10", "Zoom-In N=10 tanh on a", "ATS N=10"]:
     hist = results[name][0].history
     ax1.plot(epochs, [h["val_train_peak_mb"] for h in hist], marker="o", ms=3, label=name)
-zoom_hist = results["Zoom-In N=10"][0].history
-n_unique = [h["val_n_unique"] for h in zoom_hist]
-expected = [h["val_expected_n_unique"] for h in zoom_hist]
-ax2.plot(epochs, n_unique, marker="o", ms=3, color="C0", alpha=0.5, label="drawn N' (mean over test images)")
-ax2.plot(epochs, expected, marker="s", ms=3, color="C0", label="E[N'] given alpha")
-ax1.set_xlabel("epoch"); ax1.set_ylabel("peak memory of a training step (MiB)"); ax1.legend(fontsize=8)
-ax2.set_xlabel("epoch"); ax2.set_ylabel("distinct tiles drawn, Zoom-In N=10"); ax2.legend(fontsize=8)
+curves = {name: results[name][0].history for name in ["Zoom-In N=10", "Zoom-In N=10 tanh on a"]}
+expected = {name: [h["val_expected_n_unique"] for h in hist] for name, hist in curves.items()}
+sharpness = {name: [h["val_max_alpha"] for h in hist] for name, hist in curves.items()}
+n_unique = [h["val_n_unique"] for h in curves["Zoom-In N=10"]]
+ax2.plot(epochs, n_unique, marker="o", ms=3, color="C0", alpha=0.4, label="drawn N' (mean over test images)")
+for colour, name in zip(["C0", "C1"], curves):
+    ax2.plot(epochs, expected[name], marker="s", ms=3, color=colour, label=f"E[N'] given alpha, {name}")
+ax1.set_xlabel("epoch"); ax1.set_ylabel("peak memory of a training step (MiB)"); ax1.legend(fontsize=7)
+ax2.set_xlabel("epoch"); ax2.set_ylabel("distinct tiles drawn, N=10"); ax2.legend(fontsize=7)
 fig.suptitle(f"Measured here on the CPU ({DATA_LABEL}); cf. Zoom-In figure 4 (left, GPU, real data)", fontsize=9)
 fig.tight_layout()
 save_figure(fig, out, "figure4_memory_and_unique_tiles");
@@ -194,22 +205,34 @@ T, N10 = 4, 10
 uniform_bound = T * (1 - (1 - 1 / T) ** N10)  # E[N'] for a uniform alpha: the largest it can be
 top = np.e / (np.e + (T - 1) / np.e)  # the most mass one tile can get when tile logits lie in [-1, 1]
 tanh_floor = 1 + (T - 1) * (1 - (1 - (1 - top) / (T - 1)) ** N10)  # E[N'] at that alpha
-assert all(tanh_floor - 1e-6 <= e <= uniform_bound + 1e-6 for e in expected), (tanh_floor, expected, uniform_bound)
-print(f"E[N'] from {expected[0]:.3f} (epoch 1) to {expected[-1]:.3f} (epoch {len(expected)}), within the bounds "
-      f"[{tanh_floor:.2f}, {uniform_bound:.2f}] the tanh and the 4 tiles allow; drawn N' from {n_unique[0]:.2f} to "
-      f"{n_unique[-1]:.2f}")
-print("E[N'] fell over training" if expected[-1] < expected[0] - 0.01 else
-      "E[N'] did not fall: the first-stage attention did not sharpen in this run (see below)")
+assert all(1 - 1e-6 <= e <= uniform_bound + 1e-6 for e in expected["Zoom-In N=10"]), expected
+assert all(tanh_floor - 1e-6 <= e <= uniform_bound + 1e-6 for e in expected["Zoom-In N=10 tanh on a"]), (
+    tanh_floor, expected)
+for name in curves:
+    e, m = expected[name], sharpness[name]
+    print(f"{name}: E[N'] from {e[0]:.3f} (epoch 1) to {e[-1]:.3f} (epoch {len(e)}); mean max alpha from "
+          f"{m[0]:.3f} to {m[-1]:.3f}")
+print(f"bounds: E[N'] <= {uniform_bound:.2f} (uniform alpha); with the tanh, E[N'] >= {tanh_floor:.2f}")
+fell = expected["Zoom-In N=10"][0] - expected["Zoom-In N=10"][-1]
+rho = spearmanr(sharpness["Zoom-In N=10"], expected["Zoom-In N=10"]).statistic
+print(f"E[N'] fell by {fell:.2f} tiles; Spearman correlation of max alpha and E[N'] over the epochs: {rho:.2f}")
+if profile != "smoke":  # one epoch cannot show a trend
+    assert fell > 0.5, f"N' did not fall as alpha sharpened: E[N'] {expected['Zoom-In N=10']}"
+    assert rho < -0.7, f"N' did not fall with sharper attention: rho = {rho:.2f}"
 
 # %% [markdown]
-# **What this measures, honestly.** Appendix A reports that $N'$ drops once $\alpha$ is trained. In our runs on
-# the stand-in it barely moved in every `cpu` run we made (the line above prints this run's values). Two
-# reasons, both visible here: a positive stand-in image holds 3-8 glands
-# over only 4 tiles, so nearly every tile is informative and nothing rewards preferring one; and $\alpha$
-# comes from $a$'s tanh-bounded scores averaged over each tile (table 5, appendix F), so a tile's logit
-# moves only when most of its area changes score. The claim is therefore not reproduced on this data; it
-# needs images with many tiles and few informative ones (the Camelyon16 chapters), where the printed line
-# above says which way it went.
+# **What this measures.** Appendix A reports that $N'$ drops once $\alpha$ is trained, and with it the
+# memory of the tile term. With the unbounded first stage it does here: $E[N']$ falls from the uniform
+# value as the largest tile weight grows (the two move in opposite directions, epoch by epoch; the
+# assertion above checks a fall of more than half a tile and a rank correlation below -0.7). With table 5's
+# tanh the fall is capped at the bound printed above and, in our runs, hardly starts: a tile's logit is the
+# mean of bounded scores over its whole area, and the glands of a stand-in positive, clustered round one
+# hub, cover a small part of it. The accuracy of both versions is in table 4's companion line below.
+
+# %%
+name = "Zoom-In N=10 tanh on a"
+print(f"{name}: accuracy {acc(name)}% (AUC {auc(name)}), against {acc('Zoom-In N=10')}% for the default a "
+      f"({len(folds)} fold(s), {DATA_LABEL})")
 
 # %% [markdown]
 # ## The memory model, fitted to measurement
