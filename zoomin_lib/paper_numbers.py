@@ -104,3 +104,149 @@ def paper_rows(*tables: dict) -> list[dict]:
             rows.append({"method": method, "accuracy %": accuracy, "FLOPs (B) = GMACs": v.get("gmacs", ""),
                          "memory (MB)": v["memory_mb"], "time (ms)": v["time_ms"], "source": table["source"]})
     return rows
+
+
+# ----------------------------------------------------------------------------------------------------
+# Megapixel MNIST (chapter 09). Accuracies in %, as printed; the thesis reports validation accuracy.
+# Multi is exact match of the 10 presence outputs (the thesis's "0 % random accuracy", sec. 4.8).
+# ----------------------------------------------------------------------------------------------------
+
+ATS_MNIST_TEXT = {  # ATS sec. 4.2: majority task only; figure 2 plots loss / test error against wall-clock time
+    "source": "Katharopoulos & Fleuret, sec. 4.2.1 and 4.2.2 (text; figure 2's curves are not in our copy of the paper)",
+    "settings": "1500x1500, 50 noise patches, 5000 training / 1000 test canvases, view 180x180, 50x50 patches, "
+                "N in {5, 10, 25, 50, 100}, 500 epochs, 5 runs; U-N omitted, Deep MIL out of GPU memory",
+    "rows": {
+        "ATS-5, 1500x1500 (sec. 4.2.2)": {"method": "ATS-5", "test_error": "approximately 0.20"},
+        "CNN at full resolution (sec. 4.2.1)": {"method": "CNN", "test_error": "roughly 0.40"},
+        "U-N (sec. 4.2)": {"method": "U-N", "test_error": "no better than random guessing"},
+    },
+}
+
+ATS_REPO_MNIST_CURVE = {  # the authors' repository documentation, not the paper
+    "source": "idiap/attention-sampling, docs/img/mnist-test-error.png (scripts/mnist.py on the 1500x1500 data); "
+              "read off that figure, approximate",
+    "plateau_test_error": 0.9,  # chance for 10 classes, from epoch 0 ...
+    "plateau_until_epoch": 210,  # ... to about epoch 210, then a drop within ~30 epochs
+    "final_test_error": 0.2,  # epochs ~250-500
+    "epochs": 500,
+}
+
+THESIS_TABLE8_MNIST = {  # thesis table 8, the rows without Stochastic Top-K Instance Masking: IPS's own setup
+    "source": "Riffi-Aslett, table 8 (rows without masking)",
+    "note": "the table gives O2I 0.03 % for the top block, its caption 0.0035 %; 28^2 / 1500^2 = 0.035 %. Sec. 4.6 "
+            "calls the top block's noise '50 noise digits' without saying which generator drew them",
+    "rows": {
+        "1500x1500, 28x28 digits, 50 noise components, 5000 training canvases, 150 epochs": {
+            "method": "IPS", "maj": 99.1, "max": 93.7, "top": 92.7, "multi": 81.9},
+        "3000x3000, 28x28 digits (O2I 0.01 %), 800 noise digits, 1000 training canvases": {
+            "method": "IPS", "maj": 88.0, "max": 80.7, "top": 75.0, "multi": 45.1},
+    },
+}
+
+THESIS_TABLE4_MNIST = {  # thesis table 4, the rows of IPS's original encoder (ResNet-18, random initialisation)
+    "source": "Riffi-Aslett, table 4 (ResNet-18, random init rows)",
+    "note": "the thesis's O2I testbed: 3000x3000 canvas with Bezier noise, 28x28 (0.01 %) or 56x56 (0.03 %) digits",
+    "rows": {
+        "3000x3000, 28x28 digits (O2I 0.01 %), 1000 training canvases, 50 epochs": {
+            "method": "IPS", "maj": 46.4, "max": 61.1, "top": 47.0, "multi": 3.9},
+        "3000x3000, 56x56 digits (O2I 0.03 %), 1000 training canvases, 50 epochs": {
+            "method": "IPS", "maj": 75.2, "max": 78.3, "top": 76.4, "multi": 8.5},
+    },
+}
+
+THESIS_TABLE6_MNIST = {  # thesis table 6, the rows without the diversity loss (0xD): IPS's own setup
+    "source": "Riffi-Aslett, table 6 (0xD rows; the same numbers as table 10's 1000-canvas rows, 100 epochs)",
+    "rows": {
+        "3000x3000, 28x28 digits (O2I 0.01 %), 800 Bezier-noise digits, 1000 training canvases": {
+            "method": "IPS", "maj": 66.6, "max": 69.2, "top": 62.0, "multi": 19.6},
+        "3000x3000, 56x56 digits (O2I 0.03 %), 600 Bezier-noise digits, 1000 training canvases": {
+            "method": "IPS", "maj": 79.4, "max": 70.2, "top": 70.9, "multi": 19.4},
+    },
+}
+
+__all__ += ["ATS_MNIST_TEXT", "ATS_REPO_MNIST_CURVE", "THESIS_TABLE8_MNIST", "THESIS_TABLE4_MNIST", "THESIS_TABLE6_MNIST"]
+
+# ----------------------------------------------------------------------------------------------------
+# NeedleMNIST and the O2I testbed (chapter 10). Accuracies as printed (Zoom-In: a fraction; thesis: %).
+# ----------------------------------------------------------------------------------------------------
+
+ZOOMIN_APPENDIX_J_NEEDLE = {  # Zoom-In appendix J (text) and figure 8 (the view it shows)
+    "source": "Kong & Henao, appendix J (text; figure 8 shows the s1 = 0.25 view)",
+    "canvas": 1024, "digits": 401, "scale1": 0.25,
+    "test_accuracy": 0.503,  # "just slightly better than random guessing"
+    "remedies": {
+        "i": "increase N, s1 or s2, at the cost of memory",
+        "ii": "pre-process the images by a network pre-trained on ROI objects with labels (from pixel-level annotations)",
+        "iii": "randomly crop the images so that some inputs have a higher ROI-to-image ratio",
+    },
+}
+
+THESIS_NEEDLE_O2I = {  # thesis sec. 3.1.2: NeedleMNIST's object-to-image ratios (28x28 digits), %
+    "source": "Riffi-Aslett, sec. 3.1.2",
+    "percent": {64: 19.1, 128: 4.8, 256: 1.2, 512: 0.3, 1024: 0.075},
+}
+
+THESIS_TABLE10_O2I = {  # thesis table 10 (the numbers plotted in fig. 4): IPS validation accuracy %, 100 epochs
+    "source": "Riffi-Aslett, table 10 (= fig. 4), validation accuracy %",
+    "setup": "3000x3000 canvas, 50x50 patches, Bezier noise (800, 600, 400, 200 curves for 28, 56, 84, 112 px digits), "
+             "the four tasks trained jointly, 100 epochs",
+    "o2i_percent": {28: 0.01, 56: 0.03, 84: 0.08, 112: 0.14},  # as table 10 labels them
+    "note": "sec. 4.1's Multi numbers at 2000 canvases ({79, 71, 87, 83} %) are table 10's training, not validation, "
+            "accuracies",
+    "rows": {  # (training canvases, digit size px) -> validation accuracy % per task
+        (800, 28): {"maj": 43.0, "max": 48.6, "top": 39.1, "multi": 3.0},
+        (800, 56): {"maj": 69.8, "max": 66.3, "top": 63.5, "multi": 14.6},
+        (800, 84): {"maj": 76.6, "max": 66.5, "top": 69.8, "multi": 12.1},
+        (800, 112): {"maj": 84.2, "max": 63.6, "top": 76.4, "multi": 17.9},
+        (1000, 28): {"maj": 66.6, "max": 69.2, "top": 62.0, "multi": 19.6},
+        (1000, 56): {"maj": 79.4, "max": 70.2, "top": 70.9, "multi": 19.4},
+        (1000, 84): {"maj": 91.0, "max": 71.5, "top": 79.7, "multi": 25.8},
+        (1000, 112): {"maj": 89.3, "max": 66.8, "top": 78.4, "multi": 24.6},
+        (2000, 28): {"maj": 88.3, "max": 83.9, "top": 79.7, "multi": 52.7},
+        (2000, 56): {"maj": 95.5, "max": 82.7, "top": 85.9, "multi": 51.5},
+        (2000, 84): {"maj": 96.1, "max": 83.6, "top": 88.7, "multi": 55.0},
+        (2000, 112): {"maj": 95.2, "max": 78.7, "top": 91.1, "multi": 45.1},
+        (4000, 28): {"maj": 98.3, "max": 92.2, "top": 91.3, "multi": 78.6},
+        (4000, 56): {"maj": 98.9, "max": 93.0, "top": 93.8, "multi": 80.2},
+        (4000, 84): {"maj": 97.9, "max": 89.6, "top": 92.8, "multi": 72.1},
+        (4000, 112): {"maj": 98.7, "max": 90.7, "top": 93.2, "multi": 75.3},
+    },
+}
+
+THESIS_SEC48_THICKNESS = {  # thesis sec. 4.8 (text on fig. 9, whose values are not printed); sec. 9.2 for Max
+    "source": "Riffi-Aslett, sec. 4.8 (text describing fig. 9) and sec. 9.2",
+    "thicknesses": (1.4, 1.6, 1.8, 2.0, 2.2, 2.4),
+    "default_thickness": 1.925,  # "in all our experiments"
+    "claim": "validation accuracy of every task falls from thickness 1.4 to 1.6 and is at random accuracy from 2 on",
+    "random_from": 2.0,
+    "random_accuracy_percent": {"maj": 10, "max": 30, "top": 10, "multi": 0},
+    "setup_text": "50 epochs, 3 seeds, 1500x1500 canvas, 28x28 digits (O2I 0.03 %), 800 noise digits",
+    "setup_caption": "2000 training canvases, 50 epochs, the lowest O2I ratio 0.01 %",
+}
+
+__all__ += ["ZOOMIN_APPENDIX_J_NEEDLE", "THESIS_NEEDLE_O2I", "THESIS_TABLE10_O2I", "THESIS_SEC48_THICKNESS"]
+
+
+# ----------------------------------------------------------------------------------------------------
+# NeedleCamelyon (chapter 05): 1024x1024 crops of Camelyon16, metastasis-to-crop ratio in [0.1, 1] %.
+# ----------------------------------------------------------------------------------------------------
+
+ZOOMIN_TABLE1_NEEDLE = {  # Zoom-In table 1, NeedleCamelyon: accuracy %, FLOPs (B, eq. 10 = MACs), memory (MB), time (ms)
+    "source": "Kong & Henao, table 1 (NeedleCamelyon), TITAN Xp",
+    "settings": "sec. 4 and appendices D, F, G: 6000 / 2000 / 2000 crops of 1024x1024; Zoom-In s1 = 0.25, s2 = 0.5, "
+                "N = 30, 32x32 sub-tiles, 256x256 tiles; ATS-30 at s = s2 = 0.5; BagNet of [37]; Adam lr 1e-4, "
+                "batch 5, 150 epochs, contrastive after 10, lambda 1e-5",
+    "rows": {
+        "BagNet": {"accuracy": 70.0, "gmacs": 222.72, "memory_mb": 3914.81, "time_ms": 12.90},
+        "ATS-30": {"accuracy": 72.5, "gmacs": 1.66, "memory_mb": 37.97, "time_ms": 9.27},
+        "Zoom-In": {"accuracy": 76.0, "gmacs": 0.52, "memory_mb": 11.78, "time_ms": 10.20},
+        "Zoom-In (Res)": {"accuracy": 78.1, "gmacs": 0.84, "memory_mb": 14.22, "time_ms": 11.42},
+    },
+}
+
+ZOOMIN_TABLE4_NEEDLE = {  # Zoom-In appendix I, table 4 (NeedleCamelyon): test accuracy % by (lambda, N, contrastive)
+    "source": "Kong & Henao, appendix I, table 4",
+    "rows": {(1e-5, 30, True): 76.0, (1e-5, 30, False): 74.3},
+}
+
+__all__ += ["ZOOMIN_TABLE1_NEEDLE", "ZOOMIN_TABLE4_NEEDLE"]

@@ -1,0 +1,106 @@
+"""Tests of zoomin_lib.megapixel: the strided encoder, the five methods' heads, data tensors, region masks, cost scans."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from data_prep import megapixel_mnist as mp
+from zoomin_lib import megapixel as mm
+from zoomin_lib.multitask import N_OUTPUTS, task_logits
+from zoomin_lib.paper_numbers import THESIS_TABLE4_MNIST, THESIS_TABLE8_MNIST
+
+SMALL = mm.Setup(canvas=100, ats_scale=0.2, patch=20, ns=(3, 5), n=3, zoom_scale1=0.2, zoom_scale2=0.4, zoom_tile=50,
+                 ips_memory=3, ips_iter=5, cnn_scale=0.3)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> mp.MegapixelMNIST:
+    """A few 200x200 canvases with 3 noise patches."""
+    root = mp.generate(tmp_path_factory.mktemp("mm") / "data", 4, 0, 2, seed=1, canvas_size=200, n_noise=3)
+    return mp.MegapixelMNIST(root, "train")
+
+
+def test_strided_lenet_gives_32_features_normalised_on_request():
+    x = torch.rand(6, 1, 50, 50)
+    z = mm.StridedLeNet(1)(x)
+    assert z.shape == (6, 32)
+    zn = mm.StridedLeNet(1, normalize=True)(x)
+    assert torch.allclose(zn.norm(dim=1), torch.ones(6), atol=1e-5)
+    with pytest.raises(ValueError, match="expects"):
+        mm.StridedLeNet(1)(torch.rand(2, 3, 50, 50))
+    with pytest.raises(ValueError, match="encoder"):
+        mm.patch_encoder("resnet18")
+
+
+def test_every_method_gives_forty_logits_in_train_and_eval_modes():
+    x = torch.rand(2, 1, 100, 100)
+    factories = mm.methods(SMALL)
+    assert list(factories) == ["ATS-3", "ATS-5", "Zoom-In-3", "U-3", "IPS (M=3, I=5)", "CNN s=0.3"]
+    for name, factory in factories.items():
+        model = factory()
+        for mode in (model.train_mode, model.eval_mode):
+            out = model(x, mode=mode, generator=torch.Generator().manual_seed(0))
+            assert task_logits(out).shape == (2, N_OUTPUTS), (name, mode)
+
+
+def test_canvas_loader_and_targets_match_the_dataset(data):
+    load = mm.canvas_loader(data, [2, 0])
+    x = load([1, 0])
+    assert x.shape == (2, 1, 200, 200) and x.dtype == torch.float32 and 0 <= float(x.min()) and float(x.max()) <= 1
+    assert np.allclose(x[0, 0].numpy() * 255, data.canvas(0)) and np.allclose(x[1, 0].numpy() * 255, data.canvas(2))
+    y = mm.split_targets(data, [2, 0])
+    assert y.shape == (2, 13) and y[1, 0] == data.labels(0)["maj"] and np.array_equal(y[1, 3:], data.labels(0)["multi"])
+
+
+def test_region_masks_partition_the_view_and_find_every_digit(data):
+    masks = mm.region_masks(data, 0, (40, 40))
+    stacked = torch.stack(list(masks.values())).int()
+    assert torch.equal(stacked.sum(0), torch.ones(40, 40, dtype=torch.int))  # disjoint and covering
+    rows, cols = torch.nonzero(masks["digits"], as_tuple=True)
+    centres = (rows * 199 // 39, cols * 199 // 39)  # view_to_full on a 40 -> 200 axis
+    boxes = data.digit_boxes(0)
+    for r, c in zip(*centres):
+        assert any(t <= r < b and left <= c < right for t, left, b, right in boxes.tolist())
+    assert int(masks["digits"].sum()) >= 5  # at least one view location on each of the five 28x28 digits
+
+
+def test_picks_returns_the_patches_a_model_reads():
+    x = torch.rand(1, 1, 100, 100)
+    for name, factory in mm.methods(SMALL, include=("ats", "ips")).items():
+        centers, patch = mm.picks(factory(), x, torch.Generator().manual_seed(0))
+        expected = SMALL.ips_memory if name.startswith("IPS") else int(name.split("-")[1])
+        assert centers.shape == (expected, 2) and patch == (20, 20), name
+
+
+def test_memory_scan_shows_ips_flat_and_the_cnn_growing():
+    setup = mm.Setup(canvas=100, ats_scale=0.2, patch=20, ns=(3,), n=3, zoom_scale1=0.2, zoom_scale2=0.4,
+                     zoom_tile=50, ips_memory=3, ips_iter=5, cnn_scale=1.0)
+    rows = mm.memory_scan(mm.methods(setup, include=("ips", "cnn")), (100, 200))
+    ips = [r["peak memory (MiB)"] for r in rows if r["method"].startswith("IPS")]
+    cnn = [r["peak memory (MiB)"] for r in rows if r["method"].startswith("CNN")]
+    assert len(rows) == 4 and ips[1] == pytest.approx(ips[0], rel=0.05)
+    assert cnn[1] > 3 * cnn[0]
+
+
+def test_dataset_root_caches_a_reduced_canvas_apart_from_the_paper_one(tmp_path, monkeypatch):
+    monkeypatch.setenv("ZOOMIN_DATA", str(tmp_path))
+    root = mm.dataset_root(canvas=200, n_noise=3, n_train=3, n_test=2, seed=0)
+    assert root == tmp_path / "megapixel_mnist_200px_3noise"
+    train = mp.MegapixelMNIST(root, "train")
+    assert len(train) == 3 and train.canvas_size == 200 and len(mp.MegapixelMNIST(root, "test")) == 2
+    assert mm.dataset_root(canvas=200, n_noise=3, n_train=3, n_test=2, seed=0) == root
+
+
+def test_example_canvas_outlives_its_temporary_folder():
+    ex = mm.example_canvas(canvas=300, n_noise=4, seed=2)
+    assert ex.canvas(0).shape == (300, 300) and len(ex.noise(0).positions) == 4
+
+
+def test_paper_rows_and_cost_rows():
+    rows = mm.paper_accuracy_rows(THESIS_TABLE8_MNIST, THESIS_TABLE4_MNIST)
+    assert len(rows) == 4 and rows[0]["Maj %"] == 99.1 and rows[0]["source"].startswith("Riffi-Aslett, table 8")
+    costs = {"A": {"peak_memory_mb": 1.0, "mflops": 2e3, "mmacs": 1e3, "ms_per_sample": 3.0, "mode": "topk"}}
+    row = mm.cost_rows(costs, {"A": 5.0})[0]
+    assert (row["GFLOPs"], row["GMACs"], row["training step peak memory (MiB)"]) == (2.0, 1.0, 5.0)

@@ -1,0 +1,420 @@
+"""Chapter 09's pieces: megapixel MNIST data as tensors, the five methods with four-task heads, cost scans, figures.
+
+Methods (`Setup`, `methods`), each with 40 outputs (`multitask`: four blocks of 10):
+- ATS-N (ATS sec. 3.3, supp. H.1): attention network a = three 3x3 convolutions (8, 8, 1 channels,
+  tanh between them, none at the end: the authors' scripts/mnist.py) on V(x, s), N patches drawn
+  without replacement.
+- Zoom-In-N (Zoom-In sec. 2): alpha over square tiles on V(x, s1), beta^c on V(x, s2, c), the same a
+  for both stages (no final tanh on a, as `builders.zoomin` defaults to).
+- U-N: N patches drawn uniformly (ATS sec. 4.1.1).
+- IPS (thesis sec. 2.7): the top M of all non-overlapping patches, I at a time, one query token and one
+  head per task, a sinusoidal encoding of each patch's grid position (Top cannot be solved without
+  it; the IPS code's mnist config sets use_pos: True), dropout 0.1 as in that config.
+- CNN s: `builders.cnn` (a ResNet with 8 convolutions, 32 channels) on V(x, s).
+
+The patch encoder f is shared by ATS, Zoom-In, U and IPS: "lenet" is table 5's f (`FeatureLeNet`; the
+authors' megapixel MNIST f has the same layers with valid convolutions and global max pooling) and
+"strided" is `StridedLeNet` below, a LeNet-1-like network about ten times cheaper per patch for CPU
+runs (ATS supp. H.1 calls its f "inspired from LeNet-1"). ATS sec. 3.4 L2-normalises f's output in
+all its models; `Setup.normalize` does so for ATS, Zoom-In and U (IPS feeds a transformer and does not).
+ATS, Zoom-In and U aggregate features without their locations (ATS eq. 20), so they have no way to
+tell which digit is top-most: their Top accuracy can only be chance.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import tempfile
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+import torch.nn.functional as F
+from matplotlib.figure import Figure
+from torch import Tensor, nn
+
+from data_prep import megapixel_mnist as mp
+from data_prep.mnist_digits import DIGIT_SIZE, cached_dataset
+
+from .builders import cnn
+from .experiments import attention_map, lean_inference
+from .geometry import view_size, view_to_full
+from .ips import IPSNet
+from .models import ATSNet, UniformNet, ZoomInNet
+from .multitask import N_CLASSES, N_OUTPUTS, TASKS, TaskRun, pack_targets
+from .networks import AttentionLeNet, FeatureLeNet
+from .plotting import show_attention
+from .profiling import peak_memory
+
+__all__ = [
+    "StridedLeNet",
+    "ENCODERS",
+    "patch_encoder",
+    "Setup",
+    "methods",
+    "dataset_root",
+    "canvas_loader",
+    "split_targets",
+    "region_masks",
+    "ats_attention",
+    "picks",
+    "example_canvas",
+    "memory_scan",
+    "cost_rows",
+    "paper_accuracy_rows",
+    "show_canvas",
+    "plot_error_vs_n",
+    "plot_attention_evolution",
+    "plot_memory_scan",
+    "plot_picks",
+]
+
+ENCODERS = ("strided", "lenet")
+
+
+class StridedLeNet(nn.Module):
+    """A LeNet-1-like patch encoder: Conv(5,2,2)-16 + ReLU, Conv(3,2,1)-32 + ReLU, Conv(3,1,1)-32 + ReLU, global max pool -> [M, 32]."""
+
+    out_features = 32
+
+    def __init__(self, in_channels: int = 1, normalize: bool = False) -> None:
+        super().__init__()
+        if not isinstance(in_channels, int) or in_channels < 1:
+            raise ValueError(f"in_channels must be a positive int, got {in_channels!r}")
+        self.in_channels = in_channels
+        self.normalize = normalize
+        self.net = nn.Sequential(
+            nn.Conv2d(in_channels, 16, 5, 2, 2), nn.ReLU(),
+            nn.Conv2d(16, 32, 3, 2, 1), nn.ReLU(),
+            nn.Conv2d(32, 32, 3, 1, 1), nn.ReLU(),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Features [M, 32] of patches [M, C, ph, pw] (L2-normalised rows if `normalize`)."""
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"StridedLeNet expects [M, {self.in_channels}, ph, pw], got {tuple(x.shape)}")
+        z = self.net(x).amax(dim=(2, 3))  # [M, 32], global max pooling
+        return F.normalize(z, dim=1) if self.normalize else z
+
+
+def patch_encoder(kind: str, normalize: bool = False) -> nn.Module:
+    """The patch encoder f for one-channel patches: "strided" (StridedLeNet) or "lenet" (table 5's FeatureLeNet)."""
+    if kind == "strided":
+        return StridedLeNet(1, normalize)
+    if kind == "lenet":
+        return FeatureLeNet(1, normalize)
+    raise ValueError(f"encoder must be one of {ENCODERS}, got {kind!r}")
+
+
+@dataclass(frozen=True)
+class Setup:
+    """The settings of every method on one canvas size (see the module docstring)."""
+
+    canvas: int  # canvas side, pixels
+    ats_scale: float  # s of ATS's and U's view V(x, s)
+    patch: int  # patch side of every patch method
+    ns: tuple[int, ...]  # ATS's sample sizes N
+    n: int  # N of Zoom-In and U
+    zoom_scale1: float
+    zoom_scale2: float
+    zoom_tile: int
+    ips_memory: int  # M
+    ips_iter: int  # I
+    cnn_scale: float
+    encoder: str = "strided"
+    normalize: bool = True  # L2-normalise f for ATS, Zoom-In and U (ATS sec. 3.4)
+
+    def ats_name(self, n: int) -> str:
+        """The table name of ATS with n patches."""
+        return f"ATS-{n}"
+
+    @property
+    def zoom_name(self) -> str:
+        """The table name of Zoom-In."""
+        return f"Zoom-In-{self.n}"
+
+    @property
+    def uniform_name(self) -> str:
+        """The table name of uniform sampling."""
+        return f"U-{self.n}"
+
+    @property
+    def ips_name(self) -> str:
+        """The table name of IPS."""
+        return f"IPS (M={self.ips_memory}, I={self.ips_iter})"
+
+    @property
+    def cnn_name(self) -> str:
+        """The table name of the CNN."""
+        return f"CNN s={self.cnn_scale}"
+
+    def view_size(self) -> tuple[int, int]:
+        """(h, w) of ATS's view of a canvas."""
+        return view_size((self.canvas, self.canvas), self.ats_scale)
+
+
+def _attention() -> nn.Module:
+    """The attention network of the authors' megapixel MNIST script: 3x3 convs 8, 8, 1 with tanh between, none at the end."""
+    return AttentionLeNet(1, final_tanh=False)
+
+
+def methods(
+    setup: Setup, include: Sequence[str] = ("ats", "zoom", "uniform", "ips", "cnn")
+) -> dict[str, Callable[[], nn.Module]]:
+    """Name -> factory of each method of `setup` (ATS once per N), every one with 40 outputs."""
+    s, out = setup, {}
+    enc = lambda normalize: patch_encoder(s.encoder, normalize)  # noqa: E731
+    if "ats" in include:
+        for n in s.ns:
+            out[s.ats_name(n)] = lambda n=n: ATSNet(_attention(), enc(s.normalize), N_OUTPUTS, s.ats_scale, s.patch, n)
+    if "zoom" in include:
+        out[s.zoom_name] = lambda: ZoomInNet(_attention(), _attention(), enc(s.normalize), N_OUTPUTS, s.zoom_scale1,
+                                             s.zoom_scale2, s.zoom_tile, s.patch, s.n)
+    if "uniform" in include:
+        out[s.uniform_name] = lambda: UniformNet(enc(s.normalize), N_OUTPUTS, s.ats_scale, s.patch, s.n)
+    if "ips" in include:
+        out[s.ips_name] = lambda: IPSNet(enc(False), [N_CLASSES] * len(TASKS), s.patch, s.ips_memory, s.ips_iter,
+                                         n_heads=8, dim_head=16, dropout=0.1, attn_dropout=0.1, pos_enc=True)
+    if "cnn" in include:
+        out[s.cnn_name] = lambda: cnn(in_channels=1, n_classes=N_OUTPUTS, scale=s.cnn_scale)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# Data
+# ----------------------------------------------------------------------------------------------------
+
+
+def dataset_root(canvas: int, n_noise: int, n_train: int, n_test: int, seed: int = 0) -> Path:
+    """A generated megapixel MNIST dataset (no validation split), cached under data/megapixel_mnist[_<canvas>px_<noise>noise]."""
+    params = mp.parameters(n_train, 0, n_test, seed, canvas_size=canvas, n_noise=n_noise)
+    paper = (canvas, n_noise) == (mp.CANVAS_SIZE, mp.N_NOISE)
+    name = mp.TESTBED if paper else f"{mp.TESTBED}_{canvas}px_{n_noise}noise"
+    return cached_dataset(name, params, lambda root: mp.write_dataset(root, params))
+
+
+def canvas_loader(data: mp.MegapixelMNIST, indices: Sequence[int] | None = None) -> Callable[[Sequence[int]], Tensor]:
+    """idx -> canvases [b, 1, S, S] in [0, 1], rendered on demand; idx counts within `indices` (default: all)."""
+    chosen = np.arange(len(data)) if indices is None else np.asarray(indices)
+
+    def load(idx: Sequence[int]) -> Tensor:
+        canvases = np.stack([data.canvas(int(chosen[i])) for i in idx])  # [b, S, S] uint8
+        return torch.from_numpy(canvases).unsqueeze(1).float().div_(255)  # [b, 1, S, S]
+
+    return load
+
+
+def split_targets(data: mp.MegapixelMNIST, indices: Sequence[int] | None = None) -> np.ndarray:
+    """The packed four-task targets int64 [N, 13] of the canvases (default: all)."""
+    y = pack_targets(data.targets)
+    return y if indices is None else y[np.asarray(indices)]
+
+
+def example_canvas(canvas: int = mp.CANVAS_SIZE, n_noise: int = mp.N_NOISE, seed: int = 0) -> mp.MegapixelMNIST:
+    """A one-canvas megapixel MNIST split (generated in a temporary folder, held in memory): to show a canvas size."""
+    with tempfile.TemporaryDirectory() as folder:
+        return mp.MegapixelMNIST(mp.generate(Path(folder) / "example", 1, 0, 0, seed, canvas, n_noise), "train")
+
+
+def _inside(rows: Tensor, cols: Tensor, boxes: np.ndarray) -> Tensor:
+    """bool [h, w]: the full-resolution point (rows, cols) lies in one of the boxes [k, 4] (top, left, bottom, right)."""
+    hit = torch.zeros(rows.shape, dtype=torch.bool)
+    for top, left, bottom, right in np.asarray(boxes).reshape(-1, 4).tolist():
+        hit |= (rows >= top) & (rows < bottom) & (cols >= left) & (cols < right)
+    return hit
+
+
+def region_masks(data: mp.MegapixelMNIST, i: int, view_hw: tuple[int, int]) -> dict[str, Tensor]:
+    """bool [h, w] masks of the view locations whose full-resolution centre lies on a digit, on noise, or on neither."""
+    h, w = view_hw
+    rows, cols = view_to_full(torch.arange(h).view(-1, 1).expand(h, w), torch.arange(w).view(1, -1).expand(h, w),
+                              (h, w), (data.canvas_size, data.canvas_size))
+    corners = data.noise(i).positions  # [n, 2]
+    noise_boxes = np.concatenate([corners, corners + DIGIT_SIZE], axis=1)  # [n, 4]
+    digits = _inside(rows, cols, data.digit_boxes(i))
+    noise = _inside(rows, cols, noise_boxes) & ~digits
+    return {"digits": digits, "noise": noise, "empty": ~(digits | noise)}
+
+
+def ats_attention(model: nn.Module, x: Tensor) -> Tensor:
+    """ATS's attention distribution over its view [h, w] for one canvas x [1, C, H, W]."""
+    return attention_map(model, x)[0]
+
+
+def picks(model: nn.Module, x: Tensor, generator: torch.Generator | None = None) -> tuple[np.ndarray, tuple[int, int]]:
+    """(full-resolution centres [N, 2] (row, col) of the patches the model reads at inference on x [1, C, H, W], patch size)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(x, mode=getattr(model, "eval_mode", "topk"), generator=generator)
+    finally:
+        model.train(was_training)
+    return out.centers[0].numpy(), tuple(model.patch_size)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Cost
+# ----------------------------------------------------------------------------------------------------
+
+
+def memory_scan(
+    factories: Mapping[str, Callable[[], nn.Module]], sizes: Sequence[int], seed: int = 0,
+) -> list[dict[str, Any]]:
+    """Inference peak memory (MiB, batch 1, patches and tiles read one at a time) of each model on random canvases of each side."""
+    rows = []
+    for side in sizes:
+        x = torch.rand(1, 1, side, side, generator=torch.Generator().manual_seed(seed))  # [1, 1, S, S]
+        for name, factory in factories.items():
+            torch.manual_seed(seed)
+            model = factory().eval()
+            mode = getattr(model, "eval_mode", "topk")
+            gen = torch.Generator().manual_seed(seed)
+            with lean_inference(model), torch.no_grad():
+                report = peak_memory(lambda: model(x, mode=mode, generator=gen), x.device)
+            rows.append({"method": name, "canvas": side, "peak memory (MiB)": report.peak_mb})
+    return rows
+
+
+def cost_rows(
+    costs: Mapping[str, Mapping[str, Any]], training_mb: Mapping[str, float] | None = None
+) -> list[dict[str, Any]]:
+    """One row per profiled model (experiments.profile_methods): inference peak memory, GFLOPs, GMACs, ms; training peak if measured."""
+    rows = []
+    for name, c in costs.items():
+        rows.append({
+            "method": name,
+            "inference peak memory (MiB)": c["peak_memory_mb"],
+            "training step peak memory (MiB)": "" if not training_mb or name not in training_mb else training_mb[name],
+            "GFLOPs": c["mflops"] / 1e3,
+            "GMACs": c["mmacs"] / 1e3,
+            "time (ms)": c["ms_per_sample"],
+            "inference": c["mode"],
+        })
+    return rows
+
+
+def paper_accuracy_rows(*tables: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Rows for a "paper reports" table: per quoted setting its accuracy (%) per task or test error as printed, and the source."""
+    rows = []
+    for table in tables:
+        for setting, v in table["rows"].items():
+            row = {"method": v.get("method", ""), "setting": setting}
+            row.update({f"{t.capitalize()} %": v.get(t, "") for t in TASKS})
+            row["Maj test error"] = v.get("test_error", "")
+            row["source"] = table["source"]
+            rows.append(row)
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------------
+# Figures
+# ----------------------------------------------------------------------------------------------------
+
+
+def _rgb(canvas: np.ndarray) -> np.ndarray:
+    """A grey uint8 canvas [S, S] as [S, S, 3]."""
+    return np.repeat(np.asarray(canvas)[..., None], 3, axis=-1)
+
+
+def _boxes(ax: plt.Axes, boxes: np.ndarray, color: str, lw: float = 0.8) -> None:
+    """Draw boxes [k, 4] (top, left, bottom, right) on ax."""
+    for top, left, bottom, right in np.asarray(boxes).reshape(-1, 4).tolist():
+        ax.add_patch(plt.Rectangle((left, top), right - left, bottom - top, fill=False, ec=color, lw=lw))
+
+
+def show_canvas(ax: plt.Axes, data: mp.MegapixelMNIST, i: int, attention: np.ndarray | None = None,
+                title: str = "") -> None:
+    """Canvas i with its digit boxes (cyan) and noise boxes (orange), under an optional attention map [h, w]."""
+    show_attention(ax, _rgb(data.canvas(i)), attention, title=title)
+    corners = data.noise(i).positions
+    _boxes(ax, np.concatenate([corners, corners + DIGIT_SIZE], axis=1), "orange", 0.5)
+    _boxes(ax, data.digit_boxes(i), "cyan")
+
+
+def plot_error_vs_n(runs: Mapping[int, TaskRun], chance_error: float, title: str = "") -> Figure:
+    """ATS figure 2 measured here: Maj test error against N, and against cumulative training seconds, one curve per N."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.4))
+    ns = sorted(runs)
+    left.plot(ns, [runs[n].metrics["maj_error"] for n in ns], "o-", color="C0", label="ATS (measured here)")
+    left.axhline(chance_error, color="grey", ls="--", lw=0.8, label="best constant prediction")
+    left.set_xscale("log")
+    left.minorticks_off()
+    left.set_xticks(ns, [str(n) for n in ns])
+    left.set_xlabel("patches sampled N")
+    left.set_ylabel("Maj test error")
+    left.set_ylim(0, 1)
+    left.legend(fontsize=7)
+    for k, n in enumerate(ns):
+        seconds, values = runs[n].curve("maj_error")
+        right.plot(seconds, values, "o-", ms=3, color=f"C{k}", label=f"ATS-{n}")
+    right.axhline(chance_error, color="grey", ls="--", lw=0.8)
+    right.set_xlabel("training wall-clock (s, this machine)")
+    right.set_ylabel("Maj test error")
+    right.set_ylim(0, 1)
+    right.legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def plot_attention_evolution(
+    maps: Sequence[np.ndarray], epochs: Sequence[int], data: mp.MegapixelMNIST, i: int,
+    masses: Mapping[str, Sequence[float]], areas: Mapping[str, float], title: str = "",
+) -> Figure:
+    """ATS figure 3 measured here: the attention over canvas i at the given epochs, and its mass per region by epoch."""
+    fig, axes = plt.subplots(1, len(epochs) + 1, figsize=(3.1 * (len(epochs) + 1), 3.3))
+    for ax, e in zip(axes, epochs):
+        show_canvas(ax, data, i, maps[e], title=f"epoch {e}")
+        for top, left, bottom, right in data.digit_boxes(i).tolist():
+            ax.plot([(left + right) / 2], [(top + bottom) / 2], "r.", ms=4)
+    ax = axes[-1]
+    for k, (name, values) in enumerate(masses.items()):
+        ax.plot(np.arange(len(values)), values, "o-", ms=3, color=f"C{k}", label=f"on {name}")
+        ax.axhline(areas[name], color=f"C{k}", ls=":", lw=0.8)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("attention mass (dotted: uniform)")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def plot_memory_scan(rows: Sequence[Mapping[str, Any]], title: str = "") -> Figure:
+    """Inference peak memory (log scale) against the canvas side, one line per method."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    names = list(dict.fromkeys(r["method"] for r in rows))
+    for k, name in enumerate(names):
+        mine = [r for r in rows if r["method"] == name]
+        ax.plot([r["canvas"] for r in mine], [max(r["peak memory (MiB)"], 1e-3) for r in mine], "o-", color=f"C{k}",
+                label=name)
+    ax.set_yscale("log")
+    ax.set_xlabel("canvas side (pixels)")
+    ax.set_ylabel("inference peak memory (MiB)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def plot_picks(data: mp.MegapixelMNIST, i: int, chosen: Mapping[str, tuple[np.ndarray, tuple[int, int]]],
+               title: str = "") -> Figure:
+    """Canvas i once per method with the patches it reads at inference (green), digits in cyan, noise in orange."""
+    fig, axes = plt.subplots(1, len(chosen), figsize=(3.2 * len(chosen), 3.4), squeeze=False)
+    for ax, (name, (centers, patch)) in zip(axes[0], chosen.items()):
+        show_attention(ax, _rgb(data.canvas(i)), centers=centers, patch_size=patch, title=name)
+        corners = data.noise(i).positions
+        _boxes(ax, np.concatenate([corners, corners + DIGIT_SIZE], axis=1), "orange", 0.5)
+        _boxes(ax, data.digit_boxes(i), "cyan")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
