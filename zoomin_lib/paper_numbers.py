@@ -250,3 +250,42 @@ ZOOMIN_TABLE4_NEEDLE = {  # Zoom-In appendix I, table 4 (NeedleCamelyon): test a
 }
 
 __all__ += ["ZOOMIN_TABLE1_NEEDLE", "ZOOMIN_TABLE4_NEEDLE"]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Camelyon16 (chapter 04): 400 whole-slide images, 45,056 x 35,840 to 217,088 x 111,104 pixels.
+# ----------------------------------------------------------------------------------------------------
+
+ZOOMIN_TABLE2_CAMELYON = {  # Zoom-In table 2, Camelyon16: test accuracy %, average peak memory per slide at inference (MB)
+    "source": "Kong & Henao, table 2 (Camelyon16), TITAN Xp",
+    "rows": {
+        "Streaming CNN [38]": {"pixel_level": False, "accuracy": 70.6, "memory_mb": 3256.29},
+        "CLAM [31]": {"pixel_level": False, "accuracy": 78.0, "memory_mb": 206.88},
+        "MIL [4]": {"pixel_level": False, "accuracy": 79.9, "memory_mb": 140.68},
+        "MRMIL [29]": {"pixel_level": False, "accuracy": 81.1, "memory_mb": 568.00},
+        "Zoom-In": {"pixel_level": False, "accuracy": 81.3, "memory_mb": 71.76},
+        "Zoom-In (Res)": {"pixel_level": False, "accuracy": 82.6, "memory_mb": 71.76},
+        "Zoom-In + annotations": {"pixel_level": True, "accuracy": 88.2, "memory_mb": 71.76},
+        "Zoom-In (Res) + annotations": {"pixel_level": True, "accuracy": 90.8, "memory_mb": 71.76},
+        "Winning model [2]": {"pixel_level": True, "accuracy": 92.2, "memory_mb": 395.77},
+    },
+}
+
+ZOOMIN_CAMELYON_SETTINGS = {  # the hyper-parameters the paper states for Camelyon16
+    "source": "Kong & Henao, sec. 4 (Camelyon16), appendix F (tiles) and appendix G (training)",
+    "scale1": 0.03125, "scale2": 0.125, "n_patches": 100, "subtile": 50, "tile": 3200, "lr": 1e-4, "epochs": 200,
+    "batch_size": 5, "contrastive_after_epochs": 10, "lam": 1e-5, "optimizer": "Adam (beta1 0.9, beta2 0.999)",
+}
+
+ZOOMIN_CAMELYON_SPEARMAN = {  # attention against metastasis-to-tile ratio, model trained without pixel-level annotations
+    "source": "Kong & Henao, sec. 4 (Camelyon16, text) and figure 7 (appendix)",
+    "rho": 0.3570,
+    "note": "the text defines the ratio per h2 x w2 sub-tile, figure 7's caption per first-stage tile (alpha_c on x)",
+}
+
+ZOOMIN_TABLE4_CAMELYON = {  # Zoom-In appendix I, table 4 (Camelyon16): test accuracy % by (lambda, N, contrastive)
+    "source": "Kong & Henao, appendix I, table 4",
+    "rows": {(1e-5, 100, True): 81.3, (1e-5, 100, False): 80.6},
+}
+
+__all__ += ["ZOOMIN_TABLE2_CAMELYON", "ZOOMIN_CAMELYON_SETTINGS", "ZOOMIN_CAMELYON_SPEARMAN", "ZOOMIN_TABLE4_CAMELYON"]
