@@ -107,6 +107,7 @@ def sync_from_source(notebook: str | os.PathLike, force: bool = False) -> bool:
         nb = combine_inputs_with_outputs(nb, nbformat.read(ipynb, as_version=4), fmt="py:percent")
     nb.metadata.setdefault("kernelspec", dict(_KERNELSPEC))
     text = jupytext.writes(nb, fmt="ipynb")
+    text += "" if text.endswith("\n") else "\n"  # as `jupytext --sync` writes it: no spurious diff
     fd, tmp = tempfile.mkstemp(prefix=f".{ipynb.name}.", suffix=".tmp", dir=ipynb.parent)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         handle.write(text)
