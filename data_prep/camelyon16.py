@@ -51,6 +51,7 @@ __all__ = [
     "TILE_SIZE",
     "EXPECTED_LAYOUT",
     "Polygon",
+    "LesionROI",
     "SlideRecord",
     "Camelyon16",
     "parse_asap_xml",
@@ -211,6 +212,35 @@ def annotation_mask(
             if p.group in wanted and p.type.lower() in _FILLED_TYPES and len(p.coordinates) >= 3:
                 _fill(mask, p.coordinates, dx, dy, value)
     return mask
+
+
+@dataclass(frozen=True)
+class LesionROI:
+    """A slide's metastases, rasterised one window at a time (never the whole slide): appendix L's masks, Fig. 7's ratios."""
+
+    polygons: tuple[Polygon, ...]
+    tumour_groups: frozenset[str] = TUMOUR_GROUPS
+    hole_groups: frozenset[str] = HOLE_GROUPS
+
+    @classmethod
+    def from_xml(cls, path: str | Path) -> LesionROI:
+        """The annotation of an ASAP XML file (errors name the file)."""
+        return cls(tuple(parse_asap_xml(path)))
+
+    def boxes(self) -> np.ndarray:
+        """Level-0 bounding boxes (x0, y0, x1, y1) of the tumour polygons: float64 [K, 4]."""
+        boxes = [np.concatenate([p.coordinates.min(axis=0), p.coordinates.max(axis=0)])
+                 for p in self.polygons
+                 if p.group in self.tumour_groups and p.type.lower() in _FILLED_TYPES and len(p.coordinates) >= 3]
+        return np.array(boxes, dtype=np.float64).reshape(-1, 4)
+
+    def window(self, location: tuple[int, int], extent: tuple[int, int], size: tuple[int, int]) -> np.ndarray:
+        """Mask bool [h, w] of the level-0 window at `location` = (x, y) of `extent` = (W, H) pixels, at `size` = (w, h)."""
+        x, y = location
+        shifted = [Polygon(p.group, p.name, p.type, p.coordinates - np.array([x, y], dtype=np.float64))
+                   for p in self.polygons]
+        downsample = (extent[0] / size[0], extent[1] / size[1])
+        return annotation_mask(shifted, size, downsample, self.tumour_groups, self.hole_groups)
 
 
 # -------------------------------------------------------------------- the folder

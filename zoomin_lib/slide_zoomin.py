@@ -1,0 +1,1054 @@
+"""Zoom-In on whole-slide images: a `ZoomInNet`'s networks run on lazy slides, in memory that does not grow with the slide.
+
+Zoom-In (Kong & Henao) classifies Camelyon16 slides of up to 217,088 x 111,104 pixels (sec. 4) by
+reading a low-resolution view V(x, s1), the views V(x, s2, c) of the tiles it samples and the
+sampled sub-tiles at full resolution (sec. 2.1); alpha is pooled over non-overlapping 3200 x 3200
+tiles (appendix F). Its memory, O(s1^2 HW + N' s2^2 h1 w1 + N h2 w2) ("Memory requirements",
+sec. 2.1), still grows with the slide through the first term. This module removes that term too:
+
+- `SlideReader` reads what the models need from one `zoomin_lib.slides.Slide`, and only that: any
+  row range of a view V(x, s) (the separable antialiased bilinear resampling of
+  `zoomin_lib.geometry.view`, reproduced weight for weight so that strips of a view equal the
+  whole view), a tile's view at the pyramid level nearest its scale, and sub-tiles at level 0.
+  Pixels are standardised with the training statistics, and everything beyond the slide is zero
+  (the zero padding of sec. 2.1 iii), as `ZoomInNet` sees a tensor. It counts its reads.
+- `SlideZoomIn` wraps a trained `ZoomInNet` (the same a, b, f, g): on a slide, alpha is computed
+  strip by strip over V(x, s1) (a's score map needs only a halo of rows, and the pooling over tiles
+  needs only running sums per tile), so the first stage holds O(strip) rather than O(view); tiles
+  are drawn among the tissue tiles only (`zoomin_lib.slides.tissue_mask` on a fixed-size
+  thumbnail); beta is computed for the drawn tiles only, and sub-tiles are read at level 0.
+  "sample" is the two-stage estimator of eq. 9 (training), "topk" the deterministic top-k of the
+  joint alpha_c beta^c_c' (inference). `predict` returns probabilities and locations per slide.
+- `SlideATS` is one-stage ATS (ATS sec. 3.3) on a slide: attention over the whole V(x, s), so its
+  memory grows with the slide; the chapter measures the two side by side.
+- `host_peak_memory`: tensor allocations (`zoomin_lib.profiling.peak_memory`) and numpy/Python
+  allocations (tracemalloc: slide reads, thumbnails, masks), reported separately.
+- Training on slides (`slide_loss`): eq. 12 per slide, with the cached V(x, s1) and lazily read
+  tiles; with annotations, appendix L: tile-classifier pre-training of a, b and f
+  (`pretrain_tile_classifiers`) and the MSE of eq. 13 on alpha and beta (`pixel_mse`). Fig. 7's
+  metastasis-to-tile ratios and their Spearman correlation with alpha: `roi_tiles`,
+  `attention_roi_spearman`.
+
+An ROI (annotation) is any object with `boxes() -> [K, 4] (x0, y0, x1, y1)` level-0 bounding boxes
+and `window(location, extent, size) -> bool [h, w]`, e.g. `data_prep.camelyon16.LesionROI`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import tracemalloc
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Protocol, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .geometry import tile_grid, tile_pool, tile_top_left, view_size, view_to_full
+from .hierarchical import expectation_two_stage, sample_subtiles, unique_draws
+from .losses import attention_mse, contrastive_loss, zoomin_objective
+from .models import ATSNet, ModelOutput, ZoomInNet, _score_distribution, _score_map, complement
+from .profiling import MB, peak_memory
+from .sampling import sample_with_replacement
+from .slides import Slide, SlideError, open_slide, tissue_mask, tissue_tiles
+from .training import binary_auc, fit
+
+__all__ = [
+    "ROI",
+    "aa_weights",
+    "receptive_halo",
+    "SlideReader",
+    "SlidePrediction",
+    "SlideZoomIn",
+    "SlideATS",
+    "host_peak_memory",
+    "slide_loss",
+    "fit_slides",
+    "roi_tiles",
+    "pixel_mse",
+    "pretrain_tile_classifiers",
+    "evaluate_slides",
+    "attention_roi_spearman",
+    "show_slide",
+]
+
+Stats = tuple[Tensor, Tensor]  # per-channel mean, std [1, 3, 1, 1] in [0, 1] units
+
+
+class ROI(Protocol):
+    """A slide's regions of interest (metastases), rasterised window by window."""
+
+    def boxes(self) -> np.ndarray:
+        """Level-0 bounding boxes (x0, y0, x1, y1) float [K, 4]."""
+
+    def window(self, location: tuple[int, int], extent: tuple[int, int], size: tuple[int, int]) -> np.ndarray:
+        """Mask bool [h, w] of the level-0 window at (x, y) of extent (W, H), rasterised at size (w, h)."""
+
+
+# -------------------------------------------------------------------- resampling in strips
+
+
+def aa_weights(n_in: int, n_out: int, start: int, stop: int) -> tuple[int, Tensor]:
+    """(first input index, weights float32 [stop - start, span]) of outputs start..stop of an antialiased bilinear resize.
+
+    The weights of `F.interpolate(..., mode="bilinear", align_corners=False, antialias=True)` along
+    one axis (PyTorch's, after Pillow's: a triangle filter stretched by the downscale factor,
+    normalised per output), so that any range of output rows is computed from its input rows alone.
+    """
+    if not (0 <= start < stop <= n_out) or n_in < 1:
+        raise ValueError(f"output rows {start}..{stop} of a resize {n_in} -> {n_out} are out of range")
+    scale = n_in / n_out
+    support, inv = (scale, 1.0 / scale) if scale >= 1 else (1.0, 1.0)
+    center = scale * (torch.arange(start, stop, dtype=torch.float64) + 0.5)  # [m]
+    lo = (center - support + 0.5).long().clamp(min=0)  # truncation, as the C++ static_cast
+    hi = (center + support + 0.5).long().clamp(max=n_in)
+    first, last = int(lo.min()), int(hi.max())
+    j = torch.arange(first, last, dtype=torch.float64)[None]  # [1, span]
+    w = (1 - ((j - center[:, None] + 0.5) * inv).abs()).clamp(min=0)  # [m, span]
+    w = w * ((j >= lo[:, None]) & (j < hi[:, None]))
+    return first, (w / w.sum(dim=1, keepdim=True)).float()
+
+
+def receptive_halo(network: nn.Module) -> int:
+    """Rows of context a stack of stride-1 'same' convolutions needs on each side: sum of dilation * (k - 1) / 2."""
+    halo = 0
+    for m in network.modules():
+        if isinstance(m, nn.Conv2d):
+            if tuple(m.stride) != (1, 1):
+                raise ValueError(f"the strip-wise first stage needs stride-1 convolutions, got {m}")
+            halo += m.dilation[0] * (m.kernel_size[0] - 1) // 2
+        elif isinstance(m, (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
+            raise ValueError(f"the strip-wise first stage needs a score map without pooling, got {m}")
+    return halo
+
+
+def _pool_index(n_view: int, n_full: int, tile: int, start: int, stop: int) -> tuple[Tensor, Tensor]:
+    """For view pixels start..stop on one axis: the two tiles each overlaps and its area weight in them, [m, 2] each.
+
+    The weights of `geometry.tile_pool_weights` (overlap / tile extent inside the image), kept as
+    O(view) index pairs instead of an [n_tiles, n_view] matrix.
+    """
+    step = n_full / n_view
+    if step > tile:
+        raise ValueError(f"a view pixel ({step:.1f} pixels) is larger than a tile ({tile}); raise the scale")
+    n_tiles = -(-n_full // tile)
+    j = torch.arange(start, stop, dtype=torch.float64)
+    e0, e1 = j * step, (j + 1) * step
+    c0 = torch.div(e0, tile, rounding_mode="floor").long().clamp(max=n_tiles - 1)  # [m]
+    c1 = (c0 + 1).clamp(max=n_tiles - 1)
+    end0 = ((c0 + 1) * tile).double()
+    extent = lambda c: ((c + 1) * tile).clamp(max=n_full).double() - c.double() * tile  # noqa: E731
+    w0 = (torch.minimum(e1, end0) - e0) / extent(c0)
+    w1 = (e1 - end0).clamp(min=0) / extent(c1)
+    return torch.stack([c0, c1], dim=1), torch.stack([w0, w1], dim=1).float()
+
+
+def _pool_strip(scores: Tensor, rows: tuple[Tensor, Tensor], cols: tuple[Tensor, Tensor], grid: tuple[int, int]) -> Tensor:
+    """The contribution [n_rows, n_cols] of a strip of scores [m, w] to the tile means (area-weighted)."""
+    (ri, rw), (ci, cw) = rows, cols
+    by_col = scores.new_zeros(scores.shape[0], grid[1])  # [m, n_cols]
+    for k in range(2):
+        by_col = by_col.index_add(1, ci[:, k], scores * cw[:, k])
+    out = scores.new_zeros(grid)  # [n_rows, n_cols]
+    for k in range(2):
+        out = out.index_add(0, ri[:, k], by_col * rw[:, k : k + 1])
+    return out
+
+
+# -------------------------------------------------------------------- reading a slide
+
+
+class SlideReader:
+    """What the models read from one slide: views (whole or by rows), tile views, sub-tiles; standardised, zero outside.
+
+    `stats` are the training set's per-channel mean and std in [0, 1] units ([1, 3, 1, 1] each);
+    `roi` an annotation (see `ROI`) or None; `cache_views` keeps each whole view it computes (for
+    training on the small V(x, s1)); `strip_pixels` bounds the pixels of one strip; `record_reads`
+    keeps (kind, level, x, y, w, h) of every read in `read_log`.
+    """
+
+    def __init__(
+        self,
+        slide: Slide | str | Path | np.ndarray,
+        stats: Stats | None = None,
+        *,
+        name: str | None = None,
+        label: int | None = None,
+        roi: ROI | None = None,
+        cache_views: bool = False,
+        strip_pixels: int = 2**16,
+        record_reads: bool = False,
+    ) -> None:
+        self._owns = not isinstance(slide, Slide)
+        self.slide = open_slide(slide)
+        self.path = self.slide.path
+        self.name = name or (self.path.stem if self.path is not None else "<array>")
+        mean, std = stats if stats is not None else (torch.zeros(3), torch.ones(3))
+        self.mean = torch.as_tensor(mean, dtype=torch.float32).reshape(1, 3, 1, 1)
+        self.std = torch.as_tensor(std, dtype=torch.float32).reshape(1, 3, 1, 1)
+        self.label, self.roi = label, roi
+        self.cache_views = cache_views
+        self.strip_pixels = int(strip_pixels)
+        self.record_reads = record_reads
+        self.read_log: list[tuple[str, int, int, int, int, int]] = []
+        self.reads = {"count": 0, "bytes": 0, "largest_bytes": 0}
+        self.cache: dict[Any, Any] = {}
+
+    # ---------------------------------------------------------------- basics
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(H, W) at level 0."""
+        return self.slide.shape
+
+    def _log(self, kind: str, level: int, x: int, y: int, block: np.ndarray) -> np.ndarray:
+        """Count one read (and keep it in read_log when asked)."""
+        self.reads["count"] += 1
+        self.reads["bytes"] += block.nbytes
+        self.reads["largest_bytes"] = max(self.reads["largest_bytes"], block.nbytes)
+        if self.record_reads:
+            self.read_log.append((kind, level, x, y, block.shape[1], block.shape[0]))
+        return block
+
+    def _standardise(self, pixels: Tensor) -> Tensor:
+        """Float pixels 0..255 [M, 3, h, w] -> (p / 255 - mean) / std."""
+        return (pixels / 255 - self.mean) / self.std
+
+    def close(self) -> None:
+        """Close the slide if this reader opened it."""
+        if self._owns:
+            self.slide.close()
+
+    def __enter__(self) -> SlideReader:
+        """Context manager: the reader itself."""
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Close on leaving the block."""
+        self.close()
+
+    def __repr__(self) -> str:
+        """Name, size and label."""
+        return f"SlideReader({self.name!r}, shape={self.shape}, label={self.label})"
+
+    # ---------------------------------------------------------------- views
+    def view_rows(self, scale: float, r0: int, r1: int, standardise: bool = True) -> Tensor:
+        """Rows r0..r1 of V(x, s): float [1, 3, r1 - r0, w], equal to those rows of the whole view.
+
+        Read from the smallest pyramid level at least the view's size (`Slide.view_level`), `strip_pixels`
+        level pixels at a time; columns resampled by `F.interpolate` (rows kept), then rows by `aa_weights`.
+        """
+        h, w = view_size(self.shape, scale)
+        level = self.slide.view_level(scale)
+        lw, lh = self.slide.level_dimensions[level]
+        first, weights = aa_weights(lh, h, r0, r1)  # [r1 - r0, span]
+        span = weights.shape[1]
+        wide = torch.empty(3, span, w)  # [3, span, w]
+        step = max(1, self.strip_pixels // lw)
+        for y in range(0, span, step):
+            n = min(step, span - y)
+            block = self._log("view", level, 0, first + y, self.slide._read(level, 0, first + y, lw, n))  # [n, lw, 3]
+            t = torch.from_numpy(np.ascontiguousarray(block)).permute(2, 0, 1)[None].float()  # [1, 3, n, lw]
+            if lw != w:
+                t = F.interpolate(t, size=(n, w), mode="bilinear", align_corners=False, antialias=True)
+            wide[:, y : y + n] = t[0]
+        rows = wide if (span == r1 - r0 and lh == h) else torch.matmul(weights, wide)  # [3, r1 - r0, w]
+        return self._standardise(rows[None]) if standardise else rows[None]
+
+    def view(self, scale: float) -> Tensor:
+        """The whole V(x, s), standardised: float [1, 3, h, w] (kept when `cache_views`)."""
+        key = ("view", float(scale))
+        if key in self.cache:
+            return self.cache[key]
+        v = self.view_rows(scale, 0, view_size(self.shape, scale)[0])
+        if self.cache_views:
+            self.cache[key] = v
+        return v
+
+    def thumbnail(self, side: int = 512) -> np.ndarray:
+        """An RGB uint8 thumbnail [h, w, 3] whose longer side is about `side`, computed strip by strip."""
+        scale = min(1.0, side / max(self.shape))
+        h, w = view_size(self.shape, scale)
+        step = max(1, self.strip_pixels // w)
+        strips = [self.view_rows(scale, r, min(h, r + step), standardise=False)[0].round_().clamp_(0, 255)
+                  .to(torch.uint8).permute(1, 2, 0).numpy() for r in range(0, h, step)]
+        return np.concatenate(strips)  # [h, w, 3]
+
+    def tissue(self, tile_size: tuple[int, int], side: int = 512) -> Tensor:
+        """Tiles holding tissue: bool [n_rows, n_cols] (Otsu on a thumbnail); every tile when none is found."""
+        key = ("tissue", tuple(tile_size), side)
+        if key not in self.cache:
+            mask = tissue_tiles(tissue_mask(self.thumbnail(side)), tile_size, self.slide.dimensions)
+            self.cache[key] = torch.from_numpy(mask if mask.any() else np.ones_like(mask))
+        return self.cache[key]
+
+    # ---------------------------------------------------------------- tiles and sub-tiles
+    def tile_view(self, top: int, left: int, extent: tuple[int, int], scale: float, standardise: bool = True) -> Tensor:
+        """V(x, s, c) of the level-0 box (top, left, extent): float [1, 3, u, v], zero beyond the slide (0..255 if not standardised).
+
+        Read at the coarsest level whose downsample is at most 1 / s (OpenSlide's
+        `get_best_level_for_downsample`), then resized to view_size(extent, s).
+        """
+        th, tw = extent
+        u, v = view_size((th, tw), scale)
+        level = self.slide.get_best_level_for_downsample(1 / scale)
+        ds = self.slide.level_downsamples[level]
+        lh, lw = max(1, round(th / ds)), max(1, round(tw / ds))
+        block = self._log("tile", level, left, top, self.slide.read_region((left, top), level, (lw, lh)))  # [lh, lw, 3]
+        x = torch.from_numpy(block).permute(2, 0, 1)[None].float()  # [1, 3, lh, lw]
+        x = self._standardise(x) if standardise else x
+        LW, LH = self.slide.level_dimensions[level]
+        ly, lx = math.floor(top / ds), math.floor(left / ds)
+        if ly + lh > LH or lx + lw > LW or ly < 0 or lx < 0:
+            inside_r = ((ly + torch.arange(lh)) < LH) & ((ly + torch.arange(lh)) >= 0)  # [lh]
+            inside_c = ((lx + torch.arange(lw)) < LW) & ((lx + torch.arange(lw)) >= 0)  # [lw]
+            x = x * (inside_r[:, None] & inside_c[None, :])
+        if (lh, lw) != (u, v):
+            x = F.interpolate(x, size=(u, v), mode="bilinear", align_corners=False, antialias=True)
+        return x  # [1, 3, u, v]
+
+    def patches(self, rows: Tensor, cols: Tensor, size: tuple[int, int], standardise: bool = True) -> Tensor:
+        """Level-0 patches [M, 3, ph, pw] with top-left (r - ph // 2, c - pw // 2), zero beyond the slide (0..255 if not standardised)."""
+        ph, pw = size
+        H, W = self.shape
+        out = []
+        for r, c in zip(rows.tolist(), cols.tolist()):
+            top, left = r - ph // 2, c - pw // 2
+            block = self._log("patch", 0, left, top, self.slide.read_region((left, top), 0, (pw, ph)))  # [ph, pw, 3]
+            x = torch.from_numpy(block).permute(2, 0, 1)[None].float()  # [1, 3, ph, pw]
+            x = self._standardise(x) if standardise else x
+            if top < 0 or left < 0 or top + ph > H or left + pw > W:
+                rr, cc = top + torch.arange(ph), left + torch.arange(pw)
+                x = x * (((rr >= 0) & (rr < H))[:, None] & ((cc >= 0) & (cc < W))[None, :])
+            out.append(x)
+        return torch.cat(out) if out else torch.zeros(0, 3, ph, pw)
+
+
+def _reader(slide: Any, make: Callable[[Any], SlideReader]) -> tuple[SlideReader, bool]:
+    """(a reader for `slide`, whether this call opened it)."""
+    return (slide, False) if isinstance(slide, SlideReader) else (make(slide), True)
+
+
+def _where(slide: Any) -> str:
+    """The file (or name) of a slide argument, for messages."""
+    if isinstance(slide, SlideReader):
+        return str(slide.path or slide.name)
+    if isinstance(slide, Slide):
+        return str(slide.path or "<array>")
+    return str(slide) if not isinstance(slide, np.ndarray) else "<array>"
+
+
+# -------------------------------------------------------------------- predictions
+
+
+@dataclass
+class SlidePrediction:
+    """One slide's prediction: class probabilities and where the model looked (level-0 pixels)."""
+
+    slide: str
+    probs: np.ndarray  # [C]
+    mode: str
+    tiles: np.ndarray  # [N] row-major tile index of each sub-tile (Zoom-In); empty for ATS
+    tile_size: tuple[int, int]
+    centers: np.ndarray  # [N, 2] sub-tile centres (row, col)
+    patch_size: tuple[int, int]
+    weights: np.ndarray | None  # [N] aggregation weights (top-k); None when sampled
+    alpha: np.ndarray | None  # [n_rows, n_cols] first-stage attention (Zoom-In)
+    seconds: float = 0.0
+    reads: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def predicted(self) -> int:
+        """The most probable class."""
+        return int(np.argmax(self.probs))
+
+    def tile_boxes(self) -> np.ndarray:
+        """(x, y, w, h) level-0 boxes of the distinct sampled tiles: int [U, 4]."""
+        th, tw = self.tile_size
+        n_cols = self.alpha.shape[1] if self.alpha is not None else 1
+        uniq = np.unique(self.tiles)
+        return np.array([[(t % n_cols) * tw, (t // n_cols) * th, tw, th] for t in uniq], dtype=np.int64).reshape(-1, 4)
+
+    def subtile_boxes(self) -> np.ndarray:
+        """(x, y, w, h) level-0 boxes of the sub-tiles: int [N, 4]."""
+        ph, pw = self.patch_size
+        c = np.asarray(self.centers, dtype=np.int64).reshape(-1, 2)
+        return np.stack([c[:, 1] - pw // 2, c[:, 0] - ph // 2, np.full(len(c), pw), np.full(len(c), ph)], axis=1)
+
+    def summary(self) -> dict[str, Any]:
+        """A JSON-able summary (probabilities, counts, time, reads)."""
+        return {"slide": self.slide, "probs": [float(p) for p in self.probs], "predicted": self.predicted,
+                "mode": self.mode, "n_subtiles": int(len(self.centers)), "n_tiles": int(len(np.unique(self.tiles))),
+                "seconds": self.seconds, "reads": dict(self.reads)}
+
+
+def _as_stats(stats: Stats | None) -> tuple[Tensor, Tensor]:
+    """Mean and std [1, 3, 1, 1] (0 and 1 when None)."""
+    mean, std = stats if stats is not None else (torch.zeros(3), torch.ones(3))
+    return (torch.as_tensor(mean, dtype=torch.float32).reshape(1, 3, 1, 1).clone(),
+            torch.as_tensor(std, dtype=torch.float32).reshape(1, 3, 1, 1).clone())
+
+
+class SlideZoomIn(nn.Module):
+    """A `ZoomInNet` on slides: strip-wise alpha over tissue tiles, beta of the drawn tiles, sub-tiles at level 0.
+
+    The wrapped `net` keeps its meaning on tensors (training on in-memory images); here its a, b, f
+    and g read a `SlideReader`. With gradients (training) alpha comes from the reader's cached
+    whole V(x, s1), as `ZoomInNet.first_stage`; without (inference) from strips of `strip_pixels`
+    view pixels, halo included, so the first stage holds O(strip) whatever the slide's size.
+    `tissue_only` restricts alpha (and its complement) to the tiles with tissue. "topk" searches the
+    joint alpha_c beta^c_c' over at most `max_tiles` tiles (default n_patches; see `_top_joint`).
+    """
+
+    train_mode = "sample"
+    eval_mode = "topk"
+    supports_contrastive = True
+
+    def __init__(
+        self,
+        net: ZoomInNet,
+        stats: Stats | None = None,
+        *,
+        strip_pixels: int = 2**16,
+        tissue_side: int = 512,
+        tissue_only: bool = True,
+        max_tiles: int | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(net, ZoomInNet):
+            raise ValueError(f"SlideZoomIn wraps a ZoomInNet, got {type(net).__name__}")
+        self.net = net
+        mean, std = _as_stats(stats)
+        self.register_buffer("mean", mean)
+        self.register_buffer("std", std)
+        self.strip_pixels = int(strip_pixels)
+        self.tissue_side = int(tissue_side)
+        self.tissue_only = tissue_only
+        self.max_tiles = max_tiles  # top-k visits at most this many tiles (None: n_patches, as many as N draws reach)
+        self.halo = receptive_halo(net.attention_a)
+
+    # ---------------------------------------------------------------- reading
+    def open(self, slide: Any, **kwargs: Any) -> SlideReader:
+        """A reader for `slide` with this model's statistics; SlideError naming the file if it is smaller than a tile."""
+        reader = SlideReader(slide, (self.mean, self.std), strip_pixels=self.strip_pixels, **kwargs)
+        self.check(reader)
+        return reader
+
+    def check(self, reader: SlideReader) -> None:
+        """SlideError naming the file unless the slide holds at least one tile."""
+        H, W = reader.shape
+        th, tw = self.net.tile_size
+        if H < th or W < tw:
+            reader.close()
+            raise SlideError(reader.path, f"smaller than one tile: {W}x{H} pixels < {tw}x{th} (level 0)")
+
+    def grid(self, reader: SlideReader) -> tuple[int, int]:
+        """(n_rows, n_cols) of the tile grid."""
+        return tile_grid(reader.shape, self.net.tile_size)
+
+    def allowed(self, reader: SlideReader) -> Tensor:
+        """Tiles alpha may select: bool [1, T] (tissue tiles, or all)."""
+        if not self.tissue_only:
+            n_rows, n_cols = self.grid(reader)
+            return torch.ones(1, n_rows * n_cols, dtype=torch.bool)
+        return reader.tissue(self.net.tile_size, self.tissue_side).reshape(1, -1)
+
+    # ---------------------------------------------------------------- first stage
+    def tile_scores(self, reader: SlideReader, strips: bool = True) -> Tensor:
+        """a's scores averaged over each tile: [T]; strip by strip, or from the whole (cached) view."""
+        net = self.net
+        H, W = reader.shape
+        th, tw = net.tile_size
+        grid = tile_grid((H, W), (th, tw))
+        if not strips:
+            s = _score_map(net.attention_a, reader.view(net.scale1), "attention_a")  # [1, 1, h, w]
+            return tile_pool(s[:, 0], (H, W), (th, tw)).flatten()  # [T]
+        h, w = view_size((H, W), net.scale1)
+        cols = _pool_index(w, W, tw, 0, w)  # [w, 2] x 2
+        rows_per = max(1, self.strip_pixels // w - 2 * self.halo)
+        pooled = torch.zeros(grid)  # [n_rows, n_cols]
+        for o0 in range(0, h, rows_per):
+            o1 = min(h, o0 + rows_per)
+            a0, a1 = max(0, o0 - self.halo), min(h, o1 + self.halo)
+            s = _score_map(net.attention_a, reader.view_rows(net.scale1, a0, a1), "attention_a")  # [1, 1, a1 - a0, w]
+            pooled += _pool_strip(s[0, 0, o0 - a0 : o1 - a0], _pool_index(h, H, th, o0, o1), cols, grid)
+        return pooled.flatten()  # [T]
+
+    def first_stage(self, reader: SlideReader, strips: bool | None = None) -> Tensor:
+        """alpha [1, T] over the allowed tiles; SlideError naming the file on NaN/inf scores."""
+        strips = (not torch.is_grad_enabled()) if strips is None else strips
+        scores = self.tile_scores(reader, strips)[None]  # [1, T]
+        try:
+            return _score_distribution(scores, "first-stage attention", self.allowed(reader))
+        except ValueError as err:
+            raise SlideError(reader.path, str(err)) from err
+
+    # ---------------------------------------------------------------- second stage
+    def centers(self, reader: SlideReader, tiles: Tensor, subtiles: Tensor) -> tuple[Tensor, Tensor]:
+        """Level-0 centres (rows, cols) of sub-tiles of tiles (same shapes), as `ZoomInNet._centers`."""
+        u, v = self.net.subview_size
+        top, left = tile_top_left(tiles, reader.shape, self.net.tile_size)
+        dr, dc = view_to_full(subtiles // v, subtiles % v, (u, v), self.net.tile_size)
+        return top + dr, left + dc
+
+    def subtile_inside(self, reader: SlideReader, tiles: Tensor) -> Tensor:
+        """[U, K2]: True where the sub-tile's centre lies inside the slide (as `ZoomInNet.subtile_inside`, by axis)."""
+        u, v = self.net.subview_size
+        top, left = tile_top_left(tiles.reshape(-1), reader.shape, self.net.tile_size)  # [U]
+        dr, _ = view_to_full(torch.arange(u), torch.zeros(u, dtype=torch.long), (u, v), self.net.tile_size)  # [u]
+        _, dc = view_to_full(torch.zeros(v, dtype=torch.long), torch.arange(v), (u, v), self.net.tile_size)  # [v]
+        rows_in = (top[:, None] + dr[None]) < reader.shape[0]  # [U, u]
+        cols_in = (left[:, None] + dc[None]) < reader.shape[1]  # [U, v]
+        return (rows_in[:, :, None] & cols_in[:, None, :]).reshape(-1, u * v)  # [U, K2]
+
+    def tile_views(self, reader: SlideReader, tiles: Tensor) -> Tensor:
+        """V(x, s2, c) of tiles [U]: [U, 3, u, v]."""
+        top, left = tile_top_left(tiles, reader.shape, self.net.tile_size)
+        views = [reader.tile_view(t, l, self.net.tile_size, self.net.scale2) for t, l in zip(top.tolist(), left.tolist())]
+        return torch.cat(views) if views else torch.zeros(0, 3, *self.net.subview_size)
+
+    def second_stage(self, reader: SlideReader, tiles: Tensor) -> Tensor:
+        """beta [U, K2] of tiles [U]: b on their s2 views, `net.tile_chunk` tiles at a time, softmaxed over the inside."""
+        parts = []
+        for start in range(0, tiles.numel(), self.net.tile_chunk):
+            tv = self.tile_views(reader, tiles[start : start + self.net.tile_chunk])  # [c, 3, u, v]
+            parts.append(_score_map(self.net.attention_b, tv, "attention_b").flatten(1))  # [c, K2]
+        try:
+            return _score_distribution(torch.cat(parts), "second-stage attention", self.subtile_inside(reader, tiles))
+        except ValueError as err:
+            raise SlideError(reader.path, str(err)) from err
+
+    def _second_stage_probs(self, reader: SlideReader, tiles: Tensor, contrastive: bool) -> tuple[Tensor, Tensor]:
+        """(beta [U, K2], the distribution to draw from: beta or its complement over the inside)."""
+        betas = self.second_stage(reader, tiles)
+        return betas, (complement(betas, self.subtile_inside(reader, tiles)) if contrastive else betas)
+
+    def features(self, reader: SlideReader, rows: Tensor, cols: Tensor) -> Tensor:
+        """f of the level-0 sub-tiles centred at (rows, cols) [M]: [M, D], `net.chunk_size` at a time."""
+        size = self.net.patch_size
+        parts = [self.net.features(reader.patches(rows[i : i + self.net.chunk_size], cols[i : i + self.net.chunk_size], size))
+                 for i in range(0, rows.numel(), self.net.chunk_size)]
+        return torch.cat(parts) if parts else torch.zeros(0, self.net.features.out_features)
+
+    def _top_joint(self, reader: SlideReader, p1: Tensor, contrastive: bool):
+        """The n_patches largest alpha_c beta^c_c' among the `max_tiles` highest-alpha tiles.
+
+        Tiles are visited in decreasing alpha, `tile_chunk` at a time, until no further tile can beat
+        the n-th best product (alpha_c beta^c_c' <= alpha_c: then the result is the exact top-k of the
+        joint, as `ZoomInNet`'s) or `max_tiles` tiles were visited, whichever comes first: a flat
+        alpha would otherwise visit every tile of the slide. Without gradients the betas are not kept.
+        """
+        n, p = self.net.n_patches, p1[0]
+        order = p.detach().argsort(descending=True)
+        order = order[p.detach()[order] > 0][: self.max_tiles or n]  # [T'] tiles that can be drawn
+        best_w, best_t, best_s = p.new_zeros(0), order.new_zeros(0), order.new_zeros(0)
+        betas, seen = [p.new_zeros(0, math.prod(self.net.subview_size))], [order.new_zeros(0)]
+        keep_betas = torch.is_grad_enabled()
+        for start in range(0, order.numel(), self.net.tile_chunk):
+            chunk = order[start : start + self.net.tile_chunk]
+            if best_w.numel() >= n and float(best_w.detach().min()) >= float(p[chunk[0]].detach()):
+                break
+            b, p2 = self._second_stage_probs(reader, chunk, contrastive)  # [c, K2]
+            if keep_betas:  # training needs every computed beta (entropy term); inference keeps none: O(chunk) memory
+                betas.append(b)
+                seen.append(chunk)
+            joint = p[chunk].unsqueeze(1) * p2  # [c, K2]
+            k2 = joint.shape[1]
+            cand_w = torch.cat([best_w, joint.flatten()])
+            cand_t = torch.cat([best_t, chunk.repeat_interleave(k2)])
+            cand_s = torch.cat([best_s, torch.arange(k2).repeat(chunk.numel())])
+            keep = cand_w.detach().topk(min(n, cand_w.numel())).indices
+            best_w, best_t, best_s = cand_w[keep], cand_t[keep], cand_s[keep]
+        return best_t[None], best_s[None], best_w[None], torch.cat(betas), torch.cat(seen)
+
+    def forward(
+        self,
+        reader: SlideReader,
+        mode: str = "sample",
+        generator: torch.Generator | None = None,
+        contrastive: bool = False,
+        strips: bool | None = None,
+    ) -> ModelOutput:
+        """Classify one slide (batch of one): two-stage sampling ("sample", eq. 9) or top-k ("topk")."""
+        if mode not in ("sample", "topk"):
+            raise ValueError(f"on slides the modes are 'sample' and 'topk' (no 'exact' over every sub-tile), got {mode!r}")
+        alpha = self.first_stage(reader, strips)  # [1, T]
+        p1 = complement(alpha, self.allowed(reader)) if contrastive else alpha
+        weights = None
+        if mode == "sample":
+            tiles = sample_with_replacement(p1, self.net.n_patches, generator)  # [1, N]
+            draws = unique_draws(tiles)
+            beta_tile = draws.tile  # [U]
+            betas, p2 = self._second_stage_probs(reader, beta_tile, contrastive)  # [U, K2]
+            subtiles = sample_subtiles(p2, draws, generator)  # [1, N]
+            rows, cols = self.centers(reader, tiles, subtiles)  # [1, N]
+            feats = self.features(reader, rows[0], cols[0])[None]  # [1, N, D]
+            agg = expectation_two_stage(p1, tiles, p2[draws.inverse, subtiles], feats)  # [1, D]
+        else:
+            tiles, subtiles, joint, betas, beta_tile = self._top_joint(reader, p1, contrastive)
+            weights = joint / joint.sum(dim=1, keepdim=True)  # [1, N]
+            rows, cols = self.centers(reader, tiles, subtiles)  # [1, N]
+            agg = torch.zeros(1, self.net.features.out_features)
+            for i in range(0, rows.shape[1], self.net.chunk_size):
+                sl = slice(i, i + self.net.chunk_size)
+                agg = agg + (weights[:, sl, None] * self.features(reader, rows[0, sl], cols[0, sl])[None]).sum(dim=1)
+        return ModelOutput(
+            logits=self.net.g(agg), features=agg, alpha=alpha, betas=betas,
+            beta_batch=torch.zeros_like(beta_tile), beta_tile=beta_tile, tiles=tiles, subtiles=subtiles,
+            centers=torch.stack((rows, cols), dim=-1), weights=weights, mode=mode, contrastive=contrastive,
+        )
+
+    # ---------------------------------------------------------------- prediction
+    def predict_one(self, slide: Any, mode: str = "topk", generator: torch.Generator | None = None) -> SlidePrediction:
+        """Probabilities and locations for one slide (a path, Slide or SlideReader); errors name the file."""
+        began = time.perf_counter()
+        reader, opened = _reader(slide, self.open)
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                out = self(reader, mode=mode, generator=generator)
+        except SlideError:
+            raise
+        except (OSError, ValueError) as err:  # a backend's read error that does not name the file yet
+            raise SlideError(reader.path, f"{type(err).__name__}: {err}") from err
+        finally:
+            self.train(was_training)
+            if opened:
+                reader.close()
+        n_rows, n_cols = self.grid(reader)
+        return SlidePrediction(
+            slide=_where(slide), probs=torch.softmax(out.logits, dim=1)[0].numpy(), mode=mode,
+            tiles=out.tiles[0].numpy(), tile_size=self.net.tile_size, centers=out.centers[0].numpy(),
+            patch_size=self.net.patch_size, weights=None if out.weights is None else out.weights[0].numpy(),
+            alpha=out.alpha[0].reshape(n_rows, n_cols).numpy(), seconds=time.perf_counter() - began,
+            reads=dict(reader.reads),
+        )
+
+    def predict(self, slides: Iterable[Any], mode: str = "topk", generator: torch.Generator | None = None) -> list[SlidePrediction]:
+        """`predict_one` for each slide; the first bad slide raises (SlideError naming it)."""
+        return [self.predict_one(s, mode, generator) for s in slides]
+
+    def predict_all(
+        self, slides: Iterable[Any], mode: str = "topk", generator: torch.Generator | None = None
+    ) -> tuple[list[SlidePrediction], list[str]]:
+        """`predict_one` for each slide, reporting bad slides ('<file>: <reason>') and going on with the rest."""
+        preds, problems = [], []
+        for s in slides:
+            try:
+                preds.append(self.predict_one(s, mode, generator))
+            except (SlideError, OSError, ValueError) as err:
+                problems.append(str(err) if _where(s) in str(err) else f"{_where(s)}: {err}")
+        return preds, problems
+
+
+class SlideATS(nn.Module):
+    """One-stage ATS on a slide (ATS sec. 3.3): attention over the whole V(x, s), top-N patches at level 0.
+
+    Its view, and a's activations over it, grow with the slide: this is the baseline of the
+    memory-against-size comparison, with s the scale at which Zoom-In's second stage picks sub-tiles.
+    """
+
+    def __init__(self, net: ATSNet, stats: Stats | None = None) -> None:
+        super().__init__()
+        self.net = net
+        mean, std = _as_stats(stats)
+        self.register_buffer("mean", mean)
+        self.register_buffer("std", std)
+
+    def forward(self, reader: SlideReader) -> ModelOutput:
+        """Deterministic top-N prediction of one slide."""
+        net = self.net
+        H, W = reader.shape
+        h, w = view_size((H, W), net.scale)
+        scores = _score_map(net.attention, reader.view(net.scale), "the attention network").flatten(1)  # [1, h*w]
+        if not torch.isfinite(scores).all():
+            raise SlideError(reader.path, "the attention scores contain NaN or inf")
+        probs = torch.softmax(scores, dim=1)  # [1, K]; not validated: a float32 sum over 10^7 entries drifts by 1e-3
+        idx = probs.topk(min(net.n_patches, probs.shape[1]), dim=1).indices  # [1, N]
+        rows, cols = view_to_full(idx // w, idx % w, (h, w), (H, W))  # [1, N]
+        weights = probs.gather(1, idx)
+        weights = weights / weights.sum(dim=1, keepdim=True)
+        agg = torch.zeros(1, net.features.out_features)
+        for i in range(0, idx.shape[1], net.chunk_size):
+            sl = slice(i, i + net.chunk_size)
+            feats = net.features(reader.patches(rows[0, sl], cols[0, sl], net.patch_size))  # [m, D]
+            agg = agg + (weights[0, sl, None] * feats).sum(dim=0, keepdim=True)
+        return ModelOutput(logits=net.g(agg), features=agg, alpha=probs, locations=idx,
+                           centers=torch.stack((rows, cols), dim=-1), weights=weights, mode="topk")
+
+    def predict_one(self, slide: Any) -> SlidePrediction:
+        """Probabilities and patch centres for one slide."""
+        began = time.perf_counter()
+        reader, opened = _reader(slide, lambda s: SlideReader(s, (self.mean, self.std)))
+        self.eval()
+        try:
+            with torch.no_grad():
+                out = self(reader)
+        finally:
+            if opened:
+                reader.close()
+        return SlidePrediction(
+            slide=_where(slide), probs=torch.softmax(out.logits, dim=1)[0].numpy(), mode="topk",
+            tiles=np.zeros(0, dtype=np.int64), tile_size=(0, 0), centers=out.centers[0].numpy(),
+            patch_size=self.net.patch_size, weights=out.weights[0].numpy(), alpha=None,
+            seconds=time.perf_counter() - began, reads=dict(reader.reads),
+        )
+
+
+# -------------------------------------------------------------------- measuring
+
+
+def host_peak_memory(fn: Callable[[], Any]) -> dict[str, Any]:
+    """Peak host memory of `fn()`: torch tensor allocations and numpy/Python allocations, measured separately (MiB).
+
+    `fn` runs three times: a timed warm-up (`seconds`, wall clock), then under the profiler for
+    tensors (`profiling.peak_memory`: allocation events replayed), then under tracemalloc for
+    numpy (numpy reports its buffers to tracemalloc: slide reads, thumbnails, masks). Neither sees
+    the C libraries' own buffers (OpenSlide's and PIL's decode buffers). `sum_mb` bounds the
+    combined peak from above (the two peaks need not coincide).
+    """
+    began = time.perf_counter()
+    fn()
+    seconds = time.perf_counter() - began
+    torch_peak = peak_memory(fn, "cpu", warmup=False)
+    tracemalloc.start()
+    try:
+        fn()
+        _, numpy_peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return {"torch_mb": torch_peak.peak_mb, "numpy_mb": numpy_peak / MB, "sum_mb": torch_peak.peak_mb + numpy_peak / MB,
+            "seconds": seconds, "method": f"{torch_peak.method} + tracemalloc"}
+
+
+# -------------------------------------------------------------------- annotations (appendix L, Fig. 7)
+
+
+def roi_tiles(model: SlideZoomIn, reader: SlideReader) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+    """(metastasis-to-tile ratio float [n_rows, n_cols], {tile: ROI mask bool [u, v] at s2}) of an annotated slide.
+
+    Only tiles that meet an ROI bounding box are rasterised (at the s2 grid: pixel centres);
+    a ratio is the ROI fraction of the tile's part inside the slide. No ROI: all zeros.
+    """
+    key = ("roi_tiles", model.net.tile_size, model.net.scale2)
+    if key in reader.cache:
+        return reader.cache[key]
+    n_rows, n_cols = model.grid(reader)
+    th, tw = model.net.tile_size
+    u, v = model.net.subview_size
+    H, W = reader.shape
+    ratios, masks = np.zeros((n_rows, n_cols)), {}
+    boxes = reader.roi.boxes() if reader.roi is not None else np.zeros((0, 4))
+    touched = set()
+    for x0, y0, x1, y1 in boxes:
+        for r in range(max(0, int(y0 // th)), min(n_rows, int(y1 // th) + 1)):
+            for c in range(max(0, int(x0 // tw)), min(n_cols, int(x1 // tw) + 1)):
+                touched.add((r, c))
+    for r, c in sorted(touched):
+        mask = np.asarray(reader.roi.window((c * tw, r * th), (tw, th), (v, u)), dtype=bool)  # [u, v]
+        inside = (((r * th + (np.arange(u) + 0.5) * th / u) < H)[:, None]
+                  & ((c * tw + (np.arange(v) + 0.5) * tw / v) < W)[None, :])
+        ratios[r, c] = mask[inside].mean() if inside.any() else 0.0
+        if mask.any():
+            masks[r * n_cols + c] = mask
+    reader.cache[key] = (ratios, masks)
+    return ratios, masks
+
+
+def pixel_mse(model: SlideZoomIn, reader: SlideReader, out: ModelOutput) -> Tensor:
+    """Eq. 13 of appendix L: ||M(V(x, s1), c) - alpha_c||^2 summed over tiles, plus the same for each computed beta^c (mean over tiles).
+
+    M is 1 on tiles (and s2 view locations) holding any annotated pixel; a slide without an ROI
+    (a normal slide) has M = 0 everywhere.
+    """
+    ratios, masks = roi_tiles(model, reader)
+    m_alpha = torch.from_numpy(ratios.reshape(1, -1) > 0).float()  # [1, T]
+    loss = attention_mse(out.alpha, m_alpha)
+    if out.betas is not None and out.betas.numel():
+        u, v = model.net.subview_size
+        zero = np.zeros((u, v), dtype=bool)
+        m_beta = torch.from_numpy(np.stack([masks.get(int(t), zero).reshape(-1) for t in out.beta_tile])).float()
+        loss = loss + attention_mse(out.betas, m_beta)
+    return loss
+
+
+def slide_loss(
+    *,
+    warmup_epochs: int = 10,
+    lam: float = 1e-5,
+    class_weights: Sequence[float] | None = None,
+    contrastive: bool = True,
+    reference_class: int = 0,
+    pixel_weight: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> Callable[[SlideZoomIn, tuple[Sequence[SlideReader], Tensor], int], tuple[Tensor, dict[str, float]]]:
+    """loss_fn(model, (readers, labels), epoch) for `training.fit`: eq. 12 per slide, averaged over the batch.
+
+    The contrastive loss of sec. 2.2 joins from `warmup_epochs` on (for slides not of the reference
+    class); `pixel_weight` > 0 adds the eq. 13 MSE of `pixel_mse` (appendix L).
+    """
+
+    def loss_fn(model: SlideZoomIn, batch: tuple[Sequence[SlideReader], Tensor], epoch: int) -> tuple[Tensor, dict[str, float]]:
+        readers, labels = batch
+        total, sums = None, {}
+        for reader, y in zip(readers, labels):
+            y1 = y.view(1)
+            out = model(reader, mode="sample", generator=generator)
+            loss, parts = zoomin_objective(out.logits, y1, out.alpha, out.betas, lam=lam, class_weights=class_weights,
+                                           reference_class=reference_class)
+            con = loss.new_zeros(())
+            if contrastive and epoch >= warmup_epochs and int(y) != reference_class:
+                low = model(reader, mode="sample", generator=generator, contrastive=True)
+                con = contrastive_loss(low.logits, y1, reference_class, reduction="sum")
+            pix = pixel_weight * pixel_mse(model, reader, out) if pixel_weight > 0 else loss.new_zeros(())
+            parts.update(contrastive=float(con.detach()), pixel_mse=float(pix.detach()))
+            loss = loss + con + pix
+            total = loss if total is None else total + loss
+            for k, val in parts.items():
+                sums[k] = sums.get(k, 0.0) + val / len(readers)
+        assert total is not None
+        sums["total"] = float(total.detach()) / len(readers)
+        return total / len(readers), sums
+
+    return loss_fn
+
+
+def fit_slides(
+    model: SlideZoomIn,
+    readers: Sequence[SlideReader],
+    *,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    warmup_epochs: int = 10,
+    lam: float = 1e-5,
+    pixel_weight: float = 0.0,
+    seed: int = 0,
+    generator: torch.Generator | None = None,
+    checkpoint_path: str | Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    eval_fn: Callable[[nn.Module], dict[str, Any]] | None = None,
+) -> list[dict[str, Any]]:
+    """Adam on `slide_loss` over the readers (each with its `label`; mini-batches reshuffled per epoch); the history of `training.fit`."""
+    from .experiments import lazy_batches
+
+    if any(r.label is None for r in readers):
+        raise ValueError("every training reader needs a label (SlideReader(..., label=0 or 1))")
+    batches = lazy_batches(lambda idx: [readers[i] for i in idx], [int(r.label) for r in readers], batch_size, seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    loss_fn = slide_loss(warmup_epochs=warmup_epochs, lam=lam, pixel_weight=pixel_weight, generator=generator)
+    return fit(model, batches, loss_fn, optimizer, epochs, eval_fn=eval_fn, checkpoint_path=checkpoint_path,
+               resume=resume, progress=progress, generators=[generator] if generator is not None else [])
+
+
+def _tile_examples(model: SlideZoomIn, readers: Sequence[SlideReader], generator: torch.Generator, negatives: int):
+    """(reader, tile, label) for every tile holding ROI and `negatives` x as many random tissue tiles without."""
+    pos, neg = [], []
+    for reader in readers:
+        ratios, _ = roi_tiles(model, reader)
+        tissue = reader.tissue(model.net.tile_size, model.tissue_side).numpy().reshape(-1)
+        flat = ratios.reshape(-1)
+        pos += [(reader, t, 1) for t in np.flatnonzero(flat > 0)]
+        neg += [(reader, t, 0) for t in np.flatnonzero(tissue & (flat == 0))]
+    order = torch.randperm(len(neg), generator=generator).tolist()
+    return pos + [neg[i] for i in order[: max(1, negatives * len(pos))]]
+
+
+def _subtile_examples(model: SlideZoomIn, examples: list, per_tile: int, generator: torch.Generator):
+    """(reader, row, col, label) sub-tile centres: inside the ROI for positive tiles, anywhere for negative ones."""
+    u, v = model.net.subview_size
+    out = []
+    for reader, tile, label in examples:
+        _, masks = roi_tiles(model, reader)
+        where = np.flatnonzero(masks[tile].reshape(-1)) if label and tile in masks else np.arange(u * v)
+        pick = torch.randint(len(where), (per_tile,), generator=generator).numpy()
+        sub = torch.from_numpy(where[pick])
+        rows, cols = model.centers(reader, torch.full_like(sub, int(tile)), sub)
+        for r, c in zip(rows.tolist(), cols.tolist()):
+            ph, pw = model.net.patch_size
+            hit = label and reader.roi is not None and bool(reader.roi.window((c - pw // 2, r - ph // 2), (pw, ph), (pw, ph)).any())
+            out.append((reader, r, c, int(hit)))
+    return out
+
+
+def _fit_classifier(net: Callable[[Tensor], Tensor], params: list, x: Tensor, y: Tensor, steps: int, lr: float,
+                    generator: torch.Generator, batch_size: int) -> dict[str, Any]:
+    """`steps` Adam steps on BCE of net(x) [M] against y [M] (mini-batches drawn with replacement); losses and training accuracy."""
+    opt = torch.optim.Adam(params, lr=lr)
+    losses = []
+    for _ in range(steps):
+        idx = torch.randint(len(y), (min(batch_size, len(y)),), generator=generator)
+        loss = F.binary_cross_entropy_with_logits(net(x[idx]), y[idx].float())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    with torch.no_grad():
+        acc = float(((torch.cat([net(x[i : i + batch_size]) for i in range(0, len(y), batch_size)]) > 0) == (y > 0)).float().mean())
+    tail = losses[-max(1, steps // 10):]
+    return {"first_loss": losses[0] if losses else math.nan, "last_loss": float(np.mean(tail)) if losses else math.nan,
+            "train_accuracy": acc, "steps": steps}
+
+
+def pretrain_tile_classifiers(
+    model: SlideZoomIn,
+    readers: Sequence[SlideReader],
+    *,
+    steps: int | dict[str, int] = 100,
+    lr: float = 3e-3,
+    negatives: int = 1,
+    subtiles_per_tile: int = 4,
+    batch_size: int = 16,
+    generator: torch.Generator | None = None,
+) -> dict[str, Any]:
+    """Appendix L's pre-training: a, b and f as tile classifiers on annotated slides; returns example counts and fits.
+
+    a sees each example tile's view at s1 and b at s2, f a sub-tile at level 0; a and b's score maps
+    are averaged (global average pooling) into one logit, f gets a linear head discarded afterwards.
+    Labels: 1 when any annotated pixel lies in the input. Tiles with ROI and `negatives` x as many
+    tissue tiles without are used, `subtiles_per_tile` sub-tiles each. `steps` Adam steps per
+    network (an int, or {"a": .., "b": .., "f": ..}): a's inputs are small, f's the costliest.
+    """
+    steps = steps if isinstance(steps, dict) else {"a": steps, "b": steps, "f": steps}
+    gen = generator or torch.Generator().manual_seed(0)
+    net = model.net
+    examples = _tile_examples(model, readers, gen, negatives)
+    if not any(label for _, _, label in examples):
+        raise ValueError("no annotated tile among the readers: pre-training needs slides with an ROI")
+    xa, xb, ys = [], [], []
+    for reader, tile, label in examples:
+        top, left = tile_top_left(torch.tensor([int(tile)]), reader.shape, net.tile_size)
+        xa.append(reader.tile_view(int(top), int(left), net.tile_size, net.scale1))
+        xb.append(reader.tile_view(int(top), int(left), net.tile_size, net.scale2))
+        ys.append(label)
+    y_tile = torch.tensor(ys)
+    subs = _subtile_examples(model, examples, subtiles_per_tile, gen)
+    xf = torch.cat([r.patches(torch.tensor([row]), torch.tensor([col]), net.patch_size) for r, row, col, _ in subs])
+    y_sub = torch.tensor([label for *_, label in subs])
+    head = nn.Linear(net.features.out_features, 1)
+    was_training = model.training
+    model.train()
+    try:
+        fits = {
+            "a": _fit_classifier(lambda x: net.attention_a(x).mean(dim=(1, 2, 3)), list(net.attention_a.parameters()),
+                                 torch.cat(xa), y_tile, steps.get("a", 0), lr, gen, batch_size),
+            "b": _fit_classifier(lambda x: net.attention_b(x).mean(dim=(1, 2, 3)), list(net.attention_b.parameters()),
+                                 torch.cat(xb), y_tile, steps.get("b", 0), lr, gen, batch_size),
+            "f": _fit_classifier(lambda x: head(net.features(x))[:, 0], list(net.features.parameters()) + list(head.parameters()),
+                                 xf, y_sub, steps.get("f", 0), lr, gen, batch_size),
+        }
+    finally:
+        model.train(was_training)
+    return {"tiles": len(examples), "positive_tiles": int(y_tile.sum()), "subtiles": len(subs),
+            "positive_subtiles": int(y_sub.sum()), "fits": fits}
+
+
+# -------------------------------------------------------------------- evaluation
+
+
+def evaluate_slides(
+    model: SlideZoomIn | SlideATS,
+    slides: Sequence[Any],
+    labels: Sequence[int],
+    *,
+    mode: str = "topk",
+    generator: torch.Generator | None = None,
+) -> tuple[dict[str, Any], list[SlidePrediction], list[str]]:
+    """(accuracy, AUC, confusion and time per slide; the predictions; the slides that failed, named) over `slides`."""
+    preds, problems, kept = [], [], []
+    for slide, label in zip(slides, labels):
+        try:
+            p = model.predict_one(slide, mode, generator) if isinstance(model, SlideZoomIn) else model.predict_one(slide)
+        except (SlideError, OSError, ValueError) as err:
+            problems.append(str(err) if _where(slide) in str(err) else f"{_where(slide)}: {err}")
+            continue
+        preds.append(p)
+        kept.append(int(label))
+    if not preds:
+        raise ValueError(f"no slide could be predicted: {problems}")
+    y = np.array(kept)
+    probs = np.stack([p.probs for p in preds])  # [n, C]
+    pred = probs.argmax(axis=1)
+    confusion = np.zeros((probs.shape[1], probs.shape[1]), dtype=int)
+    np.add.at(confusion, (y, pred), 1)
+    auc = binary_auc(probs[:, 1], y) if probs.shape[1] == 2 else math.nan
+    seconds = np.array([p.seconds for p in preds])
+    metrics = {"n": len(preds), "accuracy": float((pred == y).mean()), "auc": None if math.isnan(auc) else auc,
+               "confusion": confusion.tolist(), "seconds_median": float(np.median(seconds)),
+               "seconds_mean": float(seconds.mean()), "mode": mode, "failed": len(problems)}
+    return metrics, preds, problems
+
+
+def attention_roi_spearman(
+    alphas: Sequence[np.ndarray], ratios: Sequence[np.ndarray], tissue: Sequence[np.ndarray] | None = None
+) -> dict[str, Any]:
+    """Spearman's rho between alpha_c and the metastasis-to-tile ratio over the (tissue) tiles of annotated slides (Fig. 7)."""
+    from scipy.stats import spearmanr
+
+    xs, ys, per_slide = [], [], []
+    for k, (a, r) in enumerate(zip(alphas, ratios)):
+        keep = np.ones(a.shape, dtype=bool) if tissue is None else np.asarray(tissue[k], dtype=bool)
+        xs.append(a[keep].ravel())
+        ys.append(r[keep].ravel())
+        rho_k = spearmanr(xs[-1], ys[-1]).statistic if np.ptp(ys[-1]) > 0 and np.ptp(xs[-1]) > 0 else math.nan
+        per_slide.append(float(rho_k))
+    x, y = np.concatenate(xs), np.concatenate(ys)
+    res = spearmanr(x, y) if np.ptp(y) > 0 and np.ptp(x) > 0 else None
+    return {"rho": math.nan if res is None else float(res.statistic), "p_value": math.nan if res is None else float(res.pvalue),
+            "n_tiles": int(x.size), "n_tiles_with_roi": int((y > 0).sum()), "per_slide": per_slide}
+
+
+# -------------------------------------------------------------------- figures
+
+
+def show_slide(
+    ax: Any,
+    thumbnail: np.ndarray,
+    dimensions: tuple[int, int],
+    *,
+    alpha: np.ndarray | None = None,
+    tile_size: tuple[int, int] | None = None,
+    tissue: np.ndarray | None = None,
+    contours: Sequence[np.ndarray] = (),
+    tile_boxes: np.ndarray | None = None,
+    subtile_boxes: np.ndarray | None = None,
+    title: str = "",
+    heat: float = 0.5,
+) -> None:
+    """Zoom-In fig. 1 / 6: a slide's thumbnail, alpha over its tiles, annotation contours, drawn tiles and sub-tiles.
+
+    Level-0 coordinates throughout: `dimensions` = (W, H); alpha [n_rows, n_cols] is min-max
+    normalised over the tissue tiles (others transparent; `heat` its opacity); contours are [K, 2] (x, y) polygons
+    (cyan), tile boxes (x, y, w, h) yellow, sub-tile boxes lime (with a dot at each centre, as they
+    are a few thumbnail pixels wide).
+    """
+    import matplotlib.pyplot as plt
+
+    W, H = dimensions
+    ax.imshow(thumbnail, extent=(0, W, H, 0))
+    if alpha is not None and tile_size is not None:
+        th, tw = tile_size
+        keep = np.ones(alpha.shape, dtype=bool) if tissue is None else np.asarray(tissue, dtype=bool)
+        a = np.where(keep, alpha, np.nan)
+        lo, hi = np.nanmin(a), np.nanmax(a)
+        a = (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
+        ax.imshow(np.ma.masked_invalid(a), cmap="inferno", alpha=heat, interpolation="nearest",
+                  extent=(0, alpha.shape[1] * tw, alpha.shape[0] * th, 0))
+    for c in contours:
+        closed = np.vstack([c, c[:1]])
+        ax.plot(closed[:, 0], closed[:, 1], color="cyan", lw=1.0)
+    for boxes, colour, lw in ((tile_boxes, "yellow", 1.0), (subtile_boxes, "lime", 0.8)):
+        for x, y, w, h in ([] if boxes is None else boxes):
+            ax.add_patch(plt.Rectangle((x, y), w, h, fill=False, ec=colour, lw=lw))
+    if subtile_boxes is not None and len(subtile_boxes):
+        b = np.asarray(subtile_boxes)
+        ax.scatter(b[:, 0] + b[:, 2] / 2, b[:, 1] + b[:, 3] / 2, s=4, c="lime", marker="s", linewidths=0)
+    ax.set_xlim(0, W)
+    ax.set_ylim(H, 0)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(title, fontsize=8)
