@@ -376,9 +376,11 @@ def unique_tiles(model: nn.Module, x: Tensor, generator: torch.Generator | None 
     return torch.bincount(draws.batch, minlength=x.shape[0])  # [B]
 
 
-def training_step_peak_mb(model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator | None = None) -> float:
-    """Peak memory (MiB) of one forward + backward of the eq. 12 loss on (x, y) in the model's train mode."""
-    loss_fn = sampling_loss(warmup_epochs=10**9, generator=generator)  # no contrastive pass: one forward
+def training_step_peak_mb(model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator | None = None,
+                          loss_fn: Callable | None = None) -> float:
+    """Peak memory (MiB) of one forward + backward of `loss_fn` (default: the eq. 12 loss) on (x, y) in train mode."""
+    if loss_fn is None:
+        loss_fn = sampling_loss(warmup_epochs=10**9, generator=generator)  # no contrastive pass: one forward
 
     def step() -> None:
         loss, _ = loss_fn(model, (x, y), 0)

@@ -38,10 +38,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .experiments import TrainSettings, train_model
+from .experiments import TrainSettings, train_model, training_step_peak_mb
 from .io import write_json
 from .losses import entropy_regularizer
-from .profiling import peak_memory
 from .training import seed_everything
 
 __all__ = [
@@ -308,20 +307,7 @@ def training_peak_mb(
     model: nn.Module, x: Tensor, y: Tensor, lam: float = 0.0, generator: torch.Generator | None = None
 ) -> float:
     """Peak memory (MiB) of one forward + backward of `multitask_loss` on (x [B, C, H, W], y [B, 13]) in train mode."""
-    loss_fn = multitask_loss(lam, generator)
-
-    def step() -> None:
-        loss, _ = loss_fn(model, (x, y), 0)
-        loss.backward()
-
-    was_training = model.training
-    model.train()
-    try:
-        report = peak_memory(step, x.device, warmup=False)
-    finally:
-        model.zero_grad(set_to_none=True)
-        model.train(was_training)
-    return report.peak_mb
+    return training_step_peak_mb(model, x, y, loss_fn=multitask_loss(lam, generator))
 
 
 def accuracy_rows(
