@@ -24,6 +24,7 @@ from zoomin_lib.slide_zoomin import (
     pretrain_tile_classifiers,
     receptive_halo,
     roi_tiles,
+    window_examples,
     slide_loss,
 )
 from zoomin_lib.slides import ArraySlide, SlideError, write_pyramid_tiff
@@ -222,6 +223,26 @@ def test_training_on_a_slide_reaches_every_network_and_eq13(blob_slide):
         assert float(pixel_mse(model, reader, out).detach()) > 0
         info = pretrain_tile_classifiers(model, [reader], steps={"a": 2, "b": 1, "f": 1}, subtiles_per_tile=2)
         assert info["positive_tiles"] == 4 and info["positive_subtiles"] > 0 and info["fits"]["a"]["steps"] == 2
+        info = pretrain_tile_classifiers(model, [reader], steps=1, subtiles_per_tile=1, windows={"a": 4, "b": 8}, windows_per_tile=3)
+        assert info["windows"]["b"]["examples"] == 3 * info["tiles"] and info["windows"]["b"]["positive"] >= 3
+
+
+def test_window_examples_centre_on_the_roi_and_label_by_the_mask():
+    """Windows of a positive view hold its ROI (mask on a finer grid), a negative view's never; all clamped inside."""
+    views = torch.arange(2 * 3 * 32 * 32, dtype=torch.float32).reshape(2, 3, 32, 32)  # [2, 3, 32, 32]
+    mask = np.zeros((128, 128), dtype=bool)  # the s2 grid: 4x finer than the views
+    mask[120:124, 0:4] = True  # one ROI at view pixel (30, 0): near an edge, so windows must be clamped
+    x, y = window_examples(views, [mask, None], [1, 0], window=8, per_view=5, generator=torch.Generator().manual_seed(0))
+    assert x.shape == (10, 3, 8, 8) and y.tolist() == [1] * 5 + [0] * 5
+    corner = views[0, :, 24:32, 0:8]  # the only 8x8 window inside the view that is centred as near (30, 0) as possible
+    assert all(torch.equal(w, corner) for w in x[:5])
+    for w in x[5:]:  # negative windows: some 8x8 block of the second view
+        r0, c0 = divmod(int(w[0, 0, 0].item() - views[1, 0, 0, 0].item()), 32)
+        assert torch.equal(w, views[1, :, r0 : r0 + 8, c0 : c0 + 8])
+    far = np.zeros((128, 128), dtype=bool)
+    far[0:4, 0:4] = True  # a labelled view whose windows are drawn at the ROI: always positive
+    _, y2 = window_examples(views[:1], [far], [1], window=40, per_view=3, generator=torch.Generator().manual_seed(1))
+    assert y2.tolist() == [1, 1, 1]  # window larger than the view: the whole view
 
 
 def test_attention_roi_spearman():

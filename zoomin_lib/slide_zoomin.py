@@ -59,6 +59,7 @@ from .training import binary_auc, fit
 __all__ = [
     "ROI",
     "aa_weights",
+    "window_examples",
     "receptive_halo",
     "SlideReader",
     "SlidePrediction",
@@ -875,6 +876,36 @@ def _subtile_examples(model: SlideZoomIn, examples: list, per_tile: int, generat
     return out
 
 
+def window_examples(
+    views: Tensor, masks: Sequence[np.ndarray | None], labels: Sequence[int], window: int, per_view: int,
+    generator: torch.Generator,
+) -> tuple[Tensor, Tensor]:
+    """Square windows of side `window` cut from tile views [n, C, h, w] and their labels (any ROI inside).
+
+    A positive view's windows are centred on random ROI positions of its mask (bool [u, v] on the s2
+    grid, mapped onto the view's own grid), a negative view's anywhere; windows are clamped inside the
+    view. Returns (windows [n * per_view, C, k, k], labels [n * per_view]) with k = min(window, h, w).
+    """
+    _, _, h, w = views.shape
+    k = min(int(window), h, w)
+    xs, ys = [], []
+    for view, mask, label in zip(views, masks, labels):
+        u, v = mask.shape if mask is not None else (h, w)
+        where = np.argwhere(mask) if label and mask is not None else np.zeros((0, 2), dtype=int)  # [m, 2] (row, col) on [u, v]
+        for _ in range(per_view):
+            if len(where):
+                r, c = where[int(torch.randint(len(where), (1,), generator=generator))]
+                cy, cx = (r + 0.5) * h / u, (c + 0.5) * w / v
+            else:
+                cy, cx = (torch.randint(h, (1,), generator=generator).item(), torch.randint(w, (1,), generator=generator).item())
+            r0 = min(max(int(cy) - k // 2, 0), h - k)
+            c0 = min(max(int(cx) - k // 2, 0), w - k)
+            hit = mask is not None and bool(mask[r0 * u // h : -(-(r0 + k) * u // h), c0 * v // w : -(-(c0 + k) * v // w)].any())
+            xs.append(view[:, r0 : r0 + k, c0 : c0 + k])  # [C, k, k]
+            ys.append(int(hit))
+    return torch.stack(xs), torch.tensor(ys)
+
+
 def _fit_classifier(net: Callable[[Tensor], Tensor], params: list, x: Tensor, y: Tensor, steps: int, lr: float,
                     generator: torch.Generator, batch_size: int) -> dict[str, Any]:
     """`steps` Adam steps on BCE of net(x) [M] against y [M] (mini-batches drawn with replacement); losses and training accuracy."""
@@ -904,6 +935,8 @@ def pretrain_tile_classifiers(
     subtiles_per_tile: int = 4,
     batch_size: int = 16,
     generator: torch.Generator | None = None,
+    windows: dict[str, int] | None = None,
+    windows_per_tile: int = 4,
 ) -> dict[str, Any]:
     """Appendix L's pre-training: a, b and f as tile classifiers on annotated slides; returns example counts and fits.
 
@@ -912,6 +945,10 @@ def pretrain_tile_classifiers(
     Labels: 1 when any annotated pixel lies in the input. Tiles with ROI and `negatives` x as many
     tissue tiles without are used, `subtiles_per_tile` sub-tiles each. `steps` Adam steps per
     network (an int, or {"a": .., "b": .., "f": ..}): a's inputs are small, f's the costliest.
+    `windows` ({"a": k1, "b": k2}) trains a or b on k x k windows of the tile views instead
+    (`window_examples`, `windows_per_tile` a tile): appendix L's "patches consistent in size and scale
+    with the view", small enough that a metastasis fills a fair part of a positive one, where
+    average pooling over a whole tile view dilutes a small one below what a classifier can learn.
     """
     steps = steps if isinstance(steps, dict) else {"a": steps, "b": steps, "f": steps}
     gen = generator or torch.Generator().manual_seed(0)
@@ -919,13 +956,19 @@ def pretrain_tile_classifiers(
     examples = _tile_examples(model, readers, gen, negatives)
     if not any(label for _, _, label in examples):
         raise ValueError("no annotated tile among the readers: pre-training needs slides with an ROI")
-    xa, xb, ys = [], [], []
+    windows = windows or {}
+    xa, xb, ys, tile_masks = [], [], [], []
     for reader, tile, label in examples:
+        tile_masks.append(roi_tiles(model, reader)[1].get(int(tile)) if label else None)
         top, left = tile_top_left(torch.tensor([int(tile)]), reader.shape, net.tile_size)
         xa.append(reader.tile_view(int(top), int(left), net.tile_size, net.scale1))
         xb.append(reader.tile_view(int(top), int(left), net.tile_size, net.scale2))
         ys.append(label)
     y_tile = torch.tensor(ys)
+    inputs = {}
+    for key, views in (("a", torch.cat(xa)), ("b", torch.cat(xb))):  # [n, 3, h, w] tile views at s1, s2
+        inputs[key] = (window_examples(views, tile_masks, ys, windows[key], windows_per_tile, gen) if key in windows
+                       else (views, y_tile))
     subs = _subtile_examples(model, examples, subtiles_per_tile, gen)
     xf = torch.cat([r.patches(torch.tensor([row]), torch.tensor([col]), net.patch_size) for r, row, col, _ in subs])
     y_sub = torch.tensor([label for *_, label in subs])
@@ -935,16 +978,18 @@ def pretrain_tile_classifiers(
     try:
         fits = {
             "a": _fit_classifier(lambda x: net.attention_a(x).mean(dim=(1, 2, 3)), list(net.attention_a.parameters()),
-                                 torch.cat(xa), y_tile, steps.get("a", 0), lr, gen, batch_size),
+                                 *inputs["a"], steps.get("a", 0), lr, gen, batch_size),
             "b": _fit_classifier(lambda x: net.attention_b(x).mean(dim=(1, 2, 3)), list(net.attention_b.parameters()),
-                                 torch.cat(xb), y_tile, steps.get("b", 0), lr, gen, batch_size),
+                                 *inputs["b"], steps.get("b", 0), lr, gen, batch_size),
             "f": _fit_classifier(lambda x: head(net.features(x))[:, 0], list(net.features.parameters()) + list(head.parameters()),
                                  xf, y_sub, steps.get("f", 0), lr, gen, batch_size),
         }
     finally:
         model.train(was_training)
     return {"tiles": len(examples), "positive_tiles": int(y_tile.sum()), "subtiles": len(subs),
-            "positive_subtiles": int(y_sub.sum()), "fits": fits}
+            "positive_subtiles": int(y_sub.sum()), "fits": fits,
+            "windows": {k: {"side": windows[k], "examples": len(inputs[k][1]), "positive": int(inputs[k][1].sum())}
+                        for k in windows}}
 
 
 # -------------------------------------------------------------------- evaluation
