@@ -74,7 +74,7 @@ SETTINGS = {
     "smoke": dict(
         needle=dict(n_train=8, n_test=8, epochs=1, remedy_epochs=1, batch=4, lr=1e-3, warmup=0, n_patches=4,
                     scale2=0.25, memory=16, iters=256, windows=(6, 3), detector_epochs=1),
-        o2i=dict(canvas=300, digits=(28, 56), train_sizes=(8, 16), n_val=8, epochs=1, batch=8, lr=1e-3,
+        o2i=dict(canvas=300, digits=(28, 56), train_sizes=(8, 16), n_val=8, epochs=1, batch=8, lr=1e-3, cosine=False,
                  memory=10, iters=36),
         thick=dict(canvas=300, thicknesses=(1.4, 2.4), n_train=8, n_val=8, epochs=1, seeds=1),
     ),
@@ -83,14 +83,15 @@ SETTINGS = {
     # time than raw Zoom-In's 5), batch 4; Zoom-In on raw canvases with s2 = 0.25 (not 0.5).
     # O2I: the thesis's canvas shrunk ten times per side (300x300, not 3000x3000) with the digits at their
     # sizes and the noise at its density, two digit sizes (28, 56; not also 84, 112), two training-set sizes
-    # (200, 800; not 800, 1000, 2000, 4000), 8 epochs (not 100); thickness: two of the six values, 8 epochs
-    # (not 50), one seed (not 3), 800 canvases (not 2000)
+    # (200, 800; not 800, 1000, 2000, 4000), 20 epochs of batch 8 with cosine decay (not 100 of 16; with 8
+    # epochs of 16 nothing learned); thickness: two of the six values, 20 epochs (not 50), one seed (not 3),
+    # 800 canvases (not 2000)
     "cpu": dict(
         needle=dict(n_train=320, n_test=200, epochs=5, remedy_epochs=20, batch=4, lr=1e-3, warmup=2, n_patches=30,
                     scale2=0.25, memory=100, iters=256, windows=(60, 30), detector_epochs=12),
-        o2i=dict(canvas=300, digits=(28, 56), train_sizes=(200, 800), n_val=250, epochs=8, batch=16, lr=1e-3,
-                 memory=10, iters=36),
-        thick=dict(canvas=300, thicknesses=(1.4, 2.4), n_train=800, n_val=250, epochs=8, seeds=1),
+        o2i=dict(canvas=300, digits=(28, 56), train_sizes=(200, 800), n_val=250, epochs=20, batch=8, lr=1e-3,
+                 cosine=True, memory=10, iters=36),
+        thick=dict(canvas=300, thicknesses=(1.4, 2.4), n_train=800, n_val=250, epochs=20, seeds=1),
     ),
     # the papers: NeedleMNIST with Zoom-In's NeedleCamelyon settings (sec. 4: s2 = 0.5, N = 30, 32x32 sub-tiles;
     # appendix G: lr 1e-4, 150 epochs, the rest as colon cancer: batch 5, contrastive after 10 epochs); the
@@ -100,7 +101,7 @@ SETTINGS = {
         needle=dict(n_train=2000, n_test=500, epochs=150, remedy_epochs=150, batch=5, lr=1e-4, warmup=10,
                     n_patches=30, scale2=0.5, memory=100, iters=256, windows=(60, 30), detector_epochs=20),
         o2i=dict(canvas=3000, digits=o2i.DIGIT_SIZES, train_sizes=tuple(sorted(o2i.TRAIN_SIZES)), n_val=1000,
-                 epochs=100, batch=16, lr=1e-3, memory=100, iters=256),
+                 epochs=100, batch=16, lr=1e-3, cosine=False, memory=100, iters=256),
         thick=dict(canvas=1500, thicknesses=o2i.THESIS_THICKNESSES, n_train=2000, n_val=1000, epochs=50, seeds=3),
     ),
 }
@@ -363,12 +364,14 @@ metrics["needle"] = {"rows": needle_rows, "loudness": loudness, "chance": chance
 # every step: far beyond two CPU cores. So the canvas is 300x300 (ten times smaller per side) with the digits
 # at their sizes and the noise count scaled with the area (8 curves for 28 px digits, 6 for 56 px), which
 # keeps the noise density and makes every O2I ratio exactly 100 times the thesis's (0.87 % and 3.5 %). The
-# grid is two digit sizes by two training-set sizes (200 and 800 canvases), trained for 8 epochs. The trend
-# may or may not survive such a budget; it is reported, not asserted. `paper` runs the thesis's grid.
+# grid is two digit sizes by two training-set sizes (200 and 800 canvases), trained for 20 epochs of batch 8.
+# The trend may or may not survive such a budget; it is reported, not asserted, and what is asserted is only
+# that IPS learns something in the easiest cell (56 px digits, 800 canvases: Maj above chance by more than two
+# standard errors). `paper` runs the thesis's grid.
 
 # %%
 O = cfg["o2i"]
-o2i_settings = TrainSettings(epochs=O["epochs"], batch_size=O["batch"], lr=O["lr"])
+o2i_settings = TrainSettings(epochs=O["epochs"], batch_size=O["batch"], lr=O["lr"], cosine_decay=O["cosine"])
 ips_tasks = lambda: ips_with_encoder(n_classes=[10] * len(mt.TASKS), patch_size=50, memory_size=O["memory"],  # noqa: E731
                                      iter_size=O["iters"])
 cache = O["canvas"] <= 1000  # small canvases are rendered once and held in memory
@@ -448,6 +451,10 @@ trend = {t: {"more data, small digits": grid[(small, many)][t] - grid[(small, fe
 for t, diffs in trend.items():
     print(f"{t}: " + "; ".join(f"{k} {100 * v:+.1f} points" for k, v in diffs.items()))
 assert all(0.0 <= grid[key][t] <= 1.0 for key in grid for t in mt.TASKS)
+if profile == "cpu":
+    easiest = grid[(large, many)]["maj"]
+    floor = o2i_chance[large]["maj"] + 2 * np.sqrt(o2i_chance[large]["maj"] * (1 - o2i_chance[large]["maj"]) / O["n_val"])
+    assert easiest > floor, f"IPS should beat chance on Maj with {large} px digits and {many} canvases: {easiest:.3f} <= {floor:.3f}"
 metrics["o2i"] = {"rows": o2i_rows, "chance": {str(d): v for d, v in o2i_chance.items()}, "trend": trend}
 
 # %% [markdown]
@@ -482,7 +489,7 @@ save_figure(fig, out, "figure10_noise_thickness");
 # %% [markdown]
 # **What the `cpu` profile reduces.** The same 300x300 canvas as above with 28 px digits and the text's noise
 # density (800 curves on 1500x1500, so 32 here; O2I 0.87 %), the two ends of the sweep (1.4 and 2.4), 800
-# training canvases, 8 epochs, one seed. Reported, not asserted.
+# training canvases, 20 epochs of batch 8, one seed. Reported, not asserted.
 
 # %%
 n_noise = o2i_noise_for(28, T["canvas"], reference_canvas=1500, reference_count=800)
@@ -494,7 +501,7 @@ for t in T["thicknesses"]:
     train_c, val_c = CanvasSet(train_t, cache=T["canvas"] <= 1000), CanvasSet(val_t, cache=T["canvas"] <= 1000)
     runs = []
     for s in range(T["seeds"]):
-        run, _ = mt.train_tasks(f"thickness{t:g}_seed{s}", ips_tasks, TrainSettings(T["epochs"], O["batch"], O["lr"]),
+        run, _ = mt.train_tasks(f"thickness{t:g}_seed{s}", ips_tasks, TrainSettings(T["epochs"], O["batch"], O["lr"], cosine_decay=O["cosine"]),
                                 lazy_batches(train_c.load, y_train, O["batch"], seed + s),
                                 lazy_batches(val_c.load, y_val, 16, seed, shuffle=False), run_seed=seed + s, out_dir=out)
         runs.append(run.metrics)
