@@ -292,8 +292,9 @@ markdown_table(paper_table)
 # above), so $\beta$ can send sub-tiles onto the metastases of the tiles that $\alpha$ draws (the lime boxes of
 # the figures below), and $f$, pre-trained on sub-tiles, tells them apart: in the `cpu` run this variant ranks
 # the tumour slides above the normal ones (the chapter asserts an AUC of at least 0.8; with 10 test slides,
-# accuracies move in steps of 10 points). Sampling mode can rank as well as top-k and still misclassify more:
-# its $N$ fresh draws give noisier features around a threshold that $g$ learnt on draws of the same kind. **Without annotations** nothing tells $a$ and $b$ where to look but the gradient of the
+# accuracies move in steps of 10 points). Compare the two inference modes in the table: an AUC near that of
+# top-k with a lower accuracy means that sampling's fresh draws still rank the slides but shift their scores
+# across the 0.5 threshold. **Without annotations** nothing tells $a$ and $b$ where to look but the gradient of the
 # estimator, and a uniformly drawn sub-tile lands on a metastasis rarely (they cover well under 1 % of the
 # tissue), so $f$ and $g$ get little signal in a few hundred Adam steps (20 epochs of 10 mini-batches here,
 # against some 10,000 in the paper): its accuracy above is what that budget gives, not a finding about
