@@ -440,7 +440,7 @@ save_figure(fig, out, "figure4_o2i_grid");
 # when data are scarce (table 10, Maj with 800 canvases: 43.0 % at 28 px, 84.2 % at 112 px; with 4000:
 # 98.3 % and 98.7 %). Below, the same differences as measured here; they are printed, not asserted: the
 # `cpu` budget is two to three orders of magnitude below the thesis's, a single run on 250 validation canvases
-# has a standard error of about two points on Maj, and only differences well beyond that say anything.
+# has a standard error of two to three points on Maj, and only differences well beyond that say anything.
 
 # %%
 small, large = O["digits"][0], O["digits"][-1]
