@@ -24,8 +24,8 @@ from zoomin_lib.slide_zoomin import (
     pretrain_tile_classifiers,
     receptive_halo,
     roi_tiles,
-    window_examples,
     slide_loss,
+    window_examples,
 )
 from zoomin_lib.slides import ArraySlide, SlideError, write_pyramid_tiff
 

@@ -897,7 +897,7 @@ def window_examples(
                 r, c = where[int(torch.randint(len(where), (1,), generator=generator))]
                 cy, cx = (r + 0.5) * h / u, (c + 0.5) * w / v
             else:
-                cy, cx = (torch.randint(h, (1,), generator=generator).item(), torch.randint(w, (1,), generator=generator).item())
+                cy, cx = torch.randint(h, (1,), generator=generator).item(), torch.randint(w, (1,), generator=generator).item()
             r0 = min(max(int(cy) - k // 2, 0), h - k)
             c0 = min(max(int(cx) - k // 2, 0), w - k)
             hit = mask is not None and bool(mask[r0 * u // h : -(-(r0 + k) * u // h), c0 * v // w : -(-(c0 + k) * v // w)].any())
