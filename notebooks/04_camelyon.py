@@ -88,7 +88,8 @@ SETTINGS = {
     # the book's default on a 2-core CPU: the cpu stand-in (16384^2 slides), the paper's scales s1, s2 and
     # 50x50 sub-tiles, 1024^2 tiles (3200^2 would leave 6x6 tiles a slide), N = 16 (not 100), 20 epochs at
     # lr 1e-3 (not 200 at 1e-4), batch 2 (not 5); LeNet only; a and b pre-trained on 8x8 and 16x16 windows of
-    # their tile views (the whole 32x32 and 128x128 views: chance-level pre-training); the memory curve from 1e8 to 1e10 pixels
+    # their tile views (on the whole 32x32 and 128x128 views they reached 72 % and the model stayed at chance);
+    # the memory curve from 1e8 to 1e10 pixels
     "cpu": dict(synthetic="cpu", tile=1024, s1=1 / 32, s2=1 / 8, patch=50, n=16, epochs=20, warmup=5, lr=1e-3, batch=2,
                 val_fraction=0.0, variants=("lenet",), pixel=True, pretrain_steps={"a": 300, "b": 150, "f": 40},
                 pretrain_lr=1e-2, pretrain_windows={"a": 8, "b": 16}, strip_pixels=2**16, memory_slides=2,
@@ -165,8 +166,8 @@ markdown_table(geometry)
 # annotated pixel lies in it. Appendix L leaves the patches' size open. Whole tile views (32 x 32 at $s_1$,
 # 128 x 128 at $s_2$ here) make a hard task of it: a small metastasis is a few per cent of the view, and
 # averaging the score map dilutes it: in an earlier run of this chapter (not repeated here) $a$ and $b$ stayed
-# near 72 % training accuracy, $\beta$ almost never put a drawn sub-tile on a metastasis, and the model stayed at chance. The `cpu` profile therefore uses
-# windows of 8 x 8 and 16 x 16 view pixels (256 and 128 level-0 pixels a side), centred on annotated pixels in
+# near 72 % training accuracy, $\beta$ almost never put a drawn sub-tile on a metastasis, and the model stayed
+# at chance. The `cpu` profile therefore uses windows of 8 x 8 and 16 x 16 view pixels (256 and 128 level-0 pixels a side), centred on annotated pixels in
 # tiles with metastases and anywhere in the others (`slide_zoomin.window_examples`); the `paper` profile keeps
 # the whole views. Training then adds eq. 13,
 # $\sum_c (M(V(x, s_1), c) - \alpha_c)^2 + \sum_{c'} (M(V(x, s_2), c') - \beta^c_{c'})^2$, with $M$ the
