@@ -211,8 +211,7 @@ markdown_table(result_rows(results, costs), digits=3)
 # How far did training get? The test split is balanced, so always answering one class is right half the time;
 # a method has learned something about metastases only above that. The AUC says more than the accuracy of a
 # model that answers one class: below 0.5, its scores rank the normal crops above the tumour crops, so what
-# it responds to is not the metastasis but something else that tells the two kinds of crop apart (on the
-# stand-in: how much glass and which slide's tissue a crop holds).
+# it responds to is not the metastasis but something else that tells the two kinds of crop apart.
 
 # %%
 majority, learned = above_majority(results, test_set.labels.numpy())
