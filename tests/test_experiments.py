@@ -151,6 +151,24 @@ def test_lazy_batches_load_only_when_iterated_and_cover_every_sample():
     assert all(yb == [[0, 1, 0, 1, 1][i] for i in idx] for idx, yb in seen)
     ordered = [xb.long().tolist() for xb, _ in lazy_batches(load, [0, 1, 0], 2, 0, shuffle=False)(3)]
     assert ordered == [[0, 1], [2]]
+    with_masks = list(lazy_batches(load, [0, 1, 0], 2, 0, shuffle=False, masks=lambda idx: [10 * i for i in idx])(0))
+    assert [(xb.long().tolist(), m) for xb, _, m in with_masks] == [([0, 1], [0, 10]), ([2], [20])]
+
+
+def test_per_image_hands_each_image_its_own_mask():
+    """Batches (images, labels, masks): each image's loss sees its own mask [1, H_i, W_i]."""
+    from zoomin_lib.experiments import per_image
+
+    seen = []
+
+    def loss_fn(model, batch, epoch):
+        x, y, mask = batch
+        seen.append((tuple(x.shape[-2:]), tuple(mask.shape)))
+        return x.sum() * 0, {}
+
+    images = [torch.rand(1, 1, 20, 30), torch.rand(1, 1, 40, 24)]
+    per_image(loss_fn)(None, (images, torch.tensor([0, 1]), [torch.zeros(1, 20, 30), torch.zeros(1, 40, 24)]), 0)
+    assert seen == [((20, 30), (1, 20, 30)), ((40, 24), (1, 40, 24))]
 
 
 def test_top_tile_and_subtile_are_the_argmaxes_inside_the_image():
@@ -188,6 +206,9 @@ def test_above_majority_names_only_methods_beating_the_majority_rate():
     runs = {"good": [FoldResult("good", 0, 0, 0.9, None, 10, 0.1)], "bad": [FoldResult("bad", 0, 0, 0.5, None, 10, 1.0)]}
     majority, beaten = above_majority(runs, [0, 0, 0, 0, 0, 0, 1, 1, 2, 3])
     assert majority == 0.6 and beaten == {"good": 0.9}
+    # two standard errors of the majority rate on 10 labels: 2 sqrt(0.24 / 10) = 0.31, so 0.9 > 0.91 fails
+    assert above_majority(runs, [0, 0, 0, 0, 0, 0, 1, 1, 2, 3], z=2.0)[1] == {}
+    assert above_majority(runs, [0, 0, 0, 0, 0, 0, 1, 1, 2, 3], z=1.0)[1] == {"good": 0.9}
 
 
 def test_zoomin_first_stage_scores_are_unbounded_unless_table_5s_tanh_is_asked_for():

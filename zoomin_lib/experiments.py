@@ -73,6 +73,7 @@ class TrainSettings:
     contrastive: bool = True
     class_weights: tuple[float, ...] | None = None
     cosine_decay: bool = False  # lr decays to 0 by a cosine over the epochs (the papers keep it fixed)
+    box_weight: float = 0.0  # > 0: add the attention cross-entropy against ROI masks (batches carry them)
 
 
 def channel_stats(x: Tensor) -> tuple[Tensor, Tensor]:
@@ -104,8 +105,9 @@ def lazy_batches(
     batch_size: int,
     seed: int,
     shuffle: bool = True,
-) -> Callable[[int], Iterator[tuple[Any, Tensor]]]:
-    """epoch -> mini-batches (load(indices), labels [b]) read from disk only when iterated; order from (seed, epoch)."""
+    masks: Callable[[Sequence[int]], Any] | None = None,
+) -> Callable[[int], Iterator[tuple[Any, ...]]]:
+    """epoch -> mini-batches (load(indices), labels [b][, masks(indices)]) read only when iterated; order from (seed, epoch)."""
     y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
     if y.numel() == 0:
         raise ValueError("lazy_batches needs at least one sample")
@@ -115,7 +117,7 @@ def lazy_batches(
                  if shuffle else torch.arange(len(y)))
         for i in range(0, len(order), batch_size):
             idx = order[i : i + batch_size]
-            yield load(idx.tolist()), y[idx]
+            yield (load(idx.tolist()), y[idx]) if masks is None else (load(idx.tolist()), y[idx], masks(idx.tolist()))
 
     return batches
 
@@ -148,7 +150,7 @@ def train_model(
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
     loss_fn = sampling_loss(
         warmup_epochs=settings.warmup_epochs, lam=settings.lam, class_weights=settings.class_weights,
-        contrastive=settings.contrastive, generator=generator,
+        contrastive=settings.contrastive, generator=generator, box_weight=settings.box_weight,
     )
     if loss_wrapper is not None:
         loss_fn = loss_wrapper(loss_fn)
@@ -258,13 +260,13 @@ def run_folds(
 
 
 def per_image(loss_fn: Callable) -> Callable:
-    """A loss over batches ([x_i [1, C, H_i, W_i], ...], y [B]) of images of different sizes: the mean of loss_fn per image."""
+    """A loss over batches ([x_i [1, C, H_i, W_i], ...], y [B][, [mask_i [1, H_i, W_i], ...]]) of images of different sizes: the mean of loss_fn per image."""
 
-    def batch_loss(model: nn.Module, batch: tuple[Sequence[Tensor], Tensor], epoch: int) -> tuple[Tensor, dict[str, float]]:
-        images, labels = batch
+    def batch_loss(model: nn.Module, batch: tuple[Any, ...], epoch: int) -> tuple[Tensor, dict[str, float]]:
+        images, labels, *extra = batch
         total, parts = None, {}
-        for xi, yi in zip(images, labels):
-            loss, p = loss_fn(model, (xi, yi.view(1)), epoch)
+        for k, (xi, yi) in enumerate(zip(images, labels)):
+            loss, p = loss_fn(model, (xi, yi.view(1), *(e[k] for e in extra)), epoch)
             total = loss if total is None else total + loss
             for k, v in p.items():
                 parts[k] = parts.get(k, 0.0) + v / len(images)
@@ -278,8 +280,8 @@ def per_image_predictor(mode: str | None = None, generator: torch.Generator | No
     """The predict_fn for batches of images of different sizes: logits [B, C] image by image."""
     single = predictor(mode, generator)
 
-    def predict_fn(model: nn.Module, batch: tuple[Sequence[Tensor], Tensor]) -> tuple[Tensor, Tensor]:
-        images, labels = batch
+    def predict_fn(model: nn.Module, batch: tuple[Any, ...]) -> tuple[Tensor, Tensor]:
+        images, labels, *_ = batch
         return torch.cat([single(model, (xi, yi.view(1)))[0] for xi, yi in zip(images, labels)]), labels
 
     return predict_fn
@@ -325,12 +327,19 @@ def result_rows(
     return rows
 
 
-def above_majority(results: Mapping[str, Sequence[FoldResult]], test_labels: Sequence[int] | np.ndarray) -> tuple[float, dict[str, float]]:
-    """The majority-class rate of the test labels, and the methods whose mean accuracy beats it (name -> accuracy)."""
+def above_majority(
+    results: Mapping[str, Sequence[FoldResult]], test_labels: Sequence[int] | np.ndarray, z: float = 0.0
+) -> tuple[float, dict[str, float]]:
+    """The majority-class rate p of the test labels, and the methods whose mean accuracy beats it (name -> accuracy).
+
+    With z > 0 a method must beat p by more than z binomial standard errors sqrt(p (1 - p) / n) of
+    the n test labels (z = 2: a classifier as good as the majority rule passes about 2 % of the time).
+    """
     labels = np.asarray(test_labels)
     majority = float(np.bincount(labels).max() / labels.size)
+    margin = z * math.sqrt(majority * (1 - majority) / labels.size)
     beaten = {name: summarize(runs)["accuracy_mean"] for name, runs in results.items()}
-    return majority, {name: acc for name, acc in beaten.items() if acc > majority}
+    return majority, {name: acc for name, acc in beaten.items() if acc > majority + margin}
 
 
 @contextlib.contextmanager

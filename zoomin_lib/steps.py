@@ -20,6 +20,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from .box_supervision import box_attention_loss
 from .losses import contrastive_loss, weighted_cross_entropy, zoomin_objective
 
 __all__ = ["sampling_loss", "predictor"]
@@ -35,13 +36,14 @@ def sampling_loss(
     reference_class: int = 0,
     contrastive: bool = True,
     generator: torch.Generator | None = None,
+    box_weight: float = 0.0,
 ) -> Callable[[nn.Module, Batch, int], tuple[Tensor, dict[str, float]]]:
-    """The loss_fn(model, (x, y), epoch) of eq. 12 for `training.fit`; contrastive from `warmup_epochs` on."""
+    """The loss_fn(model, (x, y[, masks]), epoch) of eq. 12 for `training.fit`; contrastive from `warmup_epochs` on."""
     if warmup_epochs < 0:
         raise ValueError(f"warmup_epochs must be >= 0, got {warmup_epochs}")
 
     def loss_fn(model: nn.Module, batch: Batch, epoch: int) -> tuple[Tensor, dict[str, float]]:
-        x, y = batch
+        x, y, *extra = batch
         out = model(x, mode=getattr(model, "train_mode", "sample"), generator=generator)
         if out.alpha is None:  # no attention: plain (weighted) cross-entropy
             ce = weighted_cross_entropy(out.logits, y, class_weights)
@@ -56,6 +58,12 @@ def sampling_loss(
             negative_view = model(x[positive], mode=model.train_mode, generator=generator, contrastive=True)
             con = contrastive_loss(negative_view.logits, y[positive], reference_class, reduction="sum") / len(y)
         parts["contrastive"] = float(con.detach())
+        if box_weight > 0:
+            if not extra:
+                raise ValueError("box_weight > 0 needs batches (x, y, masks) with ROI masks [B, H, W]")
+            box = box_weight * box_attention_loss(model, out, extra[0])
+            parts["box_attention"] = float(box.detach())
+            con = con + box
         parts["total"] = float((total + con).detach())
         return total + con, parts
 
@@ -68,7 +76,7 @@ def predictor(
     """The predict_fn(model, (x, y)) for `training.evaluate`: logits in `mode`, by default the model's `eval_mode`."""
 
     def predict_fn(model: nn.Module, batch: Batch) -> tuple[Tensor, Tensor]:
-        x, y = batch
+        x, y, *_ = batch
         chosen = mode or getattr(model, "eval_mode", "topk")
         return model(x, mode=chosen, generator=generator).logits, y
 
