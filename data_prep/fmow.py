@@ -273,6 +273,10 @@ class FMoW:
         """Per image, its boxes [M, 4] int64 (x, y, w, h)."""
         return [m.boxes for m in self.items]
 
+    def roi_boxes(self, i: int) -> list[tuple[int, int, int, int]]:
+        """Image i's boxes as (x0, y0, x1, y1) = (x, y, x + w, y + h)."""
+        return [(int(x), int(y), int(x + w), int(y + h)) for x, y, w, h in self.items[i].boxes]
+
     @property
     def sizes(self) -> np.ndarray:
         """[N, 2] int64 (height, width) from the metadata."""

@@ -235,6 +235,11 @@ class TrafficSigns:
         counts = np.bincount(self.labels, minlength=len(CLASSES))
         return {name: int(c) for name, c in zip(CLASSES, counts)}
 
+    def roi_boxes(self, i: int) -> list[tuple[float, float, float, float]]:
+        """The box (x0, y0, x1, y1) of the sign that gives image i its label; none for EMPTY."""
+        sample = self.samples[i]
+        return [sample.signs[0].box] if sample.label > 0 and sample.signs else []
+
     def read_image(self, i: int) -> np.ndarray:
         """Image i as uint8 [H, W, 3] (960 x 1280 on the real data)."""
         return read_rgb(self.samples[i].path)

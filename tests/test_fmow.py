@@ -133,6 +133,7 @@ def test_load_filters_categories_and_labels(real_root: Path) -> None:
     assert train.labels.dtype == np.int64 and not train.synthetic
     assert train.sizes.tolist() == [[30, 40], [32, 44], [48, 36]]  # (height, width)
     assert [b.shape for b in train.boxes] == [(1, 4), (1, 4), (2, 4)]
+    assert train.roi_boxes(2) == [(4, 5, 10, 12), (10, 11, 13, 13)]  # (x, y, w, h) -> (x0, y0, x1, y1)
 
 
 def test_load_warns_and_skips_unpaired_and_malformed(real_root: Path) -> None:

@@ -177,6 +177,7 @@ def test_load_splits_labels_and_kept_signs(real_root: Path) -> None:
     assert train.labels.tolist() == [0, 3, 0] and train.dropped == 2 and not train.synthetic
     assert [s.name for s in train.samples[1].signs] == ["80_SIGN"]  # the 30 sign is not kept
     assert train.samples[1].signs[0].box == (10.0, 4.0, 30.0, 20.0)
+    assert train.roi_boxes(1) == [(10.0, 4.0, 30.0, 20.0)] and train.roi_boxes(0) == []  # the label's sign; EMPTY: none
     assert train.class_counts() == {"EMPTY": 2, "50_SIGN": 0, "70_SIGN": 0, "80_SIGN": 1}
     assert len(test) == 1 and test.labels.tolist() == [1]
     assert [s.visibility for s in test.samples[0].signs] == ["VISIBLE", "OCCLUDED"]
