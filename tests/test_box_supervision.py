@@ -139,3 +139,17 @@ def test_pretraining_from_boxes_finds_the_square():
     x, mask, _ = next(iter(list(_images(n=2))[1:]))
     alpha_t = attention_targets(model, model(x, mode="topk"), mask[None])[0]
     assert int(model.first_stage(x).argmax()) == int(alpha_t.argmax())
+
+
+def test_pretraining_keeps_images_whose_views_match_but_tile_grids_differ_apart():
+    """64 and 65 rows give one 16-row view at s1 = 0.25 but 2 and 3 rows of 32-pixel tiles: never one mini-batch."""
+    model = _model()
+    images = []
+    for rows in (64, 65, 64, 65):
+        mask = torch.zeros(rows, 64)
+        mask[4:12, 4:12] = 1
+        images.append((torch.randn(1, 3, rows, 64), mask, 1))
+    ex = box_examples(model, images, generator=torch.Generator().manual_seed(0))
+    assert {tuple(v.shape) for v in ex.views} == {(3, 16, 16)} and len(ex.tile_fractions[1]) == 6
+    report = pretrain_from_boxes(model, ex, epochs={"a": 2}, generator=torch.Generator().manual_seed(0))
+    assert report["fits"]["a"]["epochs"] == 2

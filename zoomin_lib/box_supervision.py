@@ -200,15 +200,15 @@ def box_examples(
     return ex
 
 
-def _by_shape(items: Sequence[Tensor]) -> dict[tuple[int, ...], list[int]]:
-    """Indices of `items` grouped by shape (images of one size can share a mini-batch)."""
-    groups: dict[tuple[int, ...], list[int]] = {}
-    for i, t in enumerate(items):
-        groups.setdefault(tuple(t.shape), []).append(i)
+def _grouped(keys: Sequence[Any]) -> dict[Any, list[int]]:
+    """Indices grouped by key (examples of one shape, and for views one image size, can share a mini-batch)."""
+    groups: dict[Any, list[int]] = {}
+    for i, key in enumerate(keys):
+        groups.setdefault(key, []).append(i)
     return groups
 
 
-def _batches(groups: dict[tuple[int, ...], list[int]], batch_size: int, gen: torch.Generator) -> list[list[int]]:
+def _batches(groups: dict[Any, list[int]], batch_size: int, gen: torch.Generator) -> list[list[int]]:
     """Shuffled mini-batches of indices, each within one shape group."""
     out = []
     for idx in groups.values():
@@ -272,15 +272,17 @@ def pretrain_from_boxes(
             y = torch.tensor([examples.subtile_labels[i] for i in idx])
             return F.cross_entropy(model.g(model.features(x)), y), None, None
 
-        stages = (("a", model.attention_a.parameters(), stage_a, examples.views),
-                  ("b", model.attention_b.parameters(), stage_b, examples.tiles),
-                  ("f", [*model.features.parameters(), *model.g.parameters()], stage_f, examples.subtiles))
-        for key, params, step, items in stages:
+        view_keys = [(tuple(v.shape), size) for v, size in zip(examples.views, examples.image_sizes)]
+        stages = (("a", model.attention_a.parameters(), stage_a, examples.views, view_keys),
+                  ("b", model.attention_b.parameters(), stage_b, examples.tiles, [tuple(t.shape) for t in examples.tiles]),
+                  ("f", [*model.features.parameters(), *model.g.parameters()], stage_f, examples.subtiles,
+                   [tuple(t.shape) for t in examples.subtiles]))
+        for key, params, step, items, keys in stages:
             n_epochs = int(epochs.get(key, 0))
             if n_epochs <= 0 or not items:
                 continue
             opt = torch.optim.Adam(list(params), lr=lr)
-            groups = _by_shape(items)
+            groups = _grouped(keys)
             means, hits = [], []
             for epoch in range(n_epochs):
                 losses, hits = [], []
