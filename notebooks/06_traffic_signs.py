@@ -28,6 +28,14 @@
 # | **ATS-10** | attention on $V(x, 0.3)$, 10 patches of 100x100 |
 # | **U-10** | 10 uniformly drawn 100x100 patches |
 # | **CNN** | the ResNet of chapter 03 on the image at scale 0.5 and 1 (the paper used EfficientNet-B0; there is no torchvision here) |
+# | **Zoom-In + boxes** (ours, not in the papers) | Zoom-In (LeNet) that also learns from the box of the sign: a, b and f pre-trained on it, then the attention cross-entropy against it during training (`box_supervision`) |
+#
+# **Zoom-In + boxes** uses annotations the papers' models do not: the box of the sign that gives the label.
+# Appendix L does the same with the metastases' outlines on Camelyon16 (chapter 04). On a CPU budget the
+# plain methods have to find a sign covering 0.1 % of the image from the class label alone, and a
+# uniformly drawn sub-tile holds the sign in a few per cent of the images; the boxes tell the attention
+# where to look from the start. Its row says what the architecture can do once it looks in the right
+# place, not what the papers' training achieves.
 #
 # The paper does not give Zoom-In's first-stage tile size for this data set (appendix F lists the
 # others); we use 320x320, a 4x3 grid over the image.
@@ -47,14 +55,17 @@ seed = 0
 resume = False  # continue interrupted runs from their checkpoints under results/06_traffic_signs/
 
 # %%
+from dataclasses import replace
+
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
 from data_prep import traffic_signs
 from zoomin_lib import builders
+from zoomin_lib.box_supervision import box_mask, pretrained_from_boxes
 from zoomin_lib.config import check_profile, results_dir
-from zoomin_lib.experiments import (TrainSettings, above_majority, channel_stats, lazy_batches, profile_methods,
+from zoomin_lib.experiments import (TrainSettings, channel_stats, lazy_batches, profile_methods, report_above_majority,
                                     result_rows, run_method, standardize, zoom_picks)
 from zoomin_lib.io import write_json
 from zoomin_lib.paper_numbers import ATS_TABLE2_SPEED_LIMITS, ZOOMIN_TABLE1_TRAFFIC, paper_rows
@@ -66,15 +77,20 @@ PAPER = dict(n_patches=10, patch=100, batch=32, epochs=150, lr=1e-3, warmup=10, 
 SETTINGS = {
     # seconds: a few images, one epoch (the mechanics, not the accuracy)
     "smoke": dict(synthetic=dict(n_train=24, n_test=12), train_subset=12, test_subset=8, n_patches=5, patch=50,
-                  batch=4, epochs=1, lr=1e-3, warmup=0, cosine=False, cnn_scales=[0.3], cnn_epochs=1, timing=0.01),
+                  batch=4, epochs=1, lr=1e-3, warmup=0, cosine=False, cnn_scales=[0.3], cnn_epochs=1, timing=0.01,
+                  boxes=dict(pretrain={"a": 1, "b": 1, "f": 1}, epochs=1, lr=1e-4)),
     # the book's default on a 2-core CPU: the paper's architecture with N = 5 sub-tiles of 50x50 (not 10 of
     # 100x100: a sixth of the feature cost), batch 8, 12 epochs (not 150) at the paper's lr 1e-3 with cosine
-    # decay; the CNN at scale 0.3
+    # decay; the CNN at scale 0.3. Zoom-In + boxes: pre-training from the boxes (about 3 min), then 6 epochs at
+    # lr 1e-4, a tenth of the others' (in a trial, these epochs took the pre-trained model from 83 % to 76 %
+    # test accuracy; at lr 1e-3 an earlier version lost more)
     "cpu": dict(synthetic=dict(n_train=200, n_test=100), train_subset=None, test_subset=None, n_patches=5, patch=50,
-                batch=8, epochs=12, lr=1e-3, warmup=4, cosine=True, cnn_scales=[0.3], cnn_epochs=6, timing=0.3),
+                batch=8, epochs=12, lr=1e-3, warmup=4, cosine=True, cnn_scales=[0.3], cnn_epochs=6, timing=0.3,
+                boxes=dict(pretrain={"a": 30, "b": 20, "f": 30}, epochs=6, lr=1e-4)),
     # the paper (Zoom-In appendix G): N = 10, 100x100, batch 32, 150 epochs, lr 1e-3; CNN at 0.5 and 1
     "paper": dict(synthetic=dict(n_train=600, n_test=300), train_subset=None, test_subset=None, **PAPER,
-                  cnn_scales=[0.5, 1.0], cnn_epochs=150, timing=0.3),
+                  cnn_scales=[0.5, 1.0], cnn_epochs=150, timing=0.3,
+                  boxes=dict(pretrain={"a": 100, "b": 50, "f": 100}, epochs=150, lr=1e-4)),
 }
 cfg = SETTINGS[profile]
 out = results_dir("06_traffic_signs")
@@ -138,18 +154,35 @@ for name in methods:
     if name.startswith("CNN"):
         settings[name] = TrainSettings(epochs=cfg["cnn_epochs"], batch_size=cfg["batch"], lr=1e-3,
                                        class_weights=weights, cosine_decay=cfg["cosine"])
+
+# Zoom-In + boxes: the same network, pre-trained on the signs' boxes and trained with the attention loss on them
+BOXES, box = "Zoom-In + boxes", cfg["boxes"]
+IMAGE_HW = tuple(load_train([0]).shape[-2:])  # (960, 1280): a batch holds images of one size
+train_images = lambda: ((load_train([i]), box_mask(train_set.roi_boxes(int(train_idx[i])), *IMAGE_HW),
+                         int(train_set.labels[train_idx[i]])) for i in range(len(train_idx)))
+methods[BOXES] = pretrained_from_boxes(methods["Zoom-In"], train_images, background_class=0, epochs=box["pretrain"],
+                                       seed=seed)
+settings[BOXES] = replace(settings["Zoom-In"], epochs=box["epochs"], lr=box["lr"], box_weight=1.0)
+train_masks = lambda idx: torch.stack([box_mask(train_set.roi_boxes(int(train_idx[i])), *IMAGE_HW) for i in idx])
 print(f"N = {N} sub-tiles of {P}x{P}, batch {cfg['batch']}, {cfg['epochs']} epochs, lr {cfg['lr']}"
-      f"{' with cosine decay' if cfg['cosine'] else ''}; CNN {cfg['cnn_epochs']} epochs, lr 1e-3")
+      f"{' with cosine decay' if cfg['cosine'] else ''}; CNN {cfg['cnn_epochs']} epochs, lr 1e-3; {BOXES}: "
+      f"pre-training epochs {', '.join(f'{k} {v}' for k, v in box['pretrain'].items())}, then {box['epochs']} "
+      f"epochs at lr {box['lr']}")
 results, trained = {}, {}
 for name, factory in methods.items():
     result, model = run_method(
         name, factory, settings[name],
-        lazy_batches(load_train, train_set.labels[train_idx], cfg["batch"], seed),
+        lazy_batches(load_train, train_set.labels[train_idx], cfg["batch"], seed,
+                     masks=train_masks if name == BOXES else None),
         lazy_batches(load_test, test_set.labels[test_idx], 8, seed, shuffle=False)(0),
         run_seed=seed, tag=f"{name}_r0_f0", out_dir=out, resume=resume,
     )
     results[name], trained[name] = [result], model
     print(f"{name}: test accuracy {result.accuracy:.3f}")
+fits = trained[BOXES].box_pretraining["fits"]
+print(f"{BOXES}, after pre-training: a's top tile holds the sign in {100 * fits['a']['top_on_roi']:.0f} % of the "
+      f"training images with one, b's top location in {100 * fits['b']['top_on_roi']:.0f} % of the tiles with one; "
+      f"f classifies {100 * fits['f']['train_accuracy']:.0f} % of its training sub-tiles")
 
 # %% [markdown]
 # ## Accuracy and cost
@@ -182,15 +215,15 @@ markdown_table(result_rows({}, paper_costs), digits=3)
 # %% [markdown]
 # How far did training get? A classifier that always answers EMPTY is right as often as EMPTY images
 # occur; weighted cross-entropy (which up-weights the rare signs) can pull a weak model below that rate.
-# A method has learned something about the signs only when it beats it.
+# A method has learned something about the signs only when it beats that rate by more than chance allows
+# (two binomial standard errors on this test set).
 
 # %%
-majority, learned = above_majority(results, test_set.labels[test_idx])
-print(f"always-EMPTY rate on this test set: {100 * majority:.1f} %")
-print("above it: " + (", ".join(f"{k} {100 * v:.1f} %" for k, v in learned.items()) if learned else
-      f"no method: within this profile's budget ({cfg['epochs']} epochs of {len(train_idx)} images; the paper "
-      f"trains {PAPER['epochs']} epochs of 747) none learned to read the signs, and only the cost columns "
-      f"above carry over"))
+learned = report_above_majority(results, test_set.labels[test_idx], "always-EMPTY",
+                                f"this profile's budget ({cfg['epochs']} epochs of {len(train_idx)} images; the paper "
+                                f"trains {PAPER['epochs']} epochs of 747)")
+if profile == "cpu" and train_set.synthetic:  # the claim this profile was sized for
+    assert BOXES in learned, f"{BOXES} should beat the always-EMPTY rate on the stand-in: {results[BOXES][0].accuracy:.3f}"
 
 # %% [markdown]
 # What the papers report on the real data (GPU). Zoom-In's "FLOPs (B)" count multiply-accumulates (eq. 10).
@@ -215,22 +248,23 @@ for table, zoom, ats, cnn in ((costs, "Zoom-In", f"ATS-{N}", None), (paper_costs
 #
 # For test images with a sign: the image with the tile of highest $\alpha$ (yellow), that tile with its
 # sub-tile of highest $\beta$ (green), and the sub-tile at full resolution. The ground-truth box of the sign
-# is drawn in cyan on the image.
+# is drawn in cyan on the image. First the plain Zoom-In, then the one that learned from the boxes.
 
 # %%
 with_sign = [int(test_idx[i]) for i in np.flatnonzero(test_set.labels[test_idx] > 0)[:3]]
-picks = zoom_picks(trained["Zoom-In"], [standardize(test_set.load_batch([k]), stats) for k in with_sign])
-truth = [[(x0, y0, x1 - x0, y1 - y0) for x0, y0, x1, y1 in [test_set.samples[k].signs[0].box]] for k in with_sign]
-titles = [f"true {traffic_signs.CLASSES[test_set.labels[k]]}, predicted {traffic_signs.CLASSES[p[2]]}"
-          for k, p in zip(with_sign, picks)]
-fig = zoom_grid([test_set.read_image(k) for k in with_sign], picks, truth, titles,
-                f"Zoom-In's highest-attention tile and sub-tile ({DATA_LABEL})")
-save_figure(fig, out, "figure3_top_tile_subtile");
+truth = [[(x0, y0, x1 - x0, y1 - y0) for x0, y0, x1, y1 in test_set.roi_boxes(k)] for k in with_sign]
+for name, stem in (("Zoom-In", "figure3_top_tile_subtile"), (BOXES, "figure3_top_tile_subtile_boxes")):
+    picks = zoom_picks(trained[name], [standardize(test_set.load_batch([k]), stats) for k in with_sign])
+    titles = [f"true {traffic_signs.CLASSES[test_set.labels[k]]}, predicted {traffic_signs.CLASSES[p[2]]}"
+              for k, p in zip(with_sign, picks)]
+    fig = zoom_grid([test_set.read_image(k) for k in with_sign], picks, truth, titles,
+                    f"{name}: highest-attention tile and sub-tile ({DATA_LABEL})")
+    save_figure(fig, out, stem)
 
 # %%
 write_json(out / "metrics.json", {
     "profile": profile, "data": DATA_LABEL, "seed": seed, "settings": cfg,
     "results": {n: {"accuracy": r[0].accuracy, "confusion": r[0].confusion} for n, r in results.items()},
-    "costs_trained": costs, "costs_paper_settings": paper_costs,
+    "costs_trained": costs, "costs_paper_settings": paper_costs, "box_pretraining": trained[BOXES].box_pretraining,
 })
 print("wrote", out / "metrics.json")

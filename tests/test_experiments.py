@@ -211,6 +211,17 @@ def test_above_majority_names_only_methods_beating_the_majority_rate():
     assert above_majority(runs, [0, 0, 0, 0, 0, 0, 1, 1, 2, 3], z=1.0)[1] == {"good": 0.9}
 
 
+def test_report_above_majority_prints_both_sides(capsys):
+    from zoomin_lib.experiments import FoldResult, report_above_majority
+
+    runs = {"good": [FoldResult("good", 0, 0, 0.9, None, 10, 0.1)], "bad": [FoldResult("bad", 0, 0, 0.5, None, 10, 1.0)]}
+    learned = report_above_majority(runs, [0] * 6 + [1, 1, 2, 3], "always-0", "a tiny budget", z=1.0)
+    printed = capsys.readouterr().out
+    assert learned == {"good": 0.9}
+    assert "always-0 rate on this test set: 60.0 % of 10 images" in printed
+    assert "above it: good 90.0 %" in printed and "not above it within a tiny budget: bad" in printed
+
+
 def test_zoomin_first_stage_scores_are_unbounded_unless_table_5s_tanh_is_asked_for():
     """bounded_a=True keeps table 5's tanh (tile logits in [-1, 1]); the default lets alpha sharpen past e^2."""
     x = torch.randn(1, 3, 40, 40)

@@ -342,6 +342,21 @@ def above_majority(
     return majority, {name: acc for name, acc in beaten.items() if acc > majority + margin}
 
 
+def report_above_majority(
+    results: Mapping[str, Sequence[FoldResult]], test_labels: Sequence[int] | np.ndarray, rule: str, budget: str,
+    z: float = 2.0,
+) -> dict[str, float]:
+    """Print the majority-class rate (`rule` names it), the methods beyond z standard errors above it and the rest (within `budget`); return the former."""
+    majority, learned = above_majority(results, test_labels, z)
+    print(f"{rule} rate on this test set: {100 * majority:.1f} % of {len(np.asarray(test_labels))} images")
+    print(f"beyond {z:g} standard errors above it: "
+          + (", ".join(f"{k} {100 * v:.1f} %" for k, v in learned.items()) if learned else "no method"))
+    rest = [k for k in results if k not in learned]
+    if rest:
+        print(f"not above it within {budget}: {', '.join(rest)}")
+    return learned
+
+
 @contextlib.contextmanager
 def lean_inference(model: nn.Module) -> Iterator[nn.Module]:
     """Temporarily set `chunk_size` and `tile_chunk` (where the model has them) to 1: one patch, one tile at a time."""
