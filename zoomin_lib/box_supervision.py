@@ -7,7 +7,7 @@ a, b and f as classifiers of annotated patches. Road scenes (the speed-limit sig
 - `box_mask` rasterises boxes (x0, y0, x1, y1) into the ROI mask M [H, W];
 - `attention_targets` reduces M to the first-stage tiles (the fraction of each tile that is ROI,
   `losses.mask_to_view`) and to the s2 grid of each computed tile (1 where the location holds ROI);
-- `attention_nll` is the cross-entropy between the attention and the normalised mask,
+- `losses.attention_nll` is the cross-entropy between the attention and the normalised mask,
   -sum_c (M_c / sum M) log alpha_c, and the same for each beta^c. Eq. 13 compares alpha with the
   binary mask by MSE; on 12 tiles and 9,216 sub-tile locations a softmax near uniform has almost no
   MSE gradient (chapter 06 measured the MSE variant finding no sign tile), while the cross-entropy's
@@ -31,13 +31,13 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from .geometry import extract_patches, tile_grid, tile_pool, tile_top_left, view, view_size
-from .losses import mask_to_view
+from .geometry import extract_patches, tile_pool, tile_top_left, view, view_size
+from .losses import attention_nll, mask_to_view
 from .models import ModelOutput, ZoomInNet
 
-__all__ = ["box_mask", "tile_masks", "attention_targets", "attention_nll", "box_attention_loss", "BoxExamples",
+__all__ = ["box_mask", "tile_masks", "attention_targets", "box_attention_loss", "BoxExamples",
            "box_examples", "pretrain_from_boxes", "pretrained_from_boxes"]
 
 
@@ -83,18 +83,6 @@ def attention_targets(model: ZoomInNet, out: ModelOutput, mask: Tensor) -> tuple
     return alpha_target, beta_target
 
 
-def attention_nll(probs: Tensor, target: Tensor) -> Tensor:
-    """Mean over rows with ROI of -sum_k (t_k / sum t) log p_k; zero when no row has ROI (probs, target [R, K])."""
-    if probs.shape != target.shape:
-        raise ValueError(f"probs {tuple(probs.shape)} and target {tuple(target.shape)} must have one shape")
-    total = target.sum(dim=1)  # [R]
-    has = total > 0
-    if not bool(has.any()):
-        return probs.new_zeros(())
-    t = target[has] / total[has, None]  # [R', K]
-    return -(t * probs[has].clamp_min(1e-30).log()).sum(dim=1).mean()
-
-
 def box_attention_loss(model: ZoomInNet, out: ModelOutput, mask: Tensor) -> Tensor:
     """attention_nll of alpha plus that of every computed beta^c, against the ROI mask [B, H, W]."""
     alpha_target, beta_target = attention_targets(model, out, mask)
@@ -132,7 +120,6 @@ def _add_image(model: ZoomInNet, ex: BoxExamples, x: Tensor, mask: Tensor, label
     ex.view_masks.append(mask_to_view(mask[None], view_size=view_size((H, W), model.scale1))[0])
     ex.tile_fractions.append(mask_to_view(mask[None], tile_size=model.tile_size, rule="fraction").flatten())
     ex.image_sizes.append((int(H), int(W)))
-    n_rows, n_cols = tile_grid((H, W), model.tile_size)
     fractions = ex.tile_fractions[-1]
     positive = torch.nonzero(fractions > 0).flatten()
     negative = torch.nonzero(fractions == 0).flatten()

@@ -117,7 +117,8 @@ def lazy_batches(
                  if shuffle else torch.arange(len(y)))
         for i in range(0, len(order), batch_size):
             idx = order[i : i + batch_size]
-            yield (load(idx.tolist()), y[idx]) if masks is None else (load(idx.tolist()), y[idx], masks(idx.tolist()))
+            chosen = idx.tolist()
+            yield (load(chosen), y[idx]) if masks is None else (load(chosen), y[idx], masks(chosen))
 
     return batches
 
@@ -265,8 +266,8 @@ def per_image(loss_fn: Callable) -> Callable:
     def batch_loss(model: nn.Module, batch: tuple[Any, ...], epoch: int) -> tuple[Tensor, dict[str, float]]:
         images, labels, *extra = batch
         total, parts = None, {}
-        for k, (xi, yi) in enumerate(zip(images, labels)):
-            loss, p = loss_fn(model, (xi, yi.view(1), *(e[k] for e in extra)), epoch)
+        for i, (xi, yi) in enumerate(zip(images, labels)):
+            loss, p = loss_fn(model, (xi, yi.view(1), *(e[i] for e in extra)), epoch)
             total = loss if total is None else total + loss
             for k, v in p.items():
                 parts[k] = parts.get(k, 0.0) + v / len(images)

@@ -5,7 +5,8 @@
   C classes with a reference class.
 - `entropy_regularizer`: L_er(p) = -lam H(p) = lam sum_i p_i log p_i (appendix K, eq. 12).
 - `zoomin_objective`: the complete objective, eq. (12).
-- `attention_mse` and `mask_to_view`: the pixel-level supervision of appendix L, eq. (13).
+- `attention_mse` and `mask_to_view`: the pixel-level supervision of appendix L, eq. (13);
+  `attention_nll` its cross-entropy variant against the normalised mask.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ __all__ = [
     "entropy_regularizer",
     "zoomin_objective",
     "attention_mse",
+    "attention_nll",
     "mask_to_view",
 ]
 
@@ -208,6 +210,22 @@ def attention_mse(
         total = m.sum(dim=1, keepdim=True)  # [B, 1]
         m = torch.where(total > 0, m / total.clamp_min(torch.finfo(m.dtype).tiny), m)
     return ((m - a) ** 2).sum(dim=1).mean()
+
+
+def attention_nll(probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean over rows with ROI of -sum_k (t_k / sum t) log p_k; zero when no row has ROI (probs, target [R, K]).
+
+    The cross-entropy variant of eq. (13) that `box_supervision` uses: its gradient w.r.t. the logits,
+    p - t / sum t, does not vanish where a near-uniform softmax gives the MSE almost none.
+    """
+    if probs.shape != target.shape:
+        raise ValueError(f"probs {tuple(probs.shape)} and target {tuple(target.shape)} must have one shape")
+    total = target.sum(dim=1)  # [R]
+    has = total > 0
+    if not bool(has.any()):
+        return probs.new_zeros(())
+    t = target[has] / total[has, None]  # [R', K]
+    return -(t * probs[has].clamp_min(1e-30).log()).sum(dim=1).mean()
 
 
 def mask_to_view(

@@ -63,7 +63,7 @@ def sampling_loss(
                 raise ValueError("box_weight > 0 needs batches (x, y, masks) with ROI masks [B, H, W]")
             box = box_weight * box_attention_loss(model, out, extra[0])
             parts["box_attention"] = float(box.detach())
-            con = con + box
+            total = total + box
         parts["total"] = float((total + con).detach())
         return total + con, parts
 
