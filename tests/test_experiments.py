@@ -48,7 +48,7 @@ def test_lean_inference_changes_memory_not_results_and_restores_the_model():
             assert model.chunk_size == 1 and model.tile_chunk == 1
             lean = model(x, mode="topk").logits
     torch.testing.assert_close(lean, before)
-    assert model.chunk_size == 256 and model.tile_chunk == 16
+    assert model.chunk_size is None and model.tile_chunk is None  # restored: sized by CHUNK_PIXELS
     rows = profile_methods({"zoom": model, "ats": builders.ats(in_channels=1, n_classes=2, scale=0.25,
                                                                   patch_size=5, n_patches=3)},
                            x[:1], min_run_time=0.01)

@@ -218,3 +218,55 @@ def test_tile_views_match_the_padded_tile_resampled_without_copying_whole_tiles(
     whole = torch.zeros(4, dtype=torch.long), torch.tensor([0, 1, 2, 3])
     peak = peak_memory(lambda: tile_views(big, *whole, 500, 0.1), "cpu").peak_bytes
     assert peak < 4 * 3 * 500 * 500 * 4 / 10  # far below one copy of the four 500x500 tiles (12 MB)
+
+
+def test_resize_weights_are_pytorchs_antialiased_bilinear():
+    """Any range of output rows, from its input rows alone, equals F.interpolate's rows (down and up)."""
+    from zoomin_lib.geometry import resize_matrix, resize_weights
+
+    x = torch.rand(1, 1, 301, 4, dtype=torch.float64)
+    ref = F.interpolate(x, size=(37, 4), mode="bilinear", align_corners=False, antialias=True)[0, 0]
+    for start, stop in ((0, 37), (5, 12), (30, 37)):
+        first, w = resize_weights(301, 37, start, stop)
+        mine = w @ x[0, 0, first : first + w.shape[1]]
+        assert torch.allclose(mine, ref[start:stop], atol=1e-12)
+    assert torch.allclose(resize_matrix(301, 37) @ x[0, 0], ref, atol=1e-12)
+    up = F.interpolate(x[..., :20, :], size=(45, 4), mode="bilinear", align_corners=False, antialias=True)[0, 0]
+    assert torch.allclose(resize_matrix(20, 45) @ x[0, 0, :20], up, atol=1e-12)
+    assert torch.equal(resize_matrix(9, 9), torch.eye(9, dtype=torch.float64))
+
+
+def test_view_size_of_scales_given_as_fractions():
+    """1/3 of 300 is 100 (the float 1/3 is just below a third), 0.29 of 100 is 29; a genuine fraction still floors."""
+    from zoomin_lib.geometry import view_size
+
+    assert view_size((300, 300), 1 / 3) == (100, 100)
+    assert view_size((100, 100), 0.29) == (29, 29)
+    assert view_size((299, 301), 1 / 3) == (99, 100)
+    assert view_size((16384, 16384), 1 / 32) == (512, 512)
+    assert view_size((1000, 1000), 0.0015) == (1, 1)
+
+
+@pytest.mark.parametrize("band", [1, 3, 11, None])
+def test_tile_views_any_band_height_equals_the_reference(band):
+    """The banded resampling is exact whatever the band height, for whole, partial and upsampled tiles."""
+    from zoomin_lib.geometry import extract_patches, tile_top_left, tile_views, view
+
+    x = torch.rand(3, 2, 75, 61, dtype=torch.float64)
+    batch = torch.tensor([2, 0, 1, 2, 0])
+    tiles = torch.tensor([0, 5, 8, 7, 3])  # grid 3 x 3 of 30x30 tiles; row 2 and col 2 partial
+    top, left = tile_top_left(tiles, (75, 61), 30)
+    for scale in (0.2, 1 / 3, 1.0):
+        reference = view(extract_patches(x, batch, top + 15, left + 15, (30, 30)), scale)
+        got = tile_views(x, batch, tiles, 30, scale, band_rows=band)
+        torch.testing.assert_close(got, reference, rtol=0, atol=1e-12)
+
+
+def test_tile_pool_strips_add_up_to_the_whole_pooling():
+    from zoomin_lib.geometry import tile_pool_strip
+
+    s = torch.randn(2, 40, 36, dtype=torch.float64)  # a score map of a 130 x 110 image
+    whole = tile_pool(s, (130, 110), 16)
+    for step in (1, 7, 40):
+        parts = sum(tile_pool_strip(s[:, r : r + step], (130, 110), 16, 40, r) for r in range(0, 40, step))
+        torch.testing.assert_close(parts, whole, rtol=0, atol=1e-12)

@@ -37,7 +37,7 @@ MAKERS: dict[str, Callable[[], nn.Module]] = {
     "ats_replace": lambda: make_ats(replace=True),
     "zoomin": make_zoomin,
     "uniform": lambda: UniformNet(FeatureLeNet(3), 2, 0.25, 8, 3),
-    "deepmil": lambda: DeepMIL(AttentionLeNet(3), FeatureLeNet(3), 2, 0.25, 8),
+    "deepmil": lambda: DeepMIL(FeatureLeNet(3), 2, 16),
     "cnn": lambda: CNNBaseline(ResNetCNN(3, 2, channels=8), 0.5),
 }
 
@@ -71,7 +71,7 @@ def test_forward_backward_all_modes(name: str, mode: str, contrastive: bool) -> 
     model = MAKERS[name]()
     x = torch.rand(2, 3, 64, 64)
     if (
-        (name == "deepmil" and mode != "exact")
+        (name == "deepmil" and (mode != "exact" or contrastive))
         or (name == "cnn" and contrastive)
         or (name == "uniform" and (mode == "topk" or contrastive))
     ):
@@ -135,7 +135,24 @@ def test_ats_exact_equals_hand_loop() -> None:
             total += a[b, i] * model.features(naive_patch(x, b, r, c, 5).unsqueeze(0))[0]
         assert torch.allclose(out.features[b], total)
     assert torch.allclose(out.logits, model.g(out.features))
-    assert torch.allclose(DeepMIL(model.attention, model.features, 2, 0.25, 5).double()(x).features, out.features)
+
+
+@pytest.mark.parametrize("gated", [False, True])
+def test_deep_mil_is_ilse_attention_over_every_patch_of_the_grid(gated: bool) -> None:
+    """Ilse et al. eq. 8-9 by hand: the grid's patches (zero-padded at the border), attention from their features."""
+    torch.manual_seed(3)
+    model = DeepMIL(TinyFeatures(), 2, 6, gated=gated, hidden=5, chunk_size=4).double()
+    x = torch.rand(2, 3, 16, 20, dtype=torch.float64)  # grid 3 x 4 of 6x6 patches; the last row and column partial
+    out = model(x)
+    for b in range(2):
+        patches = [naive_patch(x, b, r + 3, c + 3, 6) for r in (0, 6, 12) for c in (0, 6, 12, 18)]
+        h = model.features(torch.stack(patches))  # [12, 4]
+        logit = model.w(torch.tanh(model.V(h)) * (torch.sigmoid(model.U(h)) if gated else 1))[:, 0]
+        a = torch.softmax(logit, 0)
+        assert torch.allclose(out.alpha[b], a)
+        assert torch.allclose(out.features[b], a @ h)
+    assert torch.allclose(out.logits, model.g(out.features))
+    assert out.centers.shape == (2, 12, 2)
 
 
 def test_zoomin_exact_equals_hand_loop() -> None:
@@ -221,7 +238,7 @@ def test_float64_models() -> None:
         "ats": ATSNet(AttentionLeNet(3), FeatureLeNet(3), 2, 0.25, 5, 3),
         "zoomin": ZoomInNet(AttentionLeNet(3), AttentionLeNet(3, False), FeatureLeNet(3), 2, 0.25, 0.25, 16, 5, 3),
         "uniform": UniformNet(FeatureLeNet(3), 2, 0.25, 5, 3),
-        "deepmil": DeepMIL(AttentionLeNet(3), TinyFeatures(), 2, 0.25, 5),
+        "deepmil": DeepMIL(TinyFeatures(), 2, 5),
         "cnn": CNNBaseline(ResNetCNN(3, 2, channels=8), 0.5),
     }
     for name, model in models.items():
@@ -262,13 +279,13 @@ def _fixed_zoomin(alpha: torch.Tensor, beta: torch.Tensor, tile_chunk: int = 1) 
     model = ZoomInNet(AttentionLeNet(3), AttentionLeNet(3, final_tanh=False), FeatureLeNet(3), 2,
                       scale1=0.25, scale2=0.25, tile_size=32, patch_size=8, n_patches=3, tile_chunk=tile_chunk)
     model.visited = []
-    model.first_stage = lambda x: alpha.expand(x.shape[0], -1)
+    model.tile_scores = lambda src: alpha.log().expand(src.batch_size, -1)  # softmax(log alpha) = alpha
 
-    def second_stage(x, batch, tile):
+    def second_stage(src, batch, tile, contrastive, checks):
         model.visited += tile.tolist()
-        return beta[tile]
+        return beta[tile], beta[tile]
 
-    model.second_stage = second_stage
+    model._second_stage = second_stage
     return model
 
 

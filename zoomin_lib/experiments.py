@@ -461,7 +461,7 @@ def top_tile_and_subtile(model: nn.Module, x: Tensor) -> tuple[tuple[int, int, i
         beta = model.second_stage(x, torch.zeros_like(tile), tile)  # [1, K2]
         sub = beta.argmax(dim=1)  # [1]
         top, left = tile_top_left(tile, tuple(x.shape[-2:]), model.tile_size)
-        rows, cols = model._centers(x, tile.view(1, 1), sub.view(1, 1))
+        rows, cols = model.centers(tile.view(1, 1), sub.view(1, 1), tuple(x.shape[-2:]))
     th, tw = model.tile_size
     ph, pw = model.patch_size
     return ((int(top), int(left), th, tw), (int(rows) - ph // 2, int(cols) - pw // 2, ph, pw))

@@ -43,8 +43,8 @@ from typing import Iterator, Protocol, Sequence, runtime_checkable
 import torch
 from torch import Tensor, nn
 
-from .geometry import _pair
-from .models import _check_positive_int, _check_x
+from .geometry import as_pair, check_image
+from .models import check_positive_int
 
 __all__ = [
     "SCORES",
@@ -101,9 +101,9 @@ class TensorPatches:
     """
 
     def __init__(self, x: Tensor, patch_size: int | tuple[int, int], stride: int | tuple[int, int] | None = None) -> None:
-        _check_x(x)
-        self.patch_size = _pair(patch_size, "patch_size")
-        self.stride = self.patch_size if stride is None else _pair(stride, "stride")
+        check_image(x)
+        self.patch_size = as_pair(patch_size, "patch_size")
+        self.stride = self.patch_size if stride is None else as_pair(stride, "stride")
         (ph, pw), (sh, sw) = self.patch_size, self.stride
         B, C, H, W = x.shape
         if ph > H or pw > W:
@@ -158,16 +158,16 @@ class CrossAttentionPool(nn.Module):
         attn_dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        _check_positive_int(dim, "dim")
-        _check_positive_int(n_queries, "n_queries")
-        _check_positive_int(n_heads, "n_heads")
+        check_positive_int(dim, "dim")
+        check_positive_int(n_queries, "n_queries")
+        check_positive_int(n_heads, "n_heads")
         if dim_head is None:
             if dim % n_heads:
                 raise ValueError(f"the embedding dimension {dim} is not divisible by n_heads={n_heads}; give dim_head")
             dim_head = dim // n_heads
-        _check_positive_int(dim_head, "dim_head")
+        check_positive_int(dim_head, "dim_head")
         dim_inner = 4 * dim if dim_inner is None else dim_inner
-        _check_positive_int(dim_inner, "dim_inner")
+        check_positive_int(dim_inner, "dim_inner")
         for name, p in (("dropout", dropout), ("attn_dropout", attn_dropout)):
             if not isinstance(p, (int, float)) or not 0 <= p < 1:
                 raise ValueError(f"{name} must be in [0, 1), got {p!r}")
@@ -274,9 +274,9 @@ class IPSNet(nn.Module):
             raise ValueError(f"n_classes must be a positive int or a non-empty list of positive ints, got {n_classes!r}")
         classes = list(classes)
         for c in classes:
-            _check_positive_int(c, "every entry of n_classes")
-        _check_positive_int(memory_size, "memory_size")
-        _check_positive_int(iter_size, "iter_size")
+            check_positive_int(c, "every entry of n_classes")
+        check_positive_int(memory_size, "memory_size")
+        check_positive_int(iter_size, "iter_size")
         if score not in SCORES:
             raise ValueError(f"score must be one of {SCORES}, got {score!r}")
         if pos_enc and dim % 4:
@@ -286,8 +286,8 @@ class IPSNet(nn.Module):
         self.heads = nn.ModuleList(nn.Linear(dim, c) for c in classes)
         self.n_classes = classes
         self.dim = dim
-        self.patch_size = _pair(patch_size, "patch_size")
-        self.stride = self.patch_size if stride is None else _pair(stride, "stride")
+        self.patch_size = as_pair(patch_size, "patch_size")
+        self.stride = self.patch_size if stride is None else as_pair(stride, "stride")
         self.memory_size = memory_size
         self.iter_size = iter_size
         self.pos_enc = pos_enc

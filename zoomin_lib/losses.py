@@ -16,7 +16,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from .geometry import _pair
+from .geometry import as_pair
 
 __all__ = [
     "weighted_cross_entropy",
@@ -262,7 +262,7 @@ def mask_to_view(
     m = m.unsqueeze(1)  # [B, 1, H, W]
     pool_max = rule == "any"
     if tile_size is not None:
-        th, tw = _pair(tile_size, "tile_size")
+        th, tw = as_pair(tile_size, "tile_size")
         height, width = m.shape[-2:]
         pad_h, pad_w = (-height) % th, (-width) % tw
         if pad_h or pad_w:
@@ -276,6 +276,6 @@ def mask_to_view(
             cols = (width - tw * torch.arange(n_cols, device=m.device)).clamp(max=tw)  # [C] cols inside
             pooled = roi / (rows[:, None] * cols[None, :]).to(m.dtype)  # [B, 1, R, C]
     else:
-        size = _pair(view_size, "view_size")  # type: ignore[arg-type]
+        size = as_pair(view_size, "view_size")  # type: ignore[arg-type]
         pooled = F.adaptive_max_pool2d(m, size) if pool_max else F.adaptive_avg_pool2d(m, size)
     return pooled.squeeze(1)  # [B, h, w]

@@ -5,15 +5,33 @@
                (pooled over the tiles of appendix F), sub-tiles without replacement from beta^c,
                computed only for the N' unique drawn tiles.
 - `UniformNet` the U-N baseline: ATSNet with the uniform distribution and no attention network.
-- `DeepMIL`    attention MIL over all patches: ATSNet's exact mode (eq. 19 / Zoom-In eq. 2).
+- `DeepMIL`    attention-based deep multiple-instance learning (Ilse, Tomczak & Welling 2018,
+               eq. 8-9), the "Deep MIL" row of ATS table 1: every patch of a grid, its attention
+               computed from its own features. (ATS's full model, attention from the view over all
+               patches, eq. 19, is `ATSNet(...)(x, mode="exact")`.)
 - `CNNBaseline` a CNN on the downsampled image V(x, s).
+
+Every model reads its pixels through a `zoomin_lib.pixels.PixelSource`: a tensor [B, C, H, W]
+(wrapped in a `TensorSource`) or a lazy whole slide (`zoomin_lib.slide_zoomin.SlideSource`) goes
+down the same code. The forward pass is batched: no Python loop runs over images, tiles or
+patches (only over chunks that bound memory: `chunk_size` patches, `tile_chunk` tiles at a time;
+None sizes them to about `CHUNK_PIXELS` input pixels), and its host synchronisations
+(`zoomin_lib.syncs`) do not grow with B, N or N':
+
+- ATSNet: one (the argument checks), in every mode.
+- ZoomInNet "sample": two (N', the number of distinct drawn tiles; the checks).
+- ZoomInNet "topk": one (the checks), plus one per extra round of the top-k search when some
+  image's N best products may still lie in tiles not yet opened (rounds double the tiles opened,
+  so at most ceil(log2(T / N)); none at all when T <= N).
+- ZoomInNet "exact": one (the checks).
 
 Modes of `forward`:
 - "sample": the Monte Carlo estimators of sampling.py / hierarchical.py (training).
 - "topk":   deterministic; the highest-attention locations, aggregated with the renormalised
-            weights sum_n w_n f_n / sum_n w_n.
+            weights sum_n w_n f_n / sum_n w_n. Zoom-In's top-k is the exact top N of the joint
+            alpha_c beta^c_c' over every tile.
 - "exact":  the full model sum_i a_i f_i over every location (eq. 19, Zoom-In eq. 5), features
-            computed in chunks of `chunk_size` patches; only feasible for small images.
+            computed in chunks; only feasible for small images.
 
 `contrastive=True` draws from the normalised complements (1 - alpha)/(T - 1) and
 (1 - beta)/(K2 - 1) (Zoom-In sec. 2.2), and the estimators use those distributions.
@@ -23,35 +41,29 @@ The returned `alpha` and `betas` are always the attention distributions themselv
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from .geometry import (
-    _pair,
-    extract_patches,
-    tile_grid,
-    tile_pool,
-    tile_top_left,
-    tile_views,
-    view,
-    view_size,
-    view_to_full,
-)
-from .hierarchical import expectation_two_stage, sample_subtiles, unique_draws
+from .geometry import as_pair, tile_grid, tile_pool, tile_pool_strip, tile_top_left, view, view_size, view_to_full
+from .hierarchical import expectation_two_stage, sample_subtiles, subtile_support_ok, unique_draws
+from .pixels import PixelSource, TensorSource, as_source
 from .sampling import (
     expectation_with_replacement,
     expectation_without_replacement,
     sample_with_replacement,
     sample_without_replacement,
-    validate_probs,
 )
+from .syncs import Checks, host_sync
 
-__all__ = ["MODES", "ModelOutput", "complement", "ATSNet", "ZoomInNet", "UniformNet", "DeepMIL", "CNNBaseline"]
+__all__ = [
+    "MODES", "CHUNK_PIXELS", "ModelOutput", "complement", "score_map", "receptive_halo", "check_positive_int",
+    "ATSNet", "ZoomInNet", "UniformNet", "DeepMIL", "CNNBaseline",
+]
 
 MODES = ("sample", "topk", "exact")
+CHUNK_PIXELS = 2**21  # input pixels a chunk of tiles or patches holds when its size is not set
 
 
 @dataclass
@@ -65,9 +77,9 @@ class ModelOutput:
     logits: Tensor  # [B, n_classes]
     features: Tensor | None = None  # [B, D] aggregated features (the argument of g)
     alpha: Tensor | None = None  # [B, K] (ATS: view locations) or [B, T] (Zoom-In: tiles)
-    betas: Tensor | None = None  # [U, K2] second-stage attention of the tiles in beta_batch/beta_tile
-    beta_batch: Tensor | None = None  # [U] image of each row of betas
-    beta_tile: Tensor | None = None  # [U] tile of each row of betas
+    betas: Tensor | None = None  # [U, K2] beta of the tiles in beta_batch/beta_tile (None: top-k without gradients)
+    beta_batch: Tensor | None = None  # [U] image of each tile whose second stage was computed
+    beta_tile: Tensor | None = None  # [U] tile of each of them (top-k: every tile the search opened)
     locations: Tensor | None = None  # [B, N] ATS: row-major index in the view
     tiles: Tensor | None = None  # [B, N] Zoom-In: tile of each patch (row-major in the tile grid)
     subtiles: Tensor | None = None  # [B, N] Zoom-In: sub-tile, row-major in its tile's s2 view
@@ -102,16 +114,12 @@ def _check_mode(mode: str) -> None:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
 
 
-def _check_x(x: Tensor) -> None:
-    """Raise ValueError unless x is a floating-point [B, C, H, W] batch."""
-    if not isinstance(x, Tensor) or x.dim() != 4 or not x.is_floating_point():
-        raise ValueError(f"x must be a floating-point [B, C, H, W] tensor, got {getattr(x, 'shape', type(x))}")
-
-
-def _check_positive_int(value: int, name: str) -> None:
-    """Raise ValueError unless value is a positive int."""
+def check_positive_int(value: int | None, name: str, optional: bool = False) -> None:
+    """Raise ValueError unless value is a positive int (or None when `optional`)."""
+    if optional and value is None:
+        return
     if not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
+        raise ValueError(f"{name} must be a positive int{' or None' if optional else ''}, got {value!r}")
 
 
 def _check_scale(scale: float, name: str) -> None:
@@ -125,22 +133,16 @@ def _classifier(features: nn.Module, n_classes: int) -> nn.Linear:
     d = getattr(features, "out_features", None)
     if not isinstance(d, int):
         raise ValueError(f"the feature network {type(features).__name__} must expose an int `out_features`")
-    _check_positive_int(n_classes, "n_classes")
+    check_positive_int(n_classes, "n_classes")
     return nn.Linear(d, n_classes)
 
 
-def _score_distribution(scores: Tensor, name: str, allowed: Tensor | None = None) -> Tensor:
-    """Softmax of score logits [B, K] over the `allowed` entries (all by default); clear error on NaN/inf."""
-    if not torch.isfinite(scores.detach()).all():
-        raise ValueError(f"the {name} scores contain NaN or inf (shape {tuple(scores.shape)}); check the input")
-    if allowed is not None:
-        scores = scores.masked_fill(~allowed, float("-inf"))
-    probs = torch.softmax(scores, dim=-1)  # [B, K]
-    validate_probs(probs, name)
-    return probs
+def _per_chunk(size: int | None, pixels_per_item: int) -> int:
+    """Items per chunk: `size`, or as many as hold about CHUNK_PIXELS input pixels."""
+    return size if size is not None else max(1, CHUNK_PIXELS // max(1, pixels_per_item))
 
 
-def _score_map(network: nn.Module, views: Tensor, name: str) -> Tensor:
+def score_map(network: nn.Module, views: Tensor, name: str) -> Tensor:
     """network(views) [M, 1, h, w] for views [M, C, h, w]; a ValueError naming `name` unless the map has the views' size."""
     s = network(views)
     if s.dim() != 4 or s.shape[0] != views.shape[0] or s.shape[1] != 1 or s.shape[2:] != views.shape[2:]:
@@ -151,42 +153,61 @@ def _score_map(network: nn.Module, views: Tensor, name: str) -> Tensor:
     return s
 
 
-def _chunked_weighted_sum(
-    features: Callable[[Tensor], Tensor],
-    x: Tensor,
-    batch: Tensor,
-    rows: Tensor,
-    cols: Tensor,
-    weights: Tensor,
-    patch_size: tuple[int, int],
-    chunk_size: int,
+def receptive_halo(network: nn.Module) -> int:
+    """Rows of context a stack of stride-1 'same' convolutions needs on each side: sum of dilation * (k - 1) / 2."""
+    halo = 0
+    for m in network.modules():
+        if isinstance(m, nn.Conv2d):
+            if tuple(m.stride) != (1, 1):
+                raise ValueError(f"the strip-wise first stage needs stride-1 convolutions, got {m}")
+            halo += m.dilation[0] * (m.kernel_size[0] - 1) // 2
+        elif isinstance(m, (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
+            raise ValueError(f"the strip-wise first stage needs a score map without pooling, got {m}")
+    return halo
+
+
+def _distribution(scores: Tensor, name: str, checks: Checks, allowed: Tensor | None = None) -> Tensor:
+    """Softmax of score logits [B, K] over the `allowed` entries (all by default); NaN/inf reported by `checks`.
+
+    Non-finite scores are replaced by 0 so that the rest of the forward runs (and the checks then
+    raise a clear error at its end) instead of failing inside a sampler or an index on the device.
+    """
+    finite = torch.isfinite(scores.detach())
+    checks.add(finite, f"the {name} scores contain NaN or inf (shape {tuple(scores.shape)}); check the input")
+    scores = torch.where(finite, scores, torch.zeros((), dtype=scores.dtype, device=scores.device))
+    if allowed is not None:
+        scores = scores.masked_fill(~allowed, float("-inf"))
+    return torch.softmax(scores, dim=-1)  # [B, K]
+
+
+def _patch_features(
+    features: nn.Module, src: PixelSource, rows: Tensor, cols: Tensor, size: tuple[int, int], chunk: int | None
 ) -> Tensor:
-    """sum_m weights_m f(patch_m) per image, [B, D], extracting and featurising `chunk_size` patches at a time."""
+    """f of the patches centred at (rows, cols) [B, N] of each image: [B, N, D], `chunk` patches at a time."""
+    B, N = rows.shape
+    batch = torch.arange(B, device=rows.device).repeat_interleave(N)  # [B*N]
+    parts = [features(p) for p in src.patch_chunks(batch, rows.flatten(), cols.flatten(), size,
+                                                    _per_chunk(chunk, size[0] * size[1]))]
+    return torch.cat(parts).reshape(B, N, -1)  # [B, N, D]
+
+
+def _weighted_features(
+    features: nn.Module, src: PixelSource, rows: Tensor, cols: Tensor, weights: Tensor, size: tuple[int, int],
+    chunk: int | None,
+) -> Tensor:
+    """sum_n weights_n f(patch_n) per image, [B, D], for centres (rows, cols) [B, N]; `chunk` patches at a time."""
+    B, N = rows.shape
+    batch = torch.arange(B, device=rows.device).repeat_interleave(N)  # [B*N]
+    w = weights.flatten()
+    step = _per_chunk(chunk, size[0] * size[1])
     total: Tensor | None = None
-    for start in range(0, batch.numel(), chunk_size):
-        sl = slice(start, start + chunk_size)
-        patches = extract_patches(x, batch[sl], rows[sl], cols[sl], patch_size)  # [m, C, ph, pw]
-        f = features(patches)  # [m, D]
-        part = torch.zeros(x.shape[0], f.shape[1], dtype=f.dtype, device=f.device)
-        part = part.index_add(0, batch[sl], weights[sl].unsqueeze(1) * f)  # [B, D]
+    for start, p in zip(range(0, B * N, step), src.patch_chunks(batch, rows.flatten(), cols.flatten(), size, step)):
+        f = features(p)  # [m, D]
+        part = torch.zeros(B, f.shape[1], dtype=f.dtype, device=f.device).index_add(
+            0, batch[start : start + step], w[start : start + step].unsqueeze(1) * f)  # [B, D]
         total = part if total is None else total + part
     assert total is not None
     return total
-
-
-def _features_of(
-    features: nn.Module, x: Tensor, rows: Tensor, cols: Tensor, patch_size: tuple[int, int], chunk_size: int
-) -> Tensor:
-    """Features [B, N, D] of the patches centred at (rows, cols) [B, N] of each image, `chunk_size` patches at a time."""
-    B, N = rows.shape
-    batch = torch.arange(B, device=x.device).repeat_interleave(N)  # [B*N]
-    rows, cols = rows.flatten(), cols.flatten()
-    parts = [
-        features(extract_patches(x, batch[i : i + chunk_size], rows[i : i + chunk_size], cols[i : i + chunk_size],
-                                 patch_size))  # [m, D]
-        for i in range(0, B * N, chunk_size)
-    ]
-    return torch.cat(parts).reshape(B, N, -1)  # [B, N, D]
 
 
 class ATSNet(nn.Module):
@@ -210,55 +231,60 @@ class ATSNet(nn.Module):
         patch_size: int | tuple[int, int],
         n_patches: int,
         replace: bool = False,  # False: Gumbel-top-k + ATS eq. 14-15; True: iid + ATS eq. 11-12
-        chunk_size: int = 256,
+        chunk_size: int | None = None,
     ) -> None:
         super().__init__()
         _check_scale(scale, "scale")
-        _check_positive_int(n_patches, "n_patches")
-        _check_positive_int(chunk_size, "chunk_size")
-        if attention is None and type(self).scores is ATSNet.scores:
+        check_positive_int(n_patches, "n_patches")
+        check_positive_int(chunk_size, "chunk_size", optional=True)
+        if attention is None and type(self)._logits is ATSNet._logits:
             raise ValueError("ATSNet needs an attention network (use UniformNet for uniform sampling)")
         self.attention = attention
         self.features = features
         self.g = _classifier(features, n_classes)
         self.scale = scale
-        self.patch_size = _pair(patch_size, "patch_size")
+        self.patch_size = as_pair(patch_size, "patch_size")
         self.n_patches = n_patches
         self.replace = replace
         self.chunk_size = chunk_size
 
-    def scores(self, x: Tensor) -> Tensor:
+    def _logits(self, src: PixelSource, checks: Checks) -> Tensor:
         """Attention logits [B, h*w] of the view V(x, s), row-major."""
-        s = _score_map(self.attention, view(x, self.scale), "the attention network")  # [B, 1, h, w]
-        return s.flatten(1)  # [B, h*w]
+        return score_map(self.attention, src.view(self.scale), "the attention network").flatten(1)  # [B, h*w]
 
-    def _centers(self, idx: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Full-resolution centre (rows, cols) of view locations idx [B, N]."""
-        h, w = view_size(tuple(x.shape[-2:]), self.scale)
-        return view_to_full(idx // w, idx % w, (h, w), tuple(x.shape[-2:]))
+    def scores(self, x: Tensor | PixelSource) -> Tensor:
+        """Attention logits [B, h*w] of the view V(x, s), row-major."""
+        checks = Checks()
+        out = self._logits(as_source(x), checks)
+        checks.resolve()
+        return out
+
+    def centers(self, idx: Tensor, size: tuple[int, int]) -> tuple[Tensor, Tensor]:
+        """Full-resolution centre (rows, cols) of view locations idx [B, N] of an image of `size` (H, W)."""
+        h, w = view_size(size, self.scale)
+        return view_to_full(idx // w, idx % w, (h, w), size, check=False)
 
     def forward(
         self,
-        x: Tensor,
+        x: Tensor | PixelSource,
         mode: str = "sample",
         generator: torch.Generator | None = None,
         contrastive: bool = False,
     ) -> ModelOutput:
-        """Classify images x [B, C, H, W] from n_patches patches ("sample", "topk") or all of them ("exact")."""
-        _check_x(x)
+        """Classify images x [B, C, H, W] (or a PixelSource) from n_patches patches ("sample", "topk") or all ("exact")."""
+        src = as_source(x)
         _check_mode(mode)
-        alpha = _score_distribution(self.scores(x), "attention")  # [B, K]
+        checks = Checks()
+        alpha = _distribution(self._logits(src, checks), "attention", checks)  # [B, K]
         probs = complement(alpha) if contrastive else alpha  # [B, K]
         B, K = probs.shape
+        size, dev = src.size, src.device
+        _check_patch(self.patch_size, size)
         weights = None
         if mode == "exact":
-            idx = torch.arange(K, device=x.device).expand(B, K)  # [B, K]
-            rows, cols = self._centers(idx, x)  # [B, K]
-            batch = torch.arange(B, device=x.device).repeat_interleave(K)
-            agg = _chunked_weighted_sum(
-                self.features, x, batch, rows.flatten(), cols.flatten(), probs.flatten(),
-                self.patch_size, self.chunk_size,
-            )  # [B, D]
+            idx = torch.arange(K, device=dev).expand(B, K)  # [B, K]
+            rows, cols = self.centers(idx, size)  # [B, K]
+            agg = _weighted_features(self.features, src, rows, cols, probs, self.patch_size, self.chunk_size)  # [B, D]
             weights = probs
         else:
             n = self.n_patches
@@ -267,23 +293,31 @@ class ATSNet(nn.Module):
             if mode == "topk":
                 idx = probs.detach().topk(n, dim=1).indices  # [B, n]
             elif self.replace:
-                idx = sample_with_replacement(probs, n, generator)  # [B, n]
+                idx = sample_with_replacement(probs, n, generator, check=False)  # [B, n]
             else:
-                idx = sample_without_replacement(probs, n, generator)  # [B, n]
-            rows, cols = self._centers(idx, x)  # [B, n]
-            feats = _features_of(self.features, x, rows, cols, self.patch_size, self.chunk_size)  # [B, n, D]
+                checks.add((probs.detach() > 0).sum(dim=1) >= n,
+                           f"cannot draw {n} locations without replacement: some image has fewer of positive attention")
+                idx = sample_without_replacement(probs, n, generator, check=False)  # [B, n]
+            rows, cols = self.centers(idx, size)  # [B, n]
             if mode == "topk":
                 w = probs.gather(1, idx)  # [B, n]
                 weights = w / w.sum(dim=1, keepdim=True)
-                agg = (weights.unsqueeze(-1) * feats).sum(dim=1)  # [B, D]
-            elif self.replace:
-                agg = expectation_with_replacement(probs, idx, feats)
+                agg = _weighted_features(self.features, src, rows, cols, weights, self.patch_size, self.chunk_size)
             else:
-                agg = expectation_without_replacement(probs, idx, feats)
+                feats = _patch_features(self.features, src, rows, cols, self.patch_size, self.chunk_size)  # [B, n, D]
+                agg = (expectation_with_replacement(probs, idx, feats, check=False) if self.replace
+                       else expectation_without_replacement(probs, idx, feats, check=False))  # [B, D]
+        checks.resolve()
         return ModelOutput(
             logits=self.g(agg), features=agg, alpha=alpha, locations=idx,
             centers=torch.stack((rows, cols), dim=-1), weights=weights, mode=mode, contrastive=contrastive,
         )
+
+
+def _check_patch(patch: tuple[int, int], size: tuple[int, int]) -> None:
+    """ValueError unless a patch fits in the image."""
+    if patch[0] > size[0] or patch[1] > size[1]:
+        raise ValueError(f"patch size {patch} is larger than the image {size}")
 
 
 class UniformNet(ATSNet):
@@ -304,20 +338,19 @@ class UniformNet(ATSNet):
         patch_size: int | tuple[int, int],
         n_patches: int,
         replace: bool = False,
-        chunk_size: int = 256,
+        chunk_size: int | None = None,
     ) -> None:
         super().__init__(None, features, n_classes, scale, patch_size, n_patches, replace, chunk_size)
 
-    def scores(self, x: Tensor) -> Tensor:
-        """Constant logits [B, h*w] (no view is computed)."""
-        h, w = view_size(tuple(x.shape[-2:]), self.scale)
-        if not torch.isfinite(x).all():
-            raise ValueError(f"x contains NaN or inf (shape {tuple(x.shape)})")
-        return x.new_zeros(x.shape[0], h * w)
+    def _logits(self, src: PixelSource, checks: Checks) -> Tensor:
+        """Constant logits [B, h*w] (no view is computed; the pixels are checked where that is cheap)."""
+        h, w = src.view_size(self.scale)
+        src.check_pixels(checks)
+        return torch.zeros(src.batch_size, h * w, dtype=src.dtype, device=src.device)
 
     def forward(
         self,
-        x: Tensor,
+        x: Tensor | PixelSource,
         mode: str = "sample",
         generator: torch.Generator | None = None,
         contrastive: bool = False,
@@ -330,50 +363,104 @@ class UniformNet(ATSNet):
         return super().forward(x, mode, generator, contrastive)
 
 
-class DeepMIL(ATSNet):
-    """Attention MIL over all patches (the full model of eq. 19 / Zoom-In eq. 2): ATSNet in "exact" mode only."""
+class DeepMIL(nn.Module):
+    """Attention-based deep MIL (Ilse, Tomczak & Welling 2018, eq. 8-9): every patch of a grid, attention from its features.
+
+    The image is cut into a grid of `patch_size` patches, `stride` apart (non-overlapping by
+    default; the last row and column are zero-padded beyond the border); each patch's feature
+    vector h_k = f(patch_k) [D] gets the attention a_k = softmax_k(w^T tanh(V h_k)) (eq. 8; with
+    `gated`, w^T (tanh(V h_k) * sigmoid(U h_k)), eq. 9), and the image is classified from
+    z = sum_k a_k h_k. Unlike ATS, which computes its attention from a low-resolution view, every
+    patch is featurised at full resolution, so time and memory grow with the image (ATS table 1:
+    Deep MIL at scale 1). Only mode "exact" exists; features are computed `chunk_size` patches at a
+    time but all K feature vectors are kept for the attention.
+    """
 
     train_mode = "exact"
     eval_mode = "exact"
+    supports_contrastive = False
 
     def __init__(
         self,
-        attention: nn.Module,
         features: nn.Module,
         n_classes: int,
-        scale: float,
         patch_size: int | tuple[int, int],
-        chunk_size: int = 256,
+        *,
+        stride: int | tuple[int, int] | None = None,
+        hidden: int = 128,
+        gated: bool = False,
+        chunk_size: int | None = None,
     ) -> None:
-        super().__init__(attention, features, n_classes, scale, patch_size, 1, False, chunk_size)
+        super().__init__()
+        check_positive_int(hidden, "hidden")
+        check_positive_int(chunk_size, "chunk_size", optional=True)
+        self.features = features
+        self.g = _classifier(features, n_classes)
+        d = features.out_features
+        self.V = nn.Linear(d, hidden)
+        self.U = nn.Linear(d, hidden) if gated else None
+        self.w = nn.Linear(hidden, 1)
+        self.patch_size = as_pair(patch_size, "patch_size")
+        self.stride = self.patch_size if stride is None else as_pair(stride, "stride")
+        self.chunk_size = chunk_size
+
+    def grid_centers(self, size: tuple[int, int], device: torch.device | None = None) -> tuple[Tensor, Tensor]:
+        """Centres (rows, cols) [K] of the patch grid of an image of `size`, row-major."""
+        (H, W), (ph, pw), (sh, sw) = size, self.patch_size, self.stride
+        r = torch.arange(0, max(H - ph, 0) + sh, sh, device=device)[: -(-max(H - ph, 0) // sh) + 1] + ph // 2
+        c = torch.arange(0, max(W - pw, 0) + sw, sw, device=device)[: -(-max(W - pw, 0) // sw) + 1] + pw // 2
+        return r.repeat_interleave(c.numel()), c.repeat(r.numel())
 
     def forward(
         self,
-        x: Tensor,
+        x: Tensor | PixelSource,
         mode: str = "exact",
         generator: torch.Generator | None = None,
         contrastive: bool = False,
     ) -> ModelOutput:
-        """Classify x [B, C, H, W] from every patch, weighted by the attention; only mode="exact" exists."""
+        """Classify x [B, C, H, W] from every patch of the grid, weighted by attention on its features."""
         if mode != "exact":
-            raise ValueError(f"DeepMIL aggregates all patches: mode must be 'exact', got {mode!r} (use ATSNet to sample)")
-        return super().forward(x, "exact", generator, contrastive)
+            raise ValueError(f"DeepMIL aggregates every patch: mode must be 'exact', got {mode!r}")
+        if contrastive:
+            raise ValueError("DeepMIL has no contrastive samples")
+        src = as_source(x)
+        _check_patch(self.patch_size, src.size)
+        checks = Checks()
+        B = src.batch_size
+        r, c = self.grid_centers(src.size, src.device)  # [K]
+        rows, cols = r.expand(B, -1), c.expand(B, -1)  # [B, K]
+        h = _patch_features(self.features, src, rows, cols, self.patch_size, self.chunk_size)  # [B, K, D]
+        hidden = torch.tanh(self.V(h))  # [B, K, hidden]
+        if self.U is not None:
+            hidden = hidden * torch.sigmoid(self.U(h))
+        alpha = _distribution(self.w(hidden)[..., 0], "attention", checks)  # [B, K]
+        z = (alpha.unsqueeze(-1) * h).sum(dim=1)  # [B, D]
+        checks.resolve()
+        return ModelOutput(logits=self.g(z), features=z, alpha=alpha, centers=torch.stack((rows, cols), dim=-1),
+                           weights=alpha, mode="exact")
 
 
 class ZoomInNet(nn.Module):
     """Zoom-In network (sec. 2.1, eq. 5, 6, 9): tiles from alpha on V(x, s1), sub-tiles from beta^c on V(x, s2, c).
 
     Stage one: a's score map on V(x, s1) is averaged over the non-overlapping full-resolution
-    tiles of appendix F (`tile_pool`; partial edge tiles count) and softmaxed into alpha [B, T];
-    n_patches tiles are drawn with replacement. Stage two: only for the U unique drawn
-    (image, tile) pairs, the tile (zero beyond the image) is viewed at scale s2 and b gives
-    beta^c over its u*v entries; each draw of a tile takes a distinct sub-tile (without
-    replacement). Sub-tile (i', j') of tile c is the patch centred at
-    top_left(c) + view_to_full((i', j'), (u, v), tile_size), read from the full image. In a
-    partial edge tile, the sub-tiles whose centre falls outside the image (pure zero padding)
-    get no second-stage attention. Stage two runs `tile_chunk` tiles at a time, so at most that
-    many full-resolution tiles are held at once (at inference; with gradients every chunk's
-    activations are kept for the backward pass).
+    tiles of appendix F (`tile_pool`; partial edge tiles count) and softmaxed into alpha [B, T]
+    (over the tiles the source allows: a slide's tissue); n_patches tiles are drawn with
+    replacement. On a source that serves strips (`PixelSource.strip_pixels`, a slide), a reads
+    V(x, s1) strip by strip with a halo of `receptive_halo` rows, so that only one strip exists
+    at a time. Stage two: only for the U unique drawn (image, tile) pairs, the tile (zero beyond
+    the image) is viewed at scale s2 and b gives beta^c over its u*v entries; each draw of a tile
+    takes a distinct sub-tile (without replacement). Sub-tile (i', j') of tile c is the patch
+    centred at top_left(c) + view_to_full((i', j'), (u, v), tile_size), read at full resolution.
+    In a partial edge tile, the sub-tiles whose centre falls outside the image (pure zero
+    padding) get no second-stage attention. Stage two runs `tile_chunk` tiles at a time and f
+    `chunk_size` patches at a time (None: about CHUNK_PIXELS input pixels a chunk; 1 and 1 hold
+    one tile's and one patch's activations at a time at inference).
+
+    Top-k ("topk") is exact: it opens the tiles in decreasing alpha, min(N, T) per image first,
+    then (for the images whose N-th best product alpha_c beta^c_c' is still below the alpha of
+    the next unopened tile, the only way an unopened tile could hold a better one) twice as many
+    at each round, all images of a round in one batched second stage.
     """
 
     train_mode = "sample"
@@ -391,151 +478,217 @@ class ZoomInNet(nn.Module):
         tile_size: int | tuple[int, int],
         patch_size: int | tuple[int, int],
         n_patches: int,
-        chunk_size: int = 256,
-        tile_chunk: int = 16,
+        chunk_size: int | None = None,
+        tile_chunk: int | None = None,
     ) -> None:
         super().__init__()
         _check_scale(scale1, "scale1")
         _check_scale(scale2, "scale2")
-        _check_positive_int(n_patches, "n_patches")
-        _check_positive_int(chunk_size, "chunk_size")
-        _check_positive_int(tile_chunk, "tile_chunk")
+        check_positive_int(n_patches, "n_patches")
+        check_positive_int(chunk_size, "chunk_size", optional=True)
+        check_positive_int(tile_chunk, "tile_chunk", optional=True)
         self.attention_a = attention_a
         self.attention_b = attention_b
         self.features = features
         self.g = _classifier(features, n_classes)
         self.scale1 = scale1
         self.scale2 = scale2
-        self.tile_size = _pair(tile_size, "tile_size")
+        self.tile_size = as_pair(tile_size, "tile_size")
         self.subview_size = view_size(self.tile_size, scale2)  # (u, v)
-        self.patch_size = _pair(patch_size, "patch_size")
+        self.patch_size = as_pair(patch_size, "patch_size")
         self.n_patches = n_patches
         self.chunk_size = chunk_size
         self.tile_chunk = tile_chunk
 
-    def first_stage(self, x: Tensor) -> Tensor:
-        """alpha [B, T]: a's scores on V(x, s1), averaged over the tile grid, softmaxed."""
-        s = _score_map(self.attention_a, view(x, self.scale1), "attention_a")  # [B, 1, h1, w1]
-        pooled = tile_pool(s[:, 0], tuple(x.shape[-2:]), self.tile_size)  # [B, n_rows, n_cols]
-        return _score_distribution(pooled.flatten(1), "first-stage attention")  # [B, T]
-
-    def subtile_inside(self, x: Tensor, tile: Tensor) -> Tensor:
-        """[U, K2] mask: True where the sub-tile's centre lies inside the image (False only in partial edge tiles)."""
-        k2 = self.subview_size[0] * self.subview_size[1]
-        sub = torch.arange(k2, device=tile.device).expand(tile.numel(), k2)  # [U, K2]
-        rows, cols = self._centers(x, tile.reshape(-1, 1).expand_as(sub), sub)
-        return (rows < x.shape[-2]) & (cols < x.shape[-1])
-
-    def second_stage(self, x: Tensor, batch: Tensor, tile: Tensor) -> Tensor:
-        """beta [U, K2]: b's scores on the views V(x, s2, c) of the given (image, tile) pairs, softmaxed."""
-        parts = []
-        for start in range(0, batch.numel(), self.tile_chunk):
-            sl = slice(start, start + self.tile_chunk)
-            tv = tile_views(x, batch[sl], tile[sl], self.tile_size, self.scale2)  # [u_c, C, u, v]
-            parts.append(_score_map(self.attention_b, tv, "attention_b").flatten(1))  # [u_c, u*v]
-        scores = torch.cat(parts)  # [U, K2]
-        return _score_distribution(scores, "second-stage attention", self.subtile_inside(x, tile))  # [U, K2]
-
-    def _second_stage_probs(self, x: Tensor, batch: Tensor, tile: Tensor, contrastive: bool) -> tuple[Tensor, Tensor]:
-        """(beta [U, K2], the distribution to draw from: beta or its complement over the tile's inside)."""
-        betas = self.second_stage(x, batch, tile)
-        if not contrastive:
-            return betas, betas
-        return betas, complement(betas, self.subtile_inside(x, tile))
-
-    def _centers(self, x: Tensor, tiles: Tensor, subtiles: Tensor) -> tuple[Tensor, Tensor]:
-        """Full-resolution centres (rows, cols) of sub-tiles `subtiles` of tiles `tiles` (same shapes)."""
+    # ---------------------------------------------------------------- geometry
+    def centers(self, tiles: Tensor, subtiles: Tensor, size: tuple[int, int]) -> tuple[Tensor, Tensor]:
+        """Full-resolution centres (rows, cols) of sub-tiles `subtiles` of tiles `tiles` (same shapes) in an image of `size`."""
         u, v = self.subview_size
-        top, left = tile_top_left(tiles, tuple(x.shape[-2:]), self.tile_size)
-        dr, dc = view_to_full(subtiles // v, subtiles % v, (u, v), self.tile_size)
+        top, left = tile_top_left(tiles, size, self.tile_size, check=False)
+        dr, dc = view_to_full(subtiles // v, subtiles % v, (u, v), self.tile_size, check=False)
         return top + dr, left + dc
 
-    def _top_joint(self, x: Tensor, p1: Tensor, contrastive: bool):
-        """The n_patches largest alpha_c beta^c_c' of each image, found exactly.
+    def subtile_inside(self, tiles: Tensor, size: tuple[int, int]) -> Tensor:
+        """[U, K2] mask: True where the sub-tile's centre lies inside the image (False only in partial edge tiles)."""
+        u, v = self.subview_size
+        top, left = tile_top_left(tiles.reshape(-1), size, self.tile_size, check=False)  # [U]
+        dev = tiles.device
+        dr, _ = view_to_full(torch.arange(u, device=dev), torch.zeros(u, dtype=torch.long, device=dev), (u, v),
+                             self.tile_size, check=False)  # [u]
+        _, dc = view_to_full(torch.zeros(v, dtype=torch.long, device=dev), torch.arange(v, device=dev), (u, v),
+                             self.tile_size, check=False)  # [v]
+        rows_in = (top[:, None] + dr[None]) < size[0]  # [U, u]
+        cols_in = (left[:, None] + dc[None]) < size[1]  # [U, v]
+        return (rows_in[:, :, None] & cols_in[:, None, :]).reshape(-1, u * v)  # [U, K2]
 
-        Tiles are visited in decreasing alpha, `tile_chunk` at a time; since alpha_c beta^c_c' <= alpha_c,
-        the search stops once the n-th best product found is at least the alpha of the next tile.
-        Returns tiles, subtiles, joint weights [B, N] and the betas computed (with their image and tile).
+    # ---------------------------------------------------------------- first stage
+    def tile_scores(self, x: Tensor | PixelSource) -> Tensor:
+        """a's scores averaged over each tile (appendix F): [B, T]; strip by strip on a source that serves strips."""
+        src = as_source(x)
+        size, th_tw = src.size, self.tile_size
+        if src.strip_pixels is None:
+            s = score_map(self.attention_a, src.view(self.scale1), "attention_a")  # [B, 1, h1, w1]
+            return tile_pool(s[:, 0], size, th_tw).flatten(1)  # [B, T]
+        h, w = src.view_size(self.scale1)
+        halo = receptive_halo(self.attention_a)
+        rows_per = max(1, src.strip_pixels // w - 2 * halo)
+        outputs = [(o0, min(h, o0 + rows_per)) for o0 in range(0, h, rows_per)]
+        reads = [(max(0, o0 - halo), min(h, o1 + halo)) for o0, o1 in outputs]
+        n_rows, n_cols = tile_grid(size, th_tw)
+        pooled: Tensor | None = None
+        for (o0, o1), (a0, _), strip in zip(outputs, reads, src.view_strips(self.scale1, reads)):
+            s = score_map(self.attention_a, strip, "attention_a")  # [B, 1, a1 - a0, w]
+            part = tile_pool_strip(s[:, 0, o0 - a0 : o1 - a0], size, th_tw, h, o0)  # [B, n_rows, n_cols]
+            pooled = part if pooled is None else pooled + part
+        assert pooled is not None
+        return pooled.reshape(src.batch_size, n_rows * n_cols)  # [B, T]
+
+    def _first_stage(self, src: PixelSource, checks: Checks) -> Tensor:
+        """alpha [B, T] over the tiles the source allows."""
+        return _distribution(self.tile_scores(src), "first-stage attention", checks, src.allowed_tiles(self.tile_size))
+
+    def first_stage(self, x: Tensor | PixelSource) -> Tensor:
+        """alpha [B, T]: a's scores on V(x, s1), averaged over the tile grid, softmaxed (over the allowed tiles)."""
+        checks = Checks()
+        alpha = self._first_stage(as_source(x), checks)
+        checks.resolve()
+        return alpha
+
+    # ---------------------------------------------------------------- second stage
+    def _second_stage(
+        self, src: PixelSource, batch: Tensor, tile: Tensor, contrastive: bool, checks: Checks
+    ) -> tuple[Tensor, Tensor]:
+        """(beta [U, K2] of the (image, tile) pairs, the distribution to draw from: beta or its complement)."""
+        u, v = self.subview_size
+        chunk = _per_chunk(self.tile_chunk, u * v)
+        parts = [score_map(self.attention_b, tv, "attention_b").flatten(1)  # [c, K2]
+                 for tv in src.tile_view_chunks(batch, tile, self.tile_size, self.scale2, chunk)]
+        scores = torch.cat(parts) if parts else torch.zeros(0, u * v, dtype=src.dtype, device=src.device)  # [U, K2]
+        inside = self.subtile_inside(tile, src.size)  # [U, K2]
+        betas = _distribution(scores, "second-stage attention", checks, inside)
+        return betas, (complement(betas, inside) if contrastive else betas)
+
+    def second_stage(self, x: Tensor | PixelSource, batch: Tensor, tile: Tensor) -> Tensor:
+        """beta [U, K2]: b's scores on the views V(x, s2, c) of the given (image, tile) pairs, softmaxed over each tile's inside."""
+        checks = Checks()
+        betas, _ = self._second_stage(as_source(x), batch.to(as_source(x).device), tile.to(as_source(x).device),
+                                      False, checks)
+        checks.resolve()
+        return betas
+
+    # ---------------------------------------------------------------- top-k
+    def _top_joint(self, src: PixelSource, p1: Tensor, contrastive: bool, checks: Checks):
+        """The n_patches largest p1_c p2^c_c' of each image, exactly; see the class docstring.
+
+        Each round's tiles are opened `tile_chunk` at a time (a block of columns of the round for
+        every image still searching, or a block of images when there are more of them than that),
+        and each block's products are merged into the running best N at once: memory stays that
+        of one chunk whatever the number of tiles opened. Returns tiles, subtiles, joint weights
+        [B, N], and the betas computed (None without gradients) with the image and tile of every
+        tile opened.
         """
-        B, _ = p1.shape
+        B, T = p1.shape
         n = self.n_patches
+        u, v = self.subview_size
+        K2 = u * v
+        if T * K2 < n:
+            raise ValueError(f"n_patches={n} exceeds the {T} x {K2} sub-tiles of the image; lower it")
+        dev = p1.device
+        chunk = _per_chunk(self.tile_chunk, K2)
         order = p1.detach().argsort(dim=1, descending=True)  # [B, T]
-        out_tiles, out_subs, out_w, all_betas, all_b, all_t = [], [], [], [], [], []
-        for b in range(B):
-            best_w = p1.new_zeros(0)  # joint weights, with gradient
-            best_tile = order.new_zeros(0)
-            best_sub = order.new_zeros(0)
-            for start in range(0, order.shape[1], self.tile_chunk):
-                chunk = order[b, start : start + self.tile_chunk]  # [c]
-                if best_w.numel() >= n and float(best_w.detach().min()) >= float(p1[b, chunk[0]].detach()):
-                    break
-                img = torch.full_like(chunk, b)
-                betas, p2 = self._second_stage_probs(x, img, chunk, contrastive)  # [c, K2]
-                all_betas.append(betas)
-                all_b.append(img)
-                all_t.append(chunk)
-                joint = p1[b, chunk].unsqueeze(1) * p2  # [c, K2]
-                k2 = joint.shape[1]
-                cand_w = torch.cat([best_w, joint.flatten()])
-                cand_tile = torch.cat([best_tile, chunk.repeat_interleave(k2)])
-                cand_sub = torch.cat([best_sub, torch.arange(k2, device=chunk.device).repeat(chunk.numel())])
-                keep = cand_w.detach().topk(min(n, cand_w.numel())).indices
-                best_w, best_tile, best_sub = cand_w[keep], cand_tile[keep], cand_sub[keep]
-            out_tiles.append(best_tile)
-            out_subs.append(best_sub)
-            out_w.append(best_w)
-        m = min(t.numel() for t in out_tiles)  # every image has the same number of candidates
-        tiles = torch.stack([t[:m] for t in out_tiles])  # [B, N]
-        subtiles = torch.stack([t[:m] for t in out_subs])  # [B, N]
-        joint = torch.stack([w[:m] for w in out_w])  # [B, N]
-        return tiles, subtiles, joint, torch.cat(all_betas), torch.cat(all_b), torch.cat(all_t)
+        sorted_p1 = p1.detach().gather(1, order)  # [B, T]
+        keep = torch.is_grad_enabled()
+        # the best n so far, best first; -1 marks "none yet" (every product is >= 0)
+        best_w = torch.full((B, n), -1.0, dtype=p1.dtype, device=dev)
+        best_t = torch.zeros(B, n, dtype=torch.long, device=dev)
+        best_s = torch.zeros(B, n, dtype=torch.long, device=dev)
+        opened_b, opened_t, kept = [], [], []
+        imgs = torch.arange(B, device=dev)  # [A] images still searching (all of them at first)
+        start, step = 0, min(n, T)
+        while True:
+            stop = min(T, start + step)
+            A = imgs.numel()
+            cols = max(1, chunk // A)  # tiles of each image per block
+            per = min(A, chunk)  # images per block: a block holds at most `chunk` tiles
+            for j0 in range(start, stop, cols):
+                j1 = min(stop, j0 + cols)
+                for i0 in range(0, A, per):
+                    I = imgs[i0 : i0 + per]  # [a]
+                    a, c = I.numel(), j1 - j0
+                    tiles = order[I, j0:j1]  # [a, c]
+                    flat_b, flat_t = I.repeat_interleave(c), tiles.flatten()
+                    betas, p2 = self._second_stage(src, flat_b, flat_t, contrastive, checks)  # [a*c, K2]
+                    opened_b.append(flat_b)
+                    opened_t.append(flat_t)
+                    if keep:
+                        kept.append(betas)
+                    joint = (p1[I].gather(1, tiles).unsqueeze(-1) * p2.view(a, c, K2)).flatten(1)  # [a, c*K2]
+                    cand_w = torch.cat([best_w[I], joint], dim=1)
+                    cand_t = torch.cat([best_t[I], tiles.repeat_interleave(K2, dim=1)], dim=1)
+                    cand_s = torch.cat([best_s[I], torch.arange(K2, device=dev).repeat(c).expand(a, -1)], dim=1)
+                    top = cand_w.detach().topk(n, dim=1).indices  # [a, n], best first
+                    best_w = best_w.index_copy(0, I, cand_w.gather(1, top))
+                    best_t = best_t.index_copy(0, I, cand_t.gather(1, top))
+                    best_s = best_s.index_copy(0, I, cand_s.gather(1, top))
+            if stop >= T:
+                break
+            # an unopened tile c can beat the n-th best only if its alpha is larger (alpha_c beta <= alpha_c)
+            open_more = best_w[imgs, -1].detach() < sorted_p1[imgs, stop]  # [A]
+            with host_sync("top-k search: images whose next tile may hold a better product"):
+                imgs = imgs[open_more]
+            if imgs.numel() == 0:
+                break
+            start, step = stop, 2 * step
+        betas_out = torch.cat(kept) if keep else None
+        return best_t, best_s, best_w, betas_out, torch.cat(opened_b), torch.cat(opened_t)
 
+    # ---------------------------------------------------------------- forward
     def forward(
         self,
-        x: Tensor,
+        x: Tensor | PixelSource,
         mode: str = "sample",
         generator: torch.Generator | None = None,
         contrastive: bool = False,
     ) -> ModelOutput:
-        """Classify images x [B, C, H, W] by two-stage sampling ("sample"), top-k ("topk") or eq. 5 ("exact")."""
-        _check_x(x)
+        """Classify images x [B, C, H, W] (or a PixelSource) by two-stage sampling ("sample"), top-k ("topk") or eq. 5 ("exact")."""
+        src = as_source(x)
         _check_mode(mode)
-        B = x.shape[0]
-        dev = x.device
-        n_rows, n_cols = tile_grid(tuple(x.shape[-2:]), self.tile_size)
-        T = n_rows * n_cols
-        alpha = self.first_stage(x)  # [B, T]
-        p1 = complement(alpha) if contrastive else alpha
+        _check_patch(self.patch_size, src.size)
+        checks = Checks()
+        B, size, dev = src.batch_size, src.size, src.device
+        T = src.tile_count(self.tile_size)
+        K2 = self.subview_size[0] * self.subview_size[1]
+        allowed = src.allowed_tiles(self.tile_size)
+        alpha = _distribution(self.tile_scores(src), "first-stage attention", checks, allowed)  # [B, T]
+        p1 = complement(alpha, allowed) if contrastive else alpha
         weights = None
         if mode == "sample":
-            tiles = sample_with_replacement(p1, self.n_patches, generator)  # [B, N]
-            draws = unique_draws(tiles)
+            N = self.n_patches
+            tiles = sample_with_replacement(p1, N, generator, check=False)  # [B, N]
+            draws = unique_draws(tiles, T, check=False)  # one synchronisation: N'
             beta_batch, beta_tile = draws.batch, draws.tile  # [U], [U]
-            betas, p2 = self._second_stage_probs(x, beta_batch, beta_tile, contrastive)  # [U, K2]
-            subtiles = sample_subtiles(p2, draws, generator)  # [B, N]
-            beta_drawn = p2[draws.inverse, subtiles]  # [B, N]
-            rows, cols = self._centers(x, tiles, subtiles)  # [B, N]
-            feats = _features_of(self.features, x, rows, cols, self.patch_size, self.chunk_size)  # [B, N, D]
-            agg = expectation_two_stage(p1, tiles, beta_drawn, feats)  # [B, D]
+            betas, p2 = self._second_stage(src, beta_batch, beta_tile, contrastive, checks)  # [U, K2]
+            subtiles = sample_subtiles(p2, draws, generator, max_count=min(N, K2), check=False)  # [B, N]
+            checks.add(subtile_support_ok(p2, draws),
+                       f"a tile was drawn more often than it has sub-tiles of positive attention (N = {N}, "
+                       f"{K2} sub-tiles a tile); lower N or use larger tiles")
+            rows, cols = self.centers(tiles, subtiles, size)  # [B, N]
+            feats = _patch_features(self.features, src, rows, cols, self.patch_size, self.chunk_size)  # [B, N, D]
+            agg = expectation_two_stage(p1, tiles, p2[draws.inverse, subtiles], feats, check=False)  # [B, D]
         else:
             if mode == "exact":
                 beta_tile = torch.arange(T, device=dev).repeat(B)  # [B*T]
                 beta_batch = torch.arange(B, device=dev).repeat_interleave(T)  # [B*T]
-                betas, p2 = self._second_stage_probs(x, beta_batch, beta_tile, contrastive)  # [B*T, K2]
-                K2 = p2.shape[1]
+                betas, p2 = self._second_stage(src, beta_batch, beta_tile, contrastive, checks)  # [B*T, K2]
                 weights = (p1.unsqueeze(-1) * p2.view(B, T, K2)).flatten(1)  # [B, T*K2]
                 sel = torch.arange(T * K2, device=dev).expand(B, -1)
                 tiles, subtiles = sel // K2, sel % K2  # [B, T*K2]
             else:
-                tiles, subtiles, joint, betas, beta_batch, beta_tile = self._top_joint(x, p1, contrastive)
+                tiles, subtiles, joint, betas, beta_batch, beta_tile = self._top_joint(src, p1, contrastive, checks)
                 weights = joint / joint.sum(dim=1, keepdim=True)  # [B, N]
-            rows, cols = self._centers(x, tiles, subtiles)  # [B, N]
-            N = tiles.shape[1]
-            batch = torch.arange(B, device=dev).repeat_interleave(N)
-            agg = _chunked_weighted_sum(
-                self.features, x, batch, rows.flatten(), cols.flatten(), weights.flatten(),
-                self.patch_size, self.chunk_size,
-            )  # [B, D]
+            rows, cols = self.centers(tiles, subtiles, size)  # [B, N]
+            agg = _weighted_features(self.features, src, rows, cols, weights, self.patch_size, self.chunk_size)  # [B, D]
+        checks.resolve()
         return ModelOutput(
             logits=self.g(agg), features=agg, alpha=alpha, betas=betas, beta_batch=beta_batch, beta_tile=beta_tile,
             tiles=tiles, subtiles=subtiles, centers=torch.stack((rows, cols), dim=-1), weights=weights,
@@ -555,22 +708,23 @@ class CNNBaseline(nn.Module):
         _check_scale(scale, "scale")
         self.backbone = backbone
         self.scale = scale
-        self.size = None if size is None else _pair(size, "size")  # resize every image to this size instead
+        self.size = None if size is None else as_pair(size, "size")  # resize every image to this size instead
 
     def forward(
         self,
-        x: Tensor,
+        x: Tensor | PixelSource,
         mode: str = "sample",
         generator: torch.Generator | None = None,
         contrastive: bool = False,
     ) -> ModelOutput:
         """Logits [B, n_classes] of backbone(V(x, s)); every mode is the same deterministic pass."""
-        _check_x(x)
         _check_mode(mode)
         if contrastive:
             raise ValueError("CNNBaseline has no attention to draw contrastive samples from")
         if self.size is not None:
-            v = F.interpolate(x, size=self.size, mode="bilinear", align_corners=False, antialias=True)
+            if not isinstance(x, Tensor):
+                raise ValueError("CNNBaseline(size=...) resizes whole images: x must be a [B, C, H, W] tensor")
+            v = F.interpolate(TensorSource(x).x, size=self.size, mode="bilinear", align_corners=False, antialias=True)
         else:
-            v = view(x, self.scale)
+            v = as_source(x).view(self.scale)
         return ModelOutput(logits=self.backbone(v), mode=mode)

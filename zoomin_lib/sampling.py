@@ -23,6 +23,12 @@ of i_k given the earlier draws, conditioned on those draws. Because E[Y_k | earl
 not depend on the earlier draws, this conditional gradient is unbiased for d/dtheta sum_i a_i f_i,
 with respect to the attention and the features alike. No hand-written backward pass is needed.
 
+Draws with replacement use the inverse of the cumulative distribution (a uniform number per
+draw, `torch.searchsorted` in the float64 cumulative sums): one batched operation with no host
+synchronisation, on the CPU and a GPU alike (`torch.multinomial` synchronises on a GPU for one draw
+or without replacement). `check=False` skips the argument checks, which read tensor values (a
+synchronisation on a GPU); the models check their own inputs once per forward (`zoomin_lib.syncs`).
+
 Generators: the random numbers are drawn on the generator's device. A generator on another
 device than `probs` (a CPU generator with CUDA probabilities, or the reverse) is accepted:
 the draw runs on the generator's device (the detached probabilities, or the uniform noise,
@@ -91,14 +97,25 @@ def _draw_device(device: torch.device, generator: torch.Generator | None) -> tor
     return device if gen_device.type == device.type and same_index else gen_device
 
 
-def sample_with_replacement(probs: Tensor, n: int, generator: torch.Generator | None = None) -> Tensor:
-    """Draw n iid indices per row of `probs` [B, K] on the generator's device; LongTensor [B, n] on probs.device."""
-    validate_probs(probs)
+def sample_with_replacement(
+    probs: Tensor, n: int, generator: torch.Generator | None = None, *, check: bool = True
+) -> Tensor:
+    """Draw n iid indices per row of `probs` [B, K] on the generator's device; LongTensor [B, n] on probs.device.
+
+    Inverse-CDF sampling: index i is drawn when u * total falls in [cdf_{i-1}, cdf_i), so an entry
+    of probability 0 is never drawn (a draw rounded past the end goes to the last positive entry).
+    """
+    if check:
+        validate_probs(probs)
     _check_n(n)
     p = probs.detach()  # [B, K]
     draw_on = _draw_device(p.device, generator)
-    idx = torch.multinomial(p.to(draw_on), n, replacement=True, generator=generator)  # [B, n]
-    return idx.to(p.device)
+    q = p.to(draw_on, torch.float64)  # [B, K]
+    cdf = q.cumsum(dim=1)  # [B, K]
+    u = torch.rand(q.shape[0], n, generator=generator, dtype=torch.float64, device=draw_on)  # [B, n]
+    idx = torch.searchsorted(cdf, u * cdf[:, -1:], right=True)  # [B, n]: first i with cdf_i > u * total
+    last = q.shape[1] - 1 - (q > 0).flip(1).to(torch.uint8).argmax(dim=1, keepdim=True)  # [B, 1] last positive entry
+    return torch.minimum(idx, last).to(p.device)
 
 
 def gumbel_top_k(probs: Tensor, n: int, generator: torch.Generator | None = None) -> Tensor:
@@ -115,38 +132,42 @@ def gumbel_top_k(probs: Tensor, n: int, generator: torch.Generator | None = None
     return keys.topk(n, dim=1, sorted=True).indices  # [B, n]
 
 
-def sample_without_replacement(probs: Tensor, n: int, generator: torch.Generator | None = None) -> Tensor:
+def sample_without_replacement(
+    probs: Tensor, n: int, generator: torch.Generator | None = None, *, check: bool = True
+) -> Tensor:
     """Draw n distinct indices per row of `probs` [B, K] in sequence (Gumbel-top-k); LongTensor [B, n]."""
-    validate_probs(probs)
     _check_n(n)
-    support = (probs.detach() > 0).sum(dim=1)  # [B]
-    if (support < n).any():
-        row = int(support.argmin())
-        raise ValueError(
-            f"cannot draw {n} items without replacement: row {row} has only "
-            f"{int(support[row])} items with positive probability"
-        )
+    if check:
+        validate_probs(probs)
+        support = (probs.detach() > 0).sum(dim=1)  # [B]
+        if (support < n).any():
+            row = int(support.argmin())
+            raise ValueError(
+                f"cannot draw {n} items without replacement: row {row} has only "
+                f"{int(support[row])} items with positive probability"
+            )
     return gumbel_top_k(probs, n, generator)
 
 
-def _gather_checked(probs: Tensor, idx: Tensor, feats: Tensor) -> Tensor:
-    """Validate shapes and return the probabilities of the drawn items, [B, n]."""
-    validate_probs(probs)
+def _gather_checked(probs: Tensor, idx: Tensor, feats: Tensor, check: bool = True) -> Tensor:
+    """Validate shapes (and, with `check`, values) and return the probabilities of the drawn items, [B, n]."""
     if idx.dim() != 2 or idx.shape[0] != probs.shape[0] or idx.dtype not in (torch.int64, torch.int32):
         raise ValueError(f"idx must be an integer tensor [B, n] with B={probs.shape[0]}, got {tuple(idx.shape)}")
     if feats.dim() != 3 or feats.shape[:2] != idx.shape:
         raise ValueError(f"feats must be [B, n, D] with [B, n]={tuple(idx.shape)}, got {tuple(feats.shape)}")
-    if (idx < 0).any() or (idx >= probs.shape[1]).any():
-        raise ValueError(f"idx has entries outside [0, {probs.shape[1]})")
+    if check:
+        validate_probs(probs)
+        if (idx < 0).any() or (idx >= probs.shape[1]).any():
+            raise ValueError(f"idx has entries outside [0, {probs.shape[1]})")
     drawn = probs.gather(1, idx.long())  # [B, n]
-    if (drawn.detach() <= 0).any():
+    if check and (drawn.detach() <= 0).any():
         raise ValueError("idx selects an item of zero probability: it cannot have been drawn from probs")
     return drawn
 
 
-def expectation_with_replacement(probs: Tensor, idx: Tensor, feats: Tensor) -> Tensor:
+def expectation_with_replacement(probs: Tensor, idx: Tensor, feats: Tensor, *, check: bool = True) -> Tensor:
     """Unbiased estimate of sum_i probs_i f_i from iid draws `idx` [B, n] with features `feats` [B, n, D]."""
-    drawn = _gather_checked(probs, idx, feats)  # [B, n]
+    drawn = _gather_checked(probs, idx, feats, check)  # [B, n]
     ratio = drawn / drawn.detach()  # value 1, gradient d log a (ATS eq. 12)
     return (ratio.unsqueeze(-1) * feats).mean(dim=1)  # [B, D]
 
@@ -162,15 +183,17 @@ def sequential_terms(drawn: Tensor, feats: Tensor, earlier: Tensor) -> Tensor:
     return known + scale.unsqueeze(-1) * feats  # [B, n, D]
 
 
-def expectation_without_replacement(probs: Tensor, idx: Tensor, feats: Tensor, terms: str = "mean") -> Tensor:
+def expectation_without_replacement(
+    probs: Tensor, idx: Tensor, feats: Tensor, terms: str = "mean", *, check: bool = True
+) -> Tensor:
     """Unbiased estimate (value and gradient) of sum_i probs_i f_i from draws without replacement `idx` [B, n].
 
     terms="mean" averages Y_1..Y_n (Zoom-In eq. 9); terms="last" returns Y_n (ATS eq. 14-15).
     """
     if terms not in ("mean", "last"):
         raise ValueError(f"terms must be 'mean' or 'last', got {terms!r}")
-    drawn = _gather_checked(probs, idx, feats)  # [B, n]
-    if (idx.unsqueeze(2) == idx.unsqueeze(1)).sum(dim=(1, 2)).gt(idx.shape[1]).any():
+    drawn = _gather_checked(probs, idx, feats, check)  # [B, n]
+    if check and (idx.unsqueeze(2) == idx.unsqueeze(1)).sum(dim=(1, 2)).gt(idx.shape[1]).any():
         raise ValueError("idx repeats an item in a row: these are not draws without replacement")
     n = idx.shape[1]
     earlier = torch.ones(n, n, dtype=torch.bool, device=idx.device).tril(-1).expand(idx.shape[0], n, n)

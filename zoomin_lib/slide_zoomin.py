@@ -1,28 +1,34 @@
-"""Zoom-In on whole-slide images: a `ZoomInNet`'s networks run on lazy slides, in memory that does not grow with the slide.
+"""Zoom-In on whole-slide images: the same `ZoomInNet` reads a lazy slide, in memory that does not grow with the slide.
 
 Zoom-In (Kong & Henao) classifies Camelyon16 slides of up to 217,088 x 111,104 pixels (sec. 4) by
 reading a low-resolution view V(x, s1), the views V(x, s2, c) of the tiles it samples and the
 sampled sub-tiles at full resolution (sec. 2.1); alpha is pooled over non-overlapping 3200 x 3200
 tiles (appendix F). Its memory, O(s1^2 HW + N' s2^2 h1 w1 + N h2 w2) ("Memory requirements",
-sec. 2.1), still grows with the slide through the first term. This module removes that term too:
+sec. 2.1), still grows with the slide through the first term. Reading the first stage in strips
+removes that term too. This module holds what is about files; the model's logic is
+`zoomin_lib.models.ZoomInNet` alone, whatever the pixels come from:
 
 - `SlideReader` reads what the models need from one `zoomin_lib.slides.Slide`, and only that: any
   row range of a view V(x, s) (the separable antialiased bilinear resampling of
-  `zoomin_lib.geometry.view`, reproduced weight for weight so that strips of a view equal the
-  whole view), a tile's view at the pyramid level nearest its scale, and sub-tiles at level 0.
-  Pixels are standardised with the training statistics, and everything beyond the slide is zero
-  (the zero padding of sec. 2.1 iii), as `ZoomInNet` sees a tensor. It counts its reads.
-- `SlideZoomIn` wraps a trained `ZoomInNet` (the same a, b, f, g): on a slide, alpha is computed
-  strip by strip over V(x, s1) (a's score map needs only a halo of rows, and the pooling over tiles
-  needs only running sums per tile), so the first stage holds O(strip) rather than O(view); tiles
-  are drawn among the tissue tiles only (`zoomin_lib.slides.tissue_mask` on a fixed-size
-  thumbnail); beta is computed for the drawn tiles only, and sub-tiles are read at level 0.
-  "sample" is the two-stage estimator of eq. 9 (training), "topk" the deterministic top-k of the
-  joint alpha_c beta^c_c' (inference). `predict` returns probabilities and locations per slide.
+  `zoomin_lib.geometry.view`, `geometry.resize_weights`, so that strips of a view equal the whole
+  view), a tile's view at the pyramid level nearest its scale, and sub-tiles at level 0. Pixels
+  are standardised with the training statistics, and everything beyond the slide is zero (the
+  zero padding of sec. 2.1 iii), as `ZoomInNet` sees a tensor. It counts its reads.
+- `SlideSource` is the `zoomin_lib.pixels.PixelSource` of one slide: the reader's answers, read
+  on the host, moved to the model's device (through pinned memory, without blocking, on a GPU),
+  the next strip, tile chunk or patch chunk read on a background thread while the device
+  computes on the current one; tiles restricted to tissue (`zoomin_lib.slides.tissue_mask` on a
+  fixed-size thumbnail); the first stage served strip by strip at inference.
+- `SlideZoomIn` wraps a trained `ZoomInNet` (the same a, b, f, g) with the training set's
+  statistics and the reading options: `forward(reader)` is the net on a `SlideSource`; "sample"
+  is the two-stage estimator of eq. 9 (training), "topk" the exact deterministic top-k of the
+  joint alpha_c beta^c_c' (inference). `predict` returns probabilities and locations per slide,
+  preparing the next slide (opening, tissue) on a background thread.
 - `SlideATS` is one-stage ATS (ATS sec. 3.3) on a slide: attention over the whole V(x, s), so its
   memory grows with the slide; the chapter measures the two side by side.
 - `host_peak_memory`: tensor allocations (`zoomin_lib.profiling.peak_memory`) and numpy/Python
-  allocations (tracemalloc: slide reads, thumbnails, masks), reported separately.
+  allocations (tracemalloc: slide reads, thumbnails, masks), reported separately; with a GPU
+  model, the device's peak too.
 - Training on slides (`slide_loss`): eq. 12 per slide, with the cached V(x, s1) and lazily read
   tiles; with annotations, appendix L: tile-classifier pre-training of a, b and f
   (`pretrain_tile_classifiers`) and the MSE of eq. 13 on alpha and beta (`pixel_mse`). Fig. 7's
@@ -38,30 +44,31 @@ from __future__ import annotations
 import math
 import time
 import tracemalloc
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Protocol, Sequence
+from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence, TypeVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .geometry import tile_grid, tile_pool, tile_top_left, view_size, view_to_full
-from .hierarchical import expectation_two_stage, sample_subtiles, unique_draws
+from .geometry import resize_weights, tile_grid, tile_top_left, view_size
 from .losses import attention_mse, contrastive_loss, zoomin_objective
-from .models import ATSNet, ModelOutput, ZoomInNet, _score_distribution, _score_map, complement
+from .models import ATSNet, ModelOutput, ZoomInNet
+from .pixels import PixelSource
 from .profiling import MB, peak_memory
-from .sampling import sample_with_replacement
 from .slides import Slide, SlideError, open_slide, tissue_mask, tissue_tiles
-from .training import binary_auc, fit
+from .syncs import host_sync
+from .training import binary_auc, evaluating, fit
 
 __all__ = [
     "ROI",
-    "aa_weights",
     "window_examples",
-    "receptive_halo",
     "SlideReader",
+    "SlideSource",
     "SlidePrediction",
     "SlideZoomIn",
     "SlideATS",
@@ -77,6 +84,7 @@ __all__ = [
 ]
 
 Stats = tuple[Tensor, Tensor]  # per-channel mean, std [1, 3, 1, 1] in [0, 1] units
+T = TypeVar("T")
 
 
 class ROI(Protocol):
@@ -87,76 +95,6 @@ class ROI(Protocol):
 
     def window(self, location: tuple[int, int], extent: tuple[int, int], size: tuple[int, int]) -> np.ndarray:
         """Mask bool [h, w] of the level-0 window at (x, y) of extent (W, H), rasterised at size (w, h)."""
-
-
-# -------------------------------------------------------------------- resampling in strips
-
-
-def aa_weights(n_in: int, n_out: int, start: int, stop: int) -> tuple[int, Tensor]:
-    """(first input index, weights float32 [stop - start, span]) of outputs start..stop of an antialiased bilinear resize.
-
-    The weights of `F.interpolate(..., mode="bilinear", align_corners=False, antialias=True)` along
-    one axis (PyTorch's, after Pillow's: a triangle filter stretched by the downscale factor,
-    normalised per output), so that any range of output rows is computed from its input rows alone.
-    """
-    if not (0 <= start < stop <= n_out) or n_in < 1:
-        raise ValueError(f"output rows {start}..{stop} of a resize {n_in} -> {n_out} are out of range")
-    scale = n_in / n_out
-    support, inv = (scale, 1.0 / scale) if scale >= 1 else (1.0, 1.0)
-    center = scale * (torch.arange(start, stop, dtype=torch.float64) + 0.5)  # [m]
-    lo = (center - support + 0.5).long().clamp(min=0)  # truncation, as the C++ static_cast
-    hi = (center + support + 0.5).long().clamp(max=n_in)
-    first, last = int(lo.min()), int(hi.max())
-    j = torch.arange(first, last, dtype=torch.float64)[None]  # [1, span]
-    w = (1 - ((j - center[:, None] + 0.5) * inv).abs()).clamp(min=0)  # [m, span]
-    w = w * ((j >= lo[:, None]) & (j < hi[:, None]))
-    return first, (w / w.sum(dim=1, keepdim=True)).float()
-
-
-def receptive_halo(network: nn.Module) -> int:
-    """Rows of context a stack of stride-1 'same' convolutions needs on each side: sum of dilation * (k - 1) / 2."""
-    halo = 0
-    for m in network.modules():
-        if isinstance(m, nn.Conv2d):
-            if tuple(m.stride) != (1, 1):
-                raise ValueError(f"the strip-wise first stage needs stride-1 convolutions, got {m}")
-            halo += m.dilation[0] * (m.kernel_size[0] - 1) // 2
-        elif isinstance(m, (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
-            raise ValueError(f"the strip-wise first stage needs a score map without pooling, got {m}")
-    return halo
-
-
-def _pool_index(n_view: int, n_full: int, tile: int, start: int, stop: int) -> tuple[Tensor, Tensor]:
-    """For view pixels start..stop on one axis: the two tiles each overlaps and its area weight in them, [m, 2] each.
-
-    The weights of `geometry.tile_pool_weights` (overlap / tile extent inside the image), kept as
-    O(view) index pairs instead of an [n_tiles, n_view] matrix.
-    """
-    step = n_full / n_view
-    if step > tile:
-        raise ValueError(f"a view pixel ({step:.1f} pixels) is larger than a tile ({tile}); raise the scale")
-    n_tiles = -(-n_full // tile)
-    j = torch.arange(start, stop, dtype=torch.float64)
-    e0, e1 = j * step, (j + 1) * step
-    c0 = torch.div(e0, tile, rounding_mode="floor").long().clamp(max=n_tiles - 1)  # [m]
-    c1 = (c0 + 1).clamp(max=n_tiles - 1)
-    end0 = ((c0 + 1) * tile).double()
-    extent = lambda c: ((c + 1) * tile).clamp(max=n_full).double() - c.double() * tile  # noqa: E731
-    w0 = (torch.minimum(e1, end0) - e0) / extent(c0)
-    w1 = (e1 - end0).clamp(min=0) / extent(c1)
-    return torch.stack([c0, c1], dim=1), torch.stack([w0, w1], dim=1).float()
-
-
-def _pool_strip(scores: Tensor, rows: tuple[Tensor, Tensor], cols: tuple[Tensor, Tensor], grid: tuple[int, int]) -> Tensor:
-    """The contribution [n_rows, n_cols] of a strip of scores [m, w] to the tile means (area-weighted)."""
-    (ri, rw), (ci, cw) = rows, cols
-    by_col = scores.new_zeros(scores.shape[0], grid[1])  # [m, n_cols]
-    for k in range(2):
-        by_col = by_col.index_add(1, ci[:, k], scores * cw[:, k])
-    out = scores.new_zeros(grid)  # [n_rows, n_cols]
-    for k in range(2):
-        out = out.index_add(0, ri[:, k], by_col * rw[:, k : k + 1])
-    return out
 
 
 # -------------------------------------------------------------------- reading a slide
@@ -239,12 +177,13 @@ class SlideReader:
         """Rows r0..r1 of V(x, s): float [1, 3, r1 - r0, w], equal to those rows of the whole view.
 
         Read from the smallest pyramid level at least the view's size (`Slide.view_level`), `strip_pixels`
-        level pixels at a time; columns resampled by `F.interpolate` (rows kept), then rows by `aa_weights`.
+        level pixels at a time; columns resampled by `F.interpolate` (rows kept), then rows by `geometry.resize_weights`.
         """
         h, w = view_size(self.shape, scale)
         level = self.slide.view_level(scale)
         lw, lh = self.slide.level_dimensions[level]
-        first, weights = aa_weights(lh, h, r0, r1)  # [r1 - r0, span]
+        first, weights = resize_weights(lh, h, r0, r1)  # [r1 - r0, span]
+        weights = weights.float()
         span = weights.shape[1]
         wide = torch.empty(3, span, w)  # [3, span, w]
         step = max(1, self.strip_pixels // lw)
@@ -341,7 +280,157 @@ def _where(slide: Any) -> str:
     return str(slide) if not isinstance(slide, np.ndarray) else "<array>"
 
 
+# -------------------------------------------------------------------- the pixel source of a slide
+
+
+def _one_ahead(jobs: Sequence[Callable[[], T]], pool: ThreadPoolExecutor | None) -> Iterator[T]:
+    """Run `jobs` in order, each one started on `pool` before the previous result is handed out (inline without a pool)."""
+    if pool is None:
+        for job in jobs:
+            yield job()
+        return
+    pending: deque[Future] = deque()
+    for job in jobs:
+        pending.append(pool.submit(job))
+        if len(pending) > 1:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
+class SlideSource(PixelSource):
+    """One slide as the models' `PixelSource` (batch of one): read on the host, computed on `device`.
+
+    Tensors are moved through pinned memory without blocking when `device` is a GPU. The chunked
+    reads (`view_strips`, `tile_view_chunks`, `patch_chunks`) run on a background thread one chunk
+    ahead, so the host reads while the device computes. The locations of tiles and patches chosen on
+    the device are copied to the host once per request (a documented synchronisation: the host
+    must know where to read). `strip_pixels` (None: whole views) serves the first stage in strips;
+    `tissue_only` restricts the drawable tiles to those with tissue (on a `tissue_side` thumbnail).
+    """
+
+    def __init__(
+        self,
+        reader: SlideReader,
+        device: torch.device | str = "cpu",
+        *,
+        strip_pixels: int | None = None,
+        tissue_only: bool = True,
+        tissue_side: int = 512,
+        prefetch: bool = True,
+    ) -> None:
+        self.reader = reader
+        self._device = torch.device(device)
+        self.strip_pixels = strip_pixels
+        self.tissue_only = tissue_only
+        self.tissue_side = tissue_side
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="slide-read") if prefetch else None
+
+    def close(self) -> None:
+        """Stop the background reader."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    def __del__(self) -> None:
+        """Stop the background reader when the source goes."""
+        pool = getattr(self, "_pool", None)
+        if pool is not None:
+            pool.shutdown(wait=False)
+
+    @property
+    def batch_size(self) -> int:
+        """One slide."""
+        return 1
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(H, W) at level 0."""
+        return self.reader.shape
+
+    @property
+    def channels(self) -> int:
+        """RGB."""
+        return 3
+
+    @property
+    def device(self) -> torch.device:
+        """The model's device."""
+        return self._device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """float32."""
+        return torch.float32
+
+    def _to_device(self, t: Tensor) -> Tensor:
+        """A host tensor on the model's device (pinned and non-blocking on a GPU)."""
+        if self._device.type == "cuda":
+            return t.pin_memory().to(self._device, non_blocking=True)
+        return t.to(self._device)
+
+    def _host(self, *tensors: Tensor) -> list[Tensor]:
+        """Device index tensors on the host (one synchronisation for all of them)."""
+        if all(t.device.type == "cpu" for t in tensors):
+            return list(tensors)
+        with host_sync("slide reads: the host needs the locations to read"):
+            return [t.cpu() for t in tensors]
+
+    def view(self, scale: float) -> Tensor:
+        """The whole V(x, s), standardised: [1, 3, h, w]."""
+        return self._to_device(self.reader.view(scale))
+
+    def view_rows(self, scale: float, r0: int, r1: int) -> Tensor:
+        """Rows r0..r1 of V(x, s), standardised."""
+        return self._to_device(self.reader.view_rows(scale, r0, r1))
+
+    def view_strips(self, scale: float, ranges: Sequence[tuple[int, int]]) -> Iterator[Tensor]:
+        """Strips of V(x, s), the next one read while the current one is computed on."""
+        jobs = [lambda r0=r0, r1=r1: self._to_device(self.reader.view_rows(scale, r0, r1)) for r0, r1 in ranges]
+        yield from _one_ahead(jobs, self._pool)
+
+    def _tile_views_host(self, tiles: Tensor, tile_size: tuple[int, int], scale: float) -> Tensor:
+        """V(x, s, c) [U, 3, u, v] of host tiles, read one by one."""
+        top, left = tile_top_left(tiles, self.size, tile_size, check=False)
+        views = [self.reader.tile_view(t, l, tile_size, scale) for t, l in zip(top.tolist(), left.tolist())]
+        return torch.cat(views) if views else torch.zeros(0, 3, *view_size(tile_size, scale))
+
+    def tile_views(self, batch: Tensor, tiles: Tensor, tile_size: tuple[int, int], scale: float) -> Tensor:
+        """V(x, s, c) [U, 3, u, v] of tiles [U] (all of this slide), each read at the pyramid level nearest s."""
+        (tiles,) = self._host(tiles)
+        return self._to_device(self._tile_views_host(tiles, tile_size, scale))
+
+    def tile_view_chunks(
+        self, batch: Tensor, tiles: Tensor, tile_size: tuple[int, int], scale: float, chunk: int
+    ) -> Iterator[Tensor]:
+        """`tile_views` of `chunk` tiles at a time, the next chunk read while the current one is computed on."""
+        (tiles,) = self._host(tiles)
+        jobs = [lambda s=s: self._to_device(self._tile_views_host(tiles[s : s + chunk], tile_size, scale))
+                for s in range(0, tiles.numel(), chunk)]
+        yield from _one_ahead(jobs, self._pool)
+
+    def patches(self, batch: Tensor, rows: Tensor, cols: Tensor, size: tuple[int, int]) -> Tensor:
+        """Level-0 patches [M, 3, ph, pw], standardised, zero beyond the slide."""
+        rows, cols = self._host(rows, cols)
+        return self._to_device(self.reader.patches(rows, cols, size))
+
+    def patch_chunks(self, batch: Tensor, rows: Tensor, cols: Tensor, size: tuple[int, int], chunk: int) -> Iterator[Tensor]:
+        """`patches` of `chunk` patches at a time, the next chunk read while the current one is computed on."""
+        rows, cols = self._host(rows, cols)
+        jobs = [lambda s=s: self._to_device(self.reader.patches(rows[s : s + chunk], cols[s : s + chunk], size))
+                for s in range(0, rows.numel(), chunk)]
+        yield from _one_ahead(jobs, self._pool)
+
+    def allowed_tiles(self, tile_size: tuple[int, int]) -> Tensor | None:
+        """bool [1, T]: the tiles with tissue (every tile when none is found), or None when not `tissue_only`."""
+        if not self.tissue_only:
+            return None
+        return self._to_device(self.reader.tissue(tile_size, self.tissue_side).reshape(1, -1))
+
+
 # -------------------------------------------------------------------- predictions
+
+
 
 
 @dataclass
@@ -388,19 +477,47 @@ class SlidePrediction:
 def _as_stats(stats: Stats | None) -> tuple[Tensor, Tensor]:
     """Mean and std [1, 3, 1, 1] (0 and 1 when None)."""
     mean, std = stats if stats is not None else (torch.zeros(3), torch.ones(3))
-    return (torch.as_tensor(mean, dtype=torch.float32).reshape(1, 3, 1, 1).clone(),
-            torch.as_tensor(std, dtype=torch.float32).reshape(1, 3, 1, 1).clone())
+    return (torch.as_tensor(mean, dtype=torch.float32).reshape(1, 3, 1, 1).detach().cpu().clone(),
+            torch.as_tensor(std, dtype=torch.float32).reshape(1, 3, 1, 1).detach().cpu().clone())
 
 
-class SlideZoomIn(nn.Module):
+def _device_of(module: nn.Module) -> torch.device:
+    """Where a module's parameters (or buffers) live."""
+    for tensor in (*module.parameters(), *module.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
+class _SlideModel(nn.Module):
+    """What the slide wrappers share: the training statistics (buffers: they follow `.to(device)`) and opening slides."""
+
+    def __init__(self, stats: Stats | None, strip_pixels: int) -> None:
+        super().__init__()
+        mean, std = _as_stats(stats)
+        self.register_buffer("mean", mean)
+        self.register_buffer("std", std)
+        self.strip_pixels = int(strip_pixels)
+
+    @property
+    def stats(self) -> Stats:
+        """(mean, std) on the host, for readers."""
+        return self.mean.cpu(), self.std.cpu()
+
+    def open(self, slide: Any, **kwargs: Any) -> SlideReader:
+        """A reader for `slide` with this model's statistics."""
+        return SlideReader(slide, self.stats, strip_pixels=self.strip_pixels, **kwargs)
+
+
+class SlideZoomIn(_SlideModel):
     """A `ZoomInNet` on slides: strip-wise alpha over tissue tiles, beta of the drawn tiles, sub-tiles at level 0.
 
-    The wrapped `net` keeps its meaning on tensors (training on in-memory images); here its a, b, f
-    and g read a `SlideReader`. With gradients (training) alpha comes from the reader's cached
-    whole V(x, s1), as `ZoomInNet.first_stage`; without (inference) from strips of `strip_pixels`
-    view pixels, halo included, so the first stage holds O(strip) whatever the slide's size.
-    `tissue_only` restricts alpha (and its complement) to the tiles with tissue. "topk" searches the
-    joint alpha_c beta^c_c' over at most `max_tiles` tiles (default n_patches; see `_top_joint`).
+    The wrapped `net` keeps its meaning on tensors (training on in-memory images); here the same
+    forward reads a `SlideSource` of the slide, on the device the model is on. With gradients
+    (training) alpha comes from the reader's cached whole V(x, s1); without (inference) from strips of
+    `strip_pixels` view pixels, halo included, so the first stage holds O(strip) whatever the slide's
+    size. `tissue_only` restricts alpha (and its complement) to the tiles with tissue. "topk" is the
+    exact top N of the joint alpha_c beta^c_c' (`ZoomInNet`): on an untrained, flat alpha it may open
+    many tiles.
     """
 
     train_mode = "sample"
@@ -415,25 +532,18 @@ class SlideZoomIn(nn.Module):
         strip_pixels: int = 2**16,
         tissue_side: int = 512,
         tissue_only: bool = True,
-        max_tiles: int | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(stats, strip_pixels)
         if not isinstance(net, ZoomInNet):
             raise ValueError(f"SlideZoomIn wraps a ZoomInNet, got {type(net).__name__}")
         self.net = net
-        mean, std = _as_stats(stats)
-        self.register_buffer("mean", mean)
-        self.register_buffer("std", std)
-        self.strip_pixels = int(strip_pixels)
         self.tissue_side = int(tissue_side)
         self.tissue_only = tissue_only
-        self.max_tiles = max_tiles  # top-k visits at most this many tiles (None: n_patches, as many as N draws reach)
-        self.halo = receptive_halo(net.attention_a)
 
     # ---------------------------------------------------------------- reading
     def open(self, slide: Any, **kwargs: Any) -> SlideReader:
         """A reader for `slide` with this model's statistics; SlideError naming the file if it is smaller than a tile."""
-        reader = SlideReader(slide, (self.mean, self.std), strip_pixels=self.strip_pixels, **kwargs)
+        reader = super().open(slide, **kwargs)
         self.check(reader)
         return reader
 
@@ -445,124 +555,51 @@ class SlideZoomIn(nn.Module):
             reader.close()
             raise SlideError(reader.path, f"smaller than one tile: {W}x{H} pixels < {tw}x{th} (level 0)")
 
+    def source(self, reader: SlideReader, strips: bool | None = None) -> SlideSource:
+        """The slide as the net's pixel source, on the model's device; strips by default only without gradients."""
+        strips = (not torch.is_grad_enabled()) if strips is None else strips
+        return SlideSource(reader, _device_of(self), strip_pixels=self.strip_pixels if strips else None,
+                           tissue_only=self.tissue_only, tissue_side=self.tissue_side)
+
     def grid(self, reader: SlideReader) -> tuple[int, int]:
         """(n_rows, n_cols) of the tile grid."""
         return tile_grid(reader.shape, self.net.tile_size)
 
     def allowed(self, reader: SlideReader) -> Tensor:
-        """Tiles alpha may select: bool [1, T] (tissue tiles, or all)."""
+        """Tiles alpha may select: bool [1, T] on the host (tissue tiles, or all)."""
         if not self.tissue_only:
             n_rows, n_cols = self.grid(reader)
             return torch.ones(1, n_rows * n_cols, dtype=torch.bool)
         return reader.tissue(self.net.tile_size, self.tissue_side).reshape(1, -1)
 
-    # ---------------------------------------------------------------- first stage
+    # ---------------------------------------------------------------- the net on a slide
+    def _on(self, reader: SlideReader, run: Callable[[SlideSource], T], strips: bool | None = None) -> T:
+        """`run(source)` with errors that name the slide."""
+        src = self.source(reader, strips)
+        try:
+            return run(src)
+        except SlideError:
+            raise
+        except (OSError, ValueError) as err:  # a read error or a failed check that does not name the file yet
+            raise SlideError(reader.path, f"{type(err).__name__}: {err}") from err
+        finally:
+            src.close()
+
     def tile_scores(self, reader: SlideReader, strips: bool = True) -> Tensor:
         """a's scores averaged over each tile: [T]; strip by strip, or from the whole (cached) view."""
-        net = self.net
-        H, W = reader.shape
-        th, tw = net.tile_size
-        grid = tile_grid((H, W), (th, tw))
-        if not strips:
-            s = _score_map(net.attention_a, reader.view(net.scale1), "attention_a")  # [1, 1, h, w]
-            return tile_pool(s[:, 0], (H, W), (th, tw)).flatten()  # [T]
-        h, w = view_size((H, W), net.scale1)
-        cols = _pool_index(w, W, tw, 0, w)  # [w, 2] x 2
-        rows_per = max(1, self.strip_pixels // w - 2 * self.halo)
-        pooled = torch.zeros(grid)  # [n_rows, n_cols]
-        for o0 in range(0, h, rows_per):
-            o1 = min(h, o0 + rows_per)
-            a0, a1 = max(0, o0 - self.halo), min(h, o1 + self.halo)
-            s = _score_map(net.attention_a, reader.view_rows(net.scale1, a0, a1), "attention_a")  # [1, 1, a1 - a0, w]
-            pooled += _pool_strip(s[0, 0, o0 - a0 : o1 - a0], _pool_index(h, H, th, o0, o1), cols, grid)
-        return pooled.flatten()  # [T]
+        return self._on(reader, lambda src: self.net.tile_scores(src)[0], strips)
 
     def first_stage(self, reader: SlideReader, strips: bool | None = None) -> Tensor:
-        """alpha [1, T] over the allowed tiles; SlideError naming the file on NaN/inf scores."""
-        strips = (not torch.is_grad_enabled()) if strips is None else strips
-        scores = self.tile_scores(reader, strips)[None]  # [1, T]
-        try:
-            return _score_distribution(scores, "first-stage attention", self.allowed(reader))
-        except ValueError as err:
-            raise SlideError(reader.path, str(err)) from err
-
-    # ---------------------------------------------------------------- second stage
-    def centers(self, reader: SlideReader, tiles: Tensor, subtiles: Tensor) -> tuple[Tensor, Tensor]:
-        """Level-0 centres (rows, cols) of sub-tiles of tiles (same shapes), as `ZoomInNet._centers`."""
-        u, v = self.net.subview_size
-        top, left = tile_top_left(tiles, reader.shape, self.net.tile_size)
-        dr, dc = view_to_full(subtiles // v, subtiles % v, (u, v), self.net.tile_size)
-        return top + dr, left + dc
-
-    def subtile_inside(self, reader: SlideReader, tiles: Tensor) -> Tensor:
-        """[U, K2]: True where the sub-tile's centre lies inside the slide (as `ZoomInNet.subtile_inside`, by axis)."""
-        u, v = self.net.subview_size
-        top, left = tile_top_left(tiles.reshape(-1), reader.shape, self.net.tile_size)  # [U]
-        dr, _ = view_to_full(torch.arange(u), torch.zeros(u, dtype=torch.long), (u, v), self.net.tile_size)  # [u]
-        _, dc = view_to_full(torch.zeros(v, dtype=torch.long), torch.arange(v), (u, v), self.net.tile_size)  # [v]
-        rows_in = (top[:, None] + dr[None]) < reader.shape[0]  # [U, u]
-        cols_in = (left[:, None] + dc[None]) < reader.shape[1]  # [U, v]
-        return (rows_in[:, :, None] & cols_in[:, None, :]).reshape(-1, u * v)  # [U, K2]
-
-    def tile_views(self, reader: SlideReader, tiles: Tensor) -> Tensor:
-        """V(x, s2, c) of tiles [U]: [U, 3, u, v]."""
-        top, left = tile_top_left(tiles, reader.shape, self.net.tile_size)
-        views = [reader.tile_view(t, l, self.net.tile_size, self.net.scale2) for t, l in zip(top.tolist(), left.tolist())]
-        return torch.cat(views) if views else torch.zeros(0, 3, *self.net.subview_size)
+        """alpha [1, T] over the allowed tiles."""
+        return self._on(reader, self.net.first_stage, strips)
 
     def second_stage(self, reader: SlideReader, tiles: Tensor) -> Tensor:
-        """beta [U, K2] of tiles [U]: b on their s2 views, `net.tile_chunk` tiles at a time, softmaxed over the inside."""
-        parts = []
-        for start in range(0, tiles.numel(), self.net.tile_chunk):
-            tv = self.tile_views(reader, tiles[start : start + self.net.tile_chunk])  # [c, 3, u, v]
-            parts.append(_score_map(self.net.attention_b, tv, "attention_b").flatten(1))  # [c, K2]
-        try:
-            return _score_distribution(torch.cat(parts), "second-stage attention", self.subtile_inside(reader, tiles))
-        except ValueError as err:
-            raise SlideError(reader.path, str(err)) from err
+        """beta [U, K2] of tiles [U]."""
+        return self._on(reader, lambda src: self.net.second_stage(src, torch.zeros_like(tiles), tiles))
 
-    def _second_stage_probs(self, reader: SlideReader, tiles: Tensor, contrastive: bool) -> tuple[Tensor, Tensor]:
-        """(beta [U, K2], the distribution to draw from: beta or its complement over the inside)."""
-        betas = self.second_stage(reader, tiles)
-        return betas, (complement(betas, self.subtile_inside(reader, tiles)) if contrastive else betas)
-
-    def features(self, reader: SlideReader, rows: Tensor, cols: Tensor) -> Tensor:
-        """f of the level-0 sub-tiles centred at (rows, cols) [M]: [M, D], `net.chunk_size` at a time."""
-        size = self.net.patch_size
-        parts = [self.net.features(reader.patches(rows[i : i + self.net.chunk_size], cols[i : i + self.net.chunk_size], size))
-                 for i in range(0, rows.numel(), self.net.chunk_size)]
-        return torch.cat(parts) if parts else torch.zeros(0, self.net.features.out_features)
-
-    def _top_joint(self, reader: SlideReader, p1: Tensor, contrastive: bool):
-        """The n_patches largest alpha_c beta^c_c' among the `max_tiles` highest-alpha tiles.
-
-        Tiles are visited in decreasing alpha, `tile_chunk` at a time, until no further tile can beat
-        the n-th best product (alpha_c beta^c_c' <= alpha_c: then the result is the exact top-k of the
-        joint, as `ZoomInNet`'s) or `max_tiles` tiles were visited, whichever comes first: a flat
-        alpha would otherwise visit every tile of the slide. Without gradients the betas are not kept.
-        """
-        n, p = self.net.n_patches, p1[0]
-        order = p.detach().argsort(descending=True)
-        order = order[p.detach()[order] > 0][: self.max_tiles or n]  # [T'] tiles that can be drawn
-        best_w, best_t, best_s = p.new_zeros(0), order.new_zeros(0), order.new_zeros(0)
-        betas, seen = [p.new_zeros(0, math.prod(self.net.subview_size))], [order.new_zeros(0)]
-        keep_betas = torch.is_grad_enabled()
-        for start in range(0, order.numel(), self.net.tile_chunk):
-            chunk = order[start : start + self.net.tile_chunk]
-            if best_w.numel() >= n and float(best_w.detach().min()) >= float(p[chunk[0]].detach()):
-                break
-            b, p2 = self._second_stage_probs(reader, chunk, contrastive)  # [c, K2]
-            if keep_betas:  # training needs every computed beta (entropy term); inference keeps none: O(chunk) memory
-                betas.append(b)
-                seen.append(chunk)
-            joint = p[chunk].unsqueeze(1) * p2  # [c, K2]
-            k2 = joint.shape[1]
-            cand_w = torch.cat([best_w, joint.flatten()])
-            cand_t = torch.cat([best_t, chunk.repeat_interleave(k2)])
-            cand_s = torch.cat([best_s, torch.arange(k2).repeat(chunk.numel())])
-            keep = cand_w.detach().topk(min(n, cand_w.numel())).indices
-            best_w, best_t, best_s = cand_w[keep], cand_t[keep], cand_s[keep]
-        return best_t[None], best_s[None], best_w[None], torch.cat(betas), torch.cat(seen)
+    def centers(self, reader: SlideReader, tiles: Tensor, subtiles: Tensor) -> tuple[Tensor, Tensor]:
+        """Level-0 centres (rows, cols) of sub-tiles of tiles (same shapes)."""
+        return self.net.centers(tiles, subtiles, reader.shape)
 
     def forward(
         self,
@@ -575,126 +612,119 @@ class SlideZoomIn(nn.Module):
         """Classify one slide (batch of one): two-stage sampling ("sample", eq. 9) or top-k ("topk")."""
         if mode not in ("sample", "topk"):
             raise ValueError(f"on slides the modes are 'sample' and 'topk' (no 'exact' over every sub-tile), got {mode!r}")
-        alpha = self.first_stage(reader, strips)  # [1, T]
-        p1 = complement(alpha, self.allowed(reader)) if contrastive else alpha
-        weights = None
-        if mode == "sample":
-            tiles = sample_with_replacement(p1, self.net.n_patches, generator)  # [1, N]
-            draws = unique_draws(tiles)
-            beta_tile = draws.tile  # [U]
-            betas, p2 = self._second_stage_probs(reader, beta_tile, contrastive)  # [U, K2]
-            subtiles = sample_subtiles(p2, draws, generator)  # [1, N]
-            rows, cols = self.centers(reader, tiles, subtiles)  # [1, N]
-            feats = self.features(reader, rows[0], cols[0])[None]  # [1, N, D]
-            agg = expectation_two_stage(p1, tiles, p2[draws.inverse, subtiles], feats)  # [1, D]
-        else:
-            tiles, subtiles, joint, betas, beta_tile = self._top_joint(reader, p1, contrastive)
-            weights = joint / joint.sum(dim=1, keepdim=True)  # [1, N]
-            rows, cols = self.centers(reader, tiles, subtiles)  # [1, N]
-            agg = torch.zeros(1, self.net.features.out_features)
-            for i in range(0, rows.shape[1], self.net.chunk_size):
-                sl = slice(i, i + self.net.chunk_size)
-                agg = agg + (weights[:, sl, None] * self.features(reader, rows[0, sl], cols[0, sl])[None]).sum(dim=1)
-        return ModelOutput(
-            logits=self.net.g(agg), features=agg, alpha=alpha, betas=betas,
-            beta_batch=torch.zeros_like(beta_tile), beta_tile=beta_tile, tiles=tiles, subtiles=subtiles,
-            centers=torch.stack((rows, cols), dim=-1), weights=weights, mode=mode, contrastive=contrastive,
-        )
+        return self._on(reader, lambda src: self.net(src, mode=mode, generator=generator, contrastive=contrastive), strips)
 
     # ---------------------------------------------------------------- prediction
     def predict_one(self, slide: Any, mode: str = "topk", generator: torch.Generator | None = None) -> SlidePrediction:
         """Probabilities and locations for one slide (a path, Slide or SlideReader); errors name the file."""
         began = time.perf_counter()
         reader, opened = _reader(slide, self.open)
-        was_training = self.training
-        self.eval()
         try:
-            with torch.no_grad():
+            with evaluating(self), torch.no_grad():
                 out = self(reader, mode=mode, generator=generator)
-        except SlideError:
-            raise
-        except (OSError, ValueError) as err:  # a backend's read error that does not name the file yet
-            raise SlideError(reader.path, f"{type(err).__name__}: {err}") from err
+            n_rows, n_cols = self.grid(reader)
+            return SlidePrediction(
+                slide=_where(slide), probs=torch.softmax(out.logits, dim=1)[0].cpu().numpy(), mode=mode,
+                tiles=out.tiles[0].cpu().numpy(), tile_size=self.net.tile_size, centers=out.centers[0].cpu().numpy(),
+                patch_size=self.net.patch_size, weights=None if out.weights is None else out.weights[0].cpu().numpy(),
+                alpha=out.alpha[0].reshape(n_rows, n_cols).cpu().numpy(), seconds=time.perf_counter() - began,
+                reads=dict(reader.reads),
+            )
         finally:
-            self.train(was_training)
             if opened:
                 reader.close()
-        n_rows, n_cols = self.grid(reader)
-        return SlidePrediction(
-            slide=_where(slide), probs=torch.softmax(out.logits, dim=1)[0].numpy(), mode=mode,
-            tiles=out.tiles[0].numpy(), tile_size=self.net.tile_size, centers=out.centers[0].numpy(),
-            patch_size=self.net.patch_size, weights=None if out.weights is None else out.weights[0].numpy(),
-            alpha=out.alpha[0].reshape(n_rows, n_cols).numpy(), seconds=time.perf_counter() - began,
-            reads=dict(reader.reads),
-        )
 
-    def predict(self, slides: Iterable[Any], mode: str = "topk", generator: torch.Generator | None = None) -> list[SlidePrediction]:
-        """`predict_one` for each slide; the first bad slide raises (SlideError naming it)."""
-        return [self.predict_one(s, mode, generator) for s in slides]
+    def _prepared(self, slides: Sequence[Any]) -> Iterator[tuple[Any, SlideReader | Exception]]:
+        """(slide, an open reader with its tissue found, or the error) for each slide, the next one prepared in the background."""
+
+        def prepare(slide: Any) -> SlideReader | Exception:
+            try:
+                reader = slide if isinstance(slide, SlideReader) else self.open(slide)
+                if self.tissue_only:
+                    reader.tissue(self.net.tile_size, self.tissue_side)
+                return reader
+            except (SlideError, OSError, ValueError) as err:
+                return err
+
+        with ThreadPoolExecutor(1, thread_name_prefix="slide-open") as pool:
+            jobs = [lambda s=s: (s, prepare(s)) for s in slides]
+            yield from _one_ahead(jobs, pool)
 
     def predict_all(
         self, slides: Iterable[Any], mode: str = "topk", generator: torch.Generator | None = None
     ) -> tuple[list[SlidePrediction], list[str]]:
-        """`predict_one` for each slide, reporting bad slides ('<file>: <reason>') and going on with the rest."""
+        """`predict_one` for each slide, reporting bad slides ('<file>: <reason>') and going on with the rest.
+
+        The next slide is opened and its tissue found on a background thread while the current
+        one is predicted.
+        """
         preds, problems = [], []
-        for s in slides:
+        for slide, ready in self._prepared(list(slides)):
+            if isinstance(ready, Exception):
+                problems.append(str(ready) if _where(slide) in str(ready) else f"{_where(slide)}: {ready}")
+                continue
             try:
-                preds.append(self.predict_one(s, mode, generator))
+                pred = self.predict_one(ready, mode, generator)
+                pred.slide = _where(slide)
+                preds.append(pred)
             except (SlideError, OSError, ValueError) as err:
-                problems.append(str(err) if _where(s) in str(err) else f"{_where(s)}: {err}")
+                problems.append(str(err) if _where(slide) in str(err) else f"{_where(slide)}: {err}")
+            finally:
+                if not isinstance(slide, SlideReader):
+                    ready.close()
         return preds, problems
 
+    def predict(self, slides: Iterable[Any], mode: str = "topk", generator: torch.Generator | None = None) -> list[SlidePrediction]:
+        """`predict_one` for each slide (the next one prepared in the background); the first bad slide raises (SlideError naming it)."""
+        preds = []
+        for slide, ready in self._prepared(list(slides)):
+            if isinstance(ready, Exception):
+                raise ready if isinstance(ready, SlideError) else SlideError(_where(slide), str(ready))
+            try:
+                pred = self.predict_one(ready, mode, generator)
+            finally:
+                if not isinstance(slide, SlideReader):
+                    ready.close()
+            pred.slide = _where(slide)
+            preds.append(pred)
+        return preds
 
-class SlideATS(nn.Module):
+
+class SlideATS(_SlideModel):
     """One-stage ATS on a slide (ATS sec. 3.3): attention over the whole V(x, s), top-N patches at level 0.
 
     Its view, and a's activations over it, grow with the slide: this is the baseline of the
     memory-against-size comparison, with s the scale at which Zoom-In's second stage picks sub-tiles.
     """
 
-    def __init__(self, net: ATSNet, stats: Stats | None = None) -> None:
-        super().__init__()
+    def __init__(self, net: ATSNet, stats: Stats | None = None, *, strip_pixels: int = 2**16) -> None:
+        super().__init__(stats, strip_pixels)
         self.net = net
-        mean, std = _as_stats(stats)
-        self.register_buffer("mean", mean)
-        self.register_buffer("std", std)
 
     def forward(self, reader: SlideReader) -> ModelOutput:
         """Deterministic top-N prediction of one slide."""
-        net = self.net
-        H, W = reader.shape
-        h, w = view_size((H, W), net.scale)
-        scores = _score_map(net.attention, reader.view(net.scale), "the attention network").flatten(1)  # [1, h*w]
-        if not torch.isfinite(scores).all():
-            raise SlideError(reader.path, "the attention scores contain NaN or inf")
-        probs = torch.softmax(scores, dim=1)  # [1, K]; not validated: a float32 sum over 10^7 entries drifts by 1e-3
-        idx = probs.topk(min(net.n_patches, probs.shape[1]), dim=1).indices  # [1, N]
-        rows, cols = view_to_full(idx // w, idx % w, (h, w), (H, W))  # [1, N]
-        weights = probs.gather(1, idx)
-        weights = weights / weights.sum(dim=1, keepdim=True)
-        agg = torch.zeros(1, net.features.out_features)
-        for i in range(0, idx.shape[1], net.chunk_size):
-            sl = slice(i, i + net.chunk_size)
-            feats = net.features(reader.patches(rows[0, sl], cols[0, sl], net.patch_size))  # [m, D]
-            agg = agg + (weights[0, sl, None] * feats).sum(dim=0, keepdim=True)
-        return ModelOutput(logits=net.g(agg), features=agg, alpha=probs, locations=idx,
-                           centers=torch.stack((rows, cols), dim=-1), weights=weights, mode="topk")
+        src = SlideSource(reader, _device_of(self), tissue_only=False)
+        try:
+            return self.net(src, mode="topk")
+        except (OSError, ValueError) as err:
+            raise SlideError(reader.path, f"{type(err).__name__}: {err}") from err
+        finally:
+            src.close()
 
     def predict_one(self, slide: Any) -> SlidePrediction:
         """Probabilities and patch centres for one slide."""
         began = time.perf_counter()
-        reader, opened = _reader(slide, lambda s: SlideReader(s, (self.mean, self.std)))
-        self.eval()
+        reader, opened = _reader(slide, self.open)
         try:
-            with torch.no_grad():
+            with evaluating(self), torch.no_grad():
                 out = self(reader)
         finally:
             if opened:
                 reader.close()
         return SlidePrediction(
-            slide=_where(slide), probs=torch.softmax(out.logits, dim=1)[0].numpy(), mode="topk",
-            tiles=np.zeros(0, dtype=np.int64), tile_size=(0, 0), centers=out.centers[0].numpy(),
-            patch_size=self.net.patch_size, weights=out.weights[0].numpy(), alpha=None,
+            slide=_where(slide), probs=torch.softmax(out.logits, dim=1)[0].cpu().numpy(), mode="topk",
+            tiles=np.zeros(0, dtype=np.int64), tile_size=(0, 0), centers=out.centers[0].cpu().numpy(),
+            patch_size=self.net.patch_size, weights=out.weights[0].cpu().numpy(), alpha=None,
             seconds=time.perf_counter() - began, reads=dict(reader.reads),
         )
 
@@ -702,18 +732,22 @@ class SlideATS(nn.Module):
 # -------------------------------------------------------------------- measuring
 
 
-def host_peak_memory(fn: Callable[[], Any]) -> dict[str, Any]:
+def host_peak_memory(fn: Callable[[], Any], device: torch.device | str | None = None) -> dict[str, Any]:
     """Peak host memory of `fn()`: torch tensor allocations and numpy/Python allocations, measured separately (MiB).
 
     `fn` runs three times: a timed warm-up (`seconds`, wall clock), then under the profiler for
     tensors (`profiling.peak_memory`: allocation events replayed), then under tracemalloc for
     numpy (numpy reports its buffers to tracemalloc: slide reads, thumbnails, masks). Neither sees
     the C libraries' own buffers (OpenSlide's and PIL's decode buffers). `sum_mb` bounds the
-    combined peak from above (the two peaks need not coincide).
+    combined peak from above (the two peaks need not coincide). With a CUDA `device` (the model's),
+    a fourth run gives the device's peak (`device_mb`, `torch.cuda.max_memory_allocated`).
     """
     began = time.perf_counter()
     fn()
     seconds = time.perf_counter() - began
+    extra: dict[str, Any] = {}
+    if device is not None and torch.device(device).type == "cuda":
+        extra["device_mb"] = peak_memory(fn, device, warmup=False).peak_mb
     torch_peak = peak_memory(fn, "cpu", warmup=False)
     tracemalloc.start()
     try:
@@ -722,7 +756,7 @@ def host_peak_memory(fn: Callable[[], Any]) -> dict[str, Any]:
     finally:
         tracemalloc.stop()
     return {"torch_mb": torch_peak.peak_mb, "numpy_mb": numpy_peak / MB, "sum_mb": torch_peak.peak_mb + numpy_peak / MB,
-            "seconds": seconds, "method": f"{torch_peak.method} + tracemalloc"}
+            "seconds": seconds, "method": f"{torch_peak.method} + tracemalloc", **extra}
 
 
 # -------------------------------------------------------------------- annotations (appendix L, Fig. 7)
@@ -766,12 +800,13 @@ def pixel_mse(model: SlideZoomIn, reader: SlideReader, out: ModelOutput) -> Tens
     (a normal slide) has M = 0 everywhere.
     """
     ratios, masks = roi_tiles(model, reader)
-    m_alpha = torch.from_numpy(ratios.reshape(1, -1) > 0).float()  # [1, T]
+    m_alpha = torch.from_numpy(ratios.reshape(1, -1) > 0).float().to(out.alpha.device)  # [1, T]
     loss = attention_mse(out.alpha, m_alpha)
     if out.betas is not None and out.betas.numel():
         u, v = model.net.subview_size
         zero = np.zeros((u, v), dtype=bool)
-        m_beta = torch.from_numpy(np.stack([masks.get(int(t), zero).reshape(-1) for t in out.beta_tile])).float()
+        m_beta = torch.from_numpy(np.stack([masks.get(int(t), zero).reshape(-1) for t in out.beta_tile.tolist()]))
+        m_beta = m_beta.float().to(out.betas.device)
         loss = loss + attention_mse(out.betas, m_beta)
     return loss
 
@@ -910,16 +945,18 @@ def _fit_classifier(net: Callable[[Tensor], Tensor], params: list, x: Tensor, y:
                     generator: torch.Generator, batch_size: int) -> dict[str, Any]:
     """`steps` Adam steps on BCE of net(x) [M] against y [M] (mini-batches drawn with replacement); losses and training accuracy."""
     opt = torch.optim.Adam(params, lr=lr)
+    device = params[0].device if params else torch.device("cpu")
     losses = []
     for _ in range(steps):
         idx = torch.randint(len(y), (min(batch_size, len(y)),), generator=generator)
-        loss = F.binary_cross_entropy_with_logits(net(x[idx]), y[idx].float())
+        loss = F.binary_cross_entropy_with_logits(net(x[idx].to(device)), y[idx].float().to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         losses.append(float(loss.detach()))
     with torch.no_grad():
-        acc = float(((torch.cat([net(x[i : i + batch_size]) for i in range(0, len(y), batch_size)]) > 0) == (y > 0)).float().mean())
+        scores = torch.cat([net(x[i : i + batch_size].to(device)).cpu() for i in range(0, len(y), batch_size)])
+        acc = float(((scores > 0) == (y > 0)).float().mean())
     tail = losses[-max(1, steps // 10):]
     return {"first_loss": losses[0] if losses else math.nan, "last_loss": float(np.mean(tail)) if losses else math.nan,
             "train_accuracy": acc, "steps": steps}
@@ -972,7 +1009,7 @@ def pretrain_tile_classifiers(
     subs = _subtile_examples(model, examples, subtiles_per_tile, gen)
     xf = torch.cat([r.patches(torch.tensor([row]), torch.tensor([col]), net.patch_size) for r, row, col, _ in subs])
     y_sub = torch.tensor([label for *_, label in subs])
-    head = nn.Linear(net.features.out_features, 1)
+    head = nn.Linear(net.features.out_features, 1).to(_device_of(net))
     was_training = model.training
     model.train()
     try:

@@ -9,13 +9,14 @@ for two classes, the ROC AUC by the rank (Mann-Whitney U) formula.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -27,6 +28,7 @@ from .io import save_torch, write_json
 
 __all__ = [
     "NonFiniteLossError",
+    "evaluating",
     "seed_everything",
     "fit",
     "evaluate",
@@ -39,6 +41,17 @@ LossFn = Callable[[torch.nn.Module, Any, int], "tuple[torch.Tensor, dict[str, fl
 
 class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or infinite."""
+
+
+@contextlib.contextmanager
+def evaluating(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """The model in eval mode for the block, its previous mode (train or eval) restored after it, also on an error."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 def seed_everything(seed: int, device: str | torch.device | None = None) -> torch.Generator:
