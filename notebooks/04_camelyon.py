@@ -76,6 +76,7 @@ from zoomin_lib.plotting import save_figure
 from zoomin_lib.report import markdown_table
 from zoomin_lib.slide_zoomin import (SlideATS, SlideReader, SlideZoomIn, attention_roi_spearman, evaluate_slides,
                                      fit_slides, host_peak_memory, pretrain_tile_classifiers, roi_tiles, show_slide)
+from zoomin_lib.models import module_device
 from zoomin_lib.training import seed_everything
 
 check_profile(profile)
@@ -174,7 +175,7 @@ markdown_table(geometry)
 # binary mask of annotated tiles and sub-tile positions (a normal slide has $M = 0$).
 
 # %%
-generator = seed_everything(seed, "cpu")
+generator = seed_everything(seed)  # on the GPU when there is one
 stats_readers = [SlideReader(r.path) for r in train]
 stats = image_stats([s.thumbnail(512) for s in stats_readers])  # per-channel mean, std in [0, 1] units
 for s in stats_readers:
@@ -201,7 +202,7 @@ NAMES = {("lenet", False): "Zoom-In", ("resnet16", False): "Zoom-In (Res)", ("le
 models, histories, pretraining, train_cpu = {}, {}, {}, {}
 for backbone, pixel in variants:
     name = NAMES[(backbone, pixel)]
-    generator = seed_everything(seed, "cpu")
+    generator = seed_everything(seed)  # on the GPU when there is one
     model = zoomin(backbone)
     checkpoint = out / "checkpoints" / f"{name.replace(' ', '_').replace('(', '').replace(')', '')}.pt"
     cpu0 = time.process_time()
@@ -244,7 +245,8 @@ for name, model in models.items():
         metrics, preds, failed = evaluate_slides(model, test_paths, test_labels, mode="topk")
         sampled, _, _ = evaluate_slides(model, test_paths, test_labels, mode="sample",
                                         generator=torch.Generator().manual_seed(seed))
-        peaks = [host_peak_memory(lambda p=p: model.predict_one(p)) for p in test_paths[: cfg["memory_slides"]]]
+        peaks = [host_peak_memory(lambda p=p: model.predict_one(p), module_device(model))
+                 for p in test_paths[: cfg["memory_slides"]]]
     for p in failed:
         print("not predicted:", p)
     results[name] = {**metrics, "accuracy_sampling": sampled["accuracy"], "auc_sampling": sampled["auc"]}
@@ -360,7 +362,7 @@ for row, (r, p) in zip(axes, tumour_tests):
                tile_boxes=np.array([[tx, ty, tw, th]]), title=f"{r.slide_id}: its top tile (yellow)")
     with model.open(r.path) as reader, torch.no_grad():
         tile_img = reader.tile_view(ty, tx, (th, tw), cfg["s2"], standardise=False)[0].permute(1, 2, 0).clamp(0, 255).byte().numpy()
-        beta = model.second_stage(reader, torch.tensor([top_tile]))[0].reshape(model.net.subview_size).numpy()
+        beta = model.second_stage(reader, torch.tensor([top_tile]))[0].reshape(model.net.subview_size).cpu().numpy()
         rr, cc = (int(v) for v in p.centers[0])
         ph, pw = p.patch_size
         sub_img = reader.patches(torch.tensor([rr]), torch.tensor([cc]), (ph, pw), standardise=False)[0].permute(1, 2, 0).byte().numpy()
@@ -435,7 +437,8 @@ large_dir.mkdir(parents=True, exist_ok=True)
 memory_rows = []
 zoom_model = models["Zoom-In"]
 torch.manual_seed(seed)
-ats_model = SlideATS(builders.ats(in_channels=3, n_classes=2, scale=cfg["s2"], patch_size=cfg["patch"], n_patches=cfg["n"]), stats)
+ats_model = SlideATS(builders.ats(in_channels=3, n_classes=2, scale=cfg["s2"], patch_size=cfg["patch"], n_patches=cfg["n"]),
+                     stats).to(module_device(zoom_model))  # beside Zoom-In, on its device
 for side in cfg["memory_sides"]:
     path = large_dir / f"slide_{side}.tif"
     if not path.is_file():
@@ -444,10 +447,10 @@ for side in cfg["memory_sides"]:
         print(f"wrote {path.name} ({side}^2 = {side * side / 1e9:.2f} gigapixels) in {time.perf_counter() - t0:.0f} s")
     row = {"side": side, "pixels": side * side}
     with lean_inference(zoom_model.net):
-        row["zoomin"] = host_peak_memory(lambda: zoom_model.predict_one(path))
+        row["zoomin"] = host_peak_memory(lambda: zoom_model.predict_one(path), module_device(zoom_model))
     if side * side <= cfg["ats_max_pixels"]:
         with lean_inference(ats_model.net):
-            row["ats"] = host_peak_memory(lambda: ats_model.predict_one(path))
+            row["ats"] = host_peak_memory(lambda: ats_model.predict_one(path), module_device(ats_model))
     memory_rows.append(row)
     ats_text = f"ATS {row['ats']['torch_mb']:.1f} MiB tensors" if "ats" in row else "ATS not run (extrapolated below)"
     print(f"{side}^2 ({side * side:.1e} px): Zoom-In {row['zoomin']['torch_mb']:.2f} MiB tensors + "

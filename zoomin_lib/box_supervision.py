@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .config import default_device
 from .geometry import extract_patches, tile_pool, tile_top_left, view, view_size
 from .losses import attention_nll, mask_to_view
 from .models import ModelOutput, ZoomInNet
@@ -226,8 +227,12 @@ def pretrain_from_boxes(
     batch_size: int = 16,
     pos_weight: float = 50.0,
     generator: torch.Generator | None = None,
+    device: str | torch.device | None = None,
 ) -> dict[str, Any]:
     """Fit a, b, then f and g on `examples` (epochs an int or {"a": .., "b": .., "f": ..}); the fits' summaries.
+
+    The model is moved to `device` (None: a GPU when there is one) and trains there; the examples
+    stay on the host and move batch by batch.
 
     a: on V(x, s1), the per-location logistic loss against the ROI (positives weighted `pos_weight`)
     plus alpha's cross-entropy against the tile ROI fractions. b: the same on the tile views at s2
@@ -236,27 +241,29 @@ def pretrain_from_boxes(
     """
     epochs = epochs if isinstance(epochs, dict) else {"a": epochs, "b": epochs, "f": epochs}
     gen = generator or torch.Generator().manual_seed(0)
+    dev = default_device() if device is None else torch.device(device)
+    model.to(dev)
     was_training = model.training
     model.train()
     fits: dict[str, Any] = {}
     try:
         def stage_a(idx: list[int]) -> tuple[Tensor, Tensor, Tensor]:
-            x = torch.stack([examples.views[i] for i in idx])  # [M, C, h1, w1]
+            x = torch.stack([examples.views[i] for i in idx]).to(dev)  # [M, C, h1, w1]
             s = model.attention_a(x)  # [M, 1, h1, w1]
             pooled = tile_pool(s[:, 0], examples.image_sizes[idx[0]], model.tile_size).flatten(1)  # [M, T]
-            targets = torch.stack([examples.tile_fractions[i] for i in idx])
-            masks = torch.stack([examples.view_masks[i] for i in idx])
+            targets = torch.stack([examples.tile_fractions[i] for i in idx]).to(dev)
+            masks = torch.stack([examples.view_masks[i] for i in idx]).to(dev)
             return _dense_and_nll(s, masks, pooled, targets, pos_weight), pooled, targets
 
         def stage_b(idx: list[int]) -> tuple[Tensor, Tensor, Tensor]:
-            x = torch.stack([examples.tiles[i] for i in idx])  # [M, C, u, v]
+            x = torch.stack([examples.tiles[i] for i in idx]).to(dev)  # [M, C, u, v]
             s = model.attention_b(x)  # [M, 1, u, v]
-            masks = torch.stack([examples.tile_rois[i] for i in idx])
+            masks = torch.stack([examples.tile_rois[i] for i in idx]).to(dev)
             return _dense_and_nll(s, masks, s.flatten(1), masks.flatten(1), pos_weight), s.flatten(1), masks.flatten(1)
 
         def stage_f(idx: list[int]) -> tuple[Tensor, None, None]:
-            x = torch.stack([examples.subtiles[i] for i in idx])  # [M, C, p, p]
-            y = torch.tensor([examples.subtile_labels[i] for i in idx])
+            x = torch.stack([examples.subtiles[i] for i in idx]).to(dev)  # [M, C, p, p]
+            y = torch.tensor([examples.subtile_labels[i] for i in idx], device=dev)
             return F.cross_entropy(model.g(model.features(x)), y), None, None
 
         view_keys = [(tuple(v.shape), size) for v, size in zip(examples.views, examples.image_sizes)]
@@ -288,7 +295,7 @@ def pretrain_from_boxes(
         if examples.subtiles:
             with torch.no_grad():
                 x = torch.stack(examples.subtiles)
-                pred = torch.cat([model.g(model.features(x[k : k + 64])).argmax(1) for k in range(0, len(x), 64)])
+                pred = torch.cat([model.g(model.features(x[k : k + 64].to(dev))).argmax(1).cpu() for k in range(0, len(x), 64)])
             fits.setdefault("f", {})["train_accuracy"] = float((pred == torch.tensor(examples.subtile_labels)).float().mean())
     finally:
         model.train(was_training)

@@ -27,10 +27,12 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .hierarchical import unique_draws
+from .config import default_device
 from .io import write_json
 from .profiling import peak_memory, profile_inference
 from .steps import predictor, sampling_loss
-from .training import evaluate, fit, seed_everything
+from .models import module_device
+from .training import evaluate, fit, seed_everything, to_device
 
 __all__ = [
     "TrainSettings",
@@ -146,8 +148,9 @@ def train_model(
     resume: bool = False,
     progress: bool = True,
     loss_wrapper: Callable[[Callable], Callable] | None = None,
+    device: str | torch.device | None = None,
 ) -> list[dict[str, Any]]:
-    """Adam on the eq. 12 objective (contrastive after the warm-up) for `settings.epochs` epochs; the history."""
+    """Adam on the eq. 12 objective (contrastive after the warm-up) for `settings.epochs` epochs on `device`; the history."""
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
     loss_fn = sampling_loss(
         warmup_epochs=settings.warmup_epochs, lam=settings.lam, class_weights=settings.class_weights,
@@ -159,7 +162,7 @@ def train_model(
                  if settings.cosine_decay else None)
     return fit(
         model, train_batches, loss_fn, optimizer, settings.epochs, eval_fn=eval_fn, scheduler=scheduler,
-        checkpoint_path=checkpoint_path, resume=resume, progress=progress, generators=[generator],
+        checkpoint_path=checkpoint_path, resume=resume, progress=progress, generators=[generator], device=device,
     )
 
 
@@ -197,14 +200,19 @@ def run_method(
     probe: Callable[[nn.Module, torch.Generator], dict[str, Any]] | None = None,
     loss_wrapper: Callable[[Callable], Callable] | None = None,
     predict_fn: Callable | None = None,
+    device: str | torch.device | None = None,
 ) -> tuple[FoldResult, nn.Module]:
     """Seed, build, train and test one method; its result (written to out_dir/runs/<tag>.json) and the model.
 
-    `loss_wrapper` adapts the per-batch loss (e.g. `per_image` for batches of images of different
-    sizes) and `predict_fn` the evaluation (default: `steps.predictor` in the model's eval mode).
+    The model trains and is tested on `device` (None: `config.default_device()`, a GPU when there
+    is one), with a generator there, the data moving batch by batch; it is returned on the host,
+    for the chapters' figures. `loss_wrapper` adapts the per-batch loss (e.g. `per_image` for
+    batches of images of different sizes) and `predict_fn` the evaluation (default:
+    `steps.predictor` in the model's eval mode).
     """
-    generator = seed_everything(run_seed, "cpu")
-    model = factory()
+    device = default_device() if device is None else torch.device(device)
+    generator = seed_everything(run_seed, device)
+    model = factory().to(device)
     checkpoint = Path(out_dir) / "checkpoints" / f"{tag}.pt" if out_dir is not None else None
     history = train_model(
         model, train_batches, settings, generator,
@@ -217,7 +225,7 @@ def run_method(
                         metrics["confusion"])
     if out_dir is not None:
         write_json(Path(out_dir) / "runs" / f"{tag}.json", asdict(result))
-    return result, model
+    return result, model.cpu()
 
 
 def run_folds(
@@ -378,14 +386,22 @@ def profile_methods(
     lean: bool = True,
     generator: torch.Generator | None = None,
     min_run_time: float = 0.3,
+    device: str | torch.device | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Per model: peak memory (MiB), MFLOPs/MMACs and ms of one inference on `example` [1, C, H, W] in its eval_mode."""
+    """Per model: peak memory (MiB), MFLOPs/MMACs and ms of one inference on `example` [1, C, H, W] in its eval_mode.
+
+    Measured on `device` (None: `config.default_device()`, a GPU when there is one); the models go
+    back where they were. A generator on another device is replaced by one there with its seed.
+    """
+    dev = default_device() if device is None else torch.device(device)
+    if generator is not None and generator.device.type != dev.type:
+        generator = torch.Generator(dev).manual_seed(generator.initial_seed())
     out = {}
     for name, model in models.items():
         mode = getattr(model, "eval_mode", "topk")
         context = lean_inference(model) if lean else contextlib.nullcontext(model)
         with context:
-            report = profile_inference(model, example, min_run_time=min_run_time, mode=mode, generator=generator)
+            report = profile_inference(model, example, dev, min_run_time=min_run_time, mode=mode, generator=generator)
         report.pop("flops_by_operator", None)
         out[name] = {**report, "mode": mode, "lean": lean}
     return out
@@ -403,9 +419,14 @@ def unique_tiles(model: nn.Module, x: Tensor, generator: torch.Generator | None 
 
 def training_step_peak_mb(model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator | None = None,
                           loss_fn: Callable | None = None) -> float:
-    """Peak memory (MiB) of one forward + backward of `loss_fn` (default: the eq. 12 loss) on (x, y) in train mode."""
+    """Peak memory (MiB) of one forward + backward of `loss_fn` (default: the eq. 12 loss) on (x, y) in train mode.
+
+    Measured on the model's device (x and y are moved there).
+    """
     if loss_fn is None:
         loss_fn = sampling_loss(warmup_epochs=10**9, generator=generator)  # no contrastive pass: one forward
+    device = module_device(model)
+    x, y = to_device((x, y), device)
 
     def step() -> None:
         loss, _ = loss_fn(model, (x, y), 0)
@@ -414,7 +435,7 @@ def training_step_peak_mb(model: nn.Module, x: Tensor, y: Tensor, generator: tor
     was_training = model.training
     model.train()
     try:
-        report = peak_memory(step, x.device, warmup=False)
+        report = peak_memory(step, device, warmup=False)
     finally:
         model.zero_grad(set_to_none=True)
         model.train(was_training)

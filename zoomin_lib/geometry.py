@@ -405,28 +405,38 @@ def _pool_index(n_view: int, n_full: int, tile: int, start: int, stop: int, devi
 
 
 def tile_pool_strip(
-    scores: Tensor, full_size: tuple[int, int], tile_size: int | tuple[int, int], view_height: int, row_start: int
+    scores: Tensor,
+    full_size: tuple[int, int],
+    tile_size: int | tuple[int, int],
+    view_size: int | tuple[int, int],
+    row_start: int,
+    col_start: int = 0,
 ) -> Tensor:
-    """The contribution [B, n_rows, n_cols] of view rows row_start.. (scores [B, m, w]) to `tile_pool` of the whole map.
+    """The contribution [B, n_rows, n_cols] of a block of view pixels (scores [B, m, k], rows row_start.., columns
+    col_start..) to `tile_pool` of the whole score map of size `view_size` (h, w; an int is the height of a map
+    whose block spans its whole width).
 
-    Summed over strips that cover the view's `view_height` rows once, it equals `tile_pool` of the
-    whole score map, while only one strip of the map (and O(strip) pooling indices) exists at a time.
+    Summed over blocks that cover the view once, it equals `tile_pool` of the whole map, while only one
+    block of the map (and O(block) pooling indices) exists at a time. Blocks that leave some tiles out
+    simply add nothing to them.
     """
     if scores.dim() != 3:
-        raise ValueError(f"scores must be a [B, m, w] strip, got {tuple(scores.shape)}")
+        raise ValueError(f"scores must be a [B, m, k] block, got {tuple(scores.shape)}")
     H, W = as_pair(full_size, "full_size")
     th, tw = as_pair(tile_size, "tile_size")
     n_rows, n_cols = tile_grid((H, W), (th, tw))
-    B, m, w = scores.shape
-    if row_start < 0 or row_start + m > view_height:
-        raise ValueError(f"strip rows {row_start}..{row_start + m} lie outside the view's {view_height} rows")
-    ri, rw = _pool_index(view_height, H, th, row_start, row_start + m, scores.device)  # [m, 2] each
-    ci, cw = _pool_index(w, W, tw, 0, w, scores.device)  # [w, 2] each
+    B, m, k = scores.shape
+    h, w = (view_size, k) if isinstance(view_size, int) else view_size
+    if row_start < 0 or row_start + m > h or col_start < 0 or col_start + k > w:
+        raise ValueError(f"block rows {row_start}..{row_start + m}, columns {col_start}..{col_start + k} "
+                         f"lie outside the view {(h, w)}")
+    ri, rw = _pool_index(h, H, th, row_start, row_start + m, scores.device)  # [m, 2] each
+    ci, cw = _pool_index(w, W, tw, col_start, col_start + k, scores.device)  # [k, 2] each
     rw, cw = rw.to(scores.dtype), cw.to(scores.dtype)
     by_col = scores.new_zeros(B, m, n_cols)
-    for k in range(2):  # each view column adds to its (at most) two tiles
-        by_col = by_col.index_add(2, ci[:, k], scores * cw[:, k])
+    for t in range(2):  # each view column adds to its (at most) two tiles
+        by_col = by_col.index_add(2, ci[:, t], scores * cw[:, t])
     out = scores.new_zeros(B, n_rows, n_cols)
-    for k in range(2):  # and each view row
-        out = out.index_add(1, ri[:, k], by_col * rw[:, k, None])
+    for t in range(2):  # and each view row
+        out = out.index_add(1, ri[:, t], by_col * rw[:, t, None])
     return out  # [B, n_rows, n_cols]

@@ -6,18 +6,29 @@ of the N' distinct drawn tiles (h1 x w1 each) and N sub-tiles. Each term is a pi
 model says peak bytes = c0 + sum_k c_k term_k with constants c_k (bytes per pixel of that term,
 set by the networks' widths). `fit` finds non-negative c_k by least squares on measurements and
 `relative_errors` says how well the fitted model reproduces them.
+
+`layer_floor_bytes` is the floor a measured peak is set beside: for each stage of a model (a on
+its view; b on one tile's view, or on N of them; f on one patch, or on N), the largest input +
+output of any single layer, found by running the networks on shapes alone (meta tensors). No
+implementation can hold less than that at once (a layer needs its input and its output);
+workspaces, the views being read and what the autograd graph keeps come on top.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
+import torch
 from scipy.optimize import nnls
+from torch import nn
 
-__all__ = ["ats_terms", "zoomin_terms", "MemoryFit", "fit", "crossover_side"]
+from .geometry import view_size
+
+__all__ = ["ats_terms", "zoomin_terms", "MemoryFit", "fit", "crossover_side", "network_floor_bytes", "layer_floor_bytes"]
 
 
 def ats_terms(height: int, width: int, scale: float, patch: int, n: int) -> dict[str, float]:
@@ -76,3 +87,42 @@ def crossover_side(slope_a: float, intercept_a: float, slope_b: float, intercept
         return math.nan
     area = (intercept_b - intercept_a) / (slope_a - slope_b)
     return math.sqrt(area) if area > 0 else math.nan
+
+
+def network_floor_bytes(network: nn.Module, shape: Sequence[int], dtype: torch.dtype = torch.float32) -> int:
+    """The largest input + output bytes of any leaf layer of `network` on an input of `shape` (meta tensors: nothing is computed)."""
+    meta = copy.deepcopy(network).to("meta")
+    size = torch.tensor([], dtype=dtype).element_size()
+    largest = 0
+
+    def hook(module: nn.Module, inputs: tuple, output: object) -> None:
+        nonlocal largest
+        n_in = sum(t.numel() for t in inputs if isinstance(t, torch.Tensor))
+        n_out = output.numel() if isinstance(output, torch.Tensor) else 0
+        largest = max(largest, (n_in + n_out) * size)
+
+    handles = [m.register_forward_hook(hook) for m in meta.modules() if not list(m.children())]
+    try:
+        with torch.no_grad():
+            meta(torch.empty(*shape, dtype=dtype, device="meta"))
+    finally:
+        for h in handles:
+            h.remove()
+    return int(largest)
+
+
+def layer_floor_bytes(model: nn.Module, size: tuple[int, int], lean: bool = True, channels: int = 3) -> int:
+    """The floor of one inference at batch 1 on an image of `size`: max over the stages of `network_floor_bytes`.
+
+    Zoom-In (`ZoomInNet`): a on V(x, s1); b on one tile view (lean) or N of them (an upper bound of
+    N'); f on one patch (lean) or N. ATS (`ATSNet`): its attention on V(x, s); f on one patch or N.
+    """
+    n = 1 if lean else int(model.n_patches)
+    ph, pw = model.patch_size
+    stages = [(model.features, (n, channels, ph, pw))]
+    if hasattr(model, "attention_a"):
+        stages.append((model.attention_a, (1, channels, *view_size(size, model.scale1))))
+        stages.append((model.attention_b, (n, channels, *model.subview_size)))
+    elif getattr(model, "attention", None) is not None:
+        stages.append((model.attention, (1, channels, *view_size(size, model.scale))))
+    return max(network_floor_bytes(net, shape) for net, shape in stages)

@@ -59,6 +59,7 @@ from .syncs import Checks, host_sync
 
 __all__ = [
     "MODES", "CHUNK_PIXELS", "ModelOutput", "complement", "score_map", "receptive_halo", "check_positive_int",
+    "module_device",
     "ATSNet", "ZoomInNet", "UniformNet", "DeepMIL", "CNNBaseline",
 ]
 
@@ -140,6 +141,13 @@ def _classifier(features: nn.Module, n_classes: int) -> nn.Linear:
 def _per_chunk(size: int | None, pixels_per_item: int) -> int:
     """Items per chunk: `size`, or as many as hold about CHUNK_PIXELS input pixels."""
     return size if size is not None else max(1, CHUNK_PIXELS // max(1, pixels_per_item))
+
+
+def module_device(model: nn.Module) -> torch.device:
+    """Where a module's parameters (or, without parameters, its buffers) live, and so where its inputs go; the CPU for neither."""
+    for tensor in (*model.parameters(), *model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
 
 
 def score_map(network: nn.Module, views: Tensor, name: str) -> Tensor:
@@ -255,7 +263,7 @@ class ATSNet(nn.Module):
     def scores(self, x: Tensor | PixelSource) -> Tensor:
         """Attention logits [B, h*w] of the view V(x, s), row-major."""
         checks = Checks()
-        out = self._logits(as_source(x), checks)
+        out = self._logits(as_source(x, module_device(self)), checks)
         checks.resolve()
         return out
 
@@ -272,7 +280,7 @@ class ATSNet(nn.Module):
         contrastive: bool = False,
     ) -> ModelOutput:
         """Classify images x [B, C, H, W] (or a PixelSource) from n_patches patches ("sample", "topk") or all ("exact")."""
-        src = as_source(x)
+        src = as_source(x, module_device(self))
         _check_mode(mode)
         checks = Checks()
         alpha = _distribution(self._logits(src, checks), "attention", checks)  # [B, K]
@@ -423,7 +431,7 @@ class DeepMIL(nn.Module):
             raise ValueError(f"DeepMIL aggregates every patch: mode must be 'exact', got {mode!r}")
         if contrastive:
             raise ValueError("DeepMIL has no contrastive samples")
-        src = as_source(x)
+        src = as_source(x, module_device(self))
         _check_patch(self.patch_size, src.size)
         checks = Checks()
         B = src.batch_size
@@ -523,24 +531,41 @@ class ZoomInNet(nn.Module):
 
     # ---------------------------------------------------------------- first stage
     def tile_scores(self, x: Tensor | PixelSource) -> Tensor:
-        """a's scores averaged over each tile (appendix F): [B, T]; strip by strip on a source that serves strips."""
-        src = as_source(x)
+        """a's scores averaged over each tile (appendix F): [B, T]; strip by strip on a source that serves strips.
+
+        Strip by strip, a runs only where it matters: strips whose rows of tiles hold no allowed tile
+        (a slide's glass) are not read, and within a strip a runs on the columns of its allowed tiles
+        (plus the halo its receptive field needs). The allowed tiles' scores are those of the whole
+        view exactly; the others are computed partly or not at all (0), and alpha gives them no mass.
+        """
+        src = as_source(x, module_device(self))
         size, th_tw = src.size, self.tile_size
         if src.strip_pixels is None:
             s = score_map(self.attention_a, src.view(self.scale1), "attention_a")  # [B, 1, h1, w1]
             return tile_pool(s[:, 0], size, th_tw).flatten(1)  # [B, T]
+        (H, W), (th, tw) = size, th_tw
         h, w = src.view_size(self.scale1)
         halo = receptive_halo(self.attention_a)
-        rows_per = max(1, src.strip_pixels // w - 2 * halo)
-        outputs = [(o0, min(h, o0 + rows_per)) for o0 in range(0, h, rows_per)]
-        reads = [(max(0, o0 - halo), min(h, o1 + halo)) for o0, o1 in outputs]
         n_rows, n_cols = tile_grid(size, th_tw)
-        pooled: Tensor | None = None
-        for (o0, o1), (a0, _), strip in zip(outputs, reads, src.view_strips(self.scale1, reads)):
-            s = score_map(self.attention_a, strip, "attention_a")  # [B, 1, a1 - a0, w]
-            part = tile_pool_strip(s[:, 0, o0 - a0 : o1 - a0], size, th_tw, h, o0)  # [B, n_rows, n_cols]
-            pooled = part if pooled is None else pooled + part
-        assert pooled is not None
+        allowed = src.allowed_tiles_host(th_tw)  # bool [B, n_rows, n_cols] on the host, or None
+        rows_per = max(1, src.strip_pixels // w - 2 * halo)
+        plan = []  # (output rows o0..o1, read rows a0..a1, output columns v0..v1)
+        for o0 in range(0, h, rows_per):
+            o1 = min(h, o0 + rows_per)
+            v0, v1 = 0, w
+            if allowed is not None:
+                r_lo, r_hi = (o0 * H // h) // th, min(n_rows - 1, (-(-o1 * H // h) - 1) // th)
+                cols = allowed[:, r_lo : r_hi + 1].any(dim=0).any(dim=0).nonzero().flatten()  # allowed tile columns
+                if cols.numel() == 0:
+                    continue  # no allowed tile in these rows: nothing to read
+                v0 = int(cols.min()) * tw * w // W
+                v1 = min(w, -(-(int(cols.max()) + 1) * tw * w // W))
+            plan.append(((o0, o1), (max(0, o0 - halo), min(h, o1 + halo)), (v0, v1)))
+        pooled = torch.zeros(src.batch_size, n_rows, n_cols, dtype=src.dtype, device=src.device)
+        for ((o0, o1), (a0, _), (v0, v1)), strip in zip(plan, src.view_strips(self.scale1, [p[1] for p in plan])):
+            c0, c1 = max(0, v0 - halo), min(w, v1 + halo)
+            s = score_map(self.attention_a, strip[..., c0:c1], "attention_a")  # [B, 1, a1 - a0, c1 - c0]
+            pooled = pooled + tile_pool_strip(s[:, 0, o0 - a0 : o1 - a0, v0 - c0 : v1 - c0], size, th_tw, (h, w), o0, v0)
         return pooled.reshape(src.batch_size, n_rows * n_cols)  # [B, T]
 
     def _first_stage(self, src: PixelSource, checks: Checks) -> Tensor:
@@ -550,7 +575,7 @@ class ZoomInNet(nn.Module):
     def first_stage(self, x: Tensor | PixelSource) -> Tensor:
         """alpha [B, T]: a's scores on V(x, s1), averaged over the tile grid, softmaxed (over the allowed tiles)."""
         checks = Checks()
-        alpha = self._first_stage(as_source(x), checks)
+        alpha = self._first_stage(as_source(x, module_device(self)), checks)
         checks.resolve()
         return alpha
 
@@ -571,8 +596,8 @@ class ZoomInNet(nn.Module):
     def second_stage(self, x: Tensor | PixelSource, batch: Tensor, tile: Tensor) -> Tensor:
         """beta [U, K2]: b's scores on the views V(x, s2, c) of the given (image, tile) pairs, softmaxed over each tile's inside."""
         checks = Checks()
-        betas, _ = self._second_stage(as_source(x), batch.to(as_source(x).device), tile.to(as_source(x).device),
-                                      False, checks)
+        src = as_source(x, module_device(self))
+        betas, _ = self._second_stage(src, batch.to(src.device), tile.to(src.device), False, checks)
         checks.resolve()
         return betas
 
@@ -651,7 +676,7 @@ class ZoomInNet(nn.Module):
         contrastive: bool = False,
     ) -> ModelOutput:
         """Classify images x [B, C, H, W] (or a PixelSource) by two-stage sampling ("sample"), top-k ("topk") or eq. 5 ("exact")."""
-        src = as_source(x)
+        src = as_source(x, module_device(self))
         _check_mode(mode)
         _check_patch(self.patch_size, src.size)
         checks = Checks()
@@ -726,5 +751,5 @@ class CNNBaseline(nn.Module):
                 raise ValueError("CNNBaseline(size=...) resizes whole images: x must be a [B, C, H, W] tensor")
             v = F.interpolate(TensorSource(x).x, size=self.size, mode="bilinear", align_corners=False, antialias=True)
         else:
-            v = as_source(x).view(self.scale)
+            v = as_source(x, module_device(self)).view(self.scale)
         return ModelOutput(logits=self.backbone(v), mode=mode)

@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .config import default_device
 from .experiments import TrainSettings, train_model, training_step_peak_mb
 from .io import write_json
 from .losses import entropy_regularizer
@@ -186,7 +187,7 @@ def predict_batches(
     logits, targets = [], []
     try:
         with torch.no_grad():
-            for x, y in _batches_of(batches):
+            for x, y in _batches_of(batches):  # x moves to the model's device in its forward
                 out = model(x, mode=mode or getattr(model, "eval_mode", "topk"), generator=generator)
                 logits.append(task_logits(out).float().cpu())
                 targets.append(y.cpu())
@@ -282,12 +283,16 @@ def train_tasks(
 ) -> tuple[TaskRun, nn.Module]:
     """Seed, build and train one method on the four tasks (`experiments.train_model`, Adam) and test it.
 
+    Training and testing run on `config.default_device()` (a GPU when there is one); the model is
+    returned on the host.
+
     The loss is `multitask_loss(settings.lam)` (given to train_model as its loss_wrapper, with the same
     generator, so every method of a run seed sees the same mini-batches and draws). `probe` runs before
     training and after every epoch. With `out_dir`, the run is written to out_dir/runs/<name>.json.
     """
-    generator = seed_everything(run_seed, "cpu")
-    model = factory()
+    device = default_device()
+    generator = seed_everything(run_seed, device)
+    model = factory().to(device)
     loss = multitask_loss(settings.lam, generator)
     before = probe(model, generator) if probe is not None else {}
     history = train_model(
@@ -300,7 +305,7 @@ def train_tasks(
     run = TaskRun(name, metrics, history, before, seconds)
     if out_dir is not None:
         write_json(Path(out_dir) / "runs" / f"{name}.json", asdict(run))
-    return run, model
+    return run, model.cpu()
 
 
 def training_peak_mb(

@@ -102,6 +102,10 @@ class PixelSource:
         """bool [B, T]: the tiles that may be drawn (None: every tile)."""
         return None
 
+    def allowed_tiles_host(self, tile_size: tuple[int, int]) -> Tensor | None:
+        """bool [B, n_rows, n_cols] on the host: `allowed_tiles` where the host knows it without asking the device (None: every tile)."""
+        return None
+
     def check_pixels(self, checks: Checks) -> None:
         """Add a check that the pixels are finite where that is cheap to know (nothing to add by default)."""
 
@@ -193,8 +197,13 @@ class TensorSource(PixelSource):
         checks.add(torch.isfinite(self.x), f"x contains NaN or inf (shape {tuple(self.x.shape)})")
 
 
-def as_source(x: Tensor | PixelSource) -> PixelSource:
-    """`x` itself if it is a PixelSource, a `TensorSource` for a [B, C, H, W] tensor; ValueError otherwise."""
+def as_source(x: Tensor | PixelSource, device: torch.device | None = None) -> PixelSource:
+    """`x` itself if it is a PixelSource, a `TensorSource` for a [B, C, H, W] tensor (moved to `device`); ValueError otherwise.
+
+    A model passes its own device: images kept on the host move to it batch by batch.
+    """
     if isinstance(x, PixelSource):
         return x
+    if isinstance(x, Tensor) and device is not None and x.device != device:
+        x = x.to(device, non_blocking=x.device.type == "cpu" and x.is_pinned())
     return TensorSource(x)

@@ -218,15 +218,14 @@ def profile_inference(
 ) -> dict[str, Any]:
     """Peak memory (MiB), MFLOPs/MMACs and ms per sample of one inference forward (eval, no_grad).
 
-    The model is moved to `device` in place (default: the device of its parameters, else
-    `config.default_device()`); `example_input` (a tensor, or a tuple/list of positional
-    inputs) is moved too. Batch size 1 is expected: peak memory is for the whole batch given.
+    The model is measured on `device` (default: the device of its parameters, else
+    `config.default_device()`) and moved back where it was afterwards; `example_input` (a
+    tensor, or a tuple/list of positional inputs) is moved there too. Batch size 1 is expected:
+    peak memory is for the whole batch given.
     """
-    if device is None:
-        first = next(iter(model.parameters()), None)
-        dev = first.device if first is not None else default_device()
-    else:
-        dev = torch.device(device)
+    home = next(iter(model.parameters()), None)
+    home = home.device if home is not None else None
+    dev = (home or default_device()) if device is None else torch.device(device)
     model.to(dev)
     inputs = _to_device(example_input, dev)
     batch = _batch_size(inputs)
@@ -250,6 +249,8 @@ def profile_inference(
             timing = time_per_sample(forward, batch or 1, min_run_time)
     finally:
         model.train(was_training)
+        if home is not None:
+            model.to(home)  # back where it was
     return {
         "device": str(dev),
         "batch_size": batch or 1,

@@ -55,9 +55,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .config import default_device
 from .geometry import resize_weights, tile_grid, tile_top_left, view_size
 from .losses import attention_mse, contrastive_loss, zoomin_objective
-from .models import ATSNet, ModelOutput, ZoomInNet
+from .models import ATSNet, ModelOutput, ZoomInNet, module_device
 from .pixels import PixelSource
 from .profiling import MB, peak_memory
 from .slides import Slide, SlideError, open_slide, tissue_mask, tissue_tiles
@@ -135,6 +136,8 @@ class SlideReader:
         self.read_log: list[tuple[str, int, int, int, int, int]] = []
         self.reads = {"count": 0, "bytes": 0, "largest_bytes": 0}
         self.cache: dict[Any, Any] = {}
+        self.block_rows = 256  # level rows a view read decodes at once (a tile row of most pyramidal TIFFs)
+        self._blocks: dict[tuple[int, int], np.ndarray] = {}  # the last two blocks read
 
     # ---------------------------------------------------------------- basics
     @property
@@ -189,13 +192,33 @@ class SlideReader:
         step = max(1, self.strip_pixels // lw)
         for y in range(0, span, step):
             n = min(step, span - y)
-            block = self._log("view", level, 0, first + y, self.slide._read(level, 0, first + y, lw, n))  # [n, lw, 3]
+            block = self._level_rows(level, first + y, n)  # [n, lw, 3]
             t = torch.from_numpy(np.ascontiguousarray(block)).permute(2, 0, 1)[None].float()  # [1, 3, n, lw]
             if lw != w:
                 t = F.interpolate(t, size=(n, w), mode="bilinear", align_corners=False, antialias=True)
             wide[:, y : y + n] = t[0]
         rows = wide if (span == r1 - r0 and lh == h) else torch.matmul(weights, wide)  # [3, r1 - r0, w]
         return self._standardise(rows[None]) if standardise else rows[None]
+
+    def _level_rows(self, level: int, y: int, n: int) -> np.ndarray:
+        """Rows y..y + n of a whole level, uint8 [n, lw, 3], read in blocks of `block_rows` rows (the last two kept).
+
+        Strips of a view overlap (the first stage's halo) and are shorter than a file's tiles: reading
+        whole blocks once, instead of a strip at a time, decodes each tile of the level once.
+        """
+        lw, lh = self.slide.level_dimensions[level]
+        out = np.empty((n, lw, 3), dtype=np.uint8)
+        for b in range(y // self.block_rows, (y + n - 1) // self.block_rows + 1):
+            key = (level, b)
+            if key not in self._blocks:
+                b0 = b * self.block_rows
+                self._blocks[key] = self._log("view", level, 0, b0, self.slide._read(level, 0, b0, lw, min(self.block_rows, lh - b0)))
+                while len(self._blocks) > 2:
+                    self._blocks.pop(next(iter(self._blocks)))
+            block, b0 = self._blocks[key], b * self.block_rows
+            lo, hi = max(y, b0), min(y + n, b0 + len(block))
+            out[lo - y : hi - y] = block[lo - b0 : hi - b0]
+        return out
 
     def view(self, scale: float) -> Tensor:
         """The whole V(x, s), standardised: float [1, 3, h, w] (kept when `cache_views`)."""
@@ -427,6 +450,12 @@ class SlideSource(PixelSource):
             return None
         return self._to_device(self.reader.tissue(tile_size, self.tissue_side).reshape(1, -1))
 
+    def allowed_tiles_host(self, tile_size: tuple[int, int]) -> Tensor | None:
+        """bool [1, n_rows, n_cols]: the tissue tiles, on the host (the first stage reads only their rows and columns)."""
+        if not self.tissue_only:
+            return None
+        return self.reader.tissue(tile_size, self.tissue_side)[None]
+
 
 # -------------------------------------------------------------------- predictions
 
@@ -479,13 +508,6 @@ def _as_stats(stats: Stats | None) -> tuple[Tensor, Tensor]:
     mean, std = stats if stats is not None else (torch.zeros(3), torch.ones(3))
     return (torch.as_tensor(mean, dtype=torch.float32).reshape(1, 3, 1, 1).detach().cpu().clone(),
             torch.as_tensor(std, dtype=torch.float32).reshape(1, 3, 1, 1).detach().cpu().clone())
-
-
-def _device_of(module: nn.Module) -> torch.device:
-    """Where a module's parameters (or buffers) live."""
-    for tensor in (*module.parameters(), *module.buffers()):
-        return tensor.device
-    return torch.device("cpu")
 
 
 class _SlideModel(nn.Module):
@@ -558,7 +580,7 @@ class SlideZoomIn(_SlideModel):
     def source(self, reader: SlideReader, strips: bool | None = None) -> SlideSource:
         """The slide as the net's pixel source, on the model's device; strips by default only without gradients."""
         strips = (not torch.is_grad_enabled()) if strips is None else strips
-        return SlideSource(reader, _device_of(self), strip_pixels=self.strip_pixels if strips else None,
+        return SlideSource(reader, module_device(self), strip_pixels=self.strip_pixels if strips else None,
                            tissue_only=self.tissue_only, tissue_side=self.tissue_side)
 
     def grid(self, reader: SlideReader) -> tuple[int, int]:
@@ -703,7 +725,7 @@ class SlideATS(_SlideModel):
 
     def forward(self, reader: SlideReader) -> ModelOutput:
         """Deterministic top-N prediction of one slide."""
-        src = SlideSource(reader, _device_of(self), tissue_only=False)
+        src = SlideSource(reader, module_device(self), tissue_only=False)
         try:
             return self.net(src, mode="topk")
         except (OSError, ValueError) as err:
@@ -868,8 +890,12 @@ def fit_slides(
     resume: bool = False,
     progress: bool = True,
     eval_fn: Callable[[nn.Module], dict[str, Any]] | None = None,
+    device: str | torch.device | None = None,
 ) -> list[dict[str, Any]]:
-    """Adam on `slide_loss` over the readers (each with its `label`; mini-batches reshuffled per epoch); the history of `training.fit`."""
+    """Adam on `slide_loss` over the readers (each with its `label`; mini-batches reshuffled per epoch); the history of `training.fit`.
+
+    The model trains on `device` (None: a GPU when there is one); the slides are read on the host.
+    """
     from .experiments import lazy_batches
 
     if any(r.label is None for r in readers):
@@ -878,7 +904,8 @@ def fit_slides(
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     loss_fn = slide_loss(warmup_epochs=warmup_epochs, lam=lam, pixel_weight=pixel_weight, generator=generator)
     return fit(model, batches, loss_fn, optimizer, epochs, eval_fn=eval_fn, checkpoint_path=checkpoint_path,
-               resume=resume, progress=progress, generators=[generator] if generator is not None else [])
+               resume=resume, progress=progress, generators=[generator] if generator is not None else [],
+               device=device)
 
 
 def _tile_examples(model: SlideZoomIn, readers: Sequence[SlideReader], generator: torch.Generator, negatives: int):
@@ -974,6 +1001,7 @@ def pretrain_tile_classifiers(
     generator: torch.Generator | None = None,
     windows: dict[str, int] | None = None,
     windows_per_tile: int = 4,
+    device: str | torch.device | None = None,
 ) -> dict[str, Any]:
     """Appendix L's pre-training: a, b and f as tile classifiers on annotated slides; returns example counts and fits.
 
@@ -986,9 +1014,15 @@ def pretrain_tile_classifiers(
     (`window_examples`, `windows_per_tile` a tile): appendix L's "patches consistent in size and scale
     with the view", small enough that a metastasis fills a fair part of a positive one, where
     average pooling over a whole tile view dilutes a small one below what a classifier can learn.
+    The networks train on `device` (None: a GPU when there is one; the model is moved there);
+    examples are read and picked on the host.
     """
     steps = steps if isinstance(steps, dict) else {"a": steps, "b": steps, "f": steps}
-    gen = generator or torch.Generator().manual_seed(0)
+    # example picking runs on the host: a generator on another device seeds a host one (its initial seed)
+    gen = torch.Generator().manual_seed(0 if generator is None else generator.initial_seed())
+    if generator is not None and generator.device.type == "cpu":
+        gen = generator
+    model.to(default_device() if device is None else torch.device(device))
     net = model.net
     examples = _tile_examples(model, readers, gen, negatives)
     if not any(label for _, _, label in examples):
@@ -1009,7 +1043,7 @@ def pretrain_tile_classifiers(
     subs = _subtile_examples(model, examples, subtiles_per_tile, gen)
     xf = torch.cat([r.patches(torch.tensor([row]), torch.tensor([col]), net.patch_size) for r, row, col, _ in subs])
     y_sub = torch.tensor([label for *_, label in subs])
-    head = nn.Linear(net.features.out_features, 1).to(_device_of(net))
+    head = nn.Linear(net.features.out_features, 1).to(module_device(net))
     was_training = model.training
     model.train()
     try:

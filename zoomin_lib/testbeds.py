@@ -33,6 +33,7 @@ from data_prep import o2i
 from data_prep.megapixel_mnist import write_dataset
 from data_prep.mnist_digits import DIGIT_SIZE, cached_dataset, digit_pools
 
+from .config import default_device
 from .ips import IPSNet
 from .models import ZoomInNet
 from .networks import AttentionLeNet
@@ -248,9 +249,14 @@ def roi_windows(
 def train_roi_detector(
     windows: np.ndarray, labels: np.ndarray, epochs: int, lr: float = 2e-3, batch_size: int = 128, seed: int = 0,
 ) -> tuple[RoiDetector, list[float]]:
-    """Pre-train a RoiDetector on windows uint8 [n, 32, 32] with labels [n] (cross-entropy, Adam); model, loss per epoch."""
-    generator = seed_everything(seed, "cpu")
-    model = RoiDetector()
+    """Pre-train a RoiDetector on windows uint8 [n, 32, 32] with labels [n] (cross-entropy, Adam); model, loss per epoch.
+
+    It trains on `config.default_device()` (the windows move batch by batch) and is returned on the host.
+    """
+    seed_everything(seed)
+    generator = torch.Generator().manual_seed(seed)  # the order of the windows is drawn on the host
+    device = default_device()
+    model = RoiDetector().to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     x = torch.from_numpy(windows).unsqueeze(1)  # [n, 1, 32, 32] uint8
     y = torch.from_numpy(labels)
@@ -261,13 +267,13 @@ def train_roi_detector(
         total = 0.0
         for start in range(0, len(y), batch_size):
             idx = order[start : start + batch_size]
-            loss = F.cross_entropy(model(x[idx].float().div_(255)), y[idx])
+            loss = F.cross_entropy(model(x[idx].to(device).float().div_(255)), y[idx].to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             total += float(loss.detach()) * len(idx)
         losses.append(total / len(y))
-    return model.eval(), losses
+    return model.cpu().eval(), losses
 
 
 @torch.no_grad()

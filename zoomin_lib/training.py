@@ -25,10 +25,12 @@ from tqdm.auto import tqdm
 
 from .config import default_device
 from .io import save_torch, write_json
+from .models import module_device
 
 __all__ = [
     "NonFiniteLossError",
     "evaluating",
+    "to_device",
     "seed_everything",
     "fit",
     "evaluate",
@@ -52,6 +54,25 @@ def evaluating(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
         yield model
     finally:
         model.train(was_training)
+
+
+def to_device(batch: Any, device: torch.device | str) -> Any:
+    """`batch` with every tensor in it (in tuples, lists and dicts, at any depth) on `device`; anything else as it is.
+
+    Tensors in pinned host memory move without blocking the host. The data stays on the host and
+    moves one batch at a time (a slide reader, say, stays where it is: it reads for itself).
+    """
+    device = torch.device(device)
+    if isinstance(batch, torch.Tensor):
+        if batch.device == device:
+            return batch
+        return batch.to(device, non_blocking=batch.device.type == "cpu" and batch.is_pinned())
+    if isinstance(batch, (list, tuple)):
+        moved = [to_device(b, device) for b in batch]
+        return type(batch)(moved) if not hasattr(batch, "_fields") else type(batch)(*moved)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    return batch
 
 
 def seed_everything(seed: int, device: str | torch.device | None = None) -> torch.Generator:
@@ -136,8 +157,14 @@ def fit(
     scheduler: Any | None = None,
     generators: Sequence[torch.Generator] = (),
     clip_grad_norm: float | None = None,
+    device: str | torch.device | None = None,
 ) -> list[dict[str, Any]]:
-    """Train for `epochs` epochs; return the history, one dict per epoch (loss means, eval metrics, seconds).
+    """Train for `epochs` epochs on `device`; return the history, one dict per epoch (loss means, eval metrics, seconds).
+
+    - device: where the model trains (None: `config.default_device()`, a GPU when there is one).
+      The model is moved there first (the optimizer keeps its parameters: they move in place);
+      each batch is moved there as it comes (`to_device`), the data staying on the host. The
+      model stays on `device` afterwards.
 
     - train_batches: an iterable re-iterated every epoch (e.g. a DataLoader), or a callable
       epoch -> iterable (e.g. a loader reseeded per epoch).
@@ -159,6 +186,8 @@ def fit(
         raise ValueError(f"log_every must be >= 1, got {log_every}")
     history: list[dict[str, Any]] = []
     start = 0
+    device = default_device() if device is None else torch.device(device)
+    model.to(device)
     path = Path(checkpoint_path) if checkpoint_path is not None else None
     if path is not None and resume and path.is_file():
         # CPU: RNG states must stay CPU tensors; load_state_dict moves weights/state to the model.
@@ -188,7 +217,7 @@ def fit(
         batch_bar = tqdm(_epoch_batches(train_batches, epoch), desc=f"epoch {epoch + 1}",
                          leave=False, disable=not progress)
         for index, batch in enumerate(batch_bar):
-            loss, parts = loss_fn(model, batch, epoch)
+            loss, parts = loss_fn(model, to_device(batch, device), epoch)
             if not bool(torch.isfinite(loss.detach()).all()):
                 raise NonFiniteLossError(
                     f"loss is {float(loss.detach())} at epoch {epoch + 1} (0-based {epoch}), "
@@ -268,16 +297,18 @@ def evaluate(
 ) -> dict[str, Any]:
     """Accuracy, per-class counts, confusion matrix, mean cross-entropy and (2 classes) AUC over `batches`.
 
-    predict_fn(model, batch) -> (logits [B, C], target [B]); it runs under eval() and no_grad.
-    The AUC is None when there are not two classes or one of them is absent.
+    predict_fn(model, batch) -> (logits [B, C], target [B]); it runs under eval() and no_grad, on
+    batches moved to the model's device (`module_device`). The AUC is None when there are not two
+    classes or one of them is absent.
     """
     was_training = model.training
     model.eval()
+    device = module_device(model)
     all_logits, all_target = [], []
     try:
         with torch.no_grad():
             for batch in batches:
-                logits, target = predict_fn(model, batch)
+                logits, target = predict_fn(model, to_device(batch, device))
                 if logits.dim() != 2 or target.dim() != 1 or logits.shape[0] != target.shape[0]:
                     raise ValueError(
                         f"predict_fn must return logits [B, C] and target [B], got "
