@@ -89,6 +89,10 @@ class ColonCancerData:
         """Number of images."""
         return len(self.ids)
 
+    def annotated_counts(self) -> dict[str, int]:
+        """Per cell type, how many images have its annotation file read (0: the type is absent from the data)."""
+        return {t: sum(t in c for c in self.cells) for t in CELL_TYPES}
+
 
 @dataclass(frozen=True)
 class Fold:
