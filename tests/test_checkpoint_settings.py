@@ -12,7 +12,8 @@ import torch
 
 from zoomin_lib import builders
 from zoomin_lib.experiments import TrainSettings, fingerprint, run_folds, run_method, tensor_batches
-from zoomin_lib.training import CheckpointMismatchError, fit, settings_differences, settings_record
+from zoomin_lib.checkpoints import settings_differences
+from zoomin_lib.training import CheckpointMismatchError, fit, settings_record
 
 
 def _data(n: int = 8, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -3,16 +3,16 @@
 Resuming from a checkpoint restores the model, optimizer (and scheduler), the finished epoch
 count, the history and every random number generator state (python, numpy, torch CPU/CUDA and
 any generators passed in), so that an interrupted run ends with the same weights as an
-uninterrupted one. A checkpoint also records the settings that shape training (`settings_record`:
-the model's architecture, the optimiser and its hyper-parameters, the scheduler, the epochs, plus
-what the caller adds: method, data fingerprint, profile, seed, ...); resuming with other settings
-stops with a `CheckpointMismatchError` naming each difference (`resume=False` starts afresh). Evaluation reports accuracy, per-class counts, the mean cross-entropy and,
-for two classes, the ROC AUC by the rank (Mann-Whitney U) formula.
+uninterrupted one. A checkpoint also records the settings that shape training
+(`checkpoints.settings_record`: architecture, optimiser, scheduler, epochs, and what the caller
+adds: method, data fingerprint, profile, seed); resuming with other ones raises
+`CheckpointMismatchError` naming each difference (`resume=False` starts afresh). Evaluation
+reports accuracy, per-class counts, the mean cross-entropy and, for two classes, the ROC AUC by
+the rank (Mann-Whitney U) formula.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import random
@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .checkpoints import CheckpointMismatchError, check_resumable, settings_record
 from .config import default_device
 from .io import save_torch, write_json
 
@@ -44,10 +45,6 @@ LossFn = Callable[[torch.nn.Module, Any, int], "tuple[torch.Tensor, dict[str, fl
 
 class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or infinite."""
-
-
-class CheckpointMismatchError(ValueError):
-    """A checkpoint was written with other training settings than the run that would resume from it."""
 
 
 def seed_everything(seed: int, device: str | torch.device | None = None) -> torch.Generator:
@@ -112,94 +109,6 @@ def _plain(value: Any, key: str) -> Any:
     )
 
 
-_IMPLEMENTATION_FLAGS = {"params", "initial_lr", "foreach", "fused", "capturable", "differentiable"}
-
-
-def _plain_or_repr(value: Any, key: str) -> Any:
-    """`_plain(value)`, or its repr when it is not plain data (a function in a scheduler's state)."""
-    try:
-        return _plain(value, key)
-    except TypeError:
-        return repr(value)
-
-
-def settings_record(
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    epochs: int,
-    scheduler: Any | None = None,
-    clip_grad_norm: float | None = None,
-    extra: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """The settings that shape a training run, as plain data: what a checkpoint records and a resume compares.
-
-    From the objects: the model's class and a digest of its parameter and buffer names and shapes
-    (the architecture), the optimiser's class and hyper-parameters per group (the learning rate
-    as first set, `initial_lr` once a scheduler has taken it over; implementation flags such as
-    `foreach` left out), the scheduler's class and configuration (its progress left out), the
-    epochs and the gradient clipping. `extra` adds what only the caller knows (method, data
-    fingerprint, profile, seed, ...).
-    """
-    shapes = [(k, tuple(v.shape)) for k, v in model.state_dict().items()]
-    groups = [{k: _plain_or_repr(v, k) for k, v in sorted(g.items()) if k not in _IMPLEMENTATION_FLAGS}
-              | {"lr": _plain_or_repr(g.get("initial_lr", g["lr"]), "lr")} for g in optimizer.param_groups]
-    record: dict[str, Any] = {
-        "architecture": {"class": type(model).__name__,
-                         "parameters": hashlib.sha256(repr(shapes).encode()).hexdigest()[:16],
-                         "n_parameters": sum(p.numel() for p in model.parameters())},
-        "optimizer": {"class": type(optimizer).__name__, **(groups[0] if len(groups) == 1 else {"groups": groups})},
-        "scheduler": None,
-        "epochs": int(epochs),
-        "clip_grad_norm": None if clip_grad_norm is None else float(clip_grad_norm),
-    }
-    if scheduler is not None:
-        state = {k: _plain_or_repr(v, k) for k, v in sorted(scheduler.state_dict().items())
-                 if not k.startswith("_") and k not in ("last_epoch", "base_lrs", "verbose")}
-        record["scheduler"] = {"class": type(scheduler).__name__, **state}
-    for key, value in (extra or {}).items():
-        record[str(key)] = _plain_or_repr(value, str(key))
-    return record
-
-
-_NOT_SET = object()
-
-
-def _differences(saved: Any, current: Any, name: str, out: list[str]) -> None:
-    """Append '<name>: checkpoint <saved>, now <current>' to `out`, descending into dicts both sides hold."""
-    if isinstance(saved, Mapping) and isinstance(current, Mapping):
-        for key in sorted(set(saved) | set(current), key=str):
-            _differences(saved.get(key, _NOT_SET), current.get(key, _NOT_SET), f"{name}.{key}" if name else str(key), out)
-    elif saved != current:
-        shown = ["not set" if v is _NOT_SET else repr(v) for v in (saved, current)]
-        out.append(f"{name}: checkpoint {shown[0]}, now {shown[1]}")
-
-
-def settings_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
-    """'<setting>: checkpoint <saved>, now <current>' for every setting that differs (one absent on a side reads 'not set')."""
-    out: list[str] = []
-    _differences(saved, current, "", out)
-    return out
-
-
-def _check_resumable(path: Path, ckpt: Mapping[str, Any], record: Mapping[str, Any]) -> None:
-    """CheckpointMismatchError naming each setting in which `ckpt` differs from this run's `record`."""
-    how = ("pass resume=False to start afresh (the checkpoint is then overwritten), "
-           "or run with the checkpoint's settings to resume it")
-    saved = ckpt.get("settings")
-    if saved is None:
-        raise CheckpointMismatchError(
-            f"checkpoint {path} records no training settings (it was written before checkpoints held them), "
-            f"so whether it matches this run cannot be checked; {how}"
-        )
-    differences = settings_differences(saved, record)
-    if differences:
-        raise CheckpointMismatchError(
-            f"checkpoint {path} was written with other settings than this run ("
-            f"{len(differences)} difference{'s' if len(differences) > 1 else ''}):\n  "
-            + "\n  ".join(differences) + f"\n{how}"
-        )
-
-
 def _epoch_batches(train_batches: Iterable | Callable[[int], Iterable], epoch: int) -> Iterable:
     """The batches of `epoch`: `train_batches(epoch)` if it is callable, else `train_batches`."""
     return train_batches(epoch) if callable(train_batches) else train_batches
@@ -248,11 +157,12 @@ def fit(
     history: list[dict[str, Any]] = []
     start = 0
     path = Path(checkpoint_path) if checkpoint_path is not None else None
-    run_settings = settings_record(model, optimizer, epochs, scheduler, clip_grad_norm, settings) if path is not None else None
+    run_settings = (settings_record(model, optimizer, epochs, scheduler, clip_grad_norm, settings)
+                    if path is not None else None)
     if path is not None and resume and path.is_file():
         # CPU: RNG states must stay CPU tensors; load_state_dict moves weights/state to the model.
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        _check_resumable(path, ckpt, run_settings)
+        check_resumable(path, ckpt, run_settings)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         if scheduler is not None:
