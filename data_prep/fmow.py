@@ -52,8 +52,8 @@ It is a stand-in for the method's mechanics, not the fMoW data.
 
 Damaged downloads (`data_prep.problems`). An image's label and box come from its JSON's
 `bounding_boxes`; without it, or without a readable `.jpg` beside it, the image is skipped. A JSON
-that lacks only `gsd` (not used here) or the image size (read from the `.jpg` instead) keeps its
-image. Every such problem, and every unpaired, malformed or truncated file, is reported (a warning
+that lacks only `gsd` (not used here) or the image size (read from the `.jpg` instead), or whose
+size differs from the `.jpg`'s (the image's own is used), keeps its image. Every such problem, and every unpaired, malformed or truncated file, is reported (a warning
 naming the file, collected in `FMoW.problems`). A split left with no usable image stops with one
 `DataSetError`; a category absent from a split is not an error (`absent_classes` names it).
 """
@@ -63,7 +63,7 @@ from __future__ import annotations
 import json
 import math
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable
@@ -261,10 +261,18 @@ def _usable(stem: Path, problems: list[str], check_images: bool) -> ImageMeta | 
     except ValueError as err:
         report(problems, f"{err}; skipped", stacklevel=3)
         return None
-    problem = check_image(meta.path, (meta.width, meta.height)) if check_images else None
+    if not check_images:
+        return meta
+    problem = check_image(meta.path)
     if problem is not None:
         report(problems, f"{meta.path}: {problem}; skipped", stacklevel=3)
         return None
+    with Image.open(meta.path) as im:  # the header only
+        width, height = im.size
+    if (width, height) != (meta.width, meta.height):
+        report(problems, f"{meta.path}: the image is {width}x{height}, its JSON says {meta.width}x{meta.height}; kept at "
+                         "the image's size (its boxes may be off)", stacklevel=3)
+        meta = replace(meta, width=width, height=height)
     return meta
 
 

@@ -141,8 +141,8 @@ def _looks_truncated(path: Path, fmt: str | None) -> str | None:
     return None
 
 
-def check_image(path: str | os.PathLike, size: tuple[int, int] | None = None) -> str | None:
-    """The problem with an image file, or None: missing, not an image, truncated, or (given `size` = (width, height)) of another size.
+def check_image(path: str | os.PathLike) -> str | None:
+    """The problem with an image file, or None: missing, not an image, or truncated.
 
     Cheap for good files: the header is parsed and the end of the file looked at; only a file whose
     end looks cut off (or whose format has no such check) is decoded, at reduced size for JPEG.
@@ -153,8 +153,6 @@ def check_image(path: str | os.PathLike, size: tuple[int, int] | None = None) ->
         return "image missing"
     try:
         with Image.open(path) as img:
-            if size is not None and tuple(img.size) != tuple(size):
-                return f"the image is {img.width}x{img.height}, its metadata says {size[0]}x{size[1]}"
             suspicion = _looks_truncated(path, img.format)
             if suspicion is None and img.format in ("JPEG", "PNG", "BMP"):
                 return None

@@ -291,7 +291,7 @@ def test_default_dataset_generated_once(tmp_path: Path, monkeypatch: pytest.Monk
 
 def test_damaged_split_keeps_what_the_label_needs_and_names_each_problem(tmp_path: Path) -> None:
     """3 of the 10 categories; a JSON without gsd or size kept, one without bounding_boxes skipped, a truncated
-    and a garbage .jpg skipped, an image whose size contradicts its JSON skipped: each problem names its file."""
+    and a garbage .jpg skipped, an image whose size contradicts its JSON kept at its own: each problem names its file."""
     train = tmp_path / "fmow-rgb" / "train"
     ok = [(("airport", 0), (40, 30)), (("barn", 1), (36, 48)), (("crop_field", 2), (50, 40))]
     for (category, i), size in ok:
@@ -311,8 +311,10 @@ def test_damaged_split_keeps_what_the_label_needs_and_names_each_problem(tmp_pat
     with pytest.warns(DataProblemWarning) as caught:
         data = load_fmow(tmp_path / "fmow-rgb", "train")
     names = [m.path.name for m in data.items]
-    assert names == ["airport_0_0_rgb.jpg", "barn_1_0_rgb.jpg", "barn_5_0_rgb.jpg", "crop_field_2_0_rgb.jpg"]
+    assert names == ["airport_0_0_rgb.jpg", "barn_1_0_rgb.jpg", "barn_5_0_rgb.jpg", "barn_9_0_rgb.jpg",
+                     "crop_field_2_0_rgb.jpg"]
     assert data.items[2].width == 30 and np.isnan(data.items[2].gsd)  # the size read from the image
+    assert data.sizes[3].tolist() == [20, 30]  # the image's own size, not its JSON's 60 x 20
     assert data.absent_classes() == [c for c in CATEGORIES if c not in ("airport", "barn", "crop_field")]
     assert [str(w.message) for w in caught] == data.problems and len(data.problems) == 6
     text = "\n".join(data.problems)
@@ -322,7 +324,7 @@ def test_damaged_split_keeps_what_the_label_needs_and_names_each_problem(tmp_pat
     assert f"{instance(train, 'barn', 5, 0)}_rgb.json: missing key(s) img_width; the size is read from" in text
     assert f"{cut}: not a readable image (OSError: image file is truncated" in text
     assert f"{junk}: not a readable image (UnidentifiedImageError" in text
-    assert f"{wrong}: the image is 30x20, its metadata says 60x20; skipped" in text
+    assert f"{wrong}: the image is 30x20, its JSON says 60x20; kept at the image's size (its boxes may be off)" in text
     assert json_of(cut).is_file()
     assert all(data.read_image(i).shape == (*data.sizes[i], 3) for i in range(len(data)))  # the rest reads
 

@@ -17,6 +17,7 @@ import nbformat
 import pytest
 
 from data_prep import colon_cancer, fmow, traffic_signs
+from data_prep.problems import DataProblemWarning
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -95,7 +96,8 @@ def test_chapter_06_runs_with_a_class_absent_and_damaged_files(tmp_path, monkeyp
     with annotations.open("a") as fh:
         fh.write("broken.jpg:VISIBLE, 1, 2, 3, PROHIBITORY, 50_SIGN;\n")  # six fields
         fh.write("absent.jpg:MISC_SIGNS;\n")
-    lines = traffic_signs.parse_annotations(annotations, [])
+    with pytest.warns(DataProblemWarning, match="broken.jpg"):
+        lines = traffic_signs.parse_annotations(annotations, [])
     cut = set1 / next(a.file for a in lines if traffic_signs.speed_limit_label(a) is not None and (set1 / a.file).is_file())
     cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
 
