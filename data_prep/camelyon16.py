@@ -43,6 +43,7 @@ import numpy as np
 import skimage.draw
 from tqdm.auto import tqdm
 
+from data_prep.problems import DataSetError, report, summarize_problems
 from zoomin_lib.slides import SlideError, open_slide
 
 __all__ = [
@@ -58,6 +59,7 @@ __all__ = [
     "annotation_mask",
     "read_reference",
     "load_camelyon16",
+    "require_classes",
     "train_validation_split",
     "check_slides",
 ]
@@ -287,11 +289,27 @@ def _check_layout(root: Path, splits: Sequence[str]) -> None:
         )
 
 
-def _problem(strict: bool, problems: list[str], message: str, exc: type[Exception] = FileNotFoundError) -> None:
-    """Raise `message` when strict, else record it."""
+def _problem(strict: bool, problems: list[str], message: str, exc: type[Exception] = FileNotFoundError,
+             skipped: bool = True) -> None:
+    """Raise `message` when strict (saying how to go on without it), else report it (recorded and warned), '; skipped' added."""
     if strict:
-        raise exc(message)
-    problems.append(message)
+        raise exc(f"{message} (load_camelyon16(..., strict=False) reports it, skips it and loads the rest)")
+    report(problems, f"{message}; skipped" if skipped else message, stacklevel=4)
+
+
+def require_classes(records: Iterable[SlideRecord], what: str, problems: Sequence[str] = ()) -> None:
+    """DataSetError unless `records` hold both normal and tumour slides (training needs both), naming the absent class.
+
+    `what` names the records in the message (e.g. "training slides"); `problems` (what was skipped
+    on the way) are listed after it.
+    """
+    records = list(records)
+    labels = {r.label for r in records}
+    absent = [name for label, name in ((0, "normal"), (1, "tumour")) if label not in labels]
+    if absent:
+        why = f"; skipped on the way:\n{summarize_problems(list(problems))}" if problems else ""
+        raise DataSetError(f"no {' and no '.join(absent)} slide among the {len(records)} usable {what}: "
+                           f"training needs both normal and tumour slides{why}")
 
 
 def _training(root: Path, strict: bool, problems: list[str]) -> list[SlideRecord]:
@@ -301,11 +319,11 @@ def _training(root: Path, strict: bool, problems: list[str]) -> list[SlideRecord
     for label, folder, prefix in ((0, "training/normal", "normal"), (1, "training/tumor", "tumor")):
         paths = _slides_in(root / folder, prefix)
         if not paths:
-            _problem(strict, problems, f"{root / folder}: no {prefix}_NNN.tif slides")
+            _problem(strict, problems, f"{root / folder}: no {prefix}_NNN.tif slides", skipped=False)
         for p in paths:
             xml = xml_dir / f"{p.stem}.xml"
             if label == 1 and not xml.is_file():
-                _problem(strict, problems, f"{p}: tumour slide without its annotation {xml}; skipped")
+                _problem(strict, problems, f"{p}: tumour slide without its annotation {xml}")
                 continue
             records.append(SlideRecord(p.stem, p, label, "train", xml if label == 1 else None))
     return records
@@ -317,18 +335,18 @@ def _testing(root: Path, strict: bool, problems: list[str]) -> list[SlideRecord]
     reference = read_reference(csv_path)
     paths = _slides_in(root / "testing/images", "test")
     if not paths:
-        _problem(strict, problems, f"{root / 'testing/images'}: no test_NNN.tif slides")
+        _problem(strict, problems, f"{root / 'testing/images'}: no test_NNN.tif slides", skipped=False)
     records = []
     for p in paths:
         if p.stem.lower() not in reference:
-            _problem(strict, problems, f"{p}: not listed in {csv_path}; skipped", ValueError)
+            _problem(strict, problems, f"{p}: not listed in {csv_path}", ValueError)
             continue
         xml = root / "testing/lesion_annotations" / f"{p.stem}.xml"
         records.append(SlideRecord(p.stem, p, reference[p.stem.lower()], "test", xml if xml.is_file() else None))
     present = {p.stem.lower() for p in paths}
     for slide_id in sorted(set(reference) - present):
         missing = root / "testing/images" / f"{slide_id}.tif"
-        _problem(strict, problems, f"{csv_path}: lists {slide_id} but {missing} is missing")
+        _problem(strict, problems, f"{csv_path}: lists {slide_id} but {missing} is missing", skipped=False)
     return records
 
 
@@ -336,8 +354,10 @@ def load_camelyon16(root: str | Path, strict: bool = True, splits: Sequence[str]
     """The slides of a Camelyon16 folder; a missing part of the layout stops at once, naming it.
 
     With `strict=False` a tumour slide without its XML, a test slide missing from reference.csv
-    (or a listed one without its file) is recorded in `problems` and skipped instead of raising.
-    Slides are not opened here (see `check_slides`).
+    (or a listed one without its file) is reported in `problems` (and warned about) and skipped
+    instead of raising; if the training slides are then left without normal or without tumour
+    slides, DataSetError says so at once (`require_classes`), not a later step that finds no
+    annotated tile. Slides are not opened here (see `check_slides`).
     """
     root = Path(root)
     splits = tuple(splits)
@@ -345,9 +365,10 @@ def load_camelyon16(root: str | Path, strict: bool = True, splits: Sequence[str]
         raise ValueError(f"splits must be drawn from ('train', 'test'), got {splits!r}")
     _check_layout(root, splits)
     problems: list[str] = []
-    slides = (_training(root, strict, problems) if "train" in splits else []) + (
-        _testing(root, strict, problems) if "test" in splits else []
-    )
+    training = _training(root, strict, problems) if "train" in splits else []
+    if "train" in splits:
+        require_classes(training, f"training slides of {root}", problems)
+    slides = training + (_testing(root, strict, problems) if "test" in splits else [])
     return Camelyon16(root, slides, problems)
 
 

@@ -29,13 +29,22 @@ inflammatory clumps (present in every image) look alike. Unlike the real positiv
 hundreds of epithelial nuclei (ATS sec. 4.3), a stand-in positive holds about 20-100 on a few per cent of
 its area: small objects. It is a stand-in for the method's mechanics, not the CRCHistoPhenotypes data,
 and is marked as such (`SYNTHETIC_STAND_IN.json`); its `detection` centres are 0-based pixels.
+
+Damaged downloads (`data_prep.problems`). Only the image and its epithelial `.mat` decide an item's
+label; a missing or unreadable fibroblast, inflammatory or others `.mat` is reported (a warning
+naming the file, collected in `ColonCancerData.problems`) and the image is kept without those
+nuclei. An image whose `.bmp` or epithelial `.mat` is missing or unreadable, or whose size differs
+from the others', is skipped with its reason. A folder left with no usable image, or without
+positives or negatives (the task needs both), stops with one `DataSetError`. `strict=True`
+stops at the first problem instead.
 """
 
 from __future__ import annotations
 
 import io
 import re
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
@@ -46,6 +55,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from data_prep.problems import DataFileError, DataSetError, describe, read_rgb, report, summarize_problems
 from zoomin_lib.config import data_dir
 from zoomin_lib.io import atomic_dir, read_json, write_json
 
@@ -65,18 +75,23 @@ _MAT_DESCRIPTION = b"MATLAB 5.0 MAT-file, synthetic stand-in written by zoomin d
 
 @dataclass
 class ColonCancerData:
-    """The images, labels and nucleus centres of one colon cancer folder."""
+    """The images, labels and nucleus centres of one colon cancer folder, and what could not be used."""
 
     ids: list[str]
     images: np.ndarray  # [N, H, W, 3] uint8
     labels: np.ndarray  # [N] int64, 1 = contains epithelial nuclei
-    cells: list[dict[str, np.ndarray]]  # per image: type -> [M, 2] float (x, y)
+    cells: list[dict[str, np.ndarray]]  # per image: type -> [M, 2] float (x, y); a type whose file failed is absent
     root: Path
     synthetic: bool
+    problems: list[str] = field(default_factory=list)  # '<file>: <problem>; <what was done>', one per problem
 
     def __len__(self) -> int:
         """Number of images."""
         return len(self.ids)
+
+    def annotated_counts(self) -> dict[str, int]:
+        """Per cell type, how many images have its annotation file read (0: the type is absent from the data)."""
+        return {t: sum(t in c for c in self.cells) for t in CELL_TYPES}
 
 
 @dataclass(frozen=True)
@@ -111,37 +126,57 @@ def _image_folders(cls_dir: Path) -> list[Path]:
 
 
 def _read_bmp(path: Path) -> np.ndarray:
-    """An image as uint8 RGB [H, W, 3] (alpha dropped, grey or palette expanded)."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: image missing; expected {EXPECTED_LAYOUT}")
-    with Image.open(path) as img:
-        if img.mode == "RGBA":
-            return np.asarray(img)[..., :3].copy()  # [H, W, 3]
-        return np.asarray(img.convert("RGB"))  # [H, W, 3]
+    """An image as uint8 RGB [H, W, 3] (alpha dropped, grey or palette expanded); errors name the file."""
+    return read_rgb(path)
 
 
 def _read_detection(path: Path) -> np.ndarray:
-    """The `detection` centres of one .mat file as float64 [M, 2] (x, y)."""
+    """The `detection` centres of one .mat file as float64 [M, 2] (x, y); FileNotFoundError or DataFileError naming the file."""
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: annotation file missing; expected {EXPECTED_LAYOUT}")
+        raise FileNotFoundError(f"{path}: annotation file missing")
     try:
         content = scipy.io.loadmat(path)
-    except (ValueError, NotImplementedError, OSError) as err:
-        raise ValueError(f"{path}: not a readable MATLAB file ({err})") from err
+    except Exception as err:  # scipy raises MatReadError, ValueError, TypeError, OSError, ... on a damaged file
+        raise DataFileError(path, f"not a readable MATLAB file ({describe(err)})") from err
     if "detection" not in content:
         names = sorted(k for k in content if not k.startswith("__"))
-        raise ValueError(f"{path}: no variable 'detection' (found {names})")
-    det = np.asarray(content["detection"], dtype=np.float64)
+        raise DataFileError(path, f"no variable 'detection' (found {names})")
+    try:
+        det = np.asarray(content["detection"], dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise DataFileError(path, f"'detection' is not numeric ({describe(err)})") from err
     if det.size == 0:
         return np.zeros((0, 2))  # [0, 2]
     if det.ndim != 2 or det.shape[1] != 2:
-        raise ValueError(f"{path}: 'detection' has shape {det.shape}, expected M x 2 (x, y)")
+        raise DataFileError(path, f"'detection' has shape {det.shape}, expected M x 2 (x, y)")
     return det  # [M, 2]
 
 
-def _read_cells(folder: Path) -> dict[str, np.ndarray]:
-    """Nucleus centres by type for one `imgN` folder."""
-    return {t: _read_detection(folder / f"{folder.name}_{t}.mat") for t in CELL_TYPES}
+def _read_item(folder: Path, problems: list[str], strict: bool) -> tuple[np.ndarray, dict[str, np.ndarray]] | None:
+    """(image [H, W, 3], cells by type) of one `imgN` folder, or None when its image or label cannot be read.
+
+    The other cell types' files are optional: a missing or unreadable one is reported and left out.
+    With `strict`, the first problem is raised instead.
+    """
+    name = folder.name
+    try:
+        image = _read_bmp(folder / f"{name}.bmp")
+        cells = {POSITIVE_TYPE: _read_detection(folder / f"{name}_{POSITIVE_TYPE}.mat")}
+    except (FileNotFoundError, DataFileError) as err:
+        if strict:
+            raise
+        report(problems, f"{err}; {name} skipped (its image and epithelial detection give the label)", stacklevel=3)
+        return None
+    for t in CELL_TYPES:
+        if t == POSITIVE_TYPE:
+            continue
+        try:
+            cells[t] = _read_detection(folder / f"{name}_{t}.mat")
+        except (FileNotFoundError, DataFileError) as err:
+            if strict:
+                raise
+            report(problems, f"{err}; not needed for the label: {name} is kept without its {t} nuclei", stacklevel=3)
+    return image, {t: cells[t] for t in CELL_TYPES if t in cells}
 
 
 def _check_sizes(images: list[np.ndarray], folders: list[Path]) -> None:
@@ -155,23 +190,62 @@ def _check_sizes(images: list[np.ndarray], folders: list[Path]) -> None:
             )
 
 
-def load_colon_cancer(root: str | Path, progress: bool = True) -> ColonCancerData:
-    """Read a CRCHistoPhenotypes-format folder (`root` holds `Classification/` or is it)."""
+def _common_size(images: list[np.ndarray], folders: list[Path], problems: list[str], strict: bool) -> list[int]:
+    """Indices of the images of the most common size (the first seen among equals); the others are reported."""
+    if strict:
+        _check_sizes(images, folders)
+        return list(range(len(images)))
+    size = Counter(img.shape for img in images).most_common(1)[0][0]
+    keep = []
+    for i, (img, folder) in enumerate(zip(images, folders)):
+        if img.shape == size:
+            keep.append(i)
+        else:
+            report(problems, f"{folder / (folder.name + '.bmp')}: size {img.shape[:2]} differs from the other images' "
+                             f"{size[:2]}; {folder.name} skipped (a batch needs one size)", stacklevel=3)
+    return keep
+
+
+def _require_both_labels(cls_dir: Path, labels: np.ndarray, problems: list[str]) -> None:
+    """DataSetError unless both positives and negatives remain (the task separates them)."""
+    for value, name in ((1, "positive (epithelial detection non-empty)"), (0, "negative (epithelial detection empty)")):
+        if not (labels == value).any():
+            skipped = f"; {len(problems)} problem(s) on the way:\n{summarize_problems(problems)}" if problems else ""
+            raise DataSetError(f"{cls_dir}: no {name} image among the {len(labels)} usable ones; the task "
+                               f"(epithelial nuclei or not) needs both classes{skipped}")
+
+
+def load_colon_cancer(root: str | Path, progress: bool = True, strict: bool = False) -> ColonCancerData:
+    """Read a CRCHistoPhenotypes-format folder (`root` holds `Classification/` or is it).
+
+    Items that cannot be used are skipped and what else is missing is left out, each reported in
+    `problems` (and as a DataProblemWarning); a folder with no usable image, or without positives
+    or negatives, raises DataSetError. `strict=True` raises at the first problem instead.
+    """
     cls_dir = classification_dir(root)
     folders = _image_folders(cls_dir)
-    images, cells = [], []
+    images, cells, kept, problems = [], [], [], []
     for folder in tqdm(folders, desc="colon cancer", unit="img", disable=not progress):
-        images.append(_read_bmp(folder / f"{folder.name}.bmp"))
-        cells.append(_read_cells(folder))
-    _check_sizes(images, folders)
+        item = _read_item(folder, problems, strict)
+        if item is not None:
+            images.append(item[0])
+            cells.append(item[1])
+            kept.append(folder)
+    if not images:
+        raise DataSetError(f"{cls_dir}: no usable image among {len(folders)} imgN folders; expected {EXPECTED_LAYOUT}:\n"
+                           f"{summarize_problems(problems)}")
+    keep = _common_size(images, kept, problems, strict)
+    images, cells, kept = [images[i] for i in keep], [cells[i] for i in keep], [kept[i] for i in keep]
     labels = np.array([len(c[POSITIVE_TYPE]) > 0 for c in cells], dtype=np.int64)  # [N]
+    _require_both_labels(cls_dir, labels, problems)
     return ColonCancerData(
-        ids=[f.name for f in folders],
+        ids=[f.name for f in kept],
         images=np.stack(images),  # [N, H, W, 3]
         labels=labels,
         cells=cells,
         root=cls_dir.parent,
         synthetic=(cls_dir.parent / MARKER).is_file(),
+        problems=problems,
     )
 
 

@@ -49,6 +49,13 @@ rows of small markers on a lawn; car dealership rows of coloured cars beside a s
 construction site a bare patch with a crane cross; crop field striped parcels. Its box is
 written as the object's `bounding_boxes` entry (list or single dict, alternating at random).
 It is a stand-in for the method's mechanics, not the fMoW data.
+
+Damaged downloads (`data_prep.problems`). An image's label and box come from its JSON's
+`bounding_boxes`; without it, or without a readable `.jpg` beside it, the image is skipped. A JSON
+that lacks only `gsd` (not used here) or the image size (read from the `.jpg` instead), or whose
+size differs from the `.jpg`'s (the image's own is used), keeps its image. Every such problem, and every unpaired, malformed or truncated file, is reported (a warning
+naming the file, collected in `FMoW.problems`). A split left with no usable image stops with one
+`DataSetError`; a category absent from a split is not an error (`absent_classes` names it).
 """
 
 from __future__ import annotations
@@ -56,7 +63,7 @@ from __future__ import annotations
 import json
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable
@@ -65,6 +72,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
+from data_prep.problems import DataFileError, DataSetError, check_image, describe, read_rgb, report, summarize_problems
 from zoomin_lib.config import data_dir
 from zoomin_lib.io import atomic_dir, read_json, write_json
 
@@ -107,6 +115,7 @@ MARKER_TEXT = "synthetic stand-in, not the fMoW data"
 GENERATOR_VERSION = 1
 EXPECTED_LAYOUT = "<root>/{train,val}/<category>/<category>_<id>/<category>_<id>_<k>_rgb.jpg with a .json beside each"
 REQUIRED_KEYS = ("bounding_boxes", "gsd", "img_width", "img_height")
+LABEL_KEYS = ("bounding_boxes",)  # what an image's label and box need; the loader does without the others
 _RGB_SUFFIX = "_rgb"
 _TEXTURE_CREDIT = (
     "skimage.data.grass() (DeviantArt Grass-01 by linolafett, CC0) and "
@@ -136,17 +145,19 @@ class ImageMeta:
     height: int
 
 
-def _read_metadata_json(path: Path) -> dict:
-    """The JSON object in `path`; ValueError naming the file and the line of a syntax error."""
+def _read_metadata_json(path: Path, required: tuple[str, ...] = REQUIRED_KEYS) -> dict:
+    """The JSON object in `path`; ValueError naming the file and the line of a syntax error, or the missing keys."""
     try:
-        obj = json.loads(path.read_text())
+        obj = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: malformed JSON at line {err.lineno}, column {err.colno}: {err.msg}") from err
+        raise DataFileError(path, f"malformed JSON at line {err.lineno}, column {err.colno}: {err.msg}") from err
+    except (OSError, UnicodeDecodeError) as err:
+        raise DataFileError(path, f"not a readable JSON file ({describe(err)})") from err
     if not isinstance(obj, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(obj).__name__}")
-    missing = [key for key in REQUIRED_KEYS if key not in obj]
+        raise DataFileError(path, f"expected a JSON object, got {type(obj).__name__}")
+    missing = [key for key in required if key not in obj]
     if missing:
-        raise ValueError(f"{path}: missing key(s) {', '.join(missing)}")
+        raise DataFileError(path, f"missing key(s) {', '.join(missing)}")
     return obj
 
 
@@ -178,13 +189,37 @@ def _positive_int(path: Path, obj: dict, key: str) -> int:
     return int(value)
 
 
-def parse_metadata(json_path: str | Path) -> ImageMeta:
-    """Read one fMoW `_rgb.json` (list or single-dict `bounding_boxes`) into an ImageMeta."""
+def _size_from_image(path: Path, problems: list[str], missing: list[str]) -> tuple[int, int]:
+    """(width, height) from the header of the .jpg beside `path`, reporting the keys it stands in for."""
+    jpg = path.with_suffix(".jpg")
+    try:
+        with Image.open(jpg) as im:
+            width, height = im.size
+    except (OSError, ValueError, SyntaxError) as err:
+        raise DataFileError(path, f"missing key(s) {', '.join(missing)}, and {jpg.name} is not readable "
+                                  f"({describe(err)})") from err
+    report(problems, f"{path}: missing key(s) {', '.join(missing)}; the size is read from {jpg.name}", stacklevel=4)
+    return width, height
+
+
+def parse_metadata(json_path: str | Path, problems: list[str] | None = None) -> ImageMeta:
+    """Read one fMoW `_rgb.json` (list or single-dict `bounding_boxes`) into an ImageMeta.
+
+    Without `problems` every key of REQUIRED_KEYS must be there. With a list, only LABEL_KEYS must:
+    a missing `gsd` becomes NaN and a missing size is read from the .jpg, each reported there.
+    Errors are DataFileErrors (ValueErrors) naming the file.
+    """
     path = Path(json_path)
-    obj = _read_metadata_json(path)
+    obj = _read_metadata_json(path, REQUIRED_KEYS if problems is None else LABEL_KEYS)
     parsed = [_parse_box(path, k, e) for k, e in enumerate(_box_entries(path, obj["bounding_boxes"]))]
+    if "gsd" not in obj:
+        report(problems, f"{path}: missing key gsd (not needed for the label); gsd left as NaN", stacklevel=3)
+        obj["gsd"] = math.nan
     if not isinstance(obj["gsd"], (int, float)):
-        raise ValueError(f"{path}: gsd must be a number, got {obj['gsd']!r}")
+        raise DataFileError(path, f"gsd must be a number, got {obj['gsd']!r}")
+    size_keys = [k for k in ("img_width", "img_height") if k not in obj]
+    if size_keys:
+        obj["img_width"], obj["img_height"] = _size_from_image(path, problems, size_keys)
     return ImageMeta(
         path=path.with_suffix(".jpg"),
         category=parsed[0][1],
@@ -208,24 +243,37 @@ def _split_dir(root: Path, split: str) -> Path:
     return folder
 
 
-def _paired_stems(category_dir: Path) -> list[Path]:
-    """Sorted `<...>_rgb` stems with both a .jpg and a .json; each unpaired file is warned about."""
+def _paired_stems(category_dir: Path, problems: list[str]) -> list[Path]:
+    """Sorted `<...>_rgb` stems with both a .jpg and a .json; each unpaired file is reported."""
     jpgs = {p.with_suffix("") for p in category_dir.glob(f"*/*{_RGB_SUFFIX}.jpg")}
     jsons = {p.with_suffix("") for p in category_dir.glob(f"*/*{_RGB_SUFFIX}.json")}
     for stem in sorted(jpgs - jsons):
-        warnings.warn(f"{stem}.jpg has no .json beside it; skipped", stacklevel=3)
+        report(problems, f"{stem}.jpg: no .json beside it (its label and box are there); skipped", stacklevel=3)
     for stem in sorted(jsons - jpgs):
-        warnings.warn(f"{stem}.json has no .jpg beside it; skipped", stacklevel=3)
+        report(problems, f"{stem}.json: no .jpg beside it; skipped", stacklevel=3)
     return sorted(jpgs & jsons)
 
 
-def _parse_or_warn(stem: Path) -> ImageMeta | None:
-    """parse_metadata of `stem`.json, or None with a warning naming the file when it is malformed."""
+def _usable(stem: Path, problems: list[str], check_images: bool) -> ImageMeta | None:
+    """The metadata of `stem` when its JSON gives a label and its .jpg is readable (of that size), else None, reported."""
     try:
-        return parse_metadata(stem.with_suffix(".json"))
+        meta = parse_metadata(stem.with_suffix(".json"), problems)
     except ValueError as err:
-        warnings.warn(f"{err}; skipped", stacklevel=3)
+        report(problems, f"{err}; skipped", stacklevel=3)
         return None
+    if not check_images:
+        return meta
+    problem = check_image(meta.path)
+    if problem is not None:
+        report(problems, f"{meta.path}: {problem}; skipped", stacklevel=3)
+        return None
+    with Image.open(meta.path) as im:  # the header only
+        width, height = im.size
+    if (width, height) != (meta.width, meta.height):
+        report(problems, f"{meta.path}: the image is {width}x{height}, its JSON says {meta.width}x{meta.height}; kept at "
+                         "the image's size (its boxes may be off)", stacklevel=3)
+        meta = replace(meta, width=width, height=height)
+    return meta
 
 
 def select_per_class(labels: np.ndarray, per_class: int, seed: int = 0) -> np.ndarray:
@@ -254,6 +302,7 @@ class FMoW:
     items: list[ImageMeta]
     labels: np.ndarray  # [N] int64, indices into CATEGORIES
     synthetic: bool  # True when root carries the stand-in's marker
+    problems: list[str] = field(default_factory=list)  # '<file>: <problem>; <what was done>', one per problem
 
     def __len__(self) -> int:
         """Number of images."""
@@ -283,29 +332,42 @@ class FMoW:
         return np.array([(m.height, m.width) for m in self.items], dtype=np.int64).reshape(-1, 2)
 
     def read_image(self, i: int) -> np.ndarray:
-        """Decode image i from disk as uint8 [H, W, 3] RGB; nothing is cached."""
-        with Image.open(self.items[i].path) as im:
-            return np.array(im.convert("RGB"))  # [H, W, 3]
+        """Decode image i from disk as uint8 [H, W, 3] RGB; nothing is cached; errors name the file."""
+        return read_rgb(self.items[i].path)  # [H, W, 3]
+
+    def absent_classes(self) -> list[str]:
+        """Names of the CATEGORIES no image of this split has."""
+        present = set(self.labels.tolist())
+        return [name for c, name in enumerate(CATEGORIES) if c not in present]
 
 
-def load_fmow(root: str | Path, split: str, per_class: int | None = None, seed: int = 0) -> FMoW:
-    """The images of CATEGORIES in root/train or root/val (split "test"), all or `per_class` chosen by `seed`."""
+def load_fmow(root: str | Path, split: str, per_class: int | None = None, seed: int = 0,
+              check_images: bool = True) -> FMoW:
+    """The images of CATEGORIES in root/train or root/val (split "test"), all or `per_class` chosen by `seed`.
+
+    Unpaired files, malformed JSON and (with `check_images`, from each file's header and end,
+    without decoding) unreadable images are reported in `problems` and skipped before the per-class
+    choice; a split with no usable image raises DataSetError.
+    """
     root = Path(root)
     split_dir = _split_dir(root, split)
-    items, labels = [], []
+    items, labels, problems = [], [], []
     for label, category in enumerate(CATEGORIES):
-        for stem in _paired_stems(split_dir / category):
-            meta = _parse_or_warn(stem)
+        for stem in _paired_stems(split_dir / category, problems):
+            meta = _usable(stem, problems, check_images)
             if meta is not None:
                 items.append(meta)
                 labels.append(label)
     if not items:
-        raise ValueError(f"{split_dir} holds no images of {', '.join(CATEGORIES)}; expected {EXPECTED_LAYOUT}")
+        detail = f"; {len(problems)} problem(s):\n{summarize_problems(problems)}" if problems else ""
+        raise DataSetError(f"{split_dir} holds no usable image of {', '.join(CATEGORIES)}; expected {EXPECTED_LAYOUT}"
+                           + detail)
     labels_arr = np.array(labels, dtype=np.int64)  # [N]
     if per_class is not None:
         keep = select_per_class(labels_arr, per_class, seed)
         items, labels_arr = [items[i] for i in keep], labels_arr[keep]
-    return FMoW(root=root, split=split, items=items, labels=labels_arr, synthetic=(root / MARKER).is_file())
+    return FMoW(root=root, split=split, items=items, labels=labels_arr, synthetic=(root / MARKER).is_file(),
+                problems=problems)
 
 
 # --------------------------------------------------------------------------------------------

@@ -28,12 +28,14 @@ import hashlib
 import importlib.util
 import json
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
 
+from data_prep.problems import DataFileError, describe
 from zoomin_lib.config import data_dir
 from zoomin_lib.io import read_json
 
@@ -378,9 +380,15 @@ def save_npz(path: str | Path, arrays: dict[str, np.ndarray]) -> Path:
 
 
 def load_npz(path: str | Path) -> dict[str, np.ndarray]:
-    """All arrays of an .npz file, loaded eagerly."""
-    with np.load(path, allow_pickle=False) as data:
-        return {name: data[name] for name in data.files}
+    """All arrays of an .npz file, loaded eagerly; a missing or damaged file raises naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: prepared arrays missing (regenerate the data set)")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {name: data[name] for name in data.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+        raise DataFileError(path, f"not a readable .npz file ({describe(err)}); regenerate the data set") from err
 
 
 def normalised(parameters: dict) -> dict:

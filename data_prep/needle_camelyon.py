@@ -64,6 +64,7 @@ from data_prep.camelyon16 import (
     parse_asap_xml,
 )
 from zoomin_lib.config import data_dir
+from data_prep.problems import DataFileError, describe, read_rgb
 from zoomin_lib.io import atomic_dir, read_json, write_json
 from zoomin_lib.slides import Slide, open_slide, tissue_mask
 
@@ -707,8 +708,7 @@ class NeedleCamelyon(torch.utils.data.Dataset):
         path = self.root / "crops" / self.rows[i]["file"]
         if not path.is_file():
             raise FileNotFoundError(f"{path}: crop listed in {self.root / INDEX} is missing")
-        with Image.open(path) as img:
-            return np.array(img.convert("RGB"))
+        return read_rgb(path)  # errors name the file
 
     def mask(self, i: int) -> np.ndarray:
         """The metastasis mask of crop i, bool [S, S] (all False for a negative)."""
@@ -718,8 +718,11 @@ class NeedleCamelyon(torch.utils.data.Dataset):
         path = self.root / "masks" / self.rows[i]["file"]
         if not path.is_file():
             raise FileNotFoundError(f"{path}: mask of a positive crop listed in {self.root / INDEX} is missing")
-        with Image.open(path) as img:
-            return np.asarray(img.convert("L")) > 127
+        try:
+            with Image.open(path) as img:
+                return np.asarray(img.convert("L")) > 127
+        except (OSError, ValueError, SyntaxError) as err:
+            raise DataFileError(path, f"not a readable mask image ({describe(err)})") from err
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(image float32 [3, S, S] in [0, 1], label int64 [])."""

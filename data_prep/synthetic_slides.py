@@ -53,7 +53,7 @@ from tqdm.auto import tqdm
 
 from data_prep.colon_cancer import _ihc_stains, _stain_vectors
 from zoomin_lib.config import data_dir
-from zoomin_lib.io import atomic_dir, read_json, write_json
+from zoomin_lib.io import atomic_dir, read_json, write_json, write_text
 from zoomin_lib.slides import write_pyramid_tiff
 
 __all__ = [
@@ -404,13 +404,7 @@ class SyntheticSlide:
 
     def write_annotation(self, path: str | os.PathLike) -> Path:
         """Write the metastasis polygons as ASAP XML (group `_0`), atomically."""
-        text = asap_xml(self.polygons)
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
-        return path
+        return write_text(path, asap_xml(self.polygons))
 
 
 def asap_xml(polygons: Sequence[np.ndarray], group: str = "_0") -> str:

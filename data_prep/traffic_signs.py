@@ -28,6 +28,12 @@ characters). As in the real subset, EMPTY images hold no boxed sign (at most unb
 MISC_SIGNS). `n_train` / `n_test` count the images of the subset (classes in SYNTHETIC_FREQUENCIES);
 about 10% more lines are written that the rules drop. Images are also looked for in `SetNPart*/`
 subfolders, in case a set's archive was unpacked into one.
+
+Damaged downloads (`data_prep.problems`). A malformed annotation line, an image named but missing,
+and an image that is not readable (truncated, garbled: found without decoding it, from its header
+and its end) are each reported (a warning naming the file, collected in `TrafficSigns.problems`) and
+skipped; the rest loads. A split left with no usable image stops with one `DataSetError`. A class
+absent from a split is not an error (`absent_classes` names it); the notebook says so.
 """
 
 from __future__ import annotations
@@ -35,7 +41,6 @@ from __future__ import annotations
 import functools
 import math
 import re
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -44,6 +49,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
+from data_prep.problems import DataSetError, check_image, read_rgb as _read_rgb, report, summarize_problems
 from zoomin_lib.config import data_dir
 from zoomin_lib.io import atomic_dir, read_json, write_json
 
@@ -145,8 +151,12 @@ def parse_line(line: str) -> ImageAnnotation:
     return ImageAnnotation(file.strip(), tuple(signs), misc)
 
 
-def parse_annotations(path: str | Path) -> list[ImageAnnotation]:
-    """All lines of an STS annotations.txt (empty lines skipped); a malformed line names file and line."""
+def parse_annotations(path: str | Path, problems: list[str] | None = None) -> list[ImageAnnotation]:
+    """All lines of an STS annotations.txt (empty lines skipped); a malformed line names file and line.
+
+    Without `problems` a malformed line raises ValueError; with a list, it is reported there (and
+    warned about) and skipped.
+    """
     path = Path(path)
     out = []
     with open(path, encoding="utf-8", errors="replace") as handle:
@@ -156,7 +166,10 @@ def parse_annotations(path: str | Path) -> list[ImageAnnotation]:
             try:
                 out.append(parse_line(line))
             except ValueError as err:
-                raise ValueError(f"{path}, line {number}: {err}: {line.rstrip()!r}") from None
+                message = f"{path}, line {number}: {err}: {line.rstrip()!r}"
+                if problems is None:
+                    raise ValueError(message) from None
+                report(problems, f"{message}; line skipped", stacklevel=2)
     return out
 
 
@@ -215,6 +228,7 @@ class TrafficSigns:
     missing: tuple[str, ...] = ()
     dropped: int = 0
     synthetic: bool = False
+    problems: list[str] = field(default_factory=list)  # '<file>: <problem>; skipped', one per problem
 
     def __len__(self) -> int:
         """Number of images in the subset."""
@@ -234,6 +248,10 @@ class TrafficSigns:
         """Images per class name."""
         counts = np.bincount(self.labels, minlength=len(CLASSES))
         return {name: int(c) for name, c in zip(CLASSES, counts)}
+
+    def absent_classes(self) -> list[str]:
+        """Names of the classes no image of this split has."""
+        return [name for name, n in self.class_counts().items() if n == 0]
 
     def roi_boxes(self, i: int) -> list[tuple[float, float, float, float]]:
         """The box (x0, y0, x1, y1) of the sign that gives image i its label; none for EMPTY."""
@@ -255,9 +273,8 @@ class TrafficSigns:
 
 
 def read_rgb(path: str | Path) -> np.ndarray:
-    """Read an image file as uint8 [H, W, 3]."""
-    with Image.open(path) as img:
-        return np.array(img.convert("RGB"))  # a writable copy
+    """Read an image file as uint8 [H, W, 3]; an unreadable one raises naming the file (`problems.read_rgb`)."""
+    return _read_rgb(path)
 
 
 def _rescale(image: np.ndarray, scale: float) -> np.ndarray:
@@ -301,19 +318,19 @@ def _locate(name: str, folders: Sequence[Path]) -> Path | None:
     return None
 
 
-def _warn_missing(missing: Sequence[str], annotations: Path) -> None:
-    """One warning naming the missing images (the first 20 of them)."""
-    shown = ", ".join(missing[:20]) + (f", ... ({len(missing) - 20} more)" if len(missing) > 20 else "")
-    warnings.warn(f"{len(missing)} image(s) named in {annotations} are missing and were skipped: {shown}", stacklevel=3)
+def load_traffic_signs(root: str | Path, split: str, check_images: bool = True) -> TrafficSigns:
+    """The speed-limit subset of `split` ("train" = Set1, "test" = Set2) under `root`; images stay on disk.
 
-
-def load_traffic_signs(root: str | Path, split: str) -> TrafficSigns:
-    """The speed-limit subset of `split` ("train" = Set1, "test" = Set2) under `root`; images stay on disk."""
+    Malformed lines, missing images and (with `check_images`, from each file's header and end,
+    without decoding) unreadable ones are reported in `problems` and skipped; a split with no
+    usable image raises DataSetError.
+    """
     root = Path(root)
     annotations = _annotations_file(root, split)
     folders = _image_folders(annotations.parent)
-    samples, missing, dropped = [], [], 0
-    for ann in parse_annotations(annotations):
+    samples, missing, dropped, problems = [], [], 0, []
+    lines = parse_annotations(annotations, problems)
+    for ann in lines:
         label = speed_limit_label(ann)
         if label is None:
             dropped += 1
@@ -321,11 +338,19 @@ def load_traffic_signs(root: str | Path, split: str) -> TrafficSigns:
         path = _locate(ann.file, folders)
         if path is None:
             missing.append(ann.file)
+            report(problems, f"{annotations.parent / ann.file}: image named in {annotations} is missing; skipped")
+            continue
+        problem = check_image(path) if check_images else None
+        if problem is not None:
+            report(problems, f"{path}: {problem}; skipped")
             continue
         samples.append(Sample(path, label, speed_limit_signs(ann)))
-    if missing:
-        _warn_missing(missing, annotations)
-    return TrafficSigns(root, split, samples, tuple(missing), dropped, is_synthetic(root))
+    if not samples:
+        raise DataSetError(
+            f"{annotations}: no usable image ({len(lines)} readable lines, {dropped} dropped by the speed-limit subset "
+            f"rules, {len(problems)} problem(s))" + (f":\n{summarize_problems(problems)}" if problems else "")
+        )
+    return TrafficSigns(root, split, samples, tuple(missing), dropped, is_synthetic(root), problems)
 
 
 # ----------------------------------------------------------------------------------------------------

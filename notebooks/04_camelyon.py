@@ -113,7 +113,8 @@ started = time.perf_counter()
 # `training/lesion_annotations`, `testing/images`, `testing/reference.csv`) and stops at once, naming
 # every missing part, when a folder is not in it. A tumour slide without its XML is reported and
 # skipped; `check_slides` opens every slide and reports those that are corrupt, truncated or smaller
-# than one tile, and the chapter goes on with the rest.
+# than one tile, and the chapter goes on with the rest, unless no normal or no tumour training slide
+# is left: then it stops here, saying so.
 
 # %%
 if data_dir is not None:
@@ -129,6 +130,7 @@ problems = dataset.problems + bad
 for p in problems:
     print("skipped:", p)
 train_all = [r for r in usable if r.split == "train"]
+camelyon16.require_classes(train_all, "training slides that open", problems)  # stops now, not after training
 test = [r for r in usable if r.split == "test"]
 train, validation = camelyon16.train_validation_split(camelyon16.Camelyon16(dataset.root, train_all), cfg["val_fraction"], seed)
 train, validation = list(train), list(validation)

@@ -68,8 +68,9 @@ from data_prep.needle_camelyon import NeedleCamelyon, load_needle_camelyon, need
 from zoomin_lib import builders
 from zoomin_lib.bagnet import bagnet, bagnet_macs, evidence_map
 from zoomin_lib.config import check_profile, results_dir
-from zoomin_lib.experiments import (TrainSettings, above_majority, attention_map, channel_stats, image_tensor,
-                                    lazy_batches, profile_methods, result_rows, run_method, standardize, zoom_picks)
+from zoomin_lib.experiments import (TrainSettings, above_majority, attention_map, channel_stats, fingerprint,
+                                    image_tensor, lazy_batches, profile_methods, result_rows, run_method, standardize,
+                                    zoom_picks)
 from zoomin_lib.io import write_json
 from zoomin_lib.paper_numbers import ZOOMIN_TABLE1_NEEDLE, ZOOMIN_TABLE4_NEEDLE, paper_rows
 from zoomin_lib.plotting import save_figure, show_attention, zoom_grid
@@ -119,6 +120,9 @@ DATA_LABEL = "synthetic stand-in" if train_set.synthetic else f"NeedleCamelyon f
 side = int(train_set.rows[0]["size"])
 print(f"data: {DATA_LABEL}; crops {side}x{side}; train {len(train_set)} ({int(train_set.labels.sum())} positive), "
       f"test {len(test_set)} ({int(test_set.labels.sum())} positive); ready in {prep_seconds:.1f} s ({root})")
+# what the checkpoints record as their data: other crops are not resumed from them
+DATA_ID = fingerprint([r["file"] for r in train_set.rows], train_set.labels, [r["file"] for r in test_set.rows],
+                      test_set.labels)
 every = max(1, len(train_set) // 20)
 stats = channel_stats(torch.cat([image_tensor(train_set.image(i)) for i in range(0, len(train_set), every)]))  # ~20 crops
 
@@ -183,7 +187,7 @@ for name, factory in methods.items():
         name, factory, settings[name],
         lazy_batches(load_train, train_set.labels, cfg["batch"], seed),
         lazy_batches(load_test, test_set.labels, 8, seed, shuffle=False)(0),
-        run_seed=seed, tag=f"{name}_r0_f0", out_dir=out, resume=resume,
+        run_seed=seed, tag=f"{name}_r0_f0", out_dir=out, resume=resume, record={"profile": profile, "data": DATA_ID},
     )
     results[name], trained[name], train_seconds[name] = [result], model, time.perf_counter() - start
     print(f"{name}: test accuracy {result.accuracy:.3f}, AUC {result.auc:.3f} ({train_seconds[name]:.0f} s)")

@@ -65,10 +65,11 @@ from data_prep import traffic_signs
 from zoomin_lib import builders
 from zoomin_lib.box_supervision import box_mask, pretrained_from_boxes
 from zoomin_lib.config import check_profile, results_dir
-from zoomin_lib.experiments import (TrainSettings, channel_stats, lazy_batches, profile_methods, report_above_majority,
-                                    result_rows, run_method, standardize, zoom_picks)
+from zoomin_lib.experiments import (TrainSettings, channel_stats, fingerprint, lazy_batches, profile_methods,
+                                    report_above_majority, result_rows, run_method, standardize, zoom_picks)
 from zoomin_lib.io import write_json
 from zoomin_lib.paper_numbers import ATS_TABLE2_SPEED_LIMITS, ZOOMIN_TABLE1_TRAFFIC, paper_rows
+from zoomin_lib.per_class import absent_note, per_class_rows, present_classes
 from zoomin_lib.plotting import save_figure, show_attention, zoom_grid
 from zoomin_lib.report import markdown_table
 
@@ -101,7 +102,9 @@ torch.manual_seed(seed)
 #
 # `annotations.txt` is parsed and the subset rules of ATS are applied (a visible 50/70/80 sign, the
 # largest visible one giving the label; images with other signs only are dropped); images are read from
-# disk batch by batch, never all at once.
+# disk batch by batch, never all at once. A malformed line, a missing or unreadable image is reported
+# (listed below) and skipped; a class the data lack is named, and the figures and tables below cover the
+# classes present.
 
 # %%
 root = data_dir if data_dir is not None else traffic_signs.default_dataset(**cfg["synthetic"], seed=seed)
@@ -110,9 +113,18 @@ test_set = traffic_signs.load_traffic_signs(root, "test")
 DATA_LABEL = "synthetic stand-in" if train_set.synthetic else f"Swedish traffic signs ({root})"
 train_idx = np.arange(len(train_set))[: cfg["train_subset"]]
 test_idx = np.arange(len(test_set))[: cfg["test_subset"]]
+problems = train_set.problems + test_set.problems
+for p in problems:
+    print("problem:", p)
+CLASSES_ABSENT = absent_note({"train": train_set.labels[train_idx], "test": test_set.labels[test_idx]},
+                             traffic_signs.CLASSES)
 print(f"data: {DATA_LABEL}; train {train_set.class_counts()} ({len(train_idx)} used), "
       f"test {test_set.class_counts()} ({len(test_idx)} used); dropped by the rules: "
-      f"{train_set.dropped} + {test_set.dropped}; missing images: {train_set.n_missing + test_set.n_missing}")
+      f"{train_set.dropped} + {test_set.dropped}; images skipped for a problem above: {len(problems)}")
+print(CLASSES_ABSENT)
+# what the checkpoints record as their data: another subset or other files are not resumed from them
+DATA_ID = fingerprint([train_set.samples[i].path.name for i in train_idx], train_set.labels[train_idx],
+                      [test_set.samples[i].path.name for i in test_idx], test_set.labels[test_idx])
 stats = channel_stats(train_set.load_batch(train_idx[:16].tolist()))  # colour statistics of a few training images
 
 def load_train(idx):
@@ -122,14 +134,17 @@ def load_test(idx):
     return standardize(test_set.load_batch([int(test_idx[i]) for i in idx]), stats)
 
 # %%
-fig, axes = plt.subplots(1, 4, figsize=(14, 3))
-for c, ax in enumerate(axes):
+present, absent = present_classes(train_set.labels, traffic_signs.CLASSES)  # a class the data lack is not drawn
+fig, axes = plt.subplots(1, len(present), figsize=(3.5 * len(present), 3), squeeze=False)
+for c, ax in zip(present, axes[0]):
     i = int(np.flatnonzero(train_set.labels == c)[0])
     sample = train_set.samples[i]
     show_attention(ax, train_set.read_image(i), title=f"{traffic_signs.CLASSES[c]} ({DATA_LABEL})")
     for sign in sample.signs[:1]:
         x0, y0, x1, y1 = sign.box
         ax.add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec="yellow", lw=1))
+fig.suptitle("One training image per class" + (f"; absent from the training set: {', '.join(absent)}" if absent else ""),
+             fontsize=9)
 save_figure(fig, out, "examples");
 
 # %% [markdown]
@@ -175,7 +190,7 @@ for name, factory in methods.items():
         lazy_batches(load_train, train_set.labels[train_idx], cfg["batch"], seed,
                      masks=train_masks if name == BOXES else None),
         lazy_batches(load_test, test_set.labels[test_idx], 8, seed, shuffle=False)(0),
-        run_seed=seed, tag=f"{name}_r0_f0", out_dir=out, resume=resume,
+        run_seed=seed, tag=f"{name}_r0_f0", out_dir=out, resume=resume, record={"profile": profile, "data": DATA_ID},
     )
     results[name], trained[name] = [result], model
     print(f"{name}: test accuracy {result.accuracy:.3f}")
@@ -226,6 +241,15 @@ if profile == "cpu" and train_set.synthetic:  # the claim this profile was sized
     assert BOXES in learned, f"{BOXES} should beat the always-EMPTY rate on the stand-in: {results[BOXES][0].accuracy:.3f}"
 
 # %% [markdown]
+# Per class: the recall of each class the test images have, and its mean over those classes (balanced
+# accuracy); a class with no test image has no recall and is left out of the mean, and named.
+
+# %%
+print(f"Measured here: {DATA_LABEL}, profile {profile!r}; {CLASSES_ABSENT}")
+per_class = per_class_rows(results, traffic_signs.CLASSES)
+markdown_table(per_class, digits=1)
+
+# %% [markdown]
 # What the papers report on the real data (GPU). Zoom-In's "FLOPs (B)" count multiply-accumulates (eq. 10).
 
 # %%
@@ -253,7 +277,9 @@ for table, zoom, ats, cnn in ((costs, "Zoom-In", f"ATS-{N}", None), (paper_costs
 # %%
 with_sign = [int(test_idx[i]) for i in np.flatnonzero(test_set.labels[test_idx] > 0)[:3]]
 truth = [[(x0, y0, x1 - x0, y1 - y0) for x0, y0, x1, y1 in test_set.roi_boxes(k)] for k in with_sign]
-for name, stem in (("Zoom-In", "figure3_top_tile_subtile"), (BOXES, "figure3_top_tile_subtile_boxes")):
+if not with_sign:
+    print("no test image in this subset holds a sign: figure 3 is not drawn")
+for name, stem in (("Zoom-In", "figure3_top_tile_subtile"), (BOXES, "figure3_top_tile_subtile_boxes")) if with_sign else ():
     picks = zoom_picks(trained[name], [standardize(test_set.load_batch([k]), stats) for k in with_sign])
     titles = [f"true {traffic_signs.CLASSES[test_set.labels[k]]}, predicted {traffic_signs.CLASSES[p[2]]}"
               for k, p in zip(with_sign, picks)]
@@ -263,7 +289,8 @@ for name, stem in (("Zoom-In", "figure3_top_tile_subtile"), (BOXES, "figure3_top
 
 # %%
 write_json(out / "metrics.json", {
-    "profile": profile, "data": DATA_LABEL, "seed": seed, "settings": cfg,
+    "profile": profile, "data": DATA_LABEL, "seed": seed, "settings": cfg, "problems": problems,
+    "classes_absent": CLASSES_ABSENT, "per_class": per_class,
     "results": {n: {"accuracy": r[0].accuracy, "confusion": r[0].confusion} for n, r in results.items()},
     "costs_trained": costs, "costs_paper_settings": paper_costs, "box_pretraining": trained[BOXES].box_pretraining,
 })

@@ -59,11 +59,12 @@ from data_prep import fmow
 from zoomin_lib import builders
 from zoomin_lib.box_supervision import box_mask, pretrained_from_boxes
 from zoomin_lib.config import check_profile, results_dir
-from zoomin_lib.experiments import (TrainSettings, image_stats, image_tensor, lazy_batches, per_image,
+from zoomin_lib.experiments import (TrainSettings, fingerprint, image_stats, image_tensor, lazy_batches, per_image,
                                     per_image_predictor, profile_methods, report_above_majority, result_rows,
                                     run_method, standardize, zoom_picks)
 from zoomin_lib.io import write_json
 from zoomin_lib.paper_numbers import ZOOMIN_TABLE1_FMOW, paper_rows
+from zoomin_lib.per_class import absent_note, per_class_rows, present_classes
 from zoomin_lib.plotting import save_figure, zoom_grid
 from zoomin_lib.report import markdown_table
 
@@ -92,6 +93,11 @@ torch.manual_seed(seed)
 
 # %% [markdown]
 # ## The data
+#
+# An image whose JSON lacks its `bounding_boxes` (its label and box), or whose `.jpg` is missing, truncated
+# or of another size than its JSON says, is listed below and skipped; a JSON lacking only `gsd` or the size
+# keeps its image. A category the data lack is named, and the figures and tables below cover the
+# categories present.
 
 # %%
 root = data_dir if data_dir is not None else fmow.default_dataset(**cfg["synthetic"], seed=seed)
@@ -101,8 +107,17 @@ test_set = fmow.load_fmow(root, "test")
 DATA_LABEL = "synthetic stand-in" if train_set.synthetic else f"fMoW ({root})"
 test_idx = np.arange(len(test_set))[: cfg["test_subset"]]
 sides = train_set.sizes
+problems = train_set.problems + test_set.problems
+for p in problems:
+    print("problem:", p)
+CLASSES_ABSENT = absent_note({"train": train_set.labels, "test": test_set.labels[test_idx]}, fmow.CATEGORIES)
 print(f"data: {DATA_LABEL}; {len(train_set)} training images, {len(test_idx)} test images, "
-      f"{len(fmow.CATEGORIES)} classes; training image sides from {sides.min()} to {sides.max()} px")
+      f"{len(fmow.CATEGORIES)} classes; training image sides from {sides.min()} to {sides.max()} px; "
+      f"{len(problems)} problem(s) above")
+print(CLASSES_ABSENT)
+# what the checkpoints record as their data: another selection or other files are not resumed from them
+DATA_ID = fingerprint([p.name for p in train_set.paths], train_set.labels, [test_set.paths[i].name for i in test_idx],
+                      test_set.labels[test_idx])
 stats = image_stats(train_set.read_image(i) for i in range(min(len(train_set), 20)))  # colours of a few images
 
 def loader(dataset, index):
@@ -113,8 +128,12 @@ train_idx = np.arange(len(train_set))
 load_train, load_test = loader(train_set, train_idx), loader(test_set, test_idx)
 
 # %%
-fig, axes = plt.subplots(2, 5, figsize=(15, 6.5))
-for c, ax in enumerate(axes.flat):
+present, absent = present_classes(train_set.labels, fmow.CATEGORIES)  # a category the data lack is not drawn
+rows = (len(present) + 4) // 5
+fig, axes = plt.subplots(rows, 5, figsize=(15, 3.25 * rows), squeeze=False)
+for ax in axes.flat[len(present):]:
+    ax.axis("off")
+for c, ax in zip(present, axes.flat):
     i = int(np.flatnonzero(train_set.labels == c)[0])
     image = train_set.read_image(i)
     ax.imshow(image)
@@ -122,7 +141,8 @@ for c, ax in enumerate(axes.flat):
         ax.add_patch(plt.Rectangle((x0, y0), w, h, fill=False, ec="yellow", lw=1))
     ax.set_title(f"{fmow.CATEGORIES[c]} {image.shape[1]}x{image.shape[0]}", fontsize=8)
     ax.set_xticks([]); ax.set_yticks([])
-fig.suptitle(f"One training image per class, object box in yellow ({DATA_LABEL})", fontsize=9)
+fig.suptitle(f"One training image per class, object box in yellow ({DATA_LABEL})"
+             + (f"\nabsent from the training set: {', '.join(absent)}" if absent else ""), fontsize=9)
 save_figure(fig, out, "examples");
 
 # %% [markdown]
@@ -160,7 +180,7 @@ for name, factory in methods.items():
         lazy_batches(load_train, train_set.labels[train_idx], cfg["batch"], seed,
                      masks=train_masks if name == BOXES else None),
         lazy_batches(load_test, test_set.labels[test_idx], 8, seed, shuffle=False)(0),
-        run_seed=seed, tag=f"{name}_r0_f0", out_dir=out, resume=resume,
+        run_seed=seed, tag=f"{name}_r0_f0", out_dir=out, resume=resume, record={"profile": profile, "data": DATA_ID},
         loss_wrapper=per_image, predict_fn=per_image_predictor(generator=generator),
     )
     results[name], trained[name] = [result], model
@@ -198,6 +218,15 @@ learned = report_above_majority(results, test_set.labels[test_idx], "majority-cl
 if profile == "cpu" and train_set.synthetic:  # the claim this profile was sized for
     assert BOXES in learned, f"{BOXES} should beat the majority rate on the stand-in: {results[BOXES][0].accuracy:.3f}"
 
+# %% [markdown]
+# Per class: the recall of each category the test images have, and its mean over those categories (balanced
+# accuracy); a category with no test image has no recall and is left out of the mean, and named.
+
+# %%
+print(f"Measured here: {DATA_LABEL}, profile {profile!r}; {CLASSES_ABSENT}")
+per_class = per_class_rows(results, fmow.CATEGORIES)
+markdown_table(per_class, digits=1)
+
 # %%
 markdown_table(paper_rows(ZOOMIN_TABLE1_FMOW))
 
@@ -227,7 +256,8 @@ for name, stem in (("Zoom-In", "top_tile_subtile"), (BOXES, "top_tile_subtile_bo
 
 # %%
 write_json(out / "metrics.json", {
-    "profile": profile, "data": DATA_LABEL, "seed": seed, "settings": cfg,
+    "profile": profile, "data": DATA_LABEL, "seed": seed, "settings": cfg, "problems": problems,
+    "classes_absent": CLASSES_ABSENT, "per_class": per_class,
     "results": {n: {"accuracy": r[0].accuracy, "confusion": r[0].confusion} for n, r in results.items()},
     "costs": costs, "example_size": list(example.shape[-2:]), "box_pretraining": trained[BOXES].box_pretraining,
 })

@@ -57,7 +57,7 @@ from data_prep.mnist_digits import DIGIT_SIZE, digit_pools
 from zoomin_lib import builders
 from zoomin_lib import multitask as mt
 from zoomin_lib.config import check_profile, results_dir
-from zoomin_lib.experiments import TrainSettings, lazy_batches, run_method
+from zoomin_lib.experiments import TrainSettings, fingerprint, lazy_batches, run_method
 from zoomin_lib.geometry import view
 from zoomin_lib.io import write_json
 from zoomin_lib.paper_numbers import (THESIS_NEEDLE_O2I, THESIS_SEC48_THICKNESS, THESIS_TABLE10_O2I,
@@ -126,6 +126,7 @@ train_canvases, test_canvases = CanvasSet(train_set), CanvasSet(test_set)  # ren
 centers = needle_centers(test_set)  # [n_test, 2], the 3's centre (-1 in negatives)
 positives = np.flatnonzero(test_set.targets == 1)
 chance = float(np.bincount(test_set.targets).max() / len(test_set))
+DATA_ID = fingerprint(train_set.parameters, train_set.targets, test_set.targets)  # what the checkpoints record
 print(f"{len(train_set)} training and {len(test_set)} test canvases of 1024x1024, {train_set.parameters['n_digits']} "
       f"digits each; {len(positives)} test canvases hold a 3; chance (majority class) {100 * chance:.1f} %")
 print("object-to-image ratio of a 28 px digit: measured here "
@@ -216,7 +217,8 @@ methods = {
 results, trained = {}, {}
 for name, factory in methods.items():
     result, model = run_method(name, factory, settings, train_batches, test_batches(), run_seed=seed,
-                               tag=f"needle_{name.split()[0]}_r0_f0", out_dir=out, resume=resume)
+                               tag=f"needle_{name.split()[0]}_r0_f0", out_dir=out, resume=resume,
+                               record={"profile": profile, "data": DATA_ID})
     results[name], trained[name] = result, model
     print(f"{name}: test accuracy {result.accuracy:.3f}, "
           f"{sum(h['seconds'] for h in result.history):.0f} s of training")
@@ -245,7 +247,7 @@ result, model = run_method(
     TrainSettings(epochs=N["remedy_epochs"], batch_size=N["batch"], lr=N["lr"], warmup_epochs=N["warmup"], lam=1e-5),
     lazy_batches(lambda idx: train_maps[idx], train_set.targets, N["batch"], seed),
     lazy_batches(lambda idx: test_maps[idx], test_set.targets, 8, seed, shuffle=False)(0),
-    run_seed=seed, tag="needle_remedy_r0_f0", out_dir=out, resume=resume,
+    run_seed=seed, tag="needle_remedy_r0_f0", out_dir=out, resume=resume, record={"profile": profile, "data": DATA_ID},
 )
 results[name], trained[name] = result, model
 print(f"{name}: test accuracy {result.accuracy:.3f}, {N['remedy_epochs']} epochs, "

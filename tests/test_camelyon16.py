@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -16,10 +17,12 @@ from data_prep.camelyon16 import (
     load_camelyon16,
     parse_asap_xml,
     read_reference,
+    require_classes,
     train_validation_split,
 )
+from data_prep.problems import DataProblemWarning, DataSetError
 from slide_fixtures import asap_xml, square, write_camelyon16, write_slide
-from zoomin_lib.slides import open_slide
+from zoomin_lib.slides import SlideError, open_slide
 
 TUMOUR_XML = asap_xml(
     [
@@ -165,11 +168,29 @@ def test_tumour_slide_without_xml(tree: Path, tmp_path: Path) -> None:
     """strict: an error naming the slide; strict=False: reported and skipped."""
     root = _copy(tree, tmp_path)
     (root / "training/lesion_annotations/tumor_002.xml").unlink()
-    with pytest.raises(FileNotFoundError, match=r"tumor_002\.tif: tumour slide without its annotation"):
+    with pytest.raises(FileNotFoundError) as info:
         load_camelyon16(root)
-    data = load_camelyon16(root, strict=False)
+    message = str(info.value)
+    assert re.search(r"tumor_002\.tif: tumour slide without its annotation .*tumor_002\.xml \(", message)
+    assert "; skipped" not in message and "strict=False" in message  # it stopped: it says how to go on, not "skipped"
+    with pytest.warns(DataProblemWarning, match="tumor_002.tif: tumour slide without its annotation"):
+        data = load_camelyon16(root, strict=False)
     assert "tumor_002" not in data.ids and len(data) == 6
-    assert len(data.problems) == 1 and "tumor_002.tif" in data.problems[0]
+    assert len(data.problems) == 1 and "tumor_002.tif" in data.problems[0] and data.problems[0].endswith("; skipped")
+
+
+def test_no_tumour_slide_left_stops_at_once(tree: Path, tmp_path: Path) -> None:
+    """Every tumour XML missing: the lenient load stops at once saying the tumour class is gone, listing why."""
+    root = _copy(tree, tmp_path)
+    for xml in (root / "training/lesion_annotations").glob("*.xml"):
+        xml.unlink()
+    with pytest.warns(DataProblemWarning):
+        with pytest.raises(DataSetError, match=r"no tumour slide among the 3 usable training slides of .*training needs "
+                                               r"both normal and tumour slides; skipped on the way:\n .*tumor_001\.tif"):
+            load_camelyon16(root, strict=False)
+    assert load_camelyon16(root, strict=False, splits=("test",)).ids == ["test_001", "test_002"]
+    with pytest.raises(DataSetError, match="no normal slide among the 1 usable slides"):
+        require_classes([r for r in load_camelyon16(tree) if r.slide_id == "tumor_001"], "slides")
 
 
 def test_test_slide_not_in_reference(tree: Path, tmp_path: Path) -> None:
@@ -178,7 +199,8 @@ def test_test_slide_not_in_reference(tree: Path, tmp_path: Path) -> None:
     (root / "testing/reference.csv").write_text("test_001,Tumor\n")
     with pytest.raises(ValueError, match=r"test_002\.tif: not listed in"):
         load_camelyon16(root)
-    assert load_camelyon16(root, strict=False).split("test").ids == ["test_001"]
+    with pytest.warns(DataProblemWarning, match=r"test_002\.tif: not listed in .*; skipped"):
+        assert load_camelyon16(root, strict=False).split("test").ids == ["test_001"]
     assert load_camelyon16(root, splits=("train",)).split("test").ids == []
 
 
@@ -222,3 +244,20 @@ def test_split_is_stratified_and_reproducible() -> None:
     assert sorted(tiny_val.labels.tolist()) == [0, 1]  # at least one of each label, never all of one
     with pytest.raises(ValueError, match="fraction"):
         train_validation_split(data, 1.0)
+
+
+def test_truncated_slide_reason_leads_with_the_cause(tree: Path, tmp_path: Path) -> None:
+    """A truncated TIFF: the message names the file and says it is truncated or corrupt first, OpenSlide's
+    'not a format OpenSlide reads' (if given) after it."""
+    data = (tree / "training/normal/normal_001.tif").read_bytes()
+    for fraction in (0.02, 0.5, 0.97):
+        broken = tmp_path / f"cut_{fraction}.tif"
+        broken.write_bytes(data[: int(len(data) * fraction)])
+        with pytest.raises(SlideError) as info:
+            open_slide(broken)
+        message = str(info.value)
+        prefix = f"cannot read slide {broken}: "
+        assert message.startswith(prefix)
+        first = message[len(prefix):].split("; ")[0]
+        assert re.search(r"truncated|corrupt|offset", first), message
+        assert "not a format OpenSlide reads" not in first

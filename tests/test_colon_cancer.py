@@ -21,6 +21,7 @@ from data_prep.colon_cancer import (
     to_tensors,
     write_synthetic,
 )
+from data_prep.problems import DataProblemWarning, DataSetError
 from zoomin_lib.io import read_json
 
 SIZE = 40
@@ -100,9 +101,15 @@ def test_classification_folder_itself_is_accepted(real_root: Path):
 
 
 def test_missing_mat_is_named(real_root: Path):
+    """strict: the missing file stops the load, named; by default it is reported and the image kept."""
     (real_root / "Classification" / "img2" / "img2_fibroblast.mat").unlink()
-    with pytest.raises(FileNotFoundError, match="img2_fibroblast.mat"):
-        load_colon_cancer(real_root, progress=False)
+    with pytest.raises(FileNotFoundError, match="img2_fibroblast.mat: annotation file missing"):
+        load_colon_cancer(real_root, progress=False, strict=True)
+    with pytest.warns(DataProblemWarning, match="img2_fibroblast.mat: annotation file missing"):
+        data = load_colon_cancer(real_root, progress=False)
+    assert data.ids == ["img1", "img2", "img10"] and data.labels.tolist() == [1, 0, 1]
+    assert set(data.cells[1]) == {"epithelial", "inflammatory", "others"}
+    assert len(data.problems) == 1 and "img2 is kept without its fibroblast nuclei" in data.problems[0]
 
 
 def test_missing_classification_folder_is_reported(tmp_path: Path):
@@ -111,28 +118,41 @@ def test_missing_classification_folder_is_reported(tmp_path: Path):
 
 
 def test_missing_bmp_is_named(real_root: Path):
+    """A missing image: strict stops naming it; by default that image is skipped and the others load."""
     (real_root / "Classification" / "img10" / "img10.bmp").unlink()
     with pytest.raises(FileNotFoundError, match="img10.bmp"):
-        load_colon_cancer(real_root, progress=False)
+        load_colon_cancer(real_root, progress=False, strict=True)
+    with pytest.warns(DataProblemWarning, match="img10.bmp: image missing; img10 skipped"):
+        data = load_colon_cancer(real_root, progress=False)
+    assert data.ids == ["img1", "img2"]
 
 
 def test_mat_without_detection_is_reported(real_root: Path):
     scipy.io.savemat(real_root / "Classification" / "img1" / "img1_others.mat", {"points": np.ones((2, 2))})
     with pytest.raises(ValueError, match="img1_others.mat.*detection"):
-        load_colon_cancer(real_root, progress=False)
+        load_colon_cancer(real_root, progress=False, strict=True)
+    with pytest.warns(DataProblemWarning, match="img1_others.mat: no variable 'detection'"):
+        data = load_colon_cancer(real_root, progress=False)
+    assert "others" not in data.cells[0] and len(data) == 3
 
 
 def test_detection_of_wrong_shape_is_reported(real_root: Path):
     bad = {"detection": np.ones((4, 3))}
     scipy.io.savemat(real_root / "Classification" / "img1" / "img1_others.mat", bad)
     with pytest.raises(ValueError, match="img1_others.mat.*shape"):
-        load_colon_cancer(real_root, progress=False)
+        load_colon_cancer(real_root, progress=False, strict=True)
+    with pytest.warns(DataProblemWarning, match=r"img1_others.mat: 'detection' has shape \(4, 3\)"):
+        assert len(load_colon_cancer(real_root, progress=False)) == 3
 
 
 def test_images_of_different_sizes_are_reported(real_root: Path):
-    Image.fromarray(_pixels(3)[:20]).save(real_root / "Classification" / "img2" / "img2.bmp")
-    with pytest.raises(ValueError, match="img2.bmp"):
-        load_colon_cancer(real_root, progress=False)
+    """strict: an error naming the odd image; by default the odd one out is skipped."""
+    Image.fromarray(_pixels(3)[:20]).save(real_root / "Classification" / "img10" / "img10.bmp")
+    with pytest.raises(ValueError, match="img10.bmp"):
+        load_colon_cancer(real_root, progress=False, strict=True)
+    with pytest.warns(DataProblemWarning, match=r"img10.bmp: size \(20, 40\) differs .*img10 skipped"):
+        data = load_colon_cancer(real_root, progress=False)
+    assert data.ids == ["img1", "img2"]
 
 
 def test_to_tensors(real_root: Path):
@@ -220,3 +240,84 @@ def test_default_dataset_is_cached(tmp_path: Path, monkeypatch):
     assert default_dataset(n_images=2, seed=0) == root and (root / MARKER).stat().st_mtime_ns == stamp
     default_dataset(n_images=4, seed=0)
     assert len(load_colon_cancer(root, progress=False)) == 4
+
+
+# ---------------------------------------------------------------- damaged downloads (issue 19)
+
+
+@pytest.fixture
+def damaged_root(tmp_path: Path) -> Path:
+    """Seven imgN folders in the real format, four of them damaged the way real downloads are.
+
+    img1 positive, its others.mat missing (not needed for the label); img2 negative, its epithelial
+    .mat 10 bytes of garbage; img3 positive, its .bmp cut in half; img4 positive, a garbage
+    fibroblast .mat; img5 negative, intact; img6 an empty folder; img7 negative, intact.
+    """
+    cls_dir = tmp_path / "CRC" / "Classification"
+    pos = {"epithelial": np.array([[5.0, 6.0]]), "fibroblast": np.zeros((0, 2)),
+           "inflammatory": np.array([[9.0, 9.0]]), "others": np.zeros((0, 2))}
+    neg = {t: np.zeros((0, 2)) for t in CELL_TYPES}
+    for k, det in ((1, pos), (2, neg), (3, pos), (4, pos), (5, neg), (7, neg)):
+        _write_image(cls_dir, f"img{k}", _pixels(k), det)
+    (cls_dir / "img1" / "img1_others.mat").unlink()
+    (cls_dir / "img2" / "img2_epithelial.mat").write_bytes(b"0123456789")
+    bmp = cls_dir / "img3" / "img3.bmp"
+    bmp.write_bytes(bmp.read_bytes()[: bmp.stat().st_size // 2])
+    (cls_dir / "img4" / "img4_fibroblast.mat").write_bytes(b"\x00garbage\x00")
+    (cls_dir / "img6").mkdir()
+    return tmp_path / "CRC"
+
+
+def test_damaged_folder_loads_everything_usable_and_names_each_problem(damaged_root: Path):
+    """Each problem names its file and what is wrong; every usable image loads; only the label files' damage skips."""
+    cls_dir = damaged_root / "Classification"
+    with pytest.warns(DataProblemWarning) as caught:
+        data = load_colon_cancer(damaged_root, progress=False)
+    assert data.ids == ["img1", "img4", "img5", "img7"]
+    assert data.labels.tolist() == [1, 1, 0, 0]
+    assert set(data.cells[0]) == {"epithelial", "fibroblast", "inflammatory"}  # img1: no others file
+    assert set(data.cells[1]) == {"epithelial", "inflammatory", "others"}  # img4: its fibroblast file is garbage
+    assert np.array_equal(data.images[2], _pixels(5))
+    problems = data.problems
+    assert [str(w.message) for w in caught] == problems and len(problems) == 5
+    expected = [
+        (f"{cls_dir / 'img1' / 'img1_others.mat'}: annotation file missing", "img1 is kept without its others nuclei"),
+        (f"{cls_dir / 'img2' / 'img2_epithelial.mat'}: not a readable MATLAB file (MatReadError: Mat file appears "
+         "to be truncated)", "img2 skipped"),
+        (f"{cls_dir / 'img3' / 'img3.bmp'}: not a readable image (OSError: image file is truncated", "img3 skipped"),
+        (f"{cls_dir / 'img4' / 'img4_fibroblast.mat'}: not a readable MATLAB file (", "kept without its fibroblast"),
+        (f"{cls_dir / 'img6' / 'img6.bmp'}: image missing", "img6 skipped"),
+    ]
+    for problem, (start, consequence) in zip(problems, expected):
+        assert problem.startswith(start), problem
+        assert consequence in problem, problem
+
+
+def test_garbage_mat_error_names_the_file_in_strict_mode(damaged_root: Path):
+    """scipy's MatReadError arrives wrapped, with the file it is about."""
+    cls_dir = damaged_root / "Classification"
+    (cls_dir / "img1" / "img1_others.mat").write_bytes(b"not a MATLAB file")
+    with pytest.raises(ValueError, match=rf"{cls_dir / 'img1' / 'img1_others.mat'}: not a readable MATLAB file"):
+        load_colon_cancer(damaged_root, progress=False, strict=True)
+
+
+def test_nothing_usable_stops_with_one_message(damaged_root: Path):
+    """Every image damaged: one DataSetError saying so, listing the problems."""
+    cls_dir = damaged_root / "Classification"
+    for folder in cls_dir.iterdir():
+        bmp = folder / f"{folder.name}.bmp"
+        if bmp.is_file():
+            bmp.write_bytes(bmp.read_bytes()[:100])
+    with pytest.warns(DataProblemWarning):
+        with pytest.raises(DataSetError, match=r"no usable image among 7 imgN folders(.|\n)*img1.bmp: not a readable image"):
+            load_colon_cancer(damaged_root, progress=False)
+
+
+def test_a_label_class_missing_stops_with_one_message(damaged_root: Path):
+    """Left with negatives only, the epithelial-or-not task cannot be learned: one message saying which class is absent."""
+    cls_dir = damaged_root / "Classification"
+    for k in (1, 4):
+        (cls_dir / f"img{k}" / f"img{k}.bmp").unlink()
+    with pytest.warns(DataProblemWarning):
+        with pytest.raises(DataSetError, match=r"no positive \(epithelial detection non-empty\) image among the 2 usable"):
+            load_colon_cancer(damaged_root, progress=False)

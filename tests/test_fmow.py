@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from data_prep import fmow
+from data_prep.problems import DataFileError, DataProblemWarning, DataSetError
 from data_prep.fmow import (
     CATEGORIES,
     MARKER,
@@ -141,10 +142,10 @@ def test_load_warns_and_skips_unpaired_and_malformed(real_root: Path) -> None:
     with pytest.warns(UserWarning) as record:
         train = load_fmow(real_root, "train")
     text = "\n".join(str(w.message) for w in record)
-    assert "airport_1_0_rgb.jpg has no .json" in text
-    assert "crop_field_2_0_rgb.json has no .jpg" in text
+    assert "airport_1_0_rgb.jpg: no .json beside it" in text
+    assert "crop_field_2_0_rgb.json: no .jpg beside it" in text
     assert "barn_4_0_rgb.json" in text and "line 4" in text
-    assert len(train) == 3
+    assert len(train) == 3 and train.problems == [str(w.message) for w in record]
 
 
 def test_read_image_is_lazy_uint8(real_root: Path) -> None:
@@ -283,3 +284,66 @@ def test_default_dataset_generated_once(tmp_path: Path, monkeypatch: pytest.Monk
     assert default_dataset(**kwargs) == root and len(calls) == 1
     default_dataset(**{**kwargs, "seed": 1})
     assert len(calls) == 2 and read_marker(root)["seed"] == 1
+
+
+# ---------------------------------------------------------------- damaged downloads (issue 19)
+
+
+def test_damaged_split_keeps_what_the_label_needs_and_names_each_problem(tmp_path: Path) -> None:
+    """3 of the 10 categories; a JSON without gsd or size kept, one without bounding_boxes skipped, a truncated
+    and a garbage .jpg skipped, an image whose size contradicts its JSON kept at its own: each problem names its file."""
+    train = tmp_path / "fmow-rgb" / "train"
+    ok = [(("airport", 0), (40, 30)), (("barn", 1), (36, 48)), (("crop_field", 2), (50, 40))]
+    for (category, i), size in ok:
+        write_image(instance(train, category, i, 0), size, meta(category, size, [[1, 2, 5, 6]]))
+    no_gsd = meta("barn", (30, 20), [[1, 1, 4, 4]])
+    del no_gsd["gsd"], no_gsd["img_width"]
+    write_image(instance(train, "barn", 5, 0), (30, 20), no_gsd)
+    no_boxes = meta("airport", (30, 20), [[1, 1, 4, 4]])
+    del no_boxes["bounding_boxes"]
+    write_image(instance(train, "airport", 6, 0), (30, 20), no_boxes)
+    cut = write_image(instance(train, "crop_field", 7, 0), (64, 48), meta("crop_field", (64, 48), [[1, 1, 4, 4]]))
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(cut, quality=95)
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
+    junk = write_image(instance(train, "airport", 8, 0), (30, 20), meta("airport", (30, 20), [[1, 1, 4, 4]]))
+    junk.write_bytes(b"0123456789")
+    wrong = write_image(instance(train, "barn", 9, 0), (30, 20), meta("barn", (60, 20), [[1, 1, 4, 4]]))
+    with pytest.warns(DataProblemWarning) as caught:
+        data = load_fmow(tmp_path / "fmow-rgb", "train")
+    names = [m.path.name for m in data.items]
+    assert names == ["airport_0_0_rgb.jpg", "barn_1_0_rgb.jpg", "barn_5_0_rgb.jpg", "barn_9_0_rgb.jpg",
+                     "crop_field_2_0_rgb.jpg"]
+    assert data.items[2].width == 30 and np.isnan(data.items[2].gsd)  # the size read from the image
+    assert data.sizes[3].tolist() == [20, 30]  # the image's own size, not its JSON's 60 x 20
+    assert data.absent_classes() == [c for c in CATEGORIES if c not in ("airport", "barn", "crop_field")]
+    assert [str(w.message) for w in caught] == data.problems and len(data.problems) == 6
+    text = "\n".join(data.problems)
+    json_of = lambda jpg: jpg.with_suffix(".json")  # noqa: E731
+    assert f"{instance(train, 'airport', 6, 0)}_rgb.json: missing key(s) bounding_boxes; skipped" in text
+    assert f"{instance(train, 'barn', 5, 0)}_rgb.json: missing key gsd (not needed for the label)" in text
+    assert f"{instance(train, 'barn', 5, 0)}_rgb.json: missing key(s) img_width; the size is read from" in text
+    assert f"{cut}: not a readable image (OSError: image file is truncated" in text
+    assert f"{junk}: not a readable image (UnidentifiedImageError" in text
+    assert f"{wrong}: the image is 30x20, its JSON says 60x20; kept at the image's size (its boxes may be off)" in text
+    assert json_of(cut).is_file()
+    assert all(data.read_image(i).shape == (*data.sizes[i], 3) for i in range(len(data)))  # the rest reads
+
+
+def test_read_image_of_a_file_damaged_later_names_it(real_root: Path) -> None:
+    train = load_quietly(real_root, "train")
+    train.items[0].path.write_bytes(b"gone bad")
+    with pytest.raises(DataFileError, match=rf"{train.items[0].path}: not a readable image"):
+        train.read_image(0)
+
+
+def test_empty_split_folder_stops_with_one_message(tmp_path: Path) -> None:
+    """train/ present but holding nothing usable (an empty folder, then only a broken pair): one DataSetError."""
+    root = tmp_path / "fmow-rgb"
+    (root / "train" / "airport").mkdir(parents=True)
+    (root / "val").mkdir()
+    with pytest.raises(DataSetError, match=r"train holds no usable image of airport, .*expected"):
+        load_fmow(root, "train")
+    write_image(instance(root / "train", "airport", 0, 0), (30, 20), '{"gsd": 1}')
+    with pytest.warns(DataProblemWarning):
+        with pytest.raises(DataSetError, match=r"1 problem\(s\):\n .*airport_0_0_rgb.json: missing key\(s\) bounding_boxes"):
+            load_fmow(root, "train")

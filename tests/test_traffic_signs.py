@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from data_prep.problems import DataFileError, DataProblemWarning, DataSetError
 from data_prep.traffic_signs import (
     CLASS_WEIGHTS,
     CLASSES,
@@ -192,13 +193,13 @@ def test_missing_image_is_reported_and_skipped(real_root: Path) -> None:
 
 
 def test_reading_is_lazy_and_returns_the_written_array(real_root: Path) -> None:
-    (real_root / "Set1" / "img4.jpg").write_bytes(b"not a jpeg")  # never opened until asked for
     train = load_traffic_signs(real_root, "train")
+    (real_root / "Set1" / "img4.jpg").write_bytes(b"not a jpeg")  # damaged after loading: not read until asked for
     image = train.read_image(1)
     assert image.dtype == np.uint8 and image.shape == (24, 32, 3)
     diff = np.abs(image.astype(int) - smooth_image(1).astype(int))
     assert diff.max() <= 8 and diff.mean() < 1.5
-    with pytest.raises(Exception):
+    with pytest.raises(DataFileError, match=f"{real_root / 'Set1' / 'img4.jpg'}: not a readable image"):
         train.read_image(2)
 
 
@@ -321,3 +322,59 @@ def test_default_dataset_is_written_once_per_parameters(tmp_path: Path, monkeypa
     assert (root / "Set1" / "annotations.txt").stat().st_mtime_ns == stamp  # cached, not regenerated
     default_dataset(3, 1, seed=0)
     assert len(load_traffic_signs(root, "train")) == 3 and '"n_train": 3' in (root / MARKER).read_text()
+
+
+# ------------------------------------------------------------------------------- damaged downloads (issue 19)
+
+
+def test_damaged_split_loads_everything_usable_and_names_each_problem(tmp_path: Path) -> None:
+    """A bad annotation line, a missing image, a truncated and a garbage JPEG: each reported naming file and problem, skipped."""
+    text = (
+        "g0.jpg:\n"
+        "g1.jpg:VISIBLE, 30, 20, 10, 4, PROHIBITORY, 70_SIGN;\n"
+        "bad.jpg:VISIBLE, 30, 20, 10, PROHIBITORY, 50_SIGN;\n"  # six fields
+        "gone.jpg:MISC_SIGNS;\n"
+        "cut.jpg:VISIBLE, 30, 20, 10, 4, PROHIBITORY, 50_SIGN;\n"
+        "junk.jpg:\n"
+        "g2.jpg:MISC_SIGNS;\n"
+    )
+    folder = write_set(tmp_path, "Set1", text, {name: smooth_image(i, 96, 128) for i, name in
+                                                enumerate(["g0.jpg", "g1.jpg", "bad.jpg", "cut.jpg", "g2.jpg"])})
+    data = (folder / "cut.jpg").read_bytes()
+    (folder / "cut.jpg").write_bytes(data[: len(data) // 2])
+    (folder / "junk.jpg").write_bytes(b"0123456789")
+    with pytest.warns(DataProblemWarning) as caught:
+        train = load_traffic_signs(tmp_path, "train")
+    assert [s.path.name for s in train.samples] == ["g0.jpg", "g1.jpg", "g2.jpg"]
+    assert train.labels.tolist() == [0, 2, 0] and train.missing == ("gone.jpg",)
+    assert train.absent_classes() == ["50_SIGN", "80_SIGN"]
+    assert [str(w.message) for w in caught] == train.problems and len(train.problems) == 4
+    annotations = folder / "annotations.txt"
+    bad_line, gone, cut, junk = train.problems
+    assert bad_line.startswith(f"{annotations}, line 3: expected 7 comma-separated fields") and "line skipped" in bad_line
+    assert gone == f"{folder / 'gone.jpg'}: image named in {annotations} is missing; skipped"
+    assert cut.startswith(f"{folder / 'cut.jpg'}: not a readable image (OSError: image file is truncated")
+    assert junk.startswith(f"{folder / 'junk.jpg'}: not a readable image (UnidentifiedImageError")
+    assert all(np.asarray(train.read_image(i)).shape == (96, 128, 3) for i in range(3))  # the rest reads
+
+
+def test_split_with_nothing_usable_stops_with_one_message(tmp_path: Path) -> None:
+    """Every image missing or unreadable: one DataSetError naming the annotations file and listing the problems."""
+    folder = write_set(tmp_path, "Set2", "a.jpg:\nb.jpg:MISC_SIGNS;\n", {})
+    (folder / "b.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    with pytest.warns(DataProblemWarning):
+        with pytest.raises(DataSetError, match=r"Set2/annotations.txt: no usable image \(2 readable lines, 0 dropped"
+                                               r"(.|\n)*a.jpg: image named in"):
+            load_traffic_signs(tmp_path, "test")
+    (folder / "annotations.txt").write_text("")  # an empty annotations file: nothing usable either
+    with pytest.raises(DataSetError, match="no usable image"):
+        load_traffic_signs(tmp_path, "test")
+
+
+def test_parse_annotations_reports_instead_of_raising_when_asked(tmp_path: Path) -> None:
+    path = tmp_path / "annotations.txt"
+    path.write_text("a.jpg:\nb.jpg:VISIBLE, 1, 2;\nc.jpg:MISC_SIGNS;\n")
+    problems: list[str] = []
+    with pytest.warns(DataProblemWarning, match="line 2"):
+        lines = parse_annotations(path, problems)
+    assert [a.file for a in lines] == ["a.jpg", "c.jpg"] and len(problems) == 1

@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from zoomin_lib.config import default_device
 from zoomin_lib.io import read_json
 from zoomin_lib.training import (
+    CheckpointMismatchError,
     NonFiniteLossError,
     binary_auc,
     evaluate,
@@ -45,6 +46,19 @@ def _predict(model, batch):
     return model(x), y
 
 
+class _Killed(Exception):
+    """Stands for the process dying at the start of an epoch (after the previous epoch's checkpoint)."""
+
+
+def _killed_at(loss_fn, epoch: int | None):
+    """`loss_fn`, except that it raises _Killed at the first batch of 0-based `epoch` (None: never)."""
+    def wrapped(model, batch, e):
+        if e == epoch:
+            raise _Killed(f"killed at epoch {e}")
+        return loss_fn(model, batch, e)
+    return wrapped
+
+
 def _loader_for_epoch(data, seed):
     """A loader reseeded per epoch, so epoch e always sees the same order."""
     def make(epoch):
@@ -76,19 +90,20 @@ def test_fit_learns_and_evaluate_reports(tmp_path):
 def test_resume_gives_same_weights(tmp_path, per_epoch_loader):
     data = _blobs(128)
 
-    def run(epochs, ckpt):
+    def run(ckpt, killed_at=None):
         seed_everything(1)
         model = _model()
         opt = torch.optim.Adam(model.parameters(), lr=0.05)
         # the plain DataLoader shuffles with the global torch RNG, restored on resume
         batches = (_loader_for_epoch(data, 1) if per_epoch_loader
                    else DataLoader(data, batch_size=32, shuffle=True))
-        history = fit(model, batches, _loss, opt, epochs, checkpoint_path=ckpt, progress=False)
+        history = fit(model, batches, _killed_at(_loss, killed_at), opt, 4, checkpoint_path=ckpt, progress=False)
         return model, history
 
-    straight, hist_straight = run(4, None)
-    run(2, tmp_path / "ckpt.pt")  # "interrupted" after 2 epochs
-    resumed, hist_resumed = run(4, tmp_path / "ckpt.pt")  # fresh objects, resumes at epoch 3
+    straight, hist_straight = run(None)
+    with pytest.raises(_Killed):
+        run(tmp_path / "ckpt.pt", killed_at=2)  # interrupted after 2 epochs
+    resumed, hist_resumed = run(tmp_path / "ckpt.pt")  # fresh objects, resumes at epoch 3
     for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()):
         assert torch.equal(a, b)
     assert [h["loss"] for h in hist_resumed] == [h["loss"] for h in hist_straight]
@@ -99,35 +114,36 @@ def test_resume_restores_generators(tmp_path):
     full = torch.nn.Linear(2, 2)
     ckpt = tmp_path / "gen.pt"
 
-    def train(model, epochs, generator, path):
+    def train(model, generator, path, killed_at=None):
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
 
         def loss_fn(m, batch, epoch):
             noise = torch.randn(4, 2, generator=generator)
             return F.cross_entropy(m(batch + noise), torch.tensor([0, 1, 0, 1])), {}
 
-        fit(model, [torch.zeros(4, 2)] * 3, loss_fn, opt, epochs, checkpoint_path=path,
+        fit(model, [torch.zeros(4, 2)] * 3, _killed_at(loss_fn, killed_at), opt, 3, checkpoint_path=path,
             progress=False, generators=[generator])
 
-    train(full, 3, gen, None)
+    train(full, gen, None)
     gen2 = seed_everything(3, "cpu")
     part = torch.nn.Linear(2, 2)
-    train(part, 1, gen2, ckpt)
+    with pytest.raises(_Killed):
+        train(part, gen2, ckpt, killed_at=1)
     gen3 = seed_everything(99, "cpu")  # a different state: the checkpoint must restore it
     resumed = torch.nn.Linear(2, 2)
-    train(resumed, 3, gen3, ckpt)
+    train(resumed, gen3, ckpt)
     assert torch.equal(full.weight, resumed.weight)
 
 
-def _tiny_fit(path, epochs, **kwargs):
+def _tiny_fit(path, epochs, killed_at=None, lr=0.1, **kwargs):
     """Train a Linear(2, 2) on one fixed batch with SGD; return (model, history)."""
     torch.manual_seed(0)
     model = torch.nn.Linear(2, 2)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
     batch = (torch.randn(4, 2), torch.tensor([0, 1, 0, 1]))
     kwargs.setdefault("progress", False)
-    history = fit(model, [batch], lambda m, b, e: (F.cross_entropy(m(b[0]), b[1]), {}), opt, epochs,
-                  checkpoint_path=path, **kwargs)
+    loss_fn = _killed_at(lambda m, b, e: (F.cross_entropy(m(b[0]), b[1]), {}), killed_at)
+    history = fit(model, [batch], loss_fn, opt, epochs, checkpoint_path=path, **kwargs)
     return model, history
 
 
@@ -137,7 +153,8 @@ def test_resume_with_numpy_and_tensor_eval_values(tmp_path):
         return {"auc": np.float64(0.75), "per_class": np.array([1, 2]), "n": np.int64(3),
                 "t": torch.tensor(0.5), "nested": {"a": (np.float32(0.25), None, "s")}}
 
-    _tiny_fit(tmp_path / "ck.pt", 1, eval_fn=eval_fn)
+    with pytest.raises(_Killed):
+        _tiny_fit(tmp_path / "ck.pt", 2, killed_at=1, eval_fn=eval_fn)
     _, history = _tiny_fit(tmp_path / "ck.pt", 2, eval_fn=eval_fn)  # resumes from epoch 1
     assert [h["epoch"] for h in history] == [1, 2]
     for h in history:
@@ -148,23 +165,27 @@ def test_resume_with_numpy_and_tensor_eval_values(tmp_path):
         _tiny_fit(None, 1, eval_fn=lambda m: {"bad": object()})
 
 
-def test_resume_warns_when_checkpoint_has_no_scheduler_state(tmp_path):
-    _tiny_fit(tmp_path / "ck.pt", 1)  # saved without a scheduler
+def test_resume_with_another_scheduler_is_refused(tmp_path):
+    """A checkpoint saved without a scheduler is not resumed with one (nor the reverse): the refusal names it."""
+    _tiny_fit(tmp_path / "ck.pt", 2)  # saved without a scheduler
 
-    def with_scheduler(epochs):
+    def with_scheduler(epochs, resume=True):
         torch.manual_seed(0)
         model = torch.nn.Linear(2, 2)
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
         sched = torch.optim.lr_scheduler.StepLR(opt, 1, gamma=0.5)
         batch = (torch.randn(4, 2), torch.tensor([0, 1, 0, 1]))
-        fit(model, [batch], lambda m, b, e: (F.cross_entropy(m(b[0]), b[1]), {}), opt, epochs,
-            checkpoint_path=tmp_path / "ck.pt", scheduler=sched, progress=False)
+        return fit(model, [batch], lambda m, b, e: (F.cross_entropy(m(b[0]), b[1]), {}), opt, epochs,
+                   checkpoint_path=tmp_path / "ck.pt", scheduler=sched, progress=False, resume=resume)
 
-    with pytest.warns(UserWarning, match="no scheduler state"):
+    with pytest.raises(CheckpointMismatchError, match=r"scheduler: checkpoint None, now \{'class': 'StepLR'"):
         with_scheduler(2)
+    assert len(with_scheduler(2, resume=False)) == 2  # afresh: the checkpoint is overwritten
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # now the checkpoint holds the scheduler: no warning
-        with_scheduler(3)
+        warnings.simplefilter("error")
+        assert len(with_scheduler(2)) == 2  # now the checkpoint holds the same scheduler: resumed, nothing left
+    with pytest.raises(CheckpointMismatchError, match=r"scheduler: checkpoint \{'class': 'StepLR'.*, now None"):
+        _tiny_fit(tmp_path / "ck.pt", 2)
 
 
 def test_epoch_without_batches_is_an_error():

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import torch
 
+from .io import remove_stale_temporaries
+
 PROFILES = ("smoke", "cpu", "paper")
 PROFILE_ENV = "ZOOMIN_PROFILE"
 RESULTS_ENV = "ZOOMIN_RESULTS"
@@ -55,8 +57,12 @@ def results_dir(chapter: str) -> Path:
 
 
 def data_dir(name: str) -> Path:
-    """`data/<name>/` under $ZOOMIN_DATA or the repository root (generated datasets are cached there); created if missing."""
+    """`data/<name>/` under $ZOOMIN_DATA or the repository root (generated datasets are cached there); created if missing.
+
+    Temporaries that a killed generator left beside it are removed (`io.remove_stale_temporaries`).
+    """
     base = Path(os.environ[DATA_ENV]) if DATA_ENV in os.environ else repo_root() / "data"
     path = base / name
+    remove_stale_temporaries(path)  # left beside it by a generator that was killed
     path.mkdir(parents=True, exist_ok=True)
     return path

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from .fingerprint import fingerprint
 from .hierarchical import unique_draws
 from .config import default_device
 from .io import write_json
@@ -42,6 +43,7 @@ __all__ = [
     "standardize",
     "lazy_batches",
     "tensor_batches",
+    "fingerprint",
     "train_model",
     "FoldResult",
     "run_method",
@@ -149,8 +151,13 @@ def train_model(
     progress: bool = True,
     loss_wrapper: Callable[[Callable], Callable] | None = None,
     device: str | torch.device | None = None,
+    record: Mapping[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """Adam on the eq. 12 objective (contrastive after the warm-up) for `settings.epochs` epochs on `device`; the history."""
+    """Adam on the eq. 12 objective (contrastive after the warm-up) for `settings.epochs` epochs on `device`; the history.
+
+    The checkpoint records `settings` (as "training") and `record` (method, data fingerprint,
+    profile, seed, ...) beside what `fit` sees itself; resuming with other ones is refused.
+    """
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
     loss_fn = sampling_loss(
         warmup_epochs=settings.warmup_epochs, lam=settings.lam, class_weights=settings.class_weights,
@@ -163,6 +170,7 @@ def train_model(
     return fit(
         model, train_batches, loss_fn, optimizer, settings.epochs, eval_fn=eval_fn, scheduler=scheduler,
         checkpoint_path=checkpoint_path, resume=resume, progress=progress, generators=[generator], device=device,
+        settings={"training": asdict(settings), **(record or {})},
     )
 
 
@@ -201,6 +209,7 @@ def run_method(
     loss_wrapper: Callable[[Callable], Callable] | None = None,
     predict_fn: Callable | None = None,
     device: str | torch.device | None = None,
+    record: Mapping[str, Any] | None = None,
 ) -> tuple[FoldResult, nn.Module]:
     """Seed, build, train and test one method; its result (written to out_dir/runs/<tag>.json) and the model.
 
@@ -208,7 +217,10 @@ def run_method(
     is one), with a generator there, the data moving batch by batch; it is returned on the host,
     for the chapters' figures. `loss_wrapper` adapts the per-batch loss (e.g. `per_image` for
     batches of images of different sizes) and `predict_fn` the evaluation (default:
-    `steps.predictor` in the model's eval mode).
+    `steps.predictor` in the model's eval mode). The checkpoint out_dir/checkpoints/<tag>.pt
+    records the method, `run_seed`, `settings` and `record` (e.g. {"data": fingerprint(...),
+    "profile": profile}); `resume=True` with other ones stops naming each difference
+    (`training.CheckpointMismatchError`), `resume=False` starts afresh.
     """
     device = default_device() if device is None else torch.device(device)
     generator = seed_everything(run_seed, device)
@@ -217,7 +229,8 @@ def run_method(
     history = train_model(
         model, train_batches, settings, generator,
         eval_fn=(lambda m: probe(m, generator)) if probe is not None else None,
-        checkpoint_path=checkpoint, resume=resume, progress=False, loss_wrapper=loss_wrapper,
+        checkpoint_path=checkpoint, resume=resume, progress=False, loss_wrapper=loss_wrapper, device=device,
+        record={"method": name, "seed": run_seed, **(record or {})},
     )
     metrics = evaluate(model, test_batches, predict_fn or predictor(generator=generator))
     rep, fold = (int(v) for v in re.findall(r"_r(\d+)_f(\d+)$", tag)[0]) if re.search(r"_r\d+_f\d+$", tag) else (0, 0)
@@ -240,15 +253,19 @@ def run_folds(
     resume: bool = False,
     probe: Callable[[nn.Module, torch.Generator], dict[str, Any]] | None = None,
     progress: bool = True,
+    record: Mapping[str, Any] | None = None,
 ) -> tuple[dict[str, list[FoldResult]], dict[str, nn.Module]]:
     """Train every method on every fold (objects with .repetition, .fold, .train, .test); test metrics per run.
 
     Each run is seeded by (seed, repetition, fold), so every method sees the same mini-batch
     order. `probe(model, generator)` runs after each epoch (its dict enters the history as
     val_<key>). With `out_dir`, each run's checkpoint and result are written there atomically,
-    and `resume=True` continues an interrupted run from them. Returns the results per method and
-    the models trained on the first fold (for the figures).
+    and `resume=True` continues an interrupted run from them; a checkpoint records the data
+    (`fingerprint` of x, y and the fold's indices) and `record` (e.g. the profile), and one written
+    with other settings is not resumed but refused. Returns the results per method and the models
+    trained on the first fold (for the figures).
     """
+    data_id = fingerprint(x, y) if out_dir is not None else None
     results: dict[str, list[FoldResult]] = {name: [] for name in methods}
     first_models: dict[str, nn.Module] = {}
     runs = [(name, f) for f in folds for name in methods]
@@ -262,6 +279,7 @@ def run_folds(
             _as_loader(x[test_idx], y[test_idx]),
             run_seed=run_seed, tag=f"{name}_r{int(f.repetition)}_f{int(f.fold)}",
             out_dir=out_dir, resume=resume, probe=probe,
+            record={"data": fingerprint(data_id, f.train, f.test), **(record or {})},
         )
         results[name].append(result)
         first_models.setdefault(name, model)

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Sequence
 
 from zoomin_lib.config import PROFILE_ENV, PROFILES, check_profile, repo_root
-from zoomin_lib.io import write_json
+from zoomin_lib.io import write_json, write_text
 
 NOTEBOOK_GLOB = "[0-9][0-9]_*"
 SUMMARY_NAME = "_run_summary.json"
@@ -108,10 +108,7 @@ def sync_from_source(notebook: str | os.PathLike, force: bool = False) -> bool:
     nb.metadata.setdefault("kernelspec", dict(_KERNELSPEC))
     text = jupytext.writes(nb, fmt="ipynb")
     text += "" if text.endswith("\n") else "\n"  # as `jupytext --sync` writes it: no spurious diff
-    fd, tmp = tempfile.mkstemp(prefix=f".{ipynb.name}.", suffix=".tmp", dir=ipynb.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    _publish(tmp, ipynb)
+    write_text(ipynb, text)  # atomically, ordinary permissions, the temporary removed on any failure
     return True
 
 

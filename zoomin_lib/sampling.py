@@ -76,8 +76,9 @@ def validate_probs(probs: Tensor, name: str = "probs") -> None:
         raise ValueError(f"{name} contains negative entries (min {p.min().item():.3g})")
     err = (p.sum(dim=1) - 1).abs()
     row = int(err.argmax())
-    raise ValueError(
-        f"{name} rows must sum to 1: row {row} sums to {p[row].sum().item():.6g} "
+    total = p[row].sum().item()
+    raise ValueError(  # enough digits to see the difference: 1 - 1e-7 is not "1"
+        f"{name} rows must sum to 1: row {row} sums to {total:.12g}, off by {total - 1:+.3g} "
         f"(tolerance {tol:g} for {p.dtype})"
     )
 

@@ -18,7 +18,8 @@ one protocol of DESIGN.md ("The library's shape", `slides.py`):
 - Backends: `OpenSlideSlide` (openslide-python + openslide-bin: Camelyon16's `.tif`, vendor
   formats), `TiffSlide` (tifffile + zarr: any tiled or stripped (pyramidal) TIFF; only the tiles
   a region touches are decoded), `ArraySlide` (an in-memory [H, W, 3] array, with optional lazy
-  2x levels). `open_slide` picks OpenSlide, then tifffile, and names the file in every error.
+  2x levels). `open_slide` picks OpenSlide, then tifffile, and names the file in every error;
+  when neither reads it, the most specific reason (a truncated or corrupt file) comes first.
 - `tissue_mask`: Otsu's threshold on the HSV saturation of a low-resolution view with a small
   morphological clean-up (the usual whole-slide pre-processing: "only a small portion of a slide
   contains biological tissue", Zoom-In sec. 4, Camelyon16); `tile_fraction` / `tissue_tiles`:
@@ -505,7 +506,23 @@ def open_slide(path_or_array: str | os.PathLike | np.ndarray | Slide, backend: s
         return TiffSlide(path)
     except SlideError as err:
         reasons.append(f"tifffile: {err.reason}")
-    raise SlideError(path, "; ".join(reasons))
+    raise SlideError(path, "; ".join(sorted(reasons, key=_specificity)))
+
+
+_SPECIFIC_WORDS = ("truncat", "corrupt", "offset", "page is missing", "beyond the end")
+_GENERIC_REASONS = ("not a format OpenSlide reads", "not a readable TIFF")
+
+
+def _specificity(reason: str) -> int:
+    """Sort key of a backend's reason: 0 names a damaged file (truncated, corrupt), 2 only that the format is not read, 1 anything else.
+
+    A truncated TIFF makes OpenSlide say only that it does not read the format, and tifffile
+    say where the file breaks: the latter goes first.
+    """
+    text = reason.lower()
+    if any(word in text for word in _SPECIFIC_WORDS):
+        return 0
+    return 2 if any(generic.lower() in text for generic in _GENERIC_REASONS) else 1
 
 
 # -------------------------------------------------------------------- tissue

@@ -3,8 +3,12 @@
 Resuming from a checkpoint restores the model, optimizer (and scheduler), the finished epoch
 count, the history and every random number generator state (python, numpy, torch CPU/CUDA and
 any generators passed in), so that an interrupted run ends with the same weights as an
-uninterrupted one. Evaluation reports accuracy, per-class counts, the mean cross-entropy and,
-for two classes, the ROC AUC by the rank (Mann-Whitney U) formula.
+uninterrupted one. A checkpoint also records the settings that shape training
+(`checkpoints.settings_record`: architecture, optimiser, scheduler, epochs, and what the caller
+adds: method, data fingerprint, profile, seed); resuming with other ones raises
+`CheckpointMismatchError` naming each difference (`resume=False` starts afresh). Evaluation
+reports accuracy, per-class counts, the mean cross-entropy and, for two classes, the ROC AUC by
+the rank (Mann-Whitney U) formula.
 """
 
 from __future__ import annotations
@@ -14,15 +18,15 @@ import math
 import os
 import random
 import time
-import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .checkpoints import CheckpointMismatchError, check_resumable, settings_record
 from .config import default_device
 from .io import save_torch, write_json
 from .models import module_device
@@ -31,6 +35,8 @@ __all__ = [
     "NonFiniteLossError",
     "evaluating",
     "to_device",
+    "CheckpointMismatchError",
+    "settings_record",
     "seed_everything",
     "fit",
     "evaluate",
@@ -158,6 +164,7 @@ def fit(
     generators: Sequence[torch.Generator] = (),
     clip_grad_norm: float | None = None,
     device: str | torch.device | None = None,
+    settings: Mapping[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Train for `epochs` epochs on `device`; return the history, one dict per epoch (loss means, eval metrics, seconds).
 
@@ -173,12 +180,15 @@ def fit(
     - eval_fn(model) -> dict: run after each epoch; its entries enter the history as "val_<key>",
       converted to plain Python (numpy/torch scalars -> numbers, arrays -> lists).
     - checkpoint_path: after every epoch, model + optimizer (+ scheduler) + epoch + history +
-      RNG states (including `generators`) are saved atomically; with `resume`, an existing
-      checkpoint is loaded and training continues after its last finished epoch.
+      RNG states (including `generators`) + the settings record are saved atomically; with
+      `resume`, an existing checkpoint is loaded and training continues after its last finished
+      epoch; with `resume=False` an existing checkpoint is ignored and overwritten (start afresh).
+    - settings: what else shapes training (method, data fingerprint, profile, seed, ...), recorded
+      beside what fit sees itself (`settings_record`). Resuming from a checkpoint whose record
+      differs, or that holds none, raises CheckpointMismatchError naming each difference.
     - log_every: batches between updates of the progress bar's loss display.
     Raises NonFiniteLossError naming the epoch and batch if the loss is NaN or infinite, and
     ValueError naming the epoch if it yields no batches (e.g. an exhausted one-shot iterable).
-    Warns if a scheduler is given but the checkpoint resumed from holds no scheduler state.
     """
     if epochs < 0:
         raise ValueError(f"epochs must be >= 0, got {epochs}")
@@ -189,20 +199,16 @@ def fit(
     device = default_device() if device is None else torch.device(device)
     model.to(device)
     path = Path(checkpoint_path) if checkpoint_path is not None else None
+    run_settings = (settings_record(model, optimizer, epochs, scheduler, clip_grad_norm, settings)
+                    if path is not None else None)
     if path is not None and resume and path.is_file():
         # CPU: RNG states must stay CPU tensors; load_state_dict moves weights/state to the model.
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        check_resumable(path, ckpt, run_settings)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         if scheduler is not None:
-            if ckpt.get("scheduler") is not None:
-                scheduler.load_state_dict(ckpt["scheduler"])
-            else:
-                warnings.warn(
-                    f"checkpoint {path} holds no scheduler state (it was saved without a scheduler); "
-                    "the scheduler passed to fit() starts from its initial state",
-                    stacklevel=2,
-                )
+            scheduler.load_state_dict(ckpt["scheduler"])
         history = list(ckpt["history"])
         start = int(ckpt["epoch"])
         _set_rng_state(ckpt["rng"], generators)
@@ -259,6 +265,7 @@ def fit(
                 "epoch": epoch + 1,
                 "history": history,
                 "rng": _rng_state(generators),
+                "settings": run_settings,
             })
     epoch_bar.close()
     return history
