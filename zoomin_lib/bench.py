@@ -97,6 +97,18 @@ def _syncs_per_forward(model: nn.Module, x: torch.Tensor, mode: str) -> int:
     return len(log)
 
 
+def _kernel_launches(model: nn.Module, x: torch.Tensor, mode: str) -> int:
+    """CUDA kernels one forward launches (torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with torch.no_grad():
+        model(x, mode=mode, generator=_generator(x.device))
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            model(x, mode=mode, generator=_generator(x.device))
+            torch.cuda.synchronize(x.device)
+    return sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
+
+
 def _generator(device: torch.device, seed: int = 0) -> torch.Generator:
     """A generator on `device`."""
     return torch.Generator(device=device).manual_seed(seed)
@@ -116,6 +128,10 @@ def bench_colon(device: torch.device, batches: Sequence[int], rounds: int, log: 
                                      device, rounds)
             rows.append(_pair(f"inference {mode}, batch {batch}", 1e3 * tz / batch, 1e3 * ta / batch, "ms per image",
                               images_per_second=(batch / tz, batch / ta)))
+            log(_row_text(rows[-1]))
+        if device.type == "cuda":
+            launches = [_kernel_launches(m, x, "topk") for m in (zoom, ats)]
+            rows.append(_pair(f"CUDA kernels per forward, topk, batch {batch}", *launches, "count"))
             log(_row_text(rows[-1]))
         rows.append(_pair(f"host synchronisations per forward, topk, batch {batch}", _syncs_per_forward(zoom, x, "topk"),
                           _syncs_per_forward(ats, x, "topk"), "count"))
@@ -189,17 +205,19 @@ def bench_slides(
             log(f"  wrote {path.name} ({side}^2 = {side * side:.1e} pixels) in {time.perf_counter() - began:.1f} s")
         row: dict[str, Any] = {"side": side, "pixels": side * side}
         with lean_inference(net):
-            for mode in ("sample", "topk"):
+            for mode, rounds in (("sample", 3), ("topk", 1)):
                 gen = _generator(device, 7)
                 zoom.predict_one(path, mode, gen)  # warm-up (file cache, tissue)
-                seconds = interleaved([lambda: zoom.predict_one(path, mode, gen)], device, rounds=3, warmup=0)[0]
+                preds = []
+                seconds = interleaved([lambda: preds.append(zoom.predict_one(path, mode, gen))], device, rounds, warmup=0)[0]
                 host = peak_memory(lambda: zoom.predict_one(path, mode, gen), "cpu", warmup=False).peak_mb
                 dev_peak = (peak_memory(lambda: zoom.predict_one(path, mode, gen), device, warmup=False).peak_mb
                             if device.type == "cuda" else None)
-                pred = zoom.predict_one(path, mode, gen)
                 row[f"zoomin_{mode}"] = {"seconds": seconds, "host_tensor_peak_mib": host, "device_peak_mib": dev_peak,
-                                         "tiles_opened": int(len(set(pred.tiles.tolist()))) if mode == "sample" else None,
-                                         "reads": pred.reads}
+                                         "tiles_read": preds[-1].reads}
+        with torch.no_grad(), zoom.open(path) as reader:  # how many tiles the exact top-k opened
+            row["zoomin_topk"]["tiles_opened"] = int(zoom(reader, mode="topk").beta_tile.numel())
+            row["tissue_tiles"] = int(zoom.allowed(reader).sum())
         if side * side <= ats_max_pixels:
             with lean_inference(ats.net):
                 ats.predict_one(path)
@@ -210,7 +228,8 @@ def bench_slides(
         rows.append(row)
         z = row["zoomin_sample"]
         t = row["zoomin_topk"]
-        text = (f"  slide {side}^2 ({side * side:.0e} px): Zoom-In sample {z['seconds']:.2f} s, top-k {t['seconds']:.2f} s; "
+        text = (f"  slide {side}^2 ({side * side:.0e} px): Zoom-In sample {z['seconds']:.2f} s, top-k {t['seconds']:.2f} s "
+                f"({t['tiles_opened']} of {row['tissue_tiles']} tissue tiles opened); "
                 f"host tensors {z['host_tensor_peak_mib']:.2f} / {t['host_tensor_peak_mib']:.2f} MiB")
         if device.type == "cuda":
             text += f"; device {z['device_peak_mib']:.2f} / {t['device_peak_mib']:.2f} MiB"

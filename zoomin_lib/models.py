@@ -616,10 +616,13 @@ class ZoomInNet(nn.Module):
         n = self.n_patches
         u, v = self.subview_size
         K2 = u * v
-        if T * K2 < n:
-            raise ValueError(f"n_patches={n} exceeds the {T} x {K2} sub-tiles of the image; lower it")
         dev = p1.device
         chunk = _per_chunk(self.tile_chunk, K2)
+        allowed = src.allowed_tiles_host(self.tile_size)  # tiles outside it have p1 = 0 and sort last: never opened
+        if allowed is not None:
+            T = max(1, int(allowed.flatten(1).sum(dim=1).max()))
+        if T * K2 < n:
+            raise ValueError(f"n_patches={n} exceeds the {T} x {K2} sub-tiles of the (allowed) tiles; lower it")
         order = p1.detach().argsort(dim=1, descending=True)  # [B, T]
         sorted_p1 = p1.detach().gather(1, order)  # [B, T]
         keep = torch.is_grad_enabled()
