@@ -229,7 +229,8 @@ for name, info in pretraining.items():
 #
 # Each test slide is read from its file afresh: thumbnail and tissue tiles, $V(x, s_1)$ strip by
 # strip, then tiles and sub-tiles. Predictions are **deterministic top-k**: the $N$ largest
-# $\alpha_c \beta^c_{c'}$ among the $N$ highest-$\alpha$ tissue tiles, aggregated with renormalised
+# $\alpha_c \beta^c_{c'}$ over all tissue tiles, found exactly (tiles are opened in decreasing $\alpha$
+# until no unopened tile can hold a larger product, since $\alpha_c \beta^c_{c'} \le \alpha_c$), aggregated with renormalised
 # weights; the accuracy of **sampling** mode (eq. 9 with fresh draws) is given beside it. Tiles and
 # sub-tiles are processed one at a time (`experiments.lean_inference`), the smallest peak for the
 # same result.
@@ -253,7 +254,8 @@ for name, model in models.items():
         print("not predicted:", p)
     results[name] = {**metrics, "accuracy_sampling": sampled["accuracy"], "auc_sampling": sampled["auc"]}
     predictions[name] = preds
-    memory[name] = {k: float(np.mean([m[k] for m in peaks])) for k in ("torch_mb", "numpy_mb", "sum_mb")}
+    memory[name] = {k: float(np.mean([m[k] for m in peaks])) for k in ("torch_mb", "numpy_mb", "sum_mb", "device_mb")
+                    if k in peaks[0]}
     if validation:
         with lean_inference(model.net):
             results[name]["validation"] = evaluate_slides(model, [r.path for r in validation],
@@ -263,9 +265,11 @@ measured = [{
     "accuracy % (top-k)": 100 * r["accuracy"], "AUC (top-k)": r["auc"] if r["auc"] is not None else "",
     "accuracy % (sampling)": 100 * r["accuracy_sampling"],
     "peak tensors (MiB)": memory[name]["torch_mb"], "peak numpy (MiB)": memory[name]["numpy_mb"],
+    **({"peak GPU (MiB)": memory[name]["device_mb"]} if "device_mb" in memory[name] else {}),
     "time per slide (s)": r["seconds_median"], "test slides": r["n"],
 } for name, r in results.items()]
-print(f"Measured here: {DATA_LABEL}, profile {profile!r}, CPU ({torch.get_num_threads()} threads), "
+where = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({torch.get_num_threads()} threads)"
+print(f"Measured here: {DATA_LABEL}, profile {profile!r}, {where}, "
       f"{cfg['epochs']} epochs; memory: mean over {cfg['memory_slides']} test slide(s); time: median over the test slides")
 markdown_table(measured, digits=3)
 if profile == "cpu" and "Zoom-In + annotations" in results:  # the claim of this chapter's cpu run (see below)

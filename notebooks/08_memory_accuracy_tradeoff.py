@@ -50,7 +50,7 @@ from scipy.stats import spearmanr
 from data_prep import colon_cancer
 from zoomin_lib import builders
 from zoomin_lib import memory_model as mm
-from zoomin_lib.config import check_profile, results_dir
+from zoomin_lib.config import check_profile, default_device, results_dir
 from zoomin_lib.hierarchical import expected_unique
 from zoomin_lib.experiments import (TrainSettings, lean_inference, profile_methods, run_folds, standardize,
                                     summarize, training_step_peak_mb, unique_tiles)
@@ -153,7 +153,8 @@ for name in ["Zoom-In N=5", "Zoom-In N=10", "Zoom-In N=50", "ATS N=5", "ATS N=10
                    "ms, all at once (measured)": costs_all[name]["ms_per_sample"],
                    "accuracy % (paper)": reported.get("accuracy", "—"), "MB (paper)": reported.get("memory_mb", "—"),
                    "ms (paper)": reported.get("time_ms", "—")})
-print(f"Table 3. Measured: {DATA_LABEL}, {profile!r} profile, CPU, one image; 'lean' reads one patch and one tile "
+print(f"Table 3. Measured: {DATA_LABEL}, {profile!r} profile, {costs[next(iter(costs))]['device']}, one image; "
+      f"'lean' reads one patch and one tile "
       f"at a time, 'all at once' holds the N patches and N' tiles together (top-k inference). "
       f"Paper: {ZOOMIN_TABLE3['source']}, GPU; {ZOOMIN_TABLE3['note']}.")
 markdown_table(table3)
@@ -198,7 +199,8 @@ for colour, name in zip(["C0", "C1"], curves):
     ax2.plot(epochs, expected[name], marker="s", ms=3, color=colour, label=f"E[N'] given alpha, {name}")
 ax1.set_xlabel("epoch"); ax1.set_ylabel("peak memory of a training step (MiB)"); ax1.legend(fontsize=7)
 ax2.set_xlabel("epoch"); ax2.set_ylabel("distinct tiles drawn, N=10"); ax2.legend(fontsize=7)
-fig.suptitle(f"Measured here on the CPU ({DATA_LABEL}); cf. Zoom-In figure 4 (left, GPU, real data)", fontsize=9)
+fig.suptitle(f"Measured here on the {default_device().type} ({DATA_LABEL}); cf. Zoom-In figure 4 (left, GPU, real data)",
+             fontsize=9)
 fig.tight_layout()
 save_figure(fig, out, "figure4_memory_and_unique_tiles");
 T, N10 = 4, 10
@@ -310,17 +312,20 @@ markdown_table(rows)
 # extrapolated to a gigapixel.
 
 # %%
+DEVICE = default_device()  # a GPU when there is one: the peaks are then the device's
+
+
 def inference_peak_mb(model, xs, mode):
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator(DEVICE).manual_seed(seed)
     with torch.no_grad():
-        return peak_memory(lambda: model(xs, mode=mode, generator=gen), "cpu", warmup=False).peak_mb
+        return peak_memory(lambda: model(xs, mode=mode, generator=gen), DEVICE, warmup=False).peak_mb
 
 curves = {"CNN (s=1)": [], "ATS-10 lean": [], "ATS-10 all at once": [], "Zoom-In lean": [], "Zoom-In all at once": []}
 sides = {k: [] for k in curves}
-cnn = builders.cnn(**COMMON, scale=1.0).eval()
-z10, a10 = zoom(10)().eval(), ats(10)().eval()
+cnn = builders.cnn(**COMMON, scale=1.0).eval().to(DEVICE)
+z10, a10 = zoom(10)().eval().to(DEVICE), ats(10)().eval().to(DEVICE)
 for side in cfg["sweep_sides"]:
-    xs = torch.randn(1, 3, side, side, generator=torch.Generator().manual_seed(side))
+    xs = torch.randn(1, 3, side, side, generator=torch.Generator().manual_seed(side)).to(DEVICE)
     if side <= cfg["cnn_max_side"]:
         curves["CNN (s=1)"].append(inference_peak_mb(cnn, xs, "exact")); sides["CNN (s=1)"].append(side)
     for name, model in (("ATS-10", a10), ("Zoom-In", z10)):
@@ -365,7 +370,7 @@ for c in crossings:
     ax.text(c["pixels"], ax.get_ylim()[1], c["curves"], rotation=90, fontsize=6, va="top", ha="right")
 ax.set_xlabel("image size (pixels)"); ax.set_ylabel("peak inference memory (MiB)")
 ax.legend(fontsize=7, loc="upper left")
-ax.set_title(f"Markers measured here (CPU); dashed: fitted c0 + c1·HW extrapolated to 1e9 pixels", fontsize=9)
+ax.set_title(f"Markers measured here ({DEVICE.type}); dashed: fitted c0 + c1·HW extrapolated to 1e9 pixels", fontsize=9)
 save_figure(fig, out, "memory_vs_image_size");
 markdown_table(crossings) if crossings else print("no crossover between 100 px and a gigapixel side")
 

@@ -136,8 +136,6 @@ class SlideReader:
         self.read_log: list[tuple[str, int, int, int, int, int]] = []
         self.reads = {"count": 0, "bytes": 0, "largest_bytes": 0}
         self.cache: dict[Any, Any] = {}
-        self.block_rows = 256  # level rows a view read decodes at once (a tile row of most pyramidal TIFFs)
-        self._blocks: dict[tuple[int, int], np.ndarray] = {}  # the last two blocks read
 
     # ---------------------------------------------------------------- basics
     @property
@@ -192,33 +190,13 @@ class SlideReader:
         step = max(1, self.strip_pixels // lw)
         for y in range(0, span, step):
             n = min(step, span - y)
-            block = self._level_rows(level, first + y, n)  # [n, lw, 3]
+            block = self._log("view", level, 0, first + y, self.slide._read(level, 0, first + y, lw, n))  # [n, lw, 3]
             t = torch.from_numpy(np.ascontiguousarray(block)).permute(2, 0, 1)[None].float()  # [1, 3, n, lw]
             if lw != w:
                 t = F.interpolate(t, size=(n, w), mode="bilinear", align_corners=False, antialias=True)
             wide[:, y : y + n] = t[0]
         rows = wide if (span == r1 - r0 and lh == h) else torch.matmul(weights, wide)  # [3, r1 - r0, w]
         return self._standardise(rows[None]) if standardise else rows[None]
-
-    def _level_rows(self, level: int, y: int, n: int) -> np.ndarray:
-        """Rows y..y + n of a whole level, uint8 [n, lw, 3], read in blocks of `block_rows` rows (the last two kept).
-
-        Strips of a view overlap (the first stage's halo) and are shorter than a file's tiles: reading
-        whole blocks once, instead of a strip at a time, decodes each tile of the level once.
-        """
-        lw, lh = self.slide.level_dimensions[level]
-        out = np.empty((n, lw, 3), dtype=np.uint8)
-        for b in range(y // self.block_rows, (y + n - 1) // self.block_rows + 1):
-            key = (level, b)
-            if key not in self._blocks:
-                b0 = b * self.block_rows
-                self._blocks[key] = self._log("view", level, 0, b0, self.slide._read(level, 0, b0, lw, min(self.block_rows, lh - b0)))
-                while len(self._blocks) > 2:
-                    self._blocks.pop(next(iter(self._blocks)))
-            block, b0 = self._blocks[key], b * self.block_rows
-            lo, hi = max(y, b0), min(y + n, b0 + len(block))
-            out[lo - y : hi - y] = block[lo - b0 : hi - b0]
-        return out
 
     def view(self, scale: float) -> Tensor:
         """The whole V(x, s), standardised: float [1, 3, h, w] (kept when `cache_views`)."""
