@@ -2,6 +2,6 @@
 
 Each dataset gets a loader for its real on-disk format and an embedded default that needs no
 download (see DESIGN.md, "Data"); prepared datasets are written atomically with
-`zoomin_lib.io`. The dataset modules arrive with their chapters (colon cancer, Camelyon16,
+`zoomin_lib.infra.io`. The dataset modules arrive with their chapters (colon cancer, Camelyon16,
 NeedleCamelyon, traffic signs, fMoW, megapixel MNIST); chapters 01-02 need no data.
 """

@@ -5,9 +5,9 @@ Zoom-In (Kong & Henao, sec. 4 "Camelyon16"; Litjens et al., GigaScience 2018, re
 slides with pixel-level annotations of the metastases, split into train and validation "for
 hyperparameter tuning", and 130 test slides; the task is whether a slide contains metastases.
 The model reads V(x, s1 = 0.03125), 3200 x 3200 level-0 tiles (appendix F) and their views at
-s2 = 0.125 (`zoomin_lib.slides`, which never materialises a slide); the annotations give the
+s2 = 0.125 (`zoomin_lib.infra.slides`, which never materialises a slide); the annotations give the
 pixel-level masks of appendix L (MSE on the attention maps) and the metastasis-to-tile ratios of
-Fig. 7 (`annotation_mask` with `zoomin_lib.slides.tile_fraction`). The data are distributed as
+Fig. 7 (`annotation_mask` with `zoomin_lib.infra.slides.tile_fraction`). The data are distributed as
 
     <root>/training/normal/normal_NNN.tif
     <root>/training/tumor/tumor_NNN.tif
@@ -44,7 +44,7 @@ import skimage.draw
 from tqdm.auto import tqdm
 
 from data_prep.problems import DataSetError, report, summarize_problems
-from zoomin_lib.slides import SlideError, open_slide
+from zoomin_lib.infra.slides import SlideError, open_slide
 
 __all__ = [
     "TUMOUR_GROUPS",

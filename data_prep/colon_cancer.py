@@ -56,8 +56,8 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from data_prep.problems import DataFileError, DataSetError, describe, read_rgb, report, summarize_problems
-from zoomin_lib.config import data_dir
-from zoomin_lib.io import atomic_dir, read_json, write_json
+from zoomin_lib.infra.config import data_dir
+from zoomin_lib.infra.io import atomic_dir, read_json, write_json
 
 CELL_TYPES = ("epithelial", "fibroblast", "inflammatory", "others")
 POSITIVE_TYPE = "epithelial"

@@ -73,8 +73,8 @@ from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
 from data_prep.problems import DataFileError, DataSetError, check_image, describe, read_rgb, report, summarize_problems
-from zoomin_lib.config import data_dir
-from zoomin_lib.io import atomic_dir, read_json, write_json
+from zoomin_lib.infra.config import data_dir
+from zoomin_lib.infra.io import atomic_dir, read_json, write_json
 
 __all__ = [
     "CATEGORIES",

@@ -65,7 +65,7 @@ from data_prep.mnist_digits import (
     scatter_avoiding,
     stroke_patch,
 )
-from zoomin_lib.io import atomic_dir, write_json
+from zoomin_lib.infra.io import atomic_dir, write_json
 
 TESTBED = "megapixel_mnist"
 VERSION = 1

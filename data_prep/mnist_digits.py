@@ -36,8 +36,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from data_prep.problems import DataFileError, describe
-from zoomin_lib.config import data_dir
-from zoomin_lib.io import read_json
+from zoomin_lib.infra.config import data_dir
+from zoomin_lib.infra.io import read_json
 
 DIGIT_SIZE = 28  # MNIST's native side, pixels
 N_DIGITS = 5000

@@ -26,12 +26,12 @@ The recipe here, on any folder in the Camelyon16 layout (`data_prep.camelyon16`;
   dealt to the split furthest below its share, so with isolated metastases the counts are exactly
   the rounded 60:20:20 (`split_counts(204)` is the paper's 122 / 41 / 41).
 - Negatives come from normal slides (training normal and test 'Normal'), split 60:20:20 by slide;
-  random crops inside the slide whose tissue fraction (`zoomin_lib.slides.tissue_mask` on a
+  random crops inside the slide whose tissue fraction (`zoomin_lib.infra.slides.tissue_mask` on a
   low-resolution view, over the crop's footprint) is at least `min_tissue` ("filtering out image
   crops that mostly contain background"). Each split gets exactly as many negatives as positives,
   dealt round-robin over its slides.
 - Crops are read lazily (`open_slide(...).read_region`) and written atomically
-  (`zoomin_lib.io.atomic_dir`) as PNG under `crops/<split>/`, positives' metastasis masks under
+  (`zoomin_lib.infra.io.atomic_dir`) as PNG under `crops/<split>/`, positives' metastasis masks under
   `masks/<split>/`, with `index.csv` (file, split, label, slide, level-0 location, level, size,
   ratio, metastasis, group, tissue) and `parameters.json`. `load_needle_camelyon` returns a torch
   Dataset of float [3, S, S] images in [0, 1] and int64 labels.
@@ -63,10 +63,10 @@ from data_prep.camelyon16 import (
     load_camelyon16,
     parse_asap_xml,
 )
-from zoomin_lib.config import data_dir
 from data_prep.problems import DataFileError, describe, read_rgb
-from zoomin_lib.io import atomic_dir, read_json, write_json
-from zoomin_lib.slides import Slide, open_slide, tissue_mask
+from zoomin_lib.infra.config import data_dir
+from zoomin_lib.infra.io import atomic_dir, read_json, write_json
+from zoomin_lib.infra.slides import Slide, open_slide, tissue_mask
 
 __all__ = [
     "VERSION",
@@ -326,7 +326,7 @@ def crop_tissue_fraction(
 ) -> np.ndarray:
     """Tissue fraction float64 [n] of level-0 boxes at (xs, ys) of side `footprint`, over the mask pixels they touch.
 
-    As `zoomin_lib.slides.tile_fraction`: mask pixel i covers level-0 [i W / w, (i + 1) W / w).
+    As `zoomin_lib.infra.slides.tile_fraction`: mask pixel i covers level-0 [i W / w, (i + 1) W / w).
     """
     W, H = slide_dimensions
     h, w = mask.shape

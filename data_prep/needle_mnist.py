@@ -45,7 +45,7 @@ from data_prep.mnist_digits import (
     read_parameters,
     save_npz,
 )
-from zoomin_lib.io import atomic_dir, write_json
+from zoomin_lib.infra.io import atomic_dir, write_json
 
 TESTBED = "needle_mnist"
 VERSION = 1

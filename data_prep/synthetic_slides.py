@@ -52,9 +52,9 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from data_prep.colon_cancer import _ihc_stains, _stain_vectors
-from zoomin_lib.config import data_dir
-from zoomin_lib.io import atomic_dir, read_json, write_json, write_text
-from zoomin_lib.slides import write_pyramid_tiff
+from zoomin_lib.infra.config import data_dir
+from zoomin_lib.infra.io import atomic_dir, read_json, write_json, write_text
+from zoomin_lib.infra.slides import write_pyramid_tiff
 
 __all__ = [
     "GENERATOR_VERSION",
@@ -613,7 +613,7 @@ def synthetic_camelyon(
 
     The key hashes the arguments, the seed and GENERATOR_VERSION; an existing folder whose
     parameters.json matches is reused, anything else is (re)written atomically. `cache_dir`
-    replaces `zoomin_lib.config.data_dir('camelyon16_synthetic')`.
+    replaces `zoomin_lib.infra.config.data_dir('camelyon16_synthetic')`.
     """
     kwargs = _resolve(profile_or_sizes)
     kwargs.pop("seed", None)

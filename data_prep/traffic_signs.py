@@ -49,9 +49,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
-from data_prep.problems import DataSetError, check_image, read_rgb as _read_rgb, report, summarize_problems
-from zoomin_lib.config import data_dir
-from zoomin_lib.io import atomic_dir, read_json, write_json
+from data_prep.problems import DataSetError, check_image, report, summarize_problems
+from data_prep.problems import read_rgb as _read_rgb
+from zoomin_lib.infra.config import data_dir
+from zoomin_lib.infra.io import atomic_dir, read_json, write_json
 
 CLASSES = ("EMPTY", "50_SIGN", "70_SIGN", "80_SIGN")
 CLASS_WEIGHTS = (0.1843, 2.3639, 1.5183, 3.1653)  # Zoom-In appendix G: empty, 50, 70, 80

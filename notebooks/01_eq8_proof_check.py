@@ -49,13 +49,13 @@ import sympy as sp
 import torch
 from IPython.display import display
 
-from zoomin_lib import symbolic as S
-from zoomin_lib.config import check_profile, results_dir
-from zoomin_lib.enumeration import two_stage_bias
-from zoomin_lib.estimator_variants import RULES, gradient_bias, monte_carlo_logit_gradient
-from zoomin_lib.io import write_json
-from zoomin_lib.plotting import relative_error_bars, save_figure
-from zoomin_lib.report import markdown_table
+from zoomin_lib.theory import symbolic as S
+from zoomin_lib.infra.config import check_profile, results_dir
+from zoomin_lib.theory.enumeration import two_stage_bias
+from zoomin_lib.theory.estimator_variants import RULES, gradient_bias, monte_carlo_logit_gradient
+from zoomin_lib.infra.io import write_json
+from zoomin_lib.book.plotting import relative_error_bars, save_figure
+from zoomin_lib.book.report import markdown_table
 
 check_profile(profile)
 SETTINGS = {
@@ -222,7 +222,7 @@ markdown_table(rows)
 # where $\mathrm{sg}$ stops the gradient. The value is unchanged; since
 # $\mathbb{E}[Y_k\mid i_{<k}]$ does not depend on $i_{<k}$, the conditional score gradient is
 # unbiased. We compare it with three other rules, each re-derived from its formula in
-# `zoomin_lib.estimator_variants`:
+# `zoomin_lib.theory.estimator_variants`:
 #
 # * **pathwise only**: plain autograd through the value formula, no score term;
 # * **ATS hand-written rule**: the backward pass of the public ATS implementation;

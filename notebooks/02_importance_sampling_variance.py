@@ -52,10 +52,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from zoomin_lib import variance as V
-from zoomin_lib.config import check_profile, results_dir
-from zoomin_lib.io import write_json
-from zoomin_lib.plotting import lift_zeros, log_floor, save_figure
+from zoomin_lib.theory import variance as V
+from zoomin_lib.infra.config import check_profile, results_dir
+from zoomin_lib.infra.io import write_json
+from zoomin_lib.book.plotting import lift_zeros, log_floor, save_figure
 
 check_profile(profile)
 SETTINGS = {

@@ -30,7 +30,7 @@
 # Accuracy is the mean $\pm$ standard deviation over cross-validation folds and repetitions (the
 # protocol is 10-fold cross-validation repeated five times; the `cpu` profile runs fewer folds and
 # says so in the table). Cost is measured per image at inference: peak memory, FLOPs (and MACs, the
-# unit of the paper's eq. 10) and time; how it is measured is in `zoomin_lib.profiling`.
+# unit of the paper's eq. 10) and time; how it is measured is in `zoomin_lib.train.profiling`.
 #
 # **Data.** With no `data_dir`, the notebook runs on a **synthetic stand-in** generated here in the real
 # on-disk format (`data_prep.colon_cancer`): real tissue texture (scikit-image's `ihc.png`) with drawn
@@ -54,13 +54,15 @@ import torch
 
 from data_prep import colon_cancer
 from zoomin_lib import builders
-from zoomin_lib.config import check_profile, results_dir
-from zoomin_lib.experiments import (TrainSettings, attention_map, profile_methods, result_rows, run_folds, standardize,
-                                    summarize)
-from zoomin_lib.io import write_json
-from zoomin_lib.paper_numbers import ATS_TABLE1_COLON, ZOOMIN_FIG5_STD, ZOOMIN_TABLE1_COLON, paper_rows
-from zoomin_lib.plotting import error_bars, save_figure, show_attention
-from zoomin_lib.report import markdown_table
+from zoomin_lib.infra.config import check_profile, results_dir
+from zoomin_lib.train.protocol import TrainSettings, run_folds, standardize, summarize
+from zoomin_lib.chapters.attention import attention_map
+from zoomin_lib.train.profiling import profile_methods
+from zoomin_lib.chapters.results import result_rows
+from zoomin_lib.infra.io import write_json
+from zoomin_lib.book.paper_numbers import ATS_TABLE1_COLON, ZOOMIN_FIG5_STD, ZOOMIN_TABLE1_COLON, paper_rows
+from zoomin_lib.book.plotting import error_bars, save_figure, show_attention
+from zoomin_lib.book.report import markdown_table
 
 check_profile(profile)
 SETTINGS = {

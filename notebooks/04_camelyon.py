@@ -29,8 +29,8 @@
 # 3. the $N$ drawn sub-tiles ($50 \times 50$) at full resolution, whose features $f$ are averaged
 #    and classified by $g$ (eq. 5, 9).
 #
-# The model is `zoomin_lib.models.ZoomInNet`; `zoomin_lib.slide_zoomin.SlideZoomIn` runs the same
-# networks on **lazy slides** (`zoomin_lib.slides`): views are read from the nearest pyramid level,
+# The model is `zoomin_lib.models.ZoomInNet`; `zoomin_lib.wsi.predict.SlideZoomIn` runs the same
+# networks on **lazy slides** (`zoomin_lib.infra.slides`): views are read from the nearest pyramid level,
 # tiles and sub-tiles are read only when drawn, and at inference the first stage runs **strip by
 # strip** over $V(x, s_1)$, so that even the term $O(s_1^2 HW)$ of the paper's memory analysis
 # (sec. 2.1) stays bounded. This chapter
@@ -66,18 +66,27 @@ import torch
 
 from data_prep import camelyon16, synthetic_slides
 from zoomin_lib import builders
-from zoomin_lib.config import check_profile, data_dir as cache_dir, results_dir
-from zoomin_lib.experiments import image_stats, lean_inference
+from zoomin_lib.infra.config import check_profile, data_dir as cache_dir, results_dir
+from zoomin_lib.train.protocol import image_stats
+from zoomin_lib.train.profiling import lean_inference
 from zoomin_lib.geometry import tile_grid, view_size
-from zoomin_lib.io import write_json
-from zoomin_lib.paper_numbers import (ZOOMIN_CAMELYON_SETTINGS, ZOOMIN_CAMELYON_SPEARMAN, ZOOMIN_TABLE2_CAMELYON,
-                                      ZOOMIN_TABLE4_CAMELYON)
-from zoomin_lib.plotting import save_figure
-from zoomin_lib.report import markdown_table
-from zoomin_lib.slide_zoomin import (SlideATS, SlideReader, SlideZoomIn, attention_roi_spearman, evaluate_slides,
-                                     fit_slides, host_peak_memory, pretrain_tile_classifiers, roi_tiles, show_slide)
+from zoomin_lib.infra.io import write_json
+from zoomin_lib.book.paper_numbers import (
+    ZOOMIN_CAMELYON_SETTINGS,
+    ZOOMIN_CAMELYON_SPEARMAN,
+    ZOOMIN_TABLE2_CAMELYON,
+    ZOOMIN_TABLE4_CAMELYON,
+)
+from zoomin_lib.book.plotting import save_figure
+from zoomin_lib.book.report import markdown_table
+from zoomin_lib.wsi.predict import SlideATS, SlideZoomIn, evaluate_slides
+from zoomin_lib.wsi.reader import SlideReader
+from zoomin_lib.wsi.annotations import attention_roi_spearman, roi_tiles
+from zoomin_lib.wsi.train import fit_slides, pretrain_tile_classifiers
+from zoomin_lib.train.profiling import host_peak_memory
+from zoomin_lib.wsi.figures import show_slide
 from zoomin_lib.models import module_device
-from zoomin_lib.training import seed_everything
+from zoomin_lib.train.loop import seed_everything
 
 check_profile(profile)
 SETTINGS = {

@@ -27,16 +27,16 @@
 # |---|---|---|
 # | **Zoom-In** (LeNet, table 5) and **Zoom-In (Res)** (ResNet16, table 6) | $\alpha$ over 256x256 tiles on $V(x, 0.25)$, $\beta$ over each drawn tile at $s_2 = 0.5$, $N = 30$ sub-tiles of 32x32 at full resolution | Adam lr $10^{-4}$, batch 5, 150 epochs, contrastive after 10 epochs, $\lambda = 10^{-5}$ |
 # | **ATS-30** | attention on $V(x, 0.5)$ ($s = s_2$), 30 patches of 32x32 | the same $f$ and training |
-# | **BagNet** | a CNN whose every output sees one 33x33 patch; the local class logits are averaged over the crop | the network of [37] (`zoomin_lib.bagnet`) on the full-resolution crop |
+# | **BagNet** | a CNN whose every output sees one 33x33 patch; the local class logits are averaged over the crop | the network of [37] (`zoomin_lib.chapters.bagnet`) on the full-resolution crop |
 #
 # [37] used BagNets (Brendel & Bethge) for this task because their evidence is local: a small metastasis
 # decides the logits of the few patches that contain it, whatever surrounds them. The price is that the
 # network runs over every pixel of the crop at full resolution. The
-# paper gives no configuration for its BagNet; `zoomin_lib.bagnet.BagNet` defaults to the BagNet-33 of [37]'s
+# paper gives no configuration for its BagNet; `zoomin_lib.chapters.bagnet.BagNet` defaults to the BagNet-33 of [37]'s
 # code (ResNet-50 bottlenecks (3, 4, 6, 3), width 64, stage strides (2, 2, 2, 1), one 3x3 block per stage).
 #
 # Cost is measured per crop at inference: peak memory, FLOPs (and MACs, the unit of the paper's eq. 10) and
-# time; how, is in `zoomin_lib.profiling`.
+# time; how, is in `zoomin_lib.train.profiling`.
 #
 # **Data.** With no `data_dir`, the crops are cut by `data_prep.needle_camelyon` with the recipe of
 # appendix D from a **synthetic stand-in** for Camelyon16 (`data_prep.synthetic_slides`: real tissue texture
@@ -66,15 +66,17 @@ from torch.nn import functional as F
 
 from data_prep.needle_camelyon import NeedleCamelyon, load_needle_camelyon, needle_camelyon
 from zoomin_lib import builders
-from zoomin_lib.bagnet import bagnet, bagnet_macs, evidence_map
-from zoomin_lib.config import check_profile, results_dir
-from zoomin_lib.experiments import (TrainSettings, above_majority, attention_map, channel_stats, fingerprint,
-                                    image_tensor, lazy_batches, profile_methods, result_rows, run_method, standardize,
-                                    zoom_picks)
-from zoomin_lib.io import write_json
-from zoomin_lib.paper_numbers import ZOOMIN_TABLE1_NEEDLE, ZOOMIN_TABLE4_NEEDLE, paper_rows
-from zoomin_lib.plotting import save_figure, show_attention, zoom_grid
-from zoomin_lib.report import markdown_table
+from zoomin_lib.chapters.bagnet import bagnet, bagnet_macs, evidence_map
+from zoomin_lib.infra.config import check_profile, results_dir
+from zoomin_lib.train.protocol import TrainSettings, channel_stats, image_tensor, lazy_batches, run_method, standardize
+from zoomin_lib.chapters.results import above_majority, result_rows
+from zoomin_lib.chapters.attention import attention_map, zoom_picks
+from zoomin_lib.train.fingerprint import fingerprint
+from zoomin_lib.train.profiling import profile_methods
+from zoomin_lib.infra.io import write_json
+from zoomin_lib.book.paper_numbers import ZOOMIN_TABLE1_NEEDLE, ZOOMIN_TABLE4_NEEDLE, paper_rows
+from zoomin_lib.book.plotting import save_figure, show_attention, zoom_grid
+from zoomin_lib.book.report import markdown_table
 
 check_profile(profile)
 PAPER_SIDE = 1024  # the paper's crops

@@ -63,15 +63,18 @@ import torch
 
 from data_prep import traffic_signs
 from zoomin_lib import builders
-from zoomin_lib.box_supervision import box_mask, pretrained_from_boxes
-from zoomin_lib.config import check_profile, results_dir
-from zoomin_lib.experiments import (TrainSettings, channel_stats, fingerprint, lazy_batches, profile_methods,
-                                    report_above_majority, result_rows, run_method, standardize, zoom_picks)
-from zoomin_lib.io import write_json
-from zoomin_lib.paper_numbers import ATS_TABLE2_SPEED_LIMITS, ZOOMIN_TABLE1_TRAFFIC, paper_rows
-from zoomin_lib.per_class import absent_note, per_class_rows, present_classes
-from zoomin_lib.plotting import save_figure, show_attention, zoom_grid
-from zoomin_lib.report import markdown_table
+from zoomin_lib.train.supervision import box_mask, pretrained_from_boxes
+from zoomin_lib.infra.config import check_profile, results_dir
+from zoomin_lib.train.protocol import TrainSettings, channel_stats, lazy_batches, run_method, standardize
+from zoomin_lib.train.fingerprint import fingerprint
+from zoomin_lib.train.profiling import profile_methods
+from zoomin_lib.chapters.results import report_above_majority, result_rows
+from zoomin_lib.chapters.attention import zoom_picks
+from zoomin_lib.infra.io import write_json
+from zoomin_lib.book.paper_numbers import ATS_TABLE2_SPEED_LIMITS, ZOOMIN_TABLE1_TRAFFIC, paper_rows
+from zoomin_lib.chapters.per_class import absent_note, per_class_rows, present_classes
+from zoomin_lib.book.plotting import save_figure, show_attention, zoom_grid
+from zoomin_lib.book.report import markdown_table
 
 check_profile(profile)
 PAPER = dict(n_patches=10, patch=100, batch=32, epochs=150, lr=1e-3, warmup=10, cosine=False)

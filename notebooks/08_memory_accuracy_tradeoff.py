@@ -49,16 +49,17 @@ from scipy.stats import spearmanr
 
 from data_prep import colon_cancer
 from zoomin_lib import builders
-from zoomin_lib import memory_model as mm
-from zoomin_lib.config import check_profile, default_device, results_dir
+from zoomin_lib.theory import memory_model as mm
+from zoomin_lib.infra.config import check_profile, default_device, results_dir
 from zoomin_lib.hierarchical import expected_unique
-from zoomin_lib.experiments import (TrainSettings, lean_inference, profile_methods, run_folds, standardize,
-                                    summarize, training_step_peak_mb, unique_tiles)
-from zoomin_lib.io import write_json
-from zoomin_lib.paper_numbers import ZOOMIN_TABLE3, ZOOMIN_TABLE4_COLON
-from zoomin_lib.plotting import save_figure
-from zoomin_lib.profiling import peak_memory
-from zoomin_lib.report import markdown_table
+from zoomin_lib.train.protocol import TrainSettings, run_folds, standardize, summarize
+from zoomin_lib.train.profiling import lean_inference, profile_methods, training_step_peak_mb
+from zoomin_lib.chapters.attention import unique_tiles
+from zoomin_lib.infra.io import write_json
+from zoomin_lib.book.paper_numbers import ZOOMIN_TABLE3, ZOOMIN_TABLE4_COLON
+from zoomin_lib.book.plotting import save_figure
+from zoomin_lib.train.profiling import peak_memory
+from zoomin_lib.book.report import markdown_table
 
 check_profile(profile)
 SETTINGS = {

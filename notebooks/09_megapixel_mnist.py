@@ -33,7 +33,7 @@
 # The methods, all trained on the four tasks **jointly**: one model per method whose classifier has 40
 # outputs (four heads of 10 on shared features; for IPS one query token and head per task, as in its code),
 # with the mean of three cross-entropies and a binary cross-entropy over Multi's 10 outputs
-# (`zoomin_lib.multitask`). One model instead of four per method is the cheap choice, and the one IPS made.
+# (`zoomin_lib.chapters.multitask`). One model instead of four per method is the cheap choice, and the one IPS made.
 #
 # | method | what it sees (paper profile) |
 # |---|---|
@@ -74,16 +74,22 @@ import numpy as np
 import torch
 
 from data_prep import megapixel_mnist as mp
-from zoomin_lib import megapixel as mm
-from zoomin_lib import multitask as mt
-from zoomin_lib.config import check_profile, results_dir
-from zoomin_lib.experiments import TrainSettings, lazy_batches, profile_methods
+from zoomin_lib.chapters import megapixel as mm
+from zoomin_lib.chapters import multitask as mt
+from zoomin_lib.infra.config import check_profile, results_dir
+from zoomin_lib.train.protocol import TrainSettings, lazy_batches
+from zoomin_lib.train.profiling import profile_methods
 from zoomin_lib.geometry import view
-from zoomin_lib.io import write_json
-from zoomin_lib.paper_numbers import (ATS_MNIST_TEXT, ATS_REPO_MNIST_CURVE, THESIS_TABLE4_MNIST, THESIS_TABLE6_MNIST,
-                                      THESIS_TABLE8_MNIST)
-from zoomin_lib.plotting import save_figure, show_attention
-from zoomin_lib.report import markdown_table
+from zoomin_lib.infra.io import write_json
+from zoomin_lib.book.paper_numbers import (
+    ATS_MNIST_TEXT,
+    ATS_REPO_MNIST_CURVE,
+    THESIS_TABLE4_MNIST,
+    THESIS_TABLE6_MNIST,
+    THESIS_TABLE8_MNIST,
+)
+from zoomin_lib.book.plotting import save_figure, show_attention
+from zoomin_lib.book.report import markdown_table
 
 check_profile(profile)
 # the papers' settings: ATS sec. 4.2 and supp. H.1 (view 0.12, 50x50, N, 500 epochs, Adam 1e-3, lambda 0.01, batch
@@ -307,7 +313,7 @@ save_figure(fig, out, "sampled_patches");
 # (the `smoke` profile uses a 400x400 canvas and $M = I = 4$): peak memory, FLOPs and time of one inference,
 # batch 1, patches and tiles read one at a time, and the peak memory of one training step (forward and backward
 # of the four-task loss) for ATS, IPS and the full-resolution CNN. On the CPU, peak memory is the largest running
-# total of PyTorch's tensor allocations (`zoomin_lib.profiling`), not the process's resident memory.
+# total of PyTorch's tensor allocations (`zoomin_lib.train.profiling`), not the process's resident memory.
 
 # %%
 cost_factories = mm.methods(cost_setup)

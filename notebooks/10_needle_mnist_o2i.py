@@ -55,18 +55,34 @@ import torch
 from data_prep import needle_mnist, o2i
 from data_prep.mnist_digits import DIGIT_SIZE, digit_pools
 from zoomin_lib import builders
-from zoomin_lib import multitask as mt
-from zoomin_lib.config import check_profile, results_dir
-from zoomin_lib.experiments import TrainSettings, fingerprint, lazy_batches, run_method
+from zoomin_lib.chapters import multitask as mt
+from zoomin_lib.infra.config import check_profile, results_dir
+from zoomin_lib.train.protocol import TrainSettings, lazy_batches, run_method
+from zoomin_lib.train.fingerprint import fingerprint
 from zoomin_lib.geometry import view
-from zoomin_lib.io import write_json
-from zoomin_lib.paper_numbers import (THESIS_NEEDLE_O2I, THESIS_SEC48_THICKNESS, THESIS_TABLE10_O2I,
-                                      ZOOMIN_APPENDIX_J_NEEDLE)
-from zoomin_lib.plotting import save_figure
-from zoomin_lib.report import markdown_table
-from zoomin_lib.testbeds import (CanvasSet, found_by_chance, ips_with_encoder, needle_centers, needle_found, needle_maps,
-                                 needle_rank, o2i_dataset, o2i_noise_for, roi_windows, train_roi_detector,
-                                 zoomin_with_encoder)
+from zoomin_lib.infra.io import write_json
+from zoomin_lib.book.paper_numbers import (
+    THESIS_NEEDLE_O2I,
+    THESIS_SEC48_THICKNESS,
+    THESIS_TABLE10_O2I,
+    ZOOMIN_APPENDIX_J_NEEDLE,
+)
+from zoomin_lib.book.plotting import save_figure
+from zoomin_lib.book.report import markdown_table
+from zoomin_lib.chapters.testbeds import (
+    CanvasSet,
+    found_by_chance,
+    ips_with_encoder,
+    needle_centers,
+    needle_found,
+    needle_maps,
+    needle_rank,
+    o2i_dataset,
+    o2i_noise_for,
+    roi_windows,
+    train_roi_detector,
+    zoomin_with_encoder,
+)
 
 check_profile(profile)
 SETTINGS = {

@@ -2,7 +2,7 @@
 # Build the book, offline:
 #   1. set up .venv (scripts/setup_venv.sh; a no-op when it is up to date),
 #   2. execute every chapter notebook with papermill in one profile
-#      (python -m zoomin_lib.runner; $ZOOMIN_PROFILE, default cpu) into book/executed/,
+#      (python -m zoomin_lib.book.runner; $ZOOMIN_PROFILE, default cpu) into book/executed/,
 #   3. render book/ with Jupyter Book 1.x into book/_build/html/ (warnings are errors).
 # Extra arguments go to the runner, e.g. `bash scripts/build_book.sh --fail-fast`.
 # ZOOMIN_BOOK_STRICT=0 renders even if Sphinx warns (default 1: -W, a warning fails the build).
@@ -33,9 +33,9 @@ echo "== [1/3] environment: scripts/setup_venv.sh"
 bash scripts/setup_venv.sh
 end_phase "environment (.venv)"
 
-echo "== [2/3] notebooks: python -m zoomin_lib.runner --profile $profile -> book/executed/"
+echo "== [2/3] notebooks: python -m zoomin_lib.book.runner --profile $profile -> book/executed/"
 rc=0
-.venv/bin/python -m zoomin_lib.runner --profile "$profile" "$@" || rc=$?
+.venv/bin/python -m zoomin_lib.book.runner --profile "$profile" "$@" || rc=$?
 end_phase "notebooks (profile $profile)"
 if [ "$rc" -ne 0 ]; then
   print_timings

@@ -3,7 +3,7 @@
 #   1. set up .venv (scripts/setup_venv.sh),
 #   2. pytest: the unit tests in tests/ and every notebooks/*.ipynb executed by nbval,
 #      all in the smoke profile (ZOOMIN_PROFILE=smoke; the notebook kernels inherit it).
-# nbval starts each kernel in notebooks/; zoomin_lib.config.repo_root() walks up from there,
+# nbval starts each kernel in notebooks/; zoomin_lib.infra.config.repo_root() walks up from there,
 # so results still go to results/NN_name/. Only *.ipynb are collected from notebooks/ (the
 # Jupytext *.py sources do not match pytest's test_*.py pattern).
 # Extra arguments go to pytest, e.g. `bash scripts/test.sh -x` or `bash scripts/test.sh tests`.

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from zoomin_lib.slides import write_pyramid_tiff
+from zoomin_lib.infra.slides import write_pyramid_tiff
 
 
 def smooth_rgb(height: int, width: int, seed: int = 0) -> np.ndarray:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from zoomin_lib.bagnet import BagNet, bagnet, evidence_map
+from zoomin_lib.chapters.bagnet import BagNet, bagnet, evidence_map
 from zoomin_lib.steps import predictor, sampling_loss
 
 
@@ -76,7 +76,7 @@ def test_macs_on_meta_match_a_real_count() -> None:
     """bagnet_macs (meta device) equals FlopCounterMode / 2 on a real forward."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from zoomin_lib.bagnet import bagnet_macs
+    from zoomin_lib.chapters.bagnet import bagnet_macs
 
     kw = dict(width=4, blocks=(1, 1, 1, 1))
     with FlopCounterMode(display=False) as counter:

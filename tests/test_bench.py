@@ -7,7 +7,7 @@ import json
 import numpy as np
 
 from zoomin_lib import bench
-from zoomin_lib.slides import downsample2, open_slide, tissue_mask, write_periodic_slide
+from zoomin_lib.infra.slides import downsample2, open_slide, tissue_mask, write_periodic_slide
 
 
 def test_quick_bench_writes_every_pair_with_its_ratio(tmp_path, monkeypatch):

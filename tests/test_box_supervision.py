@@ -6,10 +6,16 @@ import pytest
 import torch
 
 from zoomin_lib import builders
-from zoomin_lib.box_supervision import (attention_targets, box_attention_loss, box_examples, box_mask, pretrain_from_boxes,
-                                        tile_masks)
 from zoomin_lib.losses import attention_nll
 from zoomin_lib.steps import sampling_loss
+from zoomin_lib.train.supervision import (
+    attention_targets,
+    box_attention_loss,
+    box_examples,
+    box_mask,
+    pretrain_from_boxes,
+    tile_masks,
+)
 
 
 def _model(**kw):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from slide_fixtures import asap_xml, square, write_camelyon16, write_slide
 
 from data_prep.camelyon16 import (
     Camelyon16,
@@ -21,8 +22,7 @@ from data_prep.camelyon16 import (
     train_validation_split,
 )
 from data_prep.problems import DataProblemWarning, DataSetError
-from slide_fixtures import asap_xml, square, write_camelyon16, write_slide
-from zoomin_lib.slides import SlideError, open_slide
+from zoomin_lib.infra.slides import SlideError, open_slide
 
 TUMOUR_XML = asap_xml(
     [

@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from zoomin_lib import builders
-from zoomin_lib.experiments import TrainSettings, fingerprint, run_folds, run_method, tensor_batches
-from zoomin_lib.checkpoints import settings_differences
-from zoomin_lib.training import CheckpointMismatchError, fit, settings_record
+from zoomin_lib.train.checkpoints import settings_differences
+from zoomin_lib.train.fingerprint import fingerprint
+from zoomin_lib.train.loop import CheckpointMismatchError, settings_record
+from zoomin_lib.train.protocol import TrainSettings, run_folds, run_method, tensor_batches
 
 
 def _data(n: int = 8, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

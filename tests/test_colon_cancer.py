@@ -22,7 +22,7 @@ from data_prep.colon_cancer import (
     write_synthetic,
 )
 from data_prep.problems import DataProblemWarning, DataSetError
-from zoomin_lib.io import read_json
+from zoomin_lib.infra.io import read_json
 
 SIZE = 40
 

@@ -3,17 +3,13 @@
 import pytest
 import torch
 
-from zoomin_lib.enumeration import expected_value_and_grads, without_replacement_outcomes
 from zoomin_lib.hierarchical import expectation_two_stage, sample_subtiles, unique_draws
 from zoomin_lib.models import ATSNet, ZoomInNet
 from zoomin_lib.networks import AttentionLeNet, FeatureLeNet
-from zoomin_lib.profiling import profile_inference
-from zoomin_lib.sampling import (
-    expectation_without_replacement,
-    sample_with_replacement,
-    sample_without_replacement,
-)
-from zoomin_lib.training import seed_everything
+from zoomin_lib.sampling import expectation_without_replacement, sample_with_replacement, sample_without_replacement
+from zoomin_lib.theory.enumeration import expected_value_and_grads, without_replacement_outcomes
+from zoomin_lib.train.loop import seed_everything
+from zoomin_lib.train.profiling import profile_inference
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 CUDA = torch.device("cuda")
@@ -172,9 +168,9 @@ def test_slide_path_on_a_gpu_equals_the_tensor_path():
     """SlideZoomIn with a CUDA model on an in-memory slide gives the tensor path's top-k and logits."""
     import numpy as np
 
-    from zoomin_lib.experiments import image_tensor
-    from zoomin_lib.slide_zoomin import SlideZoomIn
-    from zoomin_lib.slides import ArraySlide
+    from zoomin_lib.infra.slides import ArraySlide
+    from zoomin_lib.train.protocol import image_tensor
+    from zoomin_lib.wsi.predict import SlideZoomIn
 
     rng = np.random.default_rng(0)
     image = (rng.random((256, 320, 3)) * 255).astype(np.uint8)
@@ -191,14 +187,14 @@ def test_slide_path_on_a_gpu_equals_the_tensor_path():
 def test_chapter04_training_pretraining_and_prediction_with_a_cuda_model(tmp_path):
     """Chapter 04's path on a GPU: pre-training from annotations, eq. 12 training on slides, prediction, peaks."""
     import numpy as np
-
     from slide_fixtures import tissue_blob
+
     from zoomin_lib import builders
-    from zoomin_lib.experiments import lean_inference
-    from zoomin_lib.slide_zoomin import (SlideATS, SlideZoomIn, evaluate_slides, fit_slides, host_peak_memory,
-                                         pretrain_tile_classifiers)
-    from zoomin_lib.slides import write_pyramid_tiff
-    from zoomin_lib.training import seed_everything
+    from zoomin_lib.infra.slides import write_pyramid_tiff
+    from zoomin_lib.train.loop import seed_everything
+    from zoomin_lib.train.profiling import host_peak_memory, lean_inference
+    from zoomin_lib.wsi.predict import SlideATS, SlideZoomIn, evaluate_slides
+    from zoomin_lib.wsi.train import fit_slides, pretrain_tile_classifiers
 
     class Box:
         def __init__(self, box):
@@ -250,7 +246,8 @@ def test_chapters_train_on_the_gpu_and_zoomin_profiles_below_ats():
     from types import SimpleNamespace
 
     from zoomin_lib import builders
-    from zoomin_lib.experiments import TrainSettings, profile_methods, run_folds
+    from zoomin_lib.train.profiling import profile_methods
+    from zoomin_lib.train.protocol import TrainSettings, run_folds
 
     torch.manual_seed(0)
     x, y = torch.rand(12, 3, 500, 500), torch.tensor([0, 1] * 6)

@@ -3,14 +3,14 @@
 import pytest
 import torch
 
-from zoomin_lib.enumeration import (
+from zoomin_lib.hierarchical import expectation_two_stage
+from zoomin_lib.sampling import expectation_with_replacement, expectation_without_replacement
+from zoomin_lib.theory.enumeration import (
     expected_value_and_grads,
     two_stage_bias,
     with_replacement_outcomes,
     without_replacement_outcomes,
 )
-from zoomin_lib.hierarchical import expectation_two_stage
-from zoomin_lib.sampling import expectation_with_replacement, expectation_without_replacement
 
 TOL = 1e-10
 D = 3

@@ -1,24 +1,15 @@
 """The experiment loop: batches, folds, summaries, lean inference, N' and attention maps."""
 
-from types import SimpleNamespace
-
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from zoomin_lib import builders
-from zoomin_lib.experiments import (
-    TrainSettings,
-    attention_map,
-    lean_inference,
-    profile_methods,
-    run_folds,
-    summarize,
-    tensor_batches,
-    training_step_peak_mb,
-    unique_tiles,
-)
+from zoomin_lib.chapters.attention import attention_map, unique_tiles
+from zoomin_lib.train.profiling import lean_inference, profile_methods, training_step_peak_mb
+from zoomin_lib.train.protocol import TrainSettings, run_folds, summarize, tensor_batches
 
 
 def _zoomin(n_patches: int = 4):
@@ -110,7 +101,7 @@ def test_training_step_peak_grows_with_the_number_of_patches():
 
 
 def test_standardize_gives_each_channel_mean_zero_and_unit_std():
-    from zoomin_lib.experiments import standardize
+    from zoomin_lib.train.protocol import standardize
 
     x = torch.rand(4, 3, 8, 8) * torch.tensor([1.0, 5.0, 0.1]).view(1, 3, 1, 1) + 2
     z = standardize(x)
@@ -120,8 +111,8 @@ def test_standardize_gives_each_channel_mean_zero_and_unit_std():
 
 def test_per_image_loss_and_predictor_handle_images_of_different_sizes():
     """Batches of differently sized images: the loss is the mean of the per-image losses, logits come per image."""
-    from zoomin_lib.experiments import per_image, per_image_predictor
     from zoomin_lib.steps import sampling_loss
+    from zoomin_lib.train.protocol import per_image, per_image_predictor
 
     torch.manual_seed(0)
     model = builders.cnn(in_channels=1, n_classes=2, size=16, channels=4, n_conv=2)
@@ -135,7 +126,7 @@ def test_per_image_loss_and_predictor_handle_images_of_different_sizes():
 
 
 def test_lazy_batches_load_only_when_iterated_and_cover_every_sample():
-    from zoomin_lib.experiments import lazy_batches
+    from zoomin_lib.train.protocol import lazy_batches
 
     calls = []
 
@@ -157,7 +148,7 @@ def test_lazy_batches_load_only_when_iterated_and_cover_every_sample():
 
 def test_per_image_hands_each_image_its_own_mask():
     """Batches (images, labels, masks): each image's loss sees its own mask [1, H_i, W_i]."""
-    from zoomin_lib.experiments import per_image
+    from zoomin_lib.train.protocol import per_image
 
     seen = []
 
@@ -172,7 +163,7 @@ def test_per_image_hands_each_image_its_own_mask():
 
 
 def test_top_tile_and_subtile_are_the_argmaxes_inside_the_image():
-    from zoomin_lib.experiments import top_tile_and_subtile
+    from zoomin_lib.chapters.attention import top_tile_and_subtile
 
     torch.manual_seed(0)
     model = _zoomin()
@@ -189,7 +180,7 @@ def test_top_tile_and_subtile_are_the_argmaxes_inside_the_image():
 def test_image_stats_and_image_tensor():
     import numpy as np
 
-    from zoomin_lib.experiments import image_stats, image_tensor
+    from zoomin_lib.train.protocol import image_stats, image_tensor
 
     a = np.zeros((16, 16, 3), dtype=np.uint8)
     b = np.full((8, 24, 3), 255, dtype=np.uint8)
@@ -201,7 +192,8 @@ def test_image_stats_and_image_tensor():
 
 
 def test_above_majority_names_only_methods_beating_the_majority_rate():
-    from zoomin_lib.experiments import FoldResult, above_majority
+    from zoomin_lib.chapters.results import above_majority
+    from zoomin_lib.train.protocol import FoldResult
 
     runs = {"good": [FoldResult("good", 0, 0, 0.9, None, 10, 0.1)], "bad": [FoldResult("bad", 0, 0, 0.5, None, 10, 1.0)]}
     majority, beaten = above_majority(runs, [0, 0, 0, 0, 0, 0, 1, 1, 2, 3])
@@ -212,7 +204,8 @@ def test_above_majority_names_only_methods_beating_the_majority_rate():
 
 
 def test_report_above_majority_prints_both_sides(capsys):
-    from zoomin_lib.experiments import FoldResult, report_above_majority
+    from zoomin_lib.chapters.results import report_above_majority
+    from zoomin_lib.train.protocol import FoldResult
 
     runs = {"good": [FoldResult("good", 0, 0, 0.9, None, 10, 0.1)], "bad": [FoldResult("bad", 0, 0, 0.5, None, 10, 1.0)]}
     learned = report_above_majority(runs, [0] * 6 + [1, 1, 2, 3], "always-0", "a tiny budget", z=1.0)

@@ -11,7 +11,6 @@ import pytest
 from PIL import Image
 
 from data_prep import fmow
-from data_prep.problems import DataFileError, DataProblemWarning, DataSetError
 from data_prep.fmow import (
     CATEGORIES,
     MARKER,
@@ -24,6 +23,7 @@ from data_prep.fmow import (
     select_per_class,
     write_synthetic,
 )
+from data_prep.problems import DataFileError, DataProblemWarning, DataSetError
 
 
 def write_image(stem: Path, size: tuple[int, int], meta: dict | str | None, suffix: str = "_rgb") -> Path:

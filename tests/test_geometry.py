@@ -19,7 +19,7 @@ from zoomin_lib.geometry import (
     view_size,
     view_to_full,
 )
-from zoomin_lib.profiling import peak_memory
+from zoomin_lib.train.profiling import peak_memory
 
 
 def naive_patch(x: torch.Tensor, b: int, r: int, c: int, ph: int, pw: int) -> torch.Tensor:
@@ -206,7 +206,7 @@ def test_tile_pool_partial_tiles() -> None:
 def test_tile_views_match_the_padded_tile_resampled_without_copying_whole_tiles():
     """tile_views equals view(extract_patches(tile)) for whole and partial edge tiles, and copies no whole tile."""
     from zoomin_lib.geometry import extract_patches, tile_top_left, tile_views, view
-    from zoomin_lib.profiling import peak_memory
+    from zoomin_lib.train.profiling import peak_memory
 
     x = torch.rand(2, 3, 130, 110)
     batch = torch.tensor([0, 1, 1, 0, 1])

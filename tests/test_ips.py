@@ -9,8 +9,8 @@ from torch import Tensor, nn
 from zoomin_lib import IPSNet
 from zoomin_lib.ips import CrossAttentionPool, PatchSource, TensorPatches, grid_positional_encoding
 from zoomin_lib.networks import FeatureLeNet
-from zoomin_lib.profiling import peak_memory
 from zoomin_lib.steps import predictor, sampling_loss
+from zoomin_lib.train.profiling import peak_memory
 
 MB = 2**20
 

@@ -11,7 +11,7 @@ import torch
 from zoomin_lib.models import ZoomInNet
 from zoomin_lib.networks import AttentionLeNet, FeatureLeNet
 from zoomin_lib.steps import predictor, sampling_loss
-from zoomin_lib.training import evaluate, fit, seed_everything
+from zoomin_lib.train.loop import evaluate, fit, seed_everything
 
 SIZE, TILE, SQUARE = 64, 32, 5
 

@@ -1,4 +1,4 @@
-"""Tests of zoomin_lib.megapixel: the strided encoder, the five methods' heads, data tensors, region masks, cost scans."""
+"""Tests of zoomin_lib.chapters.megapixel: the strided encoder, the five methods' heads, data tensors, region masks, cost scans."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from data_prep import megapixel_mnist as mp
-from zoomin_lib import megapixel as mm
-from zoomin_lib.multitask import N_OUTPUTS, task_logits
-from zoomin_lib.paper_numbers import THESIS_TABLE4_MNIST, THESIS_TABLE8_MNIST
+from zoomin_lib.book.paper_numbers import THESIS_TABLE4_MNIST, THESIS_TABLE8_MNIST
+from zoomin_lib.chapters import megapixel as mm
+from zoomin_lib.chapters.multitask import N_OUTPUTS, task_logits
 
 SMALL = mm.Setup(canvas=100, ats_scale=0.2, patch=20, ns=(3, 5), n=3, zoom_scale1=0.2, zoom_scale2=0.4, zoom_tile=50,
                  ips_memory=3, ips_iter=5, cnn_scale=0.3)

@@ -10,7 +10,7 @@ from data_prep import megapixel_mnist as mp
 from data_prep import mnist_digits as md
 from data_prep import needle_mnist as nm
 from data_prep import o2i
-from zoomin_lib.io import read_json
+from zoomin_lib.infra.io import read_json
 
 
 def _files(root: Path) -> dict[str, bytes]:

@@ -10,15 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zoomin_lib.geometry import extract_patches, view
-from zoomin_lib.models import (
-    MODES,
-    ATSNet,
-    CNNBaseline,
-    DeepMIL,
-    UniformNet,
-    ZoomInNet,
-    complement,
-)
+from zoomin_lib.models import MODES, ATSNet, CNNBaseline, DeepMIL, UniformNet, ZoomInNet, complement
 from zoomin_lib.networks import AttentionLeNet, FeatureLeNet, ResNetCNN
 
 

@@ -1,4 +1,4 @@
-"""Tests of zoomin_lib.multitask: target packing, the four-task loss and metrics, chance levels, probes, training."""
+"""Tests of zoomin_lib.chapters.multitask: target packing, the four-task loss and metrics, chance levels, probes, training."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from zoomin_lib import multitask as mt
-from zoomin_lib.experiments import TrainSettings, tensor_batches
-from zoomin_lib.megapixel import Setup, methods
+from zoomin_lib.chapters import multitask as mt
+from zoomin_lib.chapters.megapixel import Setup, methods
+from zoomin_lib.train.protocol import TrainSettings, tensor_batches
 
 
 def targets(maj, mx, top, present) -> Tensor:

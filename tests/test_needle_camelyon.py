@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from slide_fixtures import square
 
 from data_prep.camelyon16 import Polygon, annotation_mask, load_camelyon16, parse_asap_xml
 from data_prep.needle_camelyon import (
@@ -25,8 +25,7 @@ from data_prep.needle_camelyon import (
     split_counts,
 )
 from data_prep.synthetic_slides import generate, rebuild
-from slide_fixtures import square
-from zoomin_lib.slides import open_slide
+from zoomin_lib.infra.slides import open_slide
 
 SIDE, CROP, PER_METASTASIS, MIN_TISSUE = 4096, 256, 20, 0.5
 RATIO = (0.001, 0.01)

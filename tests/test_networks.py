@@ -6,14 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from zoomin_lib.networks import (
-    AttentionLeNet,
-    AttentionResNet16,
-    FeatureLeNet,
-    FeatureResNet16,
-    ResNetCNN,
-    count_convs,
-)
+from zoomin_lib.networks import AttentionLeNet, AttentionResNet16, FeatureLeNet, FeatureResNet16, ResNetCNN, count_convs
 
 
 def conv_specs(module: nn.Module) -> list[tuple[int, int, int, int]]:

@@ -13,7 +13,7 @@ import jupytext
 import nbformat
 import pytest
 
-from zoomin_lib.config import repo_root
+from zoomin_lib.infra.config import repo_root
 
 NOTEBOOKS = repo_root(Path(__file__).parent) / "notebooks"
 SOURCES = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.py"))

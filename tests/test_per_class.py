@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from zoomin_lib.per_class import absent_note, per_class_recall, per_class_rows, present_classes
+from zoomin_lib.chapters.per_class import absent_note, per_class_recall, per_class_rows, present_classes
 
 NAMES = ("EMPTY", "50_SIGN", "70_SIGN", "80_SIGN")
 

@@ -1,11 +1,11 @@
-"""Tests of zoomin_lib.profiling: peak memory is a true peak, FLOP/MAC counts match eq. (10)."""
+"""Tests of zoomin_lib.train.profiling: peak memory is a true peak, FLOP/MAC counts match eq. (10)."""
 
 import json
 
 import pytest
 import torch
 
-from zoomin_lib.profiling import (
+from zoomin_lib.train.profiling import (
     count_flops,
     parameter_bytes,
     peak_memory,

@@ -2,7 +2,7 @@
 
 import pytest
 
-from zoomin_lib.report import format_cell, markdown_table
+from zoomin_lib.book.report import format_cell, markdown_table
 
 
 def test_markdown_table_by_hand():

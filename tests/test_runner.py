@@ -1,4 +1,4 @@
-"""Tests of zoomin_lib.runner on tiny notebooks written into tmp_path (about 2 s of kernels)."""
+"""Tests of zoomin_lib.book.runner on tiny notebooks written into tmp_path (about 2 s of kernels)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from zoomin_lib import runner
-from zoomin_lib.config import repo_root
+from zoomin_lib.book import runner
+from zoomin_lib.infra.config import repo_root
 
 OK_PY = '''# %% [markdown]
 # # A notebook that passes
@@ -73,7 +73,7 @@ def test_cli_runs_passing_and_reports_failing_notebook(tmp_path: Path) -> None:
     (out / ".01_ok.k1ll3d.ipynb").write_text("{}")  # the temporary file of an earlier run that was killed
     env = {k: v for k, v in os.environ.items() if k != "ZOOMIN_PROFILE"}
     proc = subprocess.run(
-        [sys.executable, "-m", "zoomin_lib.runner", "--profile", "smoke", "--out", str(out),
+        [sys.executable, "-m", "zoomin_lib.book.runner", "--profile", "smoke", "--out", str(out),
          "--no-progress", str(tmp_path / "01_ok.py"), str(bad)],
         cwd=repo_root(Path(__file__).parent), env=env, capture_output=True, text=True, timeout=300,
     )

@@ -6,7 +6,6 @@ import pytest
 import torch
 from scipy.stats import chisquare
 
-from zoomin_lib.enumeration import sequence_probability
 from zoomin_lib.hierarchical import expectation_two_stage, sample_subtiles, unique_draws
 from zoomin_lib.sampling import (
     expectation_with_replacement,
@@ -15,6 +14,8 @@ from zoomin_lib.sampling import (
     sample_without_replacement,
     validate_probs,
 )
+from zoomin_lib.theory.enumeration import sequence_probability
+
 
 def _pvalue(counts: torch.Tensor, probs: torch.Tensor) -> float:
     """Chi-square p-value of observed counts against probabilities (renormalised to the count total)."""

@@ -1,4 +1,4 @@
-"""Zoom-In on lazy slides (zoomin_lib.slide_zoomin): strips equal whole views, the slide path equals the tensor path,
+"""Zoom-In on lazy slides (zoomin_lib.wsi): strips equal whole views, the slide path equals the tensor path,
 locations lie in tissue, sub-tiles come from level 0, memory does not grow with the slide, errors name the file."""
 
 from __future__ import annotations
@@ -8,25 +8,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
-
 from slide_fixtures import smooth_rgb, tissue_blob
+
 from zoomin_lib import builders
-from zoomin_lib.experiments import image_tensor, lean_inference
-from zoomin_lib.slide_zoomin import (
-    SlideATS,
-    SlideReader,
-    SlideZoomIn,
-    attention_roi_spearman,
-    host_peak_memory,
-    pixel_mse,
-    pretrain_tile_classifiers,
-    roi_tiles,
-    slide_loss,
-    window_examples,
-)
+from zoomin_lib.infra.slides import ArraySlide, SlideError, write_pyramid_tiff
 from zoomin_lib.models import receptive_halo
-from zoomin_lib.slides import ArraySlide, SlideError, write_pyramid_tiff
+from zoomin_lib.train.profiling import host_peak_memory, lean_inference
+from zoomin_lib.train.protocol import image_tensor
+from zoomin_lib.wsi.annotations import attention_roi_spearman, pixel_mse, roi_tiles
+from zoomin_lib.wsi.predict import SlideATS, SlideZoomIn
+from zoomin_lib.wsi.reader import SlideReader
+from zoomin_lib.wsi.train import pretrain_tile_classifiers, slide_loss, window_examples
 
 MEAN = torch.tensor([0.55, 0.45, 0.6]).view(1, 3, 1, 1)
 STD = torch.tensor([0.2, 0.25, 0.22]).view(1, 3, 1, 1)

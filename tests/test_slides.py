@@ -1,4 +1,4 @@
-"""zoomin_lib.slides: a pyramidal TIFF written level by level, read by OpenSlide, tifffile and as an array."""
+"""zoomin_lib.infra.slides: a pyramidal TIFF written level by level, read by OpenSlide, tifffile and as an array."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import openslide
 import pytest
 import tifffile
 import torch
-
 from slide_fixtures import smooth_rgb, tissue_blob
+
 from zoomin_lib import geometry
-from zoomin_lib.slides import (
+from zoomin_lib.infra.slides import (
     ArraySlide,
     OpenSlideSlide,
     Slide,

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from zoomin_lib import symbolic as S
-from zoomin_lib.estimator_variants import RULES, gradient_bias, monte_carlo_logit_gradient
+from zoomin_lib.theory import symbolic as S
+from zoomin_lib.theory.estimator_variants import RULES, gradient_bias, monte_carlo_logit_gradient
 
 
 @pytest.mark.parametrize("k", [2, 3, 4])

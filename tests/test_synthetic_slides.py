@@ -21,8 +21,8 @@ from data_prep.synthetic_slides import (
     synthetic_camelyon,
     write_large_slide,
 )
-from zoomin_lib.io import read_json
-from zoomin_lib.slides import OpenSlideSlide, open_slide, tissue_mask
+from zoomin_lib.infra.io import read_json
+from zoomin_lib.infra.slides import OpenSlideSlide, open_slide, tissue_mask
 
 SIDE = 2048
 SMALL = dict(n_train_normal=2, n_train_tumor=2, n_test_normal=1, n_test_tumor=2, side=SIDE,

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from data_prep import colon_cancer
-from zoomin_lib import io
-from zoomin_lib.config import data_dir
+from zoomin_lib.infra import io
+from zoomin_lib.infra.config import data_dir
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -110,7 +110,7 @@ def test_sigterm_inside_atomic_dir_removes_the_temporary(tmp_path: Path) -> None
     proc = _python(f"""
         import time
         from pathlib import Path
-        from zoomin_lib.io import atomic_dir
+        from zoomin_lib.infra.io import atomic_dir
         with atomic_dir({str(tmp_path / "target")!r}) as tmp:
             (tmp / "half.txt").write_text("x")
             print("writing", flush=True)
@@ -171,7 +171,7 @@ def test_failed_file_write_leaves_no_temporary(tmp_path: Path) -> None:
         raise OSError("disk full")
 
     with pytest.raises(OSError, match="disk full"):
-        io._atomic(tmp_path / "c.pt", half_then_fail)
+        io.atomic_write(tmp_path / "c.pt", half_then_fail)
     with pytest.raises(Exception):
         io.save_torch(tmp_path / "c.pt", {"v": lambda: 0})  # a lambda cannot be pickled
     assert _hidden(tmp_path) == []

@@ -1,4 +1,4 @@
-"""Tests of zoomin_lib.testbeds: canvases, the patch encoder and ROI detector, needle maps, multi-task IPS, O2I helpers."""
+"""Tests of zoomin_lib.chapters.testbeds: canvases, the patch encoder and ROI detector, needle maps, multi-task IPS, O2I helpers."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from torch import nn
 
 from data_prep import needle_mnist as nm
 from data_prep import o2i
-from zoomin_lib import testbeds as tb
-from zoomin_lib.io import read_json
+from zoomin_lib.chapters import testbeds as tb
+from zoomin_lib.infra.io import read_json
 
 
 @pytest.fixture(scope="module")

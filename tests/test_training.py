@@ -1,4 +1,4 @@
-"""Tests of zoomin_lib.training: learning, evaluation metrics, resume determinism, NaN errors."""
+"""Tests of zoomin_lib.train.loop: learning, evaluation metrics, resume determinism, NaN errors."""
 
 import math
 import warnings
@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from zoomin_lib.config import default_device
-from zoomin_lib.io import read_json
-from zoomin_lib.training import (
+from zoomin_lib.infra.config import default_device
+from zoomin_lib.infra.io import read_json
+from zoomin_lib.train.loop import (
     CheckpointMismatchError,
     NonFiniteLossError,
     binary_auc,
@@ -235,7 +235,7 @@ def test_seed_everything_generator_device(monkeypatch):
     assert gen.device.type == "cpu"
     assert seed_everything(0, torch.device("cpu")).device.type == "cpu"
     assert seed_everything(0).device.type == default_device().type
-    monkeypatch.setattr("zoomin_lib.training.default_device", lambda: torch.device("cpu"))
+    monkeypatch.setattr("zoomin_lib.train.loop.default_device", lambda: torch.device("cpu"))
     assert seed_everything(0).device.type == "cpu"
 
 
@@ -251,7 +251,7 @@ def test_atomic_dir_is_all_or_nothing(tmp_path):
     """A folder written through atomic_dir appears whole on success and not at all on error."""
     import pytest
 
-    from zoomin_lib.io import atomic_dir
+    from zoomin_lib.infra.io import atomic_dir
 
     target = tmp_path / "prepared"
     with pytest.raises(RuntimeError):

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from zoomin_lib import variance as V
+from zoomin_lib.theory import variance as V
 
 MC_SIGMAS = 4.0  # Monte-Carlo checks: within this many standard errors (fixed seeds)
 
@@ -164,7 +164,7 @@ def test_argument_checks():
 
 
 def test_monte_carlo_check_helpers():
-    from zoomin_lib.variance import MC_SIGMAS, agrees, clearly_below
+    from zoomin_lib.theory.variance import MC_SIGMAS, agrees, clearly_below
 
     assert agrees(1.0 + 3.9 * 0.01, 1.0, 0.01) and not agrees(1.0 + 4.1 * 0.01, 1.0, 0.01)
     assert clearly_below(1.0, 0.03, 1.25, 0.04)  # gap 0.25 > 4 * hypot(0.03, 0.04) = 0.2
@@ -172,7 +172,7 @@ def test_monte_carlo_check_helpers():
 
 
 def test_log_axis_helpers():
-    from zoomin_lib.plotting import lift_zeros, log_floor
+    from zoomin_lib.book.plotting import lift_zeros, log_floor
 
     floor = log_floor([1e-3, 0.0, 1e-31], [2e-2])
     assert floor == pytest.approx(0.3e-3)

@@ -7,4 +7,4 @@ Modules: `sampling` (draws, ATS eq. 4/11-17 estimators), `hierarchical` (Zoom-In
 """
 
 __version__ = "0.1.0"
-from .ips import IPSNet  # noqa: E402,F401  (Iterative Patch Selection, thesis sec. 2.7)
+from zoomin_lib.ips import IPSNet

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from .models import ATSNet, CNNBaseline, UniformNet, ZoomInNet
-from .networks import AttentionLeNet, AttentionResNet16, FeatureLeNet, FeatureResNet16, ResNetCNN
+from zoomin_lib.models import ATSNet, CNNBaseline, UniformNet, ZoomInNet
+from zoomin_lib.networks import AttentionLeNet, AttentionResNet16, FeatureLeNet, FeatureResNet16, ResNetCNN
 
 __all__ = ["BACKBONES", "zoomin", "ats", "uniform", "cnn"]
 

@@ -29,8 +29,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .sampling import gumbel_top_k, sequential_terms, validate_probs
-from .syncs import host_sync
+from zoomin_lib.sampling import gumbel_top_k, sequential_terms, validate_probs
+from zoomin_lib.syncs import host_sync
 
 __all__ = [
     "UniqueDraws", "unique_draws", "expected_unique", "sample_subtiles", "subtile_support_ok", "expectation_two_stage",

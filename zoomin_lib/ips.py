@@ -43,8 +43,8 @@ from typing import Iterator, Protocol, Sequence, runtime_checkable
 import torch
 from torch import Tensor, nn
 
-from .geometry import as_pair, check_image
-from .models import check_positive_int
+from zoomin_lib.geometry import as_pair, check_image
+from zoomin_lib.models import check_positive_int
 
 __all__ = [
     "SCORES",

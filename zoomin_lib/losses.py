@@ -16,7 +16,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from .geometry import as_pair
+from zoomin_lib.geometry import as_pair
 
 __all__ = [
     "weighted_cross_entropy",

@@ -12,7 +12,7 @@
 - `CNNBaseline` a CNN on the downsampled image V(x, s).
 
 Every model reads its pixels through a `zoomin_lib.pixels.PixelSource`: a tensor [B, C, H, W]
-(wrapped in a `TensorSource`) or a lazy whole slide (`zoomin_lib.slide_zoomin.SlideSource`) goes
+(wrapped in a `TensorSource`) or a lazy whole slide (`zoomin_lib.wsi.reader.SlideSource`) goes
 down the same code. The forward pass is batched: no Python loop runs over images, tiles or
 patches (only over chunks that bound memory: `chunk_size` patches, `tile_chunk` tiles at a time;
 None sizes them to about `CHUNK_PIXELS` input pixels), and its host synchronisations
@@ -46,16 +46,24 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from .geometry import as_pair, tile_grid, tile_pool, tile_pool_strip, tile_top_left, view, view_size, view_to_full
-from .hierarchical import expectation_two_stage, sample_subtiles, subtile_support_ok, unique_draws
-from .pixels import PixelSource, TensorSource, as_source
-from .sampling import (
+from zoomin_lib.geometry import (
+    as_pair,
+    tile_grid,
+    tile_pool,
+    tile_pool_strip,
+    tile_top_left,
+    view_size,
+    view_to_full,
+)
+from zoomin_lib.hierarchical import expectation_two_stage, sample_subtiles, subtile_support_ok, unique_draws
+from zoomin_lib.pixels import PixelSource, TensorSource, as_source
+from zoomin_lib.sampling import (
     expectation_with_replacement,
     expectation_without_replacement,
     sample_with_replacement,
     sample_without_replacement,
 )
-from .syncs import Checks, host_sync
+from zoomin_lib.syncs import Checks, host_sync
 
 __all__ = [
     "MODES", "CHUNK_PIXELS", "ModelOutput", "complement", "score_map", "receptive_halo", "check_positive_int",

@@ -15,7 +15,6 @@ the size of its input view and no receptive-field offset is needed to map it to 
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 

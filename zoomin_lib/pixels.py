@@ -12,7 +12,7 @@ tissue; every tile of an in-memory image). The models run the same code whatever
 
 - `TensorSource`: a batch of images in memory [B, C, H, W] on any device (`zoomin_lib.geometry`:
   one batched resampling for all tile views, one gather for all patches);
-- `zoomin_lib.slide_zoomin.SlideSource`: one lazy whole-slide image, read from its pyramid on the
+- `zoomin_lib.wsi.reader.SlideSource`: one lazy whole-slide image, read from its pyramid on the
   host and moved to the model's device; it also serves the first stage strip by strip
   (`strip_pixels`), so that V(x, s1) of a gigapixel slide is never held whole at inference.
 
@@ -27,8 +27,8 @@ from typing import Iterator, Sequence
 import torch
 from torch import Tensor
 
-from .geometry import extract_patches, grid_tile_views, tile_grid, tile_views, view, view_size
-from .syncs import Checks
+from zoomin_lib.geometry import extract_patches, grid_tile_views, tile_grid, tile_views, view, view_size
+from zoomin_lib.syncs import Checks
 
 __all__ = ["PixelSource", "TensorSource", "as_source"]
 

@@ -15,13 +15,13 @@ so their running statistics see the low-attention patches too.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from .box_supervision import box_attention_loss
-from .losses import contrastive_loss, weighted_cross_entropy, zoomin_objective
+from zoomin_lib.losses import contrastive_loss, weighted_cross_entropy, zoomin_objective
+from zoomin_lib.train.supervision import box_attention_loss
 
 __all__ = ["sampling_loss", "predictor"]
 

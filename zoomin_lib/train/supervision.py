@@ -33,10 +33,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .config import default_device
-from .geometry import extract_patches, tile_pool, tile_top_left, view, view_size
-from .losses import attention_nll, mask_to_view
-from .models import ModelOutput, ZoomInNet
+from zoomin_lib.geometry import extract_patches, tile_pool, tile_top_left, view, view_size
+from zoomin_lib.infra.config import default_device
+from zoomin_lib.losses import attention_nll, mask_to_view
+from zoomin_lib.models import ModelOutput, ZoomInNet
 
 __all__ = ["box_mask", "tile_masks", "attention_targets", "box_attention_loss", "BoxExamples",
            "box_examples", "pretrain_from_boxes", "pretrained_from_boxes"]

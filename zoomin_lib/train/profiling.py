@@ -13,16 +13,23 @@
 
 from __future__ import annotations
 
+import contextlib
+import time
+import tracemalloc
 import warnings
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 import torch.utils.benchmark as benchmark
+from torch import Tensor, nn
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
-from .config import default_device
+from zoomin_lib.infra.config import default_device
+from zoomin_lib.models import module_device
+from zoomin_lib.steps import sampling_loss
+from zoomin_lib.train.loop import to_device
 
 __all__ = [
     "MemoryReport",
@@ -274,3 +281,96 @@ def report_dict(report: MemoryReport | FlopReport | TimeReport) -> dict[str, Any
     if isinstance(report, FlopReport):
         out["macs"] = report.macs
     return out
+
+
+@contextlib.contextmanager
+def lean_inference(model: nn.Module) -> Iterator[nn.Module]:
+    """Temporarily set `chunk_size` and `tile_chunk` (where the model has them) to 1: one patch, one tile at a time."""
+    saved = {key: getattr(model, key) for key in ("chunk_size", "tile_chunk") if hasattr(model, key)}
+    try:
+        for key in saved:
+            setattr(model, key, 1)
+        yield model
+    finally:
+        for key, value in saved.items():
+            setattr(model, key, value)
+
+
+def profile_methods(
+    models: Mapping[str, nn.Module],
+    example: Tensor,
+    *,
+    lean: bool = True,
+    generator: torch.Generator | None = None,
+    min_run_time: float = 0.3,
+    device: str | torch.device | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Per model: peak memory (MiB), MFLOPs/MMACs and ms of one inference on `example` [1, C, H, W] in its eval_mode.
+
+    Measured on `device` (None: `config.default_device()`, a GPU when there is one); the models go
+    back where they were. A generator on another device is replaced by one there with its seed.
+    """
+    dev = default_device() if device is None else torch.device(device)
+    if generator is not None and generator.device.type != dev.type:
+        generator = torch.Generator(dev).manual_seed(generator.initial_seed())
+    out = {}
+    for name, model in models.items():
+        mode = getattr(model, "eval_mode", "topk")
+        context = lean_inference(model) if lean else contextlib.nullcontext(model)
+        with context:
+            report = profile_inference(model, example, dev, min_run_time=min_run_time, mode=mode, generator=generator)
+        report.pop("flops_by_operator", None)
+        out[name] = {**report, "mode": mode, "lean": lean}
+    return out
+
+
+def training_step_peak_mb(model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator | None = None,
+                          loss_fn: Callable | None = None) -> float:
+    """Peak memory (MiB) of one forward + backward of `loss_fn` (default: the eq. 12 loss) on (x, y) in train mode.
+
+    Measured on the model's device (x and y are moved there).
+    """
+    if loss_fn is None:
+        loss_fn = sampling_loss(warmup_epochs=10**9, generator=generator)  # no contrastive pass: one forward
+    device = module_device(model)
+    x, y = to_device((x, y), device)
+
+    def step() -> None:
+        loss, _ = loss_fn(model, (x, y), 0)
+        loss.backward()
+
+    was_training = model.training
+    model.train()
+    try:
+        report = peak_memory(step, device, warmup=False)
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)
+    return report.peak_mb
+
+
+def host_peak_memory(fn: Callable[[], Any], device: torch.device | str | None = None) -> dict[str, Any]:
+    """Peak host memory of `fn()`: torch tensor allocations and numpy/Python allocations, measured separately (MiB).
+
+    `fn` runs three times: a timed warm-up (`seconds`, wall clock), then under the profiler for
+    tensors (`profiling.peak_memory`: allocation events replayed), then under tracemalloc for
+    numpy (numpy reports its buffers to tracemalloc: slide reads, thumbnails, masks). Neither sees
+    the C libraries' own buffers (OpenSlide's and PIL's decode buffers). `sum_mb` bounds the
+    combined peak from above (the two peaks need not coincide). With a CUDA `device` (the model's),
+    a fourth run gives the device's peak (`device_mb`, `torch.cuda.max_memory_allocated`).
+    """
+    began = time.perf_counter()
+    fn()
+    seconds = time.perf_counter() - began
+    extra: dict[str, Any] = {}
+    if device is not None and torch.device(device).type == "cuda":
+        extra["device_mb"] = peak_memory(fn, device, warmup=False).peak_mb
+    torch_peak = peak_memory(fn, "cpu", warmup=False)
+    tracemalloc.start()
+    try:
+        fn()
+        _, numpy_peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return {"torch_mb": torch_peak.peak_mb, "numpy_mb": numpy_peak / MB, "sum_mb": torch_peak.peak_mb + numpy_peak / MB,
+            "seconds": seconds, "method": f"{torch_peak.method} + tracemalloc", **extra}

@@ -14,7 +14,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 from torch import Tensor
 
-from .hierarchical import expectation_two_stage, full_two_stage_sum
+from zoomin_lib.hierarchical import expectation_two_stage, full_two_stage_sum
 
 __all__ = [
     "Outcome",

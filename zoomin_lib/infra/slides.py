@@ -29,7 +29,7 @@ one protocol of DESIGN.md ("The library's shape", `slides.py`):
   function or row strips (DESIGN.md "Data"), never holding level 0 whole; each level is the 2x2
   mean of the previous one as written, read back lazily. OpenSlide sees the reduced levels only
   as separate main IFDs flagged NewSubfileType = 1 (reduced image), not as SubIFDs, and writes
-  are atomic (`zoomin_lib.io._atomic`).
+  are atomic (`zoomin_lib.infra.io.atomic_write`).
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ import zarr
 from skimage.filters import threshold_otsu
 
 from zoomin_lib.geometry import tile_grid, view_size
-from zoomin_lib.io import _atomic
+from zoomin_lib.infra.io import atomic_write
 
 try:  # openslide-bin ships libopenslide; without it the tifffile backend still reads TIFFs
     import openslide
@@ -761,7 +761,7 @@ def write_pyramid_tiff(
                     h, w = sizes[k]
                     tw.write(_half_tiles(src, h, w, tile), shape=(h, w, 3), subfiletype=1, **options)
 
-    return _atomic(path, write)
+    return atomic_write(path, write)
 
 
 def _periodic_pattern(period: int, seed: int) -> np.ndarray:
@@ -865,4 +865,4 @@ def write_periodic_slide(
             for k, (h, w) in enumerate(sizes):
                 tw.write(tiles_of(k), shape=(h, w, 3), subfiletype=0 if k == 0 else 1, **options)
 
-    return _atomic(path, write)
+    return atomic_write(path, write)

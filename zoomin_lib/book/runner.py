@@ -1,6 +1,6 @@
 """Execute the chapter notebooks with papermill and report what passed, what failed and how long.
 
-    python -m zoomin_lib.runner [--profile smoke|cpu|paper] [--out book/executed] [--fail-fast]
+    python -m zoomin_lib.book.runner [--profile smoke|cpu|paper] [--out book/executed] [--fail-fast]
                                 [notebooks ...]
 
 Without notebook arguments it runs every ``notebooks/NN_name.ipynb`` (and every
@@ -34,8 +34,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence
 
-from zoomin_lib.config import PROFILE_ENV, PROFILES, check_profile, repo_root
-from zoomin_lib.io import write_json, write_text
+from zoomin_lib.infra.config import PROFILE_ENV, PROFILES, check_profile, repo_root
+from zoomin_lib.infra.io import write_json, write_text
 
 NOTEBOOK_GLOB = "[0-9][0-9]_*"
 SUMMARY_NAME = "_run_summary.json"
@@ -343,7 +343,7 @@ def write_summary(
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit status (0 when every notebook passed)."""
     parser = argparse.ArgumentParser(
-        prog="python -m zoomin_lib.runner",
+        prog="python -m zoomin_lib.book.runner",
         description="Execute the chapter notebooks with papermill into the book's build folder.",
     )
     parser.add_argument("notebooks", nargs="*", help="default: every notebooks/NN_*.ipynb, sorted")

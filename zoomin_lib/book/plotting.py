@@ -10,14 +10,14 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
-from .io import _atomic
+from zoomin_lib.infra.io import atomic_write
 
 __all__ = ["save_figure", "relative_error_bars", "log_floor", "lift_zeros", "show_attention", "error_bars", "show_zoom", "zoom_grid"]
 
 
 def save_figure(fig: Figure, folder: str | os.PathLike, name: str, dpi: int = 120) -> Path:
     """Save `fig` as `folder/name.png`, atomically, and return the path."""
-    return _atomic(Path(folder) / f"{name}.png", lambda tmp: fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight"))
+    return atomic_write(Path(folder) / f"{name}.png", lambda tmp: fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight"))
 
 
 def relative_error_bars(

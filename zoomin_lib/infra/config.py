@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from .io import remove_stale_temporaries
+from zoomin_lib.infra.io import remove_stale_temporaries
 
 PROFILES = ("smoke", "cpu", "paper")
 PROFILE_ENV = "ZOOMIN_PROFILE"

@@ -24,8 +24,8 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from .models import CNNBaseline
-from .networks import _check_channels, _check_input
+from zoomin_lib.models import CNNBaseline
+from zoomin_lib.networks import _check_channels, _check_input
 
 __all__ = ["Bottleneck", "BagNet", "bagnet", "bagnet_macs", "evidence_map", "NORMS"]
 
@@ -142,7 +142,7 @@ def bagnet(*, in_channels: int, n_classes: int, scale: float = 1.0, **kwargs) ->
 
 def evidence_map(model: CNNBaseline, x: Tensor, positive: int = 1) -> Tensor:
     """Local evidence for class `positive` [B, h, w] (its logit minus the mean of the others) of a `bagnet` model."""
-    from .geometry import view
+    from zoomin_lib.geometry import view
 
     net = model.backbone
     with torch.no_grad():

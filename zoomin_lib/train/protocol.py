@@ -1,20 +1,18 @@
-"""The dataset chapters' experiment loop: train each method on each fold, evaluate, profile, summarise.
+"""The dataset chapters' experiment protocol: train each method on each fold, test it, summarise.
 
-Zoom-In sec. 4 and appendix G fix the protocol this module runs: Adam, a batch size and
-learning rate per data set, the eq. 12 objective (entropy weight lambda), the contrastive loss
-after a warm-up of 10 epochs, and for colon cancer 10-fold cross-validation repeated five
-times, reported as mean +- standard deviation over the runs. Inference cost is measured per
-sample (batch 1) with `profiling.profile_inference`: peak memory, FLOPs/MACs, time.
-
-`lean_inference` sets every sampling model to read its patches one at a time and its tiles one
-at a time (`chunk_size = tile_chunk = 1`): the same arithmetic, but the inference peak then
-holds one patch's and one tile's activations, not N of them. Which setting a figure used is
-recorded beside it.
+Zoom-In sec. 4 and appendix G fix the protocol this module runs: Adam, a batch size and learning
+rate per data set, the eq. 12 objective (entropy weight lambda), the contrastive loss after a
+warm-up of 10 epochs, and for colon cancer 10-fold cross-validation repeated five times, reported
+as mean +- standard deviation over the runs (`run_folds`, `run_method`, `summarize`). Images are
+standardised per channel with statistics that use no labels (`channel_stats`, `image_stats`,
+`standardize`); mini-batches are drawn lazily in an order fixed by (seed, epoch) (`lazy_batches`,
+`tensor_batches`), and batches of images of different sizes go image by image (`per_image`).
+Every method trains on `infra.config.default_device()` (a GPU when there is one); checkpoints
+record the settings that shape training (`train.checkpoints`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import re
 from dataclasses import asdict, dataclass, field
@@ -26,41 +24,11 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .fingerprint import fingerprint
-from .hierarchical import unique_draws
-from .config import default_device
-from .io import write_json
-from .profiling import peak_memory, profile_inference
-from .steps import predictor, sampling_loss
-from .models import module_device
-from .training import evaluate, fit, seed_everything, to_device
-
-__all__ = [
-    "TrainSettings",
-    "channel_stats",
-    "image_stats",
-    "image_tensor",
-    "standardize",
-    "lazy_batches",
-    "tensor_batches",
-    "fingerprint",
-    "train_model",
-    "FoldResult",
-    "run_method",
-    "run_folds",
-    "per_image",
-    "per_image_predictor",
-    "summarize",
-    "result_rows",
-    "above_majority",
-    "lean_inference",
-    "profile_methods",
-    "unique_tiles",
-    "training_step_peak_mb",
-    "attention_map",
-    "top_tile_and_subtile",
-    "zoom_picks",
-]
+from zoomin_lib.infra.config import default_device
+from zoomin_lib.infra.io import write_json
+from zoomin_lib.steps import predictor, sampling_loss
+from zoomin_lib.train.fingerprint import fingerprint
+from zoomin_lib.train.loop import evaluate, fit, seed_everything
 
 Factory = Callable[[], nn.Module]
 
@@ -325,198 +293,3 @@ def summarize(results: Sequence[FoldResult]) -> dict[str, float]:
         "accuracy_std": std,
         "auc_mean": float(aucs.mean()) if aucs.size else math.nan,
     }
-
-
-def _accuracy_cell(summary: Mapping[str, float]) -> str:
-    """'mean ± std' in percent (just the mean for one run)."""
-    mean = f"{100 * summary['accuracy_mean']:.1f}"
-    return f"{mean} ± {100 * summary['accuracy_std']:.1f}" if summary["runs"] > 1 else mean
-
-
-def result_rows(
-    results: Mapping[str, Sequence[FoldResult]], costs: Mapping[str, Mapping[str, Any]]
-) -> list[dict[str, Any]]:
-    """One table row per profiled method: measured accuracy (mean ± std over runs), AUC, runs, GFLOPs, GMACs, MiB, ms, mode."""
-    rows = []
-    for name, cost in costs.items():
-        s = summarize(results[name]) if name in results else None
-        rows.append({
-            "method": name,
-            "accuracy % (mean ± std)": "not trained" if s is None else _accuracy_cell(s),
-            "AUC": "" if s is None or not np.isfinite(s["auc_mean"]) else s["auc_mean"],
-            "runs": "" if s is None else s["runs"],
-            "GFLOPs": cost["mflops"] / 1e3,
-            "GMACs": cost["mmacs"] / 1e3,
-            "peak memory (MiB)": cost["peak_memory_mb"],
-            "time (ms)": cost["ms_per_sample"],
-            "inference": cost["mode"],
-        })
-    return rows
-
-
-def above_majority(
-    results: Mapping[str, Sequence[FoldResult]], test_labels: Sequence[int] | np.ndarray, z: float = 0.0
-) -> tuple[float, dict[str, float]]:
-    """The majority-class rate p of the test labels, and the methods whose mean accuracy beats it (name -> accuracy).
-
-    With z > 0 a method must beat p by more than z binomial standard errors sqrt(p (1 - p) / n) of
-    the n test labels (z = 2: a classifier as good as the majority rule passes about 2 % of the time).
-    """
-    labels = np.asarray(test_labels)
-    majority = float(np.bincount(labels).max() / labels.size)
-    margin = z * math.sqrt(majority * (1 - majority) / labels.size)
-    beaten = {name: summarize(runs)["accuracy_mean"] for name, runs in results.items()}
-    return majority, {name: acc for name, acc in beaten.items() if acc > majority + margin}
-
-
-def report_above_majority(
-    results: Mapping[str, Sequence[FoldResult]], test_labels: Sequence[int] | np.ndarray, rule: str, budget: str,
-    z: float = 2.0,
-) -> dict[str, float]:
-    """Print the majority-class rate (`rule` names it), the methods beyond z standard errors above it and the rest (within `budget`); return the former."""
-    majority, learned = above_majority(results, test_labels, z)
-    print(f"{rule} rate on this test set: {100 * majority:.1f} % of {len(np.asarray(test_labels))} images")
-    print(f"beyond {z:g} standard errors above it: "
-          + (", ".join(f"{k} {100 * v:.1f} %" for k, v in learned.items()) if learned else "no method"))
-    rest = [k for k in results if k not in learned]
-    if rest:
-        print(f"not above it within {budget}: {', '.join(rest)}")
-    return learned
-
-
-@contextlib.contextmanager
-def lean_inference(model: nn.Module) -> Iterator[nn.Module]:
-    """Temporarily set `chunk_size` and `tile_chunk` (where the model has them) to 1: one patch, one tile at a time."""
-    saved = {key: getattr(model, key) for key in ("chunk_size", "tile_chunk") if hasattr(model, key)}
-    try:
-        for key in saved:
-            setattr(model, key, 1)
-        yield model
-    finally:
-        for key, value in saved.items():
-            setattr(model, key, value)
-
-
-def profile_methods(
-    models: Mapping[str, nn.Module],
-    example: Tensor,
-    *,
-    lean: bool = True,
-    generator: torch.Generator | None = None,
-    min_run_time: float = 0.3,
-    device: str | torch.device | None = None,
-) -> dict[str, dict[str, Any]]:
-    """Per model: peak memory (MiB), MFLOPs/MMACs and ms of one inference on `example` [1, C, H, W] in its eval_mode.
-
-    Measured on `device` (None: `config.default_device()`, a GPU when there is one); the models go
-    back where they were. A generator on another device is replaced by one there with its seed.
-    """
-    dev = default_device() if device is None else torch.device(device)
-    if generator is not None and generator.device.type != dev.type:
-        generator = torch.Generator(dev).manual_seed(generator.initial_seed())
-    out = {}
-    for name, model in models.items():
-        mode = getattr(model, "eval_mode", "topk")
-        context = lean_inference(model) if lean else contextlib.nullcontext(model)
-        with context:
-            report = profile_inference(model, example, dev, min_run_time=min_run_time, mode=mode, generator=generator)
-        report.pop("flops_by_operator", None)
-        out[name] = {**report, "mode": mode, "lean": lean}
-    return out
-
-
-def unique_tiles(model: nn.Module, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """N' [B]: the number of distinct first-stage tiles among a ZoomInNet's n_patches draws, per image."""
-    with torch.no_grad():
-        tiles = model(x, mode="sample", generator=generator).tiles  # [B, N]
-    if tiles is None:
-        raise ValueError(f"{type(model).__name__} draws no tiles (N' is defined for ZoomInNet)")
-    draws = unique_draws(tiles)
-    return torch.bincount(draws.batch, minlength=x.shape[0])  # [B]
-
-
-def training_step_peak_mb(model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator | None = None,
-                          loss_fn: Callable | None = None) -> float:
-    """Peak memory (MiB) of one forward + backward of `loss_fn` (default: the eq. 12 loss) on (x, y) in train mode.
-
-    Measured on the model's device (x and y are moved there).
-    """
-    if loss_fn is None:
-        loss_fn = sampling_loss(warmup_epochs=10**9, generator=generator)  # no contrastive pass: one forward
-    device = module_device(model)
-    x, y = to_device((x, y), device)
-
-    def step() -> None:
-        loss, _ = loss_fn(model, (x, y), 0)
-        loss.backward()
-
-    was_training = model.training
-    model.train()
-    try:
-        report = peak_memory(step, device, warmup=False)
-    finally:
-        model.zero_grad(set_to_none=True)
-        model.train(was_training)
-    return report.peak_mb
-
-
-def attention_map(model: nn.Module, x: Tensor) -> Tensor:
-    """The attention each location gets [B, h, w]: ATS alpha on V(x, s); Zoom-In alpha_c beta^c_c' on the s2 grid.
-
-    For Zoom-In the second stage is computed for every tile (only sensible for small images),
-    and the map covers the tile grid at scale s2, cropped to the image's extent.
-    """
-    with torch.no_grad():
-        if hasattr(model, "first_stage"):
-            from .geometry import tile_grid
-
-            alpha = model.first_stage(x)  # [B, T]
-            B, T = alpha.shape
-            n_rows, n_cols = tile_grid(tuple(x.shape[-2:]), model.tile_size)
-            batch = torch.arange(B).repeat_interleave(T)
-            tiles = torch.arange(T).repeat(B)
-            betas = model.second_stage(x, batch, tiles)  # [B*T, K2]
-            u, v = model.subview_size
-            joint = alpha.reshape(B * T, 1) * betas  # [B*T, K2]
-            grid = joint.reshape(B, n_rows, n_cols, u, v).permute(0, 1, 3, 2, 4).reshape(B, n_rows * u, n_cols * v)
-            h = math.ceil(x.shape[-2] * u / model.tile_size[0])
-            w = math.ceil(x.shape[-1] * v / model.tile_size[1])
-            return grid[:, :h, :w]
-        if getattr(model, "attention", None) is not None:
-            from .geometry import view_size
-
-            h, w = view_size(tuple(x.shape[-2:]), model.scale)
-            return torch.softmax(model.scores(x), dim=-1).reshape(x.shape[0], h, w)
-    raise ValueError(f"{type(model).__name__} has no attention to map")
-
-
-def top_tile_and_subtile(model: nn.Module, x: Tensor) -> tuple[tuple[int, int, int, int], tuple[int, int, int, int]]:
-    """Boxes (top, left, height, width) in full-resolution pixels of a ZoomInNet's highest-alpha tile and highest-beta sub-tile in it (Zoom-In fig. 3), for x [1, C, H, W]."""
-    from .geometry import tile_top_left
-
-    with torch.no_grad():
-        alpha = model.first_stage(x)  # [1, T]
-        tile = alpha.argmax(dim=1)  # [1]
-        beta = model.second_stage(x, torch.zeros_like(tile), tile)  # [1, K2]
-        sub = beta.argmax(dim=1)  # [1]
-        top, left = tile_top_left(tile, tuple(x.shape[-2:]), model.tile_size)
-        rows, cols = model.centers(tile.view(1, 1), sub.view(1, 1), tuple(x.shape[-2:]))
-    th, tw = model.tile_size
-    ph, pw = model.patch_size
-    return ((int(top), int(left), th, tw), (int(rows) - ph // 2, int(cols) - pw // 2, ph, pw))
-
-
-def zoom_picks(model: nn.Module, xs: Sequence[Tensor]) -> list[tuple[tuple[int, ...], tuple[int, ...], int]]:
-    """For each image x [1, C, H, W]: (top tile box, top sub-tile box, predicted class in top-k mode) of a ZoomInNet."""
-    picks = []
-    was_training = model.training
-    model.eval()
-    try:
-        for x in xs:
-            tile_box, sub_box = top_tile_and_subtile(model, x)
-            with torch.no_grad():
-                pred = int(model(x, mode="topk").logits.argmax())
-            picks.append((tile_box, sub_box, pred))
-    finally:
-        model.train(was_training)
-    return picks

@@ -23,11 +23,10 @@ tell which digit is top-most: their Top accuracy can only be chance.
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
-
-import tempfile
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -38,16 +37,15 @@ from torch import Tensor, nn
 
 from data_prep import megapixel_mnist as mp
 from data_prep.mnist_digits import DIGIT_SIZE, cached_dataset
-
-from .builders import cnn
-from .experiments import attention_map, lean_inference
-from .geometry import view_size, view_to_full
-from .ips import IPSNet
-from .models import ATSNet, UniformNet, ZoomInNet
-from .multitask import N_CLASSES, N_OUTPUTS, TASKS, TaskRun, pack_targets
-from .networks import AttentionLeNet, FeatureLeNet
-from .plotting import show_attention
-from .profiling import peak_memory
+from zoomin_lib.book.plotting import show_attention
+from zoomin_lib.builders import cnn
+from zoomin_lib.chapters.attention import attention_map
+from zoomin_lib.chapters.multitask import N_CLASSES, N_OUTPUTS, TASKS, TaskRun, pack_targets
+from zoomin_lib.geometry import view_size, view_to_full
+from zoomin_lib.ips import IPSNet
+from zoomin_lib.models import ATSNet, UniformNet, ZoomInNet
+from zoomin_lib.networks import AttentionLeNet, FeatureLeNet
+from zoomin_lib.train.profiling import lean_inference, peak_memory
 
 __all__ = [
     "StridedLeNet",

@@ -26,7 +26,7 @@ import torch
 from scipy.optimize import nnls
 from torch import nn
 
-from .geometry import view_size
+from zoomin_lib.geometry import view_size
 
 __all__ = ["ats_terms", "zoomin_terms", "MemoryFit", "fit", "crossover_side", "network_floor_bytes", "layer_floor_bytes"]
 

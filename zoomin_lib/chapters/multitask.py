@@ -38,11 +38,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import default_device
-from .experiments import TrainSettings, train_model, training_step_peak_mb
-from .io import write_json
-from .losses import entropy_regularizer
-from .training import seed_everything
+from zoomin_lib.infra.config import default_device
+from zoomin_lib.infra.io import write_json
+from zoomin_lib.losses import entropy_regularizer
+from zoomin_lib.train.loop import seed_everything
+from zoomin_lib.train.profiling import training_step_peak_mb
+from zoomin_lib.train.protocol import TrainSettings, train_model
 
 __all__ = [
     "TASKS",

@@ -38,13 +38,13 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from . import builders, memory_model
-from .config import data_dir, repo_root
-from .experiments import lean_inference
-from .io import write_json
-from .profiling import MB, peak_memory
-from .steps import sampling_loss
-from .syncs import record_syncs
+from zoomin_lib import builders
+from zoomin_lib.infra.config import data_dir, repo_root
+from zoomin_lib.infra.io import write_json
+from zoomin_lib.steps import sampling_loss
+from zoomin_lib.syncs import record_syncs
+from zoomin_lib.theory import memory_model
+from zoomin_lib.train.profiling import MB, lean_inference, peak_memory
 
 __all__ = ["COLON", "SLIDE", "colon_models", "interleaved", "bench_colon", "bench_slides", "main"]
 
@@ -186,8 +186,8 @@ def bench_slides(
     device: torch.device, sides: Sequence[int], ats_max_pixels: float, folder: Path, log: Callable[[str], None] = print
 ) -> dict[str, Any]:
     """Seconds and peaks per slide of Zoom-In (lean, sample and exact top-k) and, where it fits, one-stage ATS at s2."""
-    from .slide_zoomin import SlideATS, SlideZoomIn
-    from .slides import write_periodic_slide
+    from zoomin_lib.infra.slides import write_periodic_slide
+    from zoomin_lib.wsi.predict import SlideATS, SlideZoomIn
 
     torch.manual_seed(0)
     net = builders.zoomin(in_channels=3, n_classes=2, scale1=SLIDE["s1"], scale2=SLIDE["s2"], tile_size=SLIDE["tile"],
@@ -284,7 +284,3 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     write_json(out, report)
     print(f"written to {out}")
     return report
-
-
-if __name__ == "__main__":  # pragma: no cover
-    main()

@@ -38,15 +38,15 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .enumeration import two_stage_outcomes, with_replacement_outcomes, without_replacement_outcomes
-from .hierarchical import expectation_two_stage, sample_subtiles, unique_draws
-from .sampling import (
+from zoomin_lib.hierarchical import expectation_two_stage, sample_subtiles, unique_draws
+from zoomin_lib.sampling import (
     expectation_with_replacement,
     expectation_without_replacement,
     sample_with_replacement,
     sample_without_replacement,
     validate_probs,
 )
+from zoomin_lib.theory.enumeration import two_stage_outcomes, with_replacement_outcomes, without_replacement_outcomes
 
 __all__ = [
     "MC_SIGMAS",

@@ -32,12 +32,11 @@ from torch import Tensor, nn
 from data_prep import o2i
 from data_prep.megapixel_mnist import write_dataset
 from data_prep.mnist_digits import DIGIT_SIZE, cached_dataset, digit_pools
-
-from .config import default_device
-from .ips import IPSNet
-from .models import ZoomInNet
-from .networks import AttentionLeNet
-from .training import seed_everything
+from zoomin_lib.infra.config import default_device
+from zoomin_lib.ips import IPSNet
+from zoomin_lib.models import ZoomInNet
+from zoomin_lib.networks import AttentionLeNet
+from zoomin_lib.train.loop import seed_everything
 
 __all__ = [
     "CanvasSet",

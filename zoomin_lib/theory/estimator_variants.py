@@ -23,8 +23,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .enumeration import expected_value_and_grads, without_replacement_outcomes
-from .sampling import expectation_without_replacement, sample_without_replacement
+from zoomin_lib.sampling import expectation_without_replacement, sample_without_replacement
+from zoomin_lib.theory.enumeration import expected_value_and_grads, without_replacement_outcomes
 
 __all__ = ["pathwise_only", "hand_written_rule", "RULES", "gradient_bias", "monte_carlo_logit_gradient"]
 

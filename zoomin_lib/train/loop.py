@@ -26,10 +26,10 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .checkpoints import CheckpointMismatchError, check_resumable, settings_record
-from .config import default_device
-from .io import save_torch, write_json
-from .models import module_device
+from zoomin_lib.infra.config import default_device
+from zoomin_lib.infra.io import save_torch, write_json
+from zoomin_lib.models import module_device
+from zoomin_lib.train.checkpoints import CheckpointMismatchError, check_resumable, settings_record
 
 __all__ = [
     "NonFiniteLossError",
@@ -354,5 +354,5 @@ def evaluate(
 
 
 def write_metrics(path: str | os.PathLike, metrics: dict[str, Any]) -> Path:
-    """Write a metrics dict as JSON, atomically (zoomin_lib.io.write_json)."""
+    """Write a metrics dict as JSON, atomically (zoomin_lib.infra.io.write_json)."""
     return write_json(path, metrics)

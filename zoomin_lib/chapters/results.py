@@ -1,0 +1,73 @@
+"""The chapters' result tables and claims: measured accuracy with its spread beside the cost of each method.
+
+`result_rows` puts accuracy (mean +- standard deviation over runs, `train.protocol.summarize`) beside
+peak memory, FLOPs/MACs and time (`train.profiling.profile_methods`); `above_majority` and
+`report_above_majority` say which methods beat the majority class by more than z binomial standard
+errors (`beats_chance`, the one rule every chapter uses).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from zoomin_lib.train.protocol import FoldResult, summarize
+
+
+def _accuracy_cell(summary: Mapping[str, float]) -> str:
+    """'mean ± std' in percent (just the mean for one run)."""
+    mean = f"{100 * summary['accuracy_mean']:.1f}"
+    return f"{mean} ± {100 * summary['accuracy_std']:.1f}" if summary["runs"] > 1 else mean
+
+
+def result_rows(
+    results: Mapping[str, Sequence[FoldResult]], costs: Mapping[str, Mapping[str, Any]]
+) -> list[dict[str, Any]]:
+    """One table row per profiled method: measured accuracy (mean ± std over runs), AUC, runs, GFLOPs, GMACs, MiB, ms, mode."""
+    rows = []
+    for name, cost in costs.items():
+        s = summarize(results[name]) if name in results else None
+        rows.append({
+            "method": name,
+            "accuracy % (mean ± std)": "not trained" if s is None else _accuracy_cell(s),
+            "AUC": "" if s is None or not np.isfinite(s["auc_mean"]) else s["auc_mean"],
+            "runs": "" if s is None else s["runs"],
+            "GFLOPs": cost["mflops"] / 1e3,
+            "GMACs": cost["mmacs"] / 1e3,
+            "peak memory (MiB)": cost["peak_memory_mb"],
+            "time (ms)": cost["ms_per_sample"],
+            "inference": cost["mode"],
+        })
+    return rows
+
+
+def above_majority(
+    results: Mapping[str, Sequence[FoldResult]], test_labels: Sequence[int] | np.ndarray, z: float = 0.0
+) -> tuple[float, dict[str, float]]:
+    """The majority-class rate p of the test labels, and the methods whose mean accuracy beats it (name -> accuracy).
+
+    With z > 0 a method must beat p by more than z binomial standard errors sqrt(p (1 - p) / n) of
+    the n test labels (z = 2: a classifier as good as the majority rule passes about 2 % of the time).
+    """
+    labels = np.asarray(test_labels)
+    majority = float(np.bincount(labels).max() / labels.size)
+    margin = z * math.sqrt(majority * (1 - majority) / labels.size)
+    beaten = {name: summarize(runs)["accuracy_mean"] for name, runs in results.items()}
+    return majority, {name: acc for name, acc in beaten.items() if acc > majority + margin}
+
+
+def report_above_majority(
+    results: Mapping[str, Sequence[FoldResult]], test_labels: Sequence[int] | np.ndarray, rule: str, budget: str,
+    z: float = 2.0,
+) -> dict[str, float]:
+    """Print the majority-class rate (`rule` names it), the methods beyond z standard errors above it and the rest (within `budget`); return the former."""
+    majority, learned = above_majority(results, test_labels, z)
+    print(f"{rule} rate on this test set: {100 * majority:.1f} % of {len(np.asarray(test_labels))} images")
+    print(f"beyond {z:g} standard errors above it: "
+          + (", ".join(f"{k} {100 * v:.1f} %" for k, v in learned.items()) if learned else "no method"))
+    rest = [k for k in results if k not in learned]
+    if rest:
+        print(f"not above it within {budget}: {', '.join(rest)}")
+    return learned
