@@ -56,7 +56,8 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from data_prep.problems import DataFileError, DataSetError, describe, read_rgb, report, summarize_problems
-from zoomin_lib.infra.config import data_dir
+from data_prep.textures import blurred_noise
+from zoomin_lib.infra.cache import stand_in
 from zoomin_lib.infra.io import atomic_dir, read_json, write_json
 
 CELL_TYPES = ("epithelial", "fibroblast", "inflammatory", "others")
@@ -482,7 +483,7 @@ def _populations(
 
 def _smooth_noise(rng: np.random.Generator, size: int, low: float) -> np.ndarray:
     """Blotchy noise [size, size] in [low, 1], correlated over about a pixel."""
-    noise = scipy.ndimage.gaussian_filter(rng.standard_normal((size, size)).astype(np.float32), 1.0)
+    noise = blurred_noise(rng, (size, size), 1.0, dtype=np.float32)
     noise = (noise - noise.min()) / (np.ptp(noise) + 1e-6)
     return low + (1 - low) * noise
 
@@ -595,7 +596,7 @@ def read_marker(root: str | Path) -> dict | None:
 
 def default_dataset(n_images: int = 100, seed: int = 0) -> Path:
     """The cached stand-in under data_dir('colon_cancer_synthetic'), generated on first use."""
-    root = data_dir("colon_cancer_synthetic")
-    if read_marker(root) != _marker(n_images, 500, seed) or not (root / "Classification").is_dir():
-        write_synthetic(root, n_images=n_images, size=500, seed=seed, progress=True)
+    params = _marker(n_images, 500, seed)
+    root = stand_in("colon_cancer_synthetic", params,
+                    lambda folder: write_synthetic(folder, n_images=n_images, size=500, seed=seed, progress=True))
     return root

@@ -73,7 +73,8 @@ from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
 from data_prep.problems import DataFileError, DataSetError, check_image, describe, read_rgb, report, summarize_problems
-from zoomin_lib.infra.config import data_dir
+from data_prep.textures import coarse_noise
+from zoomin_lib.infra.cache import stand_in
 from zoomin_lib.infra.io import atomic_dir, read_json, write_json
 
 __all__ = [
@@ -410,8 +411,7 @@ def _smooth_noise(rng: np.random.Generator, height: int, width: int, cells: int)
     """Low-frequency noise in [0, 1], [H, W] float32: a cells-wide random grid upsampled bicubically."""
     gh = max(2, round(cells * height / max(height, width)))
     gw = max(2, round(cells * width / max(height, width)))
-    grid = Image.fromarray(rng.random((gh, gw), dtype=np.float32), mode="F")  # [gh, gw]
-    return np.clip(np.asarray(grid.resize((width, height), Image.Resampling.BICUBIC)), 0.0, 1.0)  # [H, W]
+    return coarse_noise(rng, (height, width), (gh, gw))  # [H, W]
 
 
 # --------------------------------------------------------------------------------------------
@@ -872,8 +872,6 @@ def read_marker(root: str | Path) -> dict | None:
 def default_dataset(n_train_per_class: int = 20, n_test_per_class: int = 10, min_size: int = 500,
                     max_size: int = 3000, seed: int = 0) -> Path:
     """The cached stand-in under data_dir('fmow_synthetic'), generated on first use or when parameters differ."""
-    root = data_dir("fmow_synthetic")
-    wanted = _marker(n_train_per_class, n_test_per_class, min_size, max_size, seed)
-    if read_marker(root) != wanted or not (root / "train").is_dir():
-        write_synthetic(root, n_train_per_class, n_test_per_class, min_size, max_size, seed=seed, progress=True)
-    return root
+    return stand_in("fmow_synthetic", _marker(n_train_per_class, n_test_per_class, min_size, max_size, seed),
+                     lambda folder: write_synthetic(folder, n_train_per_class, n_test_per_class, min_size, max_size,
+                                                    seed=seed, progress=True))

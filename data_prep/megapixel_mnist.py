@@ -51,7 +51,6 @@ from data_prep.mnist_digits import (
     SPLITS,
     boxes_disjoint,
     by_class,
-    cached_dataset,
     check_count,
     check_split,
     compose,
@@ -65,6 +64,7 @@ from data_prep.mnist_digits import (
     scatter_avoiding,
     stroke_patch,
 )
+from zoomin_lib.infra.cache import stand_in
 from zoomin_lib.infra.io import atomic_dir, write_json
 
 TESTBED = "megapixel_mnist"
@@ -307,7 +307,7 @@ def generate(
 def default_dataset(n_train: int = 5000, n_val: int = 1000, n_test: int = 1000, seed: int = 0) -> Path:
     """Megapixel MNIST cached under data_dir('megapixel_mnist'), regenerated only when the parameters differ."""
     params = parameters(n_train, n_val, n_test, seed)
-    return cached_dataset(TESTBED, params, lambda root: write_dataset(root, params))
+    return stand_in(TESTBED, params, lambda root: write_dataset(root, params))
 
 
 # ----------------------------------------------------------------------------------------------------

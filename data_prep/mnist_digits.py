@@ -30,13 +30,12 @@ import json
 import zipfile
 import zlib
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from data_prep.problems import DataFileError, describe
-from zoomin_lib.infra.config import data_dir
 from zoomin_lib.infra.io import read_json
 
 DIGIT_SIZE = 28  # MNIST's native side, pixels
@@ -400,14 +399,6 @@ def read_parameters(root: str | Path) -> dict | None:
     """The `parameters.json` of a prepared dataset, or None when absent."""
     path = Path(root) / PARAMETERS
     return read_json(path) if path.is_file() else None
-
-
-def cached_dataset(name: str, parameters: dict, write: Callable[[Path], Path]) -> Path:
-    """`data_dir(name)`, (re)written by `write(root)` only when its parameters.json differs from `parameters`."""
-    root = data_dir(name)
-    if read_parameters(root) != normalised(parameters):
-        write(root)
-    return root
 
 
 def check_count(name: str, n: int) -> int:

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import json
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -64,7 +63,7 @@ from data_prep.camelyon16 import (
     parse_asap_xml,
 )
 from data_prep.problems import DataFileError, describe, read_rgb
-from zoomin_lib.infra.config import data_dir
+from zoomin_lib.infra.cache import stand_in
 from zoomin_lib.infra.io import atomic_dir, read_json, write_json
 from zoomin_lib.infra.slides import Slide, open_slide, tissue_mask
 
@@ -652,18 +651,10 @@ def needle_camelyon(
         source = synthetic_camelyon(profile, progress=progress)
     root = Path(source)
     kwargs = {**PROFILES[profile], **params}
-    key_src = json.dumps({"kwargs": kwargs, "source": str(root.resolve()), "files": _source_key(root),
-                          "version": VERSION}, sort_keys=True, default=str)
-    key = hashlib.sha1(key_src.encode()).hexdigest()[:12]
-    base = Path(cache_dir) if cache_dir is not None else data_dir("needle_camelyon")
-    out = base / f"{profile}_{key}"
-    try:
-        done = read_json(out / "parameters.json").get("cache_key") == key and (out / INDEX).is_file()
-    except (OSError, ValueError, AttributeError):
-        done = False
-    if not done:
-        prepare_needle_camelyon(root, out, progress=progress, extra_parameters={"cache_key": key}, **kwargs)
-    return out
+    cache = {"profile": profile, "kwargs": kwargs, "source": str(root.resolve()), "files": _source_key(root),
+             "version": VERSION}
+    return stand_in("needle_camelyon", cache, base=cache_dir,
+                    write=lambda out: prepare_needle_camelyon(root, out, progress=progress, **kwargs))
 
 
 # -------------------------------------------------------------------- loading

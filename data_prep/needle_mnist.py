@@ -33,7 +33,6 @@ from data_prep.mnist_digits import (
     PARAMETERS,
     SPLIT_INDEX,
     SPLITS,
-    cached_dataset,
     check_count,
     check_split,
     compose,
@@ -45,6 +44,7 @@ from data_prep.mnist_digits import (
     read_parameters,
     save_npz,
 )
+from zoomin_lib.infra.cache import stand_in
 from zoomin_lib.infra.io import atomic_dir, write_json
 
 TESTBED = "needle_mnist"
@@ -165,7 +165,7 @@ def default_dataset(canvas_size: int = 1024, n_train: int = 2000, n_val: int = 5
                     seed: int = 0) -> Path:
     """NeedleMNIST cached under data_dir('needle_mnist_<size>'), regenerated only when the parameters differ."""
     params = parameters(n_train, n_val, n_test, seed, canvas_size)
-    return cached_dataset(f"{TESTBED}_{canvas_size}", params, lambda root: _write(root, params))
+    return stand_in(f"{TESTBED}_{canvas_size}", params, lambda root: _write(root, params))
 
 
 class NeedleMNIST:

@@ -45,12 +45,12 @@ from scipy.special import comb
 from data_prep.megapixel_mnist import MegapixelMNIST, base_parameters, write_dataset
 from data_prep.mnist_digits import (
     DIGIT_SIZE,
-    cached_dataset,
     check_count,
     resize_patches,
     scatter_avoiding,
     stroke_patch,
 )
+from zoomin_lib.infra.cache import stand_in
 
 TESTBED = "o2i"
 CANVAS_SIZE = 3000
@@ -176,7 +176,7 @@ def default_dataset(
 ) -> Path:
     """The O2I testbed cached under data_dir('o2i_mnist_<digit_size>'), regenerated only when the parameters differ."""
     params = parameters(n_train, n_val, n_test, seed, digit_size)
-    return cached_dataset(f"o2i_mnist_{digit_size}", params, lambda root: write_dataset(root, params))
+    return stand_in(f"o2i_mnist_{digit_size}", params, lambda root: write_dataset(root, params))
 
 
 class O2IMNIST(MegapixelMNIST):

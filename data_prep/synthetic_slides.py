@@ -36,7 +36,6 @@ chapter. Everything is deterministic in the seed (same seed, byte-identical file
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -46,13 +45,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import scipy.ndimage as ndi
 import skimage.draw
 from PIL import Image
 from tqdm.auto import tqdm
 
 from data_prep.colon_cancer import _ihc_stains, _stain_vectors
-from zoomin_lib.infra.config import data_dir
+from data_prep.textures import blurred_noise
+from zoomin_lib.infra.cache import stand_in
 from zoomin_lib.infra.io import atomic_dir, read_json, write_json, write_text
 from zoomin_lib.infra.slides import write_pyramid_tiff
 
@@ -155,8 +154,8 @@ def _mirror_index(size: int) -> np.ndarray:
 
 
 def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float) -> np.ndarray:
-    """Gaussian-filtered white noise float64 [shape], unit standard deviation."""
-    noise = ndi.gaussian_filter(rng.standard_normal(shape), sigma, mode="wrap")
+    """Gaussian-filtered white noise float64 [shape], unit standard deviation, tiling seamlessly."""
+    noise = blurred_noise(rng, shape, sigma, mode="wrap")
     return noise / (noise.std() + 1e-12)
 
 
@@ -618,15 +617,9 @@ def synthetic_camelyon(
     kwargs = _resolve(profile_or_sizes)
     kwargs.pop("seed", None)
     kwargs.pop("progress", None)
-    key_src = json.dumps({"kwargs": kwargs, "seed": seed, "version": GENERATOR_VERSION}, sort_keys=True, default=str)
-    key = hashlib.sha1(key_src.encode()).hexdigest()[:12]
-    name = profile_or_sizes if isinstance(profile_or_sizes, str) else "custom"
-    base = Path(cache_dir) if cache_dir is not None else data_dir("camelyon16_synthetic")
-    root = base / f"{name}_{key}"
-    params = read_parameters(root)
-    if params is None or params.get("cache_key") != key or params.get("version") != GENERATOR_VERSION:
-        generate(root, seed=seed, progress=progress, extra_parameters={"cache_key": key}, **kwargs)
-    return root
+    cache = {"kwargs": kwargs, "seed": seed, "version": GENERATOR_VERSION}
+    return stand_in("camelyon16_synthetic", cache, base=cache_dir,
+                    write=lambda root: generate(root, seed=seed, progress=progress, **kwargs))
 
 
 def write_large_slide(

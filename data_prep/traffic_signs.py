@@ -51,8 +51,9 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from data_prep.problems import DataSetError, check_image, report, summarize_problems
 from data_prep.problems import read_rgb as _read_rgb
-from zoomin_lib.infra.config import data_dir
-from zoomin_lib.infra.io import atomic_dir, read_json, write_json
+from data_prep.textures import coarse_noise
+from zoomin_lib.infra.cache import stand_in
+from zoomin_lib.infra.io import atomic_dir, write_json
 
 CLASSES = ("EMPTY", "50_SIGN", "70_SIGN", "80_SIGN")
 CLASS_WEIGHTS = (0.1843, 2.3639, 1.5183, 3.1653)  # Zoom-In appendix G: empty, 50, 70, 80
@@ -525,18 +526,12 @@ def _lane_marks(cam: _Camera, z: np.ndarray, across: np.ndarray, pixel: np.ndarr
     return np.minimum(centre + edge, 1) * np.exp(-z / 150.0)[:, None]  # fade out before they alias
 
 
-def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], cells: tuple[int, int]) -> np.ndarray:
-    """Smooth random field in [0, 1] of `shape`, from a coarse `cells` grid upsampled bicubically."""
-    coarse = Image.fromarray(rng.random(cells, dtype=np.float32))  # mode "F"
-    return np.clip(np.asarray(coarse.resize((shape[1], shape[0]), Image.Resampling.BICUBIC)), 0, 1)
-
-
 def _sky(rng: np.random.Generator, pal: dict[str, np.ndarray], rows: int) -> np.ndarray:
     """Sky gradient from zenith to haze with soft clouds; float [rows, W, 3]."""
     t = (np.arange(rows, dtype=np.float32) / max(rows - 1, 1))[:, None, None] ** 0.8  # [rows, 1, 1]
     sky = pal["zenith"] * (1 - t) + pal["haze"] * t
     cover = rng.uniform(0.3, 0.75)
-    clouds = np.clip((_smooth_noise(rng, (rows, IMAGE_WIDTH), (4, 9)) - cover) * 3.0, 0, 1)[..., None]
+    clouds = np.clip((coarse_noise(rng, (rows, IMAGE_WIDTH), (4, 9)) - cover) * 3.0, 0, 1)[..., None]
     return sky * (1 - clouds) + np.float32(235) * clouds
 
 
@@ -1052,10 +1047,5 @@ def write_synthetic(root: str | Path, n_train: int, n_test: int, seed: int = 0) 
 
 def default_dataset(n_train: int, n_test: int, seed: int = 0) -> Path:
     """The synthetic stand-in cached under data_dir('traffic_signs_synthetic'), written once per parameters."""
-    root = data_dir("traffic_signs_synthetic")
-    wanted = _synthetic_parameters(n_train, n_test, seed)
-    if is_synthetic(root):
-        recorded = read_json(root / MARKER)
-        if all(recorded.get(k) == v for k, v in wanted.items()):
-            return root
-    return write_synthetic(root, n_train, n_test, seed)
+    return stand_in("traffic_signs_synthetic", _synthetic_parameters(n_train, n_test, seed),
+                    lambda folder: write_synthetic(folder, n_train, n_test, seed))

@@ -235,11 +235,12 @@ def test_synthetic_files_depend_only_on_the_seed(synthetic_root: Path, tmp_path:
 def test_default_dataset_is_cached(tmp_path: Path, monkeypatch):
     monkeypatch.setenv("ZOOMIN_DATA", str(tmp_path))
     root = default_dataset(n_images=2, seed=0)
-    assert root == tmp_path / "colon_cancer_synthetic" and load_colon_cancer(root, progress=False).synthetic
+    assert root.parent == tmp_path / "colon_cancer_synthetic" and load_colon_cancer(root, progress=False).synthetic
     stamp = (root / MARKER).stat().st_mtime_ns
     assert default_dataset(n_images=2, seed=0) == root and (root / MARKER).stat().st_mtime_ns == stamp
-    default_dataset(n_images=4, seed=0)
-    assert len(load_colon_cancer(root, progress=False)) == 4
+    other = default_dataset(n_images=4, seed=0)  # other parameters: another folder beside it
+    assert other != root and len(load_colon_cancer(other, progress=False)) == 4
+    assert len(load_colon_cancer(root, progress=False)) == 2
 
 
 # ---------------------------------------------------------------- damaged downloads (issue 19)

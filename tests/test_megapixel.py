@@ -87,7 +87,7 @@ def test_memory_scan_shows_ips_flat_and_the_cnn_growing():
 def test_dataset_root_caches_a_reduced_canvas_apart_from_the_paper_one(tmp_path, monkeypatch):
     monkeypatch.setenv("ZOOMIN_DATA", str(tmp_path))
     root = mm.dataset_root(canvas=200, n_noise=3, n_train=3, n_test=2, seed=0)
-    assert root == tmp_path / "megapixel_mnist_200px_3noise"
+    assert root.parent == tmp_path / "megapixel_mnist_200px_3noise"
     train = mp.MegapixelMNIST(root, "train")
     assert len(train) == 3 and train.canvas_size == 200 and len(mp.MegapixelMNIST(root, "test")) == 2
     assert mm.dataset_root(canvas=200, n_noise=3, n_train=3, n_test=2, seed=0) == root

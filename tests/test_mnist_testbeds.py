@@ -285,12 +285,12 @@ def test_same_seed_same_bytes_other_seed_other_bytes(name, tmp_path):
 def test_default_datasets_are_cached_and_regenerated_when_parameters_change(tmp_path, monkeypatch):
     monkeypatch.setenv("ZOOMIN_DATA", str(tmp_path))
     root = mp.default_dataset(n_train=4, n_val=1, n_test=1)
-    assert root == tmp_path / "megapixel_mnist" and len(mp.MegapixelMNIST(root, "train")) == 4
+    assert root.parent == tmp_path / "megapixel_mnist" and len(mp.MegapixelMNIST(root, "train")) == 4
     stamp = (root / "train.npz").stat().st_mtime_ns, (root / "train.npz").stat().st_ino
     assert mp.default_dataset(n_train=4, n_val=1, n_test=1) == root
     assert ((root / "train.npz").stat().st_mtime_ns, (root / "train.npz").stat().st_ino) == stamp
-    mp.default_dataset(n_train=5, n_val=1, n_test=1)
-    assert len(mp.MegapixelMNIST(root, "train")) == 5
-    assert o2i.default_dataset(digit_size=84, n_train=2, n_val=1, n_test=1).name == "o2i_mnist_84"
+    other = mp.default_dataset(n_train=5, n_val=1, n_test=1)
+    assert other != root and len(mp.MegapixelMNIST(other, "train")) == 5
+    assert o2i.default_dataset(digit_size=84, n_train=2, n_val=1, n_test=1).parent.name == "o2i_mnist_84"
     needle = nm.default_dataset(canvas_size=128, n_train=2, n_val=1, n_test=1)
-    assert needle.name == "needle_mnist_128" and len(nm.NeedleMNIST(needle, "val")) == 1
+    assert needle.parent.name == "needle_mnist_128" and len(nm.NeedleMNIST(needle, "val")) == 1

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from zoomin_lib.hierarchical import unique_draws
+from zoomin_lib.train.loop import evaluating
 
 
 def unique_tiles(model: nn.Module, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -75,14 +76,9 @@ def top_tile_and_subtile(model: nn.Module, x: Tensor) -> tuple[tuple[int, int, i
 def zoom_picks(model: nn.Module, xs: Sequence[Tensor]) -> list[tuple[tuple[int, ...], tuple[int, ...], int]]:
     """For each image x [1, C, H, W]: (top tile box, top sub-tile box, predicted class in top-k mode) of a ZoomInNet."""
     picks = []
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         for x in xs:
             tile_box, sub_box = top_tile_and_subtile(model, x)
-            with torch.no_grad():
-                pred = int(model(x, mode="topk").logits.argmax())
+            pred = int(model(x, mode="topk").logits.argmax())
             picks.append((tile_box, sub_box, pred))
-    finally:
-        model.train(was_training)
     return picks

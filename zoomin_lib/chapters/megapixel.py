@@ -36,15 +36,17 @@ from matplotlib.figure import Figure
 from torch import Tensor, nn
 
 from data_prep import megapixel_mnist as mp
-from data_prep.mnist_digits import DIGIT_SIZE, cached_dataset
+from data_prep.mnist_digits import DIGIT_SIZE
 from zoomin_lib.book.plotting import show_attention
 from zoomin_lib.builders import cnn
 from zoomin_lib.chapters.attention import attention_map
 from zoomin_lib.chapters.multitask import N_CLASSES, N_OUTPUTS, TASKS, TaskRun, pack_targets
 from zoomin_lib.geometry import view_size, view_to_full
+from zoomin_lib.infra.cache import stand_in
 from zoomin_lib.ips import IPSNet
 from zoomin_lib.models import ATSNet, UniformNet, ZoomInNet
 from zoomin_lib.networks import AttentionLeNet, FeatureLeNet
+from zoomin_lib.train.loop import evaluating
 from zoomin_lib.train.profiling import lean_inference, peak_memory
 
 __all__ = [
@@ -191,7 +193,7 @@ def dataset_root(canvas: int, n_noise: int, n_train: int, n_test: int, seed: int
     params = mp.parameters(n_train, 0, n_test, seed, canvas_size=canvas, n_noise=n_noise)
     paper = (canvas, n_noise) == (mp.CANVAS_SIZE, mp.N_NOISE)
     name = mp.TESTBED if paper else f"{mp.TESTBED}_{canvas}px_{n_noise}noise"
-    return cached_dataset(name, params, lambda root: mp.write_dataset(root, params))
+    return stand_in(name, params, lambda root: mp.write_dataset(root, params))
 
 
 def canvas_loader(data: mp.MegapixelMNIST, indices: Sequence[int] | None = None) -> Callable[[Sequence[int]], Tensor]:
@@ -244,13 +246,8 @@ def ats_attention(model: nn.Module, x: Tensor) -> Tensor:
 
 def picks(model: nn.Module, x: Tensor, generator: torch.Generator | None = None) -> tuple[np.ndarray, tuple[int, int]]:
     """(full-resolution centres [N, 2] (row, col) of the patches the model reads at inference on x [1, C, H, W], patch size)."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            out = model(x, mode=getattr(model, "eval_mode", "topk"), generator=generator)
-    finally:
-        model.train(was_training)
+    with evaluating(model):
+        out = model(x, mode=getattr(model, "eval_mode", "topk"), generator=generator)
     return out.centers[0].numpy(), tuple(model.patch_size)
 
 

@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from zoomin_lib.infra.config import default_device
 from zoomin_lib.infra.io import write_json
 from zoomin_lib.losses import entropy_regularizer
-from zoomin_lib.train.loop import seed_everything
+from zoomin_lib.train.loop import evaluating, seed_everything
 from zoomin_lib.train.profiling import training_step_peak_mb
 from zoomin_lib.train.protocol import TrainSettings, train_model
 
@@ -183,17 +183,12 @@ def predict_batches(
     mode: str | None = None,
 ) -> tuple[Tensor, Tensor]:
     """(logits [N, 40], targets [N, 13]) over the batches, in eval mode without gradients (mode: the model's eval_mode)."""
-    was_training = model.training
-    model.eval()
     logits, targets = [], []
-    try:
-        with torch.no_grad():
-            for x, y in _batches_of(batches):  # x moves to the model's device in its forward
-                out = model(x, mode=mode or getattr(model, "eval_mode", "topk"), generator=generator)
-                logits.append(task_logits(out).float().cpu())
-                targets.append(y.cpu())
-    finally:
-        model.train(was_training)
+    with evaluating(model):
+        for x, y in _batches_of(batches):  # x moves to the model's device in its forward
+            out = model(x, mode=mode or getattr(model, "eval_mode", "topk"), generator=generator)
+            logits.append(task_logits(out).float().cpu())
+            targets.append(y.cpu())
     if not logits:
         raise ValueError("predict_batches got no batches")
     return torch.cat(logits), torch.cat(targets)
@@ -240,13 +235,8 @@ class EpochProbe:
         if self.batches is not None:
             record.update(evaluate_tasks(model, self.batches, generator))
         if self.snapshot is not None:
-            was_training = model.training
-            model.eval()
-            try:
-                with torch.no_grad():
-                    att = self.attention(model, self.snapshot).detach().float().cpu()  # [h, w]
-            finally:
-                model.train(was_training)
+            with evaluating(model):
+                att = self.attention(model, self.snapshot).detach().float().cpu()  # [h, w]
             self.maps.append(att.numpy())
             for name, mask in self.masks.items():
                 record[f"mass_{name}"] = float(att[mask.to(torch.bool)].sum())

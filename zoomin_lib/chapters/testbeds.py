@@ -31,12 +31,13 @@ from torch import Tensor, nn
 
 from data_prep import o2i
 from data_prep.megapixel_mnist import write_dataset
-from data_prep.mnist_digits import DIGIT_SIZE, cached_dataset, digit_pools
+from data_prep.mnist_digits import DIGIT_SIZE, digit_pools
+from zoomin_lib.infra.cache import stand_in
 from zoomin_lib.infra.config import default_device
 from zoomin_lib.ips import IPSNet
 from zoomin_lib.models import ZoomInNet
 from zoomin_lib.networks import AttentionLeNet
-from zoomin_lib.train.loop import seed_everything
+from zoomin_lib.train.loop import evaluating, seed_everything
 
 __all__ = [
     "CanvasSet",
@@ -338,10 +339,8 @@ def needle_found(
     The model runs in its eval mode; its `centers` [B, N, 2] and `patch_size` are in input
     coordinates, mapped to the canvas by `input * scale + offset` (a needle map: scale 8, offset 4).
     """
-    was_training = model.training
-    model.eval()
     hits = []
-    try:
+    with evaluating(model, grad=True):  # as before: eval mode, gradients as the caller has them
         for start in range(0, len(indices), batch_size):
             ks = list(range(start, min(start + batch_size, len(indices))))
             out = model(load([int(indices[k]) for k in ks]), mode=getattr(model, "eval_mode", "topk"))
@@ -351,8 +350,6 @@ def needle_found(
             lo = pc - patch // 2  # top-left of each patch, as extract_patches cuts it
             inside = ((nc >= lo) & (nc < lo + patch)).all(dim=-1)  # [b, N]
             hits += inside.any(dim=1).tolist()
-    finally:
-        model.train(was_training)
     return float(np.mean(hits)) if hits else float("nan")
 
 
@@ -418,4 +415,4 @@ def o2i_dataset(
     noise = o2i_noise_for(digit_size, canvas_size) if n_noise is None else n_noise
     params = o2i.parameters(n_train, n_val, 0, seed, digit_size, noise, thickness, canvas_size)
     name = f"o2i_{canvas_size}px_digits{digit_size}_noise{noise}_t{thickness:g}"
-    return cached_dataset(name, params, lambda root: write_dataset(root, params))
+    return stand_in(name, params, lambda root: write_dataset(root, params))

@@ -34,6 +34,7 @@ from zoomin_lib.train.checkpoints import CheckpointMismatchError, check_resumabl
 __all__ = [
     "NonFiniteLossError",
     "evaluating",
+    "training_mode",
     "to_device",
     "CheckpointMismatchError",
     "settings_record",
@@ -52,10 +53,25 @@ class NonFiniteLossError(FloatingPointError):
 
 
 @contextlib.contextmanager
-def evaluating(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
-    """The model in eval mode for the block, its previous mode (train or eval) restored after it, also on an error."""
+def evaluating(model: torch.nn.Module, *, grad: bool = False) -> Iterator[torch.nn.Module]:
+    """The model in eval mode, and without gradients unless `grad`, for the block; its mode restored after, also on an error.
+
+    The one home of "remember the mode, evaluate, restore" (with `training_mode`, its mirror).
+    """
     was_training = model.training
     model.eval()
+    try:
+        with contextlib.nullcontext() if grad else torch.no_grad():
+            yield model
+    finally:
+        model.train(was_training)
+
+
+@contextlib.contextmanager
+def training_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """The model in train mode for the block; its mode restored after, also on an error."""
+    was_training = model.training
+    model.train()
     try:
         yield model
     finally:
@@ -308,23 +324,18 @@ def evaluate(
     batches moved to the model's device (`module_device`). The AUC is None when there are not two
     classes or one of them is absent.
     """
-    was_training = model.training
-    model.eval()
     device = module_device(model)
     all_logits, all_target = [], []
-    try:
-        with torch.no_grad():
-            for batch in batches:
-                logits, target = predict_fn(model, to_device(batch, device))
-                if logits.dim() != 2 or target.dim() != 1 or logits.shape[0] != target.shape[0]:
-                    raise ValueError(
-                        f"predict_fn must return logits [B, C] and target [B], got "
-                        f"{tuple(logits.shape)} and {tuple(target.shape)}"
-                    )
-                all_logits.append(logits.detach().float().cpu())
-                all_target.append(target.detach().long().cpu())
-    finally:
-        model.train(was_training)
+    with evaluating(model):
+        for batch in batches:
+            logits, target = predict_fn(model, to_device(batch, device))
+            if logits.dim() != 2 or target.dim() != 1 or logits.shape[0] != target.shape[0]:
+                raise ValueError(
+                    f"predict_fn must return logits [B, C] and target [B], got "
+                    f"{tuple(logits.shape)} and {tuple(target.shape)}"
+                )
+            all_logits.append(logits.detach().float().cpu())
+            all_target.append(target.detach().long().cpu())
     if not all_logits:
         raise ValueError("evaluate() got no batches")
     logits = torch.cat(all_logits)  # [N, C]

@@ -29,7 +29,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from zoomin_lib.infra.config import default_device
 from zoomin_lib.models import module_device
 from zoomin_lib.steps import sampling_loss
-from zoomin_lib.train.loop import to_device
+from zoomin_lib.train.loop import evaluating, to_device, training_mode
 
 __all__ = [
     "MemoryReport",
@@ -247,15 +247,12 @@ def profile_inference(
     def forward() -> Any:
         return model(*args, **forward_kwargs)
 
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad():
+        with evaluating(model):
             memory = peak_memory(forward, dev)
             flops = count_flops(forward)
             timing = time_per_sample(forward, batch or 1, min_run_time)
     finally:
-        model.train(was_training)
         if home is not None:
             model.to(home)  # back where it was
     return {
@@ -339,13 +336,11 @@ def training_step_peak_mb(model: nn.Module, x: Tensor, y: Tensor, generator: tor
         loss, _ = loss_fn(model, (x, y), 0)
         loss.backward()
 
-    was_training = model.training
-    model.train()
     try:
-        report = peak_memory(step, device, warmup=False)
+        with training_mode(model):
+            report = peak_memory(step, device, warmup=False)
     finally:
         model.zero_grad(set_to_none=True)
-        model.train(was_training)
     return report.peak_mb
 
 

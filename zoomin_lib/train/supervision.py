@@ -31,15 +31,16 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from zoomin_lib.geometry import extract_patches, tile_pool, tile_top_left, view, view_size
 from zoomin_lib.infra.config import default_device
 from zoomin_lib.losses import attention_nll, mask_to_view
 from zoomin_lib.models import ModelOutput, ZoomInNet
+from zoomin_lib.train.loop import training_mode
 
 __all__ = ["box_mask", "tile_masks", "attention_targets", "box_attention_loss", "BoxExamples",
-           "box_examples", "pretrain_from_boxes", "pretrained_from_boxes"]
+           "box_examples", "fit_steps", "pretrain_from_boxes", "pretrained_from_boxes"]
 
 
 def box_mask(boxes: Sequence[Sequence[float]] | np.ndarray, height: int, width: int) -> Tensor:
@@ -218,6 +219,25 @@ def _top_hit(pooled: Tensor, targets: Tensor) -> list[float]:
     return (targets[has].gather(1, top[:, None])[:, 0] > 0).float().tolist()
 
 
+def fit_steps(
+    params: Iterable[nn.Parameter], loss_of: Callable[[list[int]], Tensor], batches: Iterable[list[int]], lr: float
+) -> list[float]:
+    """Adam on `params`, one step per batch of example indices, on loss_of(indices); the losses, in order.
+
+    The one loop of appendix L's pre-training, whatever the annotations are (boxes on images here,
+    polygons on slides in `zoomin_lib.wsi.train`) and however the batches are drawn.
+    """
+    opt = torch.optim.Adam(list(params), lr=lr)
+    losses = []
+    for idx in batches:
+        loss = loss_of(idx)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    return losses
+
+
 def pretrain_from_boxes(
     model: ZoomInNet,
     examples: BoxExamples,
@@ -243,10 +263,8 @@ def pretrain_from_boxes(
     gen = generator or torch.Generator().manual_seed(0)
     dev = default_device() if device is None else torch.device(device)
     model.to(dev)
-    was_training = model.training
-    model.train()
     fits: dict[str, Any] = {}
-    try:
+    with training_mode(model):
         def stage_a(idx: list[int]) -> tuple[Tensor, Tensor, Tensor]:
             x = torch.stack([examples.views[i] for i in idx]).to(dev)  # [M, C, h1, w1]
             s = model.attention_a(x)  # [M, 1, h1, w1]
@@ -275,20 +293,20 @@ def pretrain_from_boxes(
             n_epochs = int(epochs.get(key, 0))
             if n_epochs <= 0 or not items:
                 continue
-            opt = torch.optim.Adam(list(params), lr=lr)
+            params = list(params)
             groups = _grouped(keys)
             means, hits = [], []
             for epoch in range(n_epochs):
-                losses, hits = [], []
-                for idx in _batches(groups, batch_size, gen):
+                hits = []
+                last = epoch == n_epochs - 1
+
+                def loss_of(idx: list[int], step: Callable = step, last: bool = last, hits: list = hits) -> Tensor:
                     loss, pooled, targets = step(idx)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    losses.append(float(loss.detach()))
-                    if pooled is not None and epoch == n_epochs - 1:
+                    if pooled is not None and last:
                         hits += _top_hit(pooled.detach(), targets)
-                means.append(float(np.mean(losses)))
+                    return loss
+
+                means.append(float(np.mean(fit_steps(params, loss_of, _batches(groups, batch_size, gen), lr))))
             fits[key] = {"epochs": n_epochs, "first_loss": means[0], "last_loss": means[-1], "examples": len(items)}
             if hits:
                 fits[key]["top_on_roi"] = float(np.mean(hits))
@@ -297,8 +315,6 @@ def pretrain_from_boxes(
                 x = torch.stack(examples.subtiles)
                 pred = torch.cat([model.g(model.features(x[k : k + 64].to(dev))).argmax(1).cpu() for k in range(0, len(x), 64)])
             fits.setdefault("f", {})["train_accuracy"] = float((pred == torch.tensor(examples.subtile_labels)).float().mean())
-    finally:
-        model.train(was_training)
     return {"examples": examples.counts(), "fits": fits}
 
 

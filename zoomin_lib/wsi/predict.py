@@ -353,3 +353,15 @@ def evaluate_slides(
                "confusion": confusion.tolist(), "seconds_median": float(np.median(seconds)),
                "seconds_mean": float(seconds.mean()), "mode": mode, "failed": len(problems)}
     return metrics, preds, problems
+
+
+def predict(
+    model: SlideZoomIn, slides: Iterable[Any], mode: str = "topk", generator: torch.Generator | None = None
+) -> tuple[list[SlidePrediction], list[str]]:
+    """(a prediction per readable slide, '<file>: <reason>' per unreadable one) of a Zoom-In model on slides (paths, Slides, readers).
+
+    `SlideZoomIn.predict_all`: on the model's device, the next slide prepared in the background.
+    """
+    if not isinstance(model, SlideZoomIn):
+        raise ValueError(f"predict takes a SlideZoomIn (a ZoomInNet with its statistics), got {type(model).__name__}")
+    return model.predict_all(slides, mode, generator)

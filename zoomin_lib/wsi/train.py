@@ -22,7 +22,8 @@ from zoomin_lib.geometry import tile_top_left
 from zoomin_lib.infra.config import default_device
 from zoomin_lib.losses import contrastive_loss, zoomin_objective
 from zoomin_lib.models import module_device
-from zoomin_lib.train.loop import fit
+from zoomin_lib.train.loop import fit, training_mode
+from zoomin_lib.train.supervision import fit_steps
 from zoomin_lib.wsi.annotations import pixel_mse, roi_tiles
 from zoomin_lib.wsi.predict import SlideZoomIn
 from zoomin_lib.wsi.reader import SlideReader
@@ -166,16 +167,10 @@ def window_examples(
 def _fit_classifier(net: Callable[[Tensor], Tensor], params: list, x: Tensor, y: Tensor, steps: int, lr: float,
                     generator: torch.Generator, batch_size: int) -> dict[str, Any]:
     """`steps` Adam steps on BCE of net(x) [M] against y [M] (mini-batches drawn with replacement); losses and training accuracy."""
-    opt = torch.optim.Adam(params, lr=lr)
     device = params[0].device if params else torch.device("cpu")
-    losses = []
-    for _ in range(steps):
-        idx = torch.randint(len(y), (min(batch_size, len(y)),), generator=generator)
-        loss = F.binary_cross_entropy_with_logits(net(x[idx].to(device)), y[idx].float().to(device))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
+    batches = [torch.randint(len(y), (min(batch_size, len(y)),), generator=generator) for _ in range(steps)]
+    losses = fit_steps(params, lambda idx: F.binary_cross_entropy_with_logits(net(x[idx].to(device)),
+                                                                             y[idx].float().to(device)), batches, lr)
     with torch.no_grad():
         scores = torch.cat([net(x[i : i + batch_size].to(device)).cpu() for i in range(0, len(y), batch_size)])
         acc = float(((scores > 0) == (y > 0)).float().mean())
@@ -239,9 +234,7 @@ def pretrain_tile_classifiers(
     xf = torch.cat([r.patches(torch.tensor([row]), torch.tensor([col]), net.patch_size) for r, row, col, _ in subs])
     y_sub = torch.tensor([label for *_, label in subs])
     head = nn.Linear(net.features.out_features, 1).to(module_device(net))
-    was_training = model.training
-    model.train()
-    try:
+    with training_mode(model):
         fits = {
             "a": _fit_classifier(lambda x: net.attention_a(x).mean(dim=(1, 2, 3)), list(net.attention_a.parameters()),
                                  *inputs["a"], steps.get("a", 0), lr, gen, batch_size),
@@ -250,8 +243,6 @@ def pretrain_tile_classifiers(
             "f": _fit_classifier(lambda x: head(net.features(x))[:, 0], list(net.features.parameters()) + list(head.parameters()),
                                  xf, y_sub, steps.get("f", 0), lr, gen, batch_size),
         }
-    finally:
-        model.train(was_training)
     return {"tiles": len(examples), "positive_tiles": int(y_tile.sum()), "subtiles": len(subs),
             "positive_subtiles": int(y_sub.sum()), "fits": fits,
             "windows": {k: {"side": windows[k], "examples": len(inputs[k][1]), "positive": int(inputs[k][1].sum())}
