@@ -45,7 +45,6 @@ import io
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -56,7 +55,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from data_prep.problems import DataFileError, DataSetError, describe, read_rgb, report, summarize_problems
-from data_prep.textures import blurred_noise
+from data_prep.textures import blurred_noise, ihc_stains, stain_vectors
 from zoomin_lib.infra.cache import stand_in
 from zoomin_lib.infra.io import atomic_dir, read_json, write_json
 
@@ -286,24 +285,6 @@ def cross_validation_folds(
 # ---------------------------------------------------------------- synthetic stand-in: texture
 
 
-@lru_cache(maxsize=1)
-def _ihc_stains() -> np.ndarray:
-    """Hematoxylin and DAB optical densities of scikit-image's ihc.png, float32 [512, 512, 2]."""
-    from skimage.color import rgb2hed
-    from skimage.data import immunohistochemistry
-
-    hed = rgb2hed(immunohistochemistry()) * -np.log(1e-6)  # rgb2hed scales OD by 1/ln(1e6)
-    return hed[..., [0, 2]].astype(np.float32)  # [512, 512, 2]
-
-
-def _stain_vectors() -> np.ndarray:
-    """Unit optical-density RGB vectors of hematoxylin and eosin [2, 3] (Ruifrok & Johnston)."""
-    from skimage.color import rgb_from_hed
-
-    vectors = rgb_from_hed[:2]  # [2, 3]
-    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
-
-
 def _zoomed_crop(rng: np.random.Generator, stains: np.ndarray, size: int) -> np.ndarray:
     """A random square crop of `stains` [h, w, 2] resized to [size, size, 2] (zoom 1-1.3x or more)."""
     side = int(rng.integers(int(0.78 * min(stains.shape[:2])), min(stains.shape[:2]) + 1))
@@ -322,10 +303,10 @@ def _dihedral(rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
 
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     """An H&E-tinted tissue crop, float32 [size, size, 3] in 0..255."""
-    crop = _dihedral(rng, _zoomed_crop(rng, _ihc_stains(), size))  # [size, size, 2]
+    crop = _dihedral(rng, _zoomed_crop(rng, ihc_stains(), size))  # [size, size, 2]
     gains = np.array([rng.uniform(0.55, 0.9), rng.uniform(0.25, 0.45)], dtype=np.float32)
     dens = crop * gains + np.array([0.0, rng.uniform(0.1, 0.18)], dtype=np.float32)  # eosin floor
-    od = dens @ _stain_vectors().astype(np.float32)  # [size, size, 3]
+    od = dens @ stain_vectors().astype(np.float32)  # [size, size, 3]
     rgb = 255 * np.exp(-od) * rng.uniform(0.95, 1.0, size=3).astype(np.float32)  # jitter per channel
     return np.ascontiguousarray(rgb, dtype=np.float32)
 

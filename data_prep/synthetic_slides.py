@@ -49,8 +49,7 @@ import skimage.draw
 from PIL import Image
 from tqdm.auto import tqdm
 
-from data_prep.colon_cancer import _ihc_stains, _stain_vectors
-from data_prep.textures import blurred_noise
+from data_prep.textures import blurred_noise, ihc_stains, stain_vectors
 from zoomin_lib.infra.cache import stand_in
 from zoomin_lib.infra.io import atomic_dir, read_json, write_json, write_text
 from zoomin_lib.infra.slides import write_pyramid_tiff
@@ -110,7 +109,7 @@ def _stain_crop(rng: np.random.Generator, size: int) -> np.ndarray:
     Drawn here rather than with `data_prep.colon_cancer`'s helpers, so that the stand-in's bytes
     depend only on this module (and GENERATOR_VERSION) and on ihc.png itself.
     """
-    stains = _ihc_stains()  # [512, 512, 2] hematoxylin, DAB optical densities
+    stains = ihc_stains()  # [512, 512, 2] hematoxylin, DAB optical densities
     n = min(stains.shape[:2])
     side = int(rng.integers(int(0.78 * n), n + 1))
     r, c = rng.integers(0, np.array(stains.shape[:2]) - side + 1)
@@ -130,7 +129,7 @@ def _tissue_texture(rng: np.random.Generator) -> np.ndarray:
     crop = _stain_crop(rng, TEXTURE)  # [T, T, 2]
     gains = np.array([rng.uniform(0.55, 0.9), rng.uniform(0.25, 0.45)], dtype=np.float32)
     dens = crop * gains + np.array([rng.uniform(0.0, 0.06), rng.uniform(0.24, 0.3)], dtype=np.float32)
-    od = dens @ _stain_vectors().astype(np.float32)  # [T, T, 3]
+    od = dens @ stain_vectors().astype(np.float32)  # [T, T, 3]
     return _to_uint8(255 * np.exp(-od) * rng.uniform(0.96, 1.0, size=3).astype(np.float32))
 
 
@@ -139,7 +138,7 @@ def _tumour_texture(rng: np.random.Generator) -> np.ndarray:
     crop = _stain_crop(rng, TUMOUR_TEXTURE)  # [Tt, Tt, 2] hematoxylin, DAB densities
     gains = np.array([rng.uniform(1.8, 2.2), rng.uniform(0.2, 0.3)], dtype=np.float32)
     dens = crop * gains + np.array([0.8, 0.12], dtype=np.float32)  # a dark purple floor: crowded nuclei
-    od = dens @ _stain_vectors().astype(np.float32)  # [T, T, 3]
+    od = dens @ stain_vectors().astype(np.float32)  # [T, T, 3]
     return _to_uint8(255 * np.exp(-od))
 
 

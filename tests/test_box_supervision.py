@@ -13,6 +13,7 @@ from zoomin_lib.train.supervision import (
     box_attention_loss,
     box_examples,
     box_mask,
+    box_term,
     pretrain_from_boxes,
     tile_masks,
 )
@@ -81,7 +82,8 @@ def test_box_attention_loss_enters_sampling_loss_and_pulls_alpha_to_the_box():
     y = torch.tensor([1, 0])
     mask = torch.zeros(2, 64, 64)
     mask[0, 40:48, 8:16] = 1
-    loss_fn = sampling_loss(warmup_epochs=5, box_weight=1.0, generator=torch.Generator().manual_seed(0))
+    loss_fn = sampling_loss(warmup_epochs=5, extra_terms={"box_attention": box_term(1.0)},
+                            generator=torch.Generator().manual_seed(0))
     with pytest.raises(ValueError, match="masks"):
         loss_fn(model, (x, y), 0)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)

@@ -21,7 +21,6 @@ from data_prep.synthetic_slides import (
     synthetic_camelyon,
     write_large_slide,
 )
-from zoomin_lib.infra.io import read_json
 from zoomin_lib.infra.slides import OpenSlideSlide, open_slide, tissue_mask
 
 SIDE = 2048

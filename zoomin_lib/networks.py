@@ -20,6 +20,8 @@ from torch import Tensor, nn
 
 __all__ = [
     "AttentionLeNet",
+    "check_channels",
+    "check_input",
     "AttentionResNet16",
     "count_convs",
     "FeatureLeNet",
@@ -29,13 +31,13 @@ __all__ = [
 ]
 
 
-def _check_input(x: Tensor, in_channels: int, who: str) -> None:
+def check_input(x: Tensor, in_channels: int, who: str) -> None:
     """Raise ValueError unless `x` is [B, in_channels, H, W]."""
     if x.dim() != 4 or x.shape[1] != in_channels:
         raise ValueError(f"{who} expects [B, {in_channels}, H, W], got {tuple(x.shape)}")
 
 
-def _check_channels(in_channels: int) -> None:
+def check_channels(in_channels: int) -> None:
     """Raise ValueError unless `in_channels` is a positive int."""
     if not isinstance(in_channels, int) or in_channels < 1:
         raise ValueError(f"in_channels must be a positive int, got {in_channels!r}")
@@ -50,7 +52,7 @@ class AttentionLeNet(nn.Module):
 
     def __init__(self, in_channels: int, final_tanh: bool = True) -> None:
         super().__init__()
-        _check_channels(in_channels)
+        check_channels(in_channels)
         self.in_channels = in_channels
         self.final_tanh = final_tanh
         last: list[nn.Module] = [nn.Tanh()] if final_tanh else []
@@ -62,7 +64,7 @@ class AttentionLeNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Score logits [B, 1, h, w] for a view [B, C, h, w]."""
-        _check_input(x, self.in_channels, type(self).__name__)
+        check_input(x, self.in_channels, type(self).__name__)
         return self.net(x)
 
 
@@ -71,7 +73,7 @@ class AttentionResNet16(nn.Module):
 
     def __init__(self, in_channels: int, final_relu: bool = True) -> None:
         super().__init__()
-        _check_channels(in_channels)
+        check_channels(in_channels)
         self.in_channels = in_channels
         self.final_relu = final_relu
         last: list[nn.Module] = [nn.ReLU()] if final_relu else []
@@ -84,7 +86,7 @@ class AttentionResNet16(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Score logits [B, 1, h, w] for a view [B, C, h, w]."""
-        _check_input(x, self.in_channels, type(self).__name__)
+        check_input(x, self.in_channels, type(self).__name__)
         return self.net(x)
 
 
@@ -101,7 +103,7 @@ class FeatureLeNet(nn.Module):
 
     def __init__(self, in_channels: int, normalize: bool = False) -> None:
         super().__init__()
-        _check_channels(in_channels)
+        check_channels(in_channels)
         self.in_channels = in_channels
         self.normalize = normalize
         self.net = nn.Sequential(
@@ -113,7 +115,7 @@ class FeatureLeNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Features [M, 32] of patches [M, C, ph, pw]."""
-        _check_input(x, self.in_channels, type(self).__name__)
+        check_input(x, self.in_channels, type(self).__name__)
         return _pool_and_normalize(self.net(x), self.normalize)  # [M, 32]
 
 
@@ -146,7 +148,7 @@ class FeatureResNet16(nn.Module):
 
     def __init__(self, in_channels: int, normalize: bool = False) -> None:
         super().__init__()
-        _check_channels(in_channels)
+        check_channels(in_channels)
         self.in_channels = in_channels
         self.normalize = normalize
         self.stem = nn.Sequential(nn.Conv2d(in_channels, 32, 3, 1, 1), nn.ReLU())
@@ -157,7 +159,7 @@ class FeatureResNet16(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Features [M, 32] of patches [M, C, ph, pw]."""
-        _check_input(x, self.in_channels, type(self).__name__)
+        check_input(x, self.in_channels, type(self).__name__)
         return _pool_and_normalize(self.head(self.blocks(self.stem(x))), self.normalize)  # [M, 32]
 
 
@@ -172,7 +174,7 @@ class ResNetCNN(nn.Module):
 
     def __init__(self, in_channels: int, n_classes: int, channels: int = 32, n_conv: int = 8) -> None:
         super().__init__()
-        _check_channels(in_channels)
+        check_channels(in_channels)
         if not isinstance(n_conv, int) or n_conv < 2 or n_conv % 2:
             raise ValueError(f"n_conv must be an even int >= 2 (stem + 2 per block + last conv), got {n_conv!r}")
         if not isinstance(n_classes, int) or n_classes < 1:
@@ -190,7 +192,7 @@ class ResNetCNN(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Class logits [B, n_classes] of images [B, C, H, W]."""
-        _check_input(x, self.in_channels, type(self).__name__)
+        check_input(x, self.in_channels, type(self).__name__)
         z = self.last(self.blocks(self.stem(x))).mean(dim=(2, 3))  # [B, channels]
         return self.fc(z)
 

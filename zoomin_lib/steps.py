@@ -11,21 +11,26 @@ betas) takes the same loss; a model without attention gets plain cross-entropy.
 
 In train mode the contrastive forward also passes through BatchNorm layers (ResNet16 features),
 so their running statistics see the low-attention patches too.
+
+`extra_terms` adds named terms to the objective, each a function of the model, its output and
+the batch's extra entries (after x and y): appendix L's supervision from annotations plugs in
+here (`zoomin_lib.train.supervision.box_term`) without the objective knowing about annotations.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from zoomin_lib.losses import contrastive_loss, weighted_cross_entropy, zoomin_objective
-from zoomin_lib.train.supervision import box_attention_loss
+from zoomin_lib.models import ModelOutput
 
-__all__ = ["sampling_loss", "predictor"]
+__all__ = ["ExtraTerm", "sampling_loss", "predictor"]
 
-Batch = Sequence[Tensor]  # (images [B, C, H, W], labels [B])
+Batch = Sequence[Tensor]  # (images [B, C, H, W], labels [B], extra entries ...)
+ExtraTerm = Callable[[nn.Module, ModelOutput, Sequence[Tensor]], Tensor]  # (model, output, batch[2:]) -> a scalar
 
 
 def sampling_loss(
@@ -36,9 +41,12 @@ def sampling_loss(
     reference_class: int = 0,
     contrastive: bool = True,
     generator: torch.Generator | None = None,
-    box_weight: float = 0.0,
+    extra_terms: Mapping[str, ExtraTerm] | None = None,
 ) -> Callable[[nn.Module, Batch, int], tuple[Tensor, dict[str, float]]]:
-    """The loss_fn(model, (x, y[, masks]), epoch) of eq. 12 for `training.fit`; contrastive from `warmup_epochs` on."""
+    """The loss_fn(model, (x, y, *extra), epoch) of eq. 12 for `train.loop.fit`; contrastive from `warmup_epochs` on.
+
+    Each of `extra_terms` (name -> term(model, out, extra)) is added to the objective and reported under its name.
+    """
     if warmup_epochs < 0:
         raise ValueError(f"warmup_epochs must be >= 0, got {warmup_epochs}")
 
@@ -58,12 +66,10 @@ def sampling_loss(
             negative_view = model(x[positive], mode=model.train_mode, generator=generator, contrastive=True)
             con = contrastive_loss(negative_view.logits, y[positive], reference_class, reduction="sum") / len(y)
         parts["contrastive"] = float(con.detach())
-        if box_weight > 0:
-            if not extra:
-                raise ValueError("box_weight > 0 needs batches (x, y, masks) with ROI masks [B, H, W]")
-            box = box_weight * box_attention_loss(model, out, extra[0])
-            parts["box_attention"] = float(box.detach())
-            total = total + box
+        for name, term in (extra_terms or {}).items():
+            value = term(model, out, extra)
+            parts[name] = float(value.detach())
+            total = total + value
         parts["total"] = float((total + con).detach())
         return total + con, parts
 

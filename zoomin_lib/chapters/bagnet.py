@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from zoomin_lib.models import CNNBaseline
-from zoomin_lib.networks import _check_channels, _check_input
+from zoomin_lib.networks import check_channels, check_input
 
 __all__ = ["Bottleneck", "BagNet", "bagnet", "bagnet_macs", "evidence_map", "NORMS"]
 
@@ -80,7 +80,7 @@ class BagNet(nn.Module):
     ) -> None:
         """`kernel3[i]` of stage i's blocks (the first ones) use 3x3 kernels, the rest 1x1 (BagNet-33: (1, 1, 1, 1))."""
         super().__init__()
-        _check_channels(in_channels)
+        check_channels(in_channels)
         if not (len(blocks) == len(strides) == len(kernel3)) or min(blocks) < 1 or any(k > b for k, b in zip(kernel3, blocks)):
             raise ValueError(f"blocks {blocks}, strides {strides}, kernel3 {kernel3}: one entry per stage, kernel3 <= blocks")
         self.in_channels = in_channels
@@ -125,7 +125,7 @@ class BagNet(nn.Module):
 
     def local_logits(self, x: Tensor) -> Tensor:
         """Class evidence [B, K, h, w] of each q x q patch of x [B, C, H, W] (patch (i, j) starts at stride * (i, j))."""
-        _check_input(x, self.in_channels, type(self).__name__)
+        check_input(x, self.in_channels, type(self).__name__)
         if min(x.shape[-2:]) < self.receptive_field:
             raise ValueError(f"BagNet-{self.receptive_field} needs images of at least that size, got {tuple(x.shape)}")
         return self.head(self.stages(self.stem(x)))

@@ -29,6 +29,7 @@ from zoomin_lib.infra.io import write_json
 from zoomin_lib.steps import predictor, sampling_loss
 from zoomin_lib.train.fingerprint import fingerprint
 from zoomin_lib.train.loop import evaluate, fit, seed_everything
+from zoomin_lib.train.supervision import box_term
 
 Factory = Callable[[], nn.Module]
 
@@ -129,7 +130,8 @@ def train_model(
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
     loss_fn = sampling_loss(
         warmup_epochs=settings.warmup_epochs, lam=settings.lam, class_weights=settings.class_weights,
-        contrastive=settings.contrastive, generator=generator, box_weight=settings.box_weight,
+        contrastive=settings.contrastive, generator=generator,
+        extra_terms={"box_attention": box_term(settings.box_weight)} if settings.box_weight > 0 else None,
     )
     if loss_wrapper is not None:
         loss_fn = loss_wrapper(loss_fn)

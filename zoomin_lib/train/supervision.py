@@ -40,7 +40,7 @@ from zoomin_lib.models import ModelOutput, ZoomInNet
 from zoomin_lib.train.loop import training_mode
 
 __all__ = ["box_mask", "tile_masks", "attention_targets", "box_attention_loss", "BoxExamples",
-           "box_examples", "fit_steps", "pretrain_from_boxes", "pretrained_from_boxes"]
+           "box_term", "box_examples", "fit_steps", "pretrain_from_boxes", "pretrained_from_boxes"]
 
 
 def box_mask(boxes: Sequence[Sequence[float]] | np.ndarray, height: int, width: int) -> Tensor:
@@ -92,6 +92,17 @@ def box_attention_loss(model: ZoomInNet, out: ModelOutput, mask: Tensor) -> Tens
     if out.betas is not None and out.betas.numel():
         loss = loss + attention_nll(out.betas, beta_target)
     return loss
+
+
+def box_term(weight: float) -> Callable[[nn.Module, ModelOutput, Sequence[Tensor]], Tensor]:
+    """An `extra_terms` entry of `steps.sampling_loss`: `weight` x `box_attention_loss` on batches (x, y, masks)."""
+
+    def term(model: nn.Module, out: ModelOutput, extra: Sequence[Tensor]) -> Tensor:
+        if not extra:
+            raise ValueError("the box term needs batches (x, y, masks) with ROI masks [B, H, W]")
+        return weight * box_attention_loss(model, out, extra[0])
+
+    return term
 
 
 @dataclass
