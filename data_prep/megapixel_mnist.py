@@ -49,16 +49,14 @@ from data_prep.mnist_digits import (
     PARAMETERS,
     SPLIT_INDEX,
     SPLITS,
+    CanvasSplit,
     boxes_disjoint,
     by_class,
     check_count,
-    check_split,
     compose,
     digit_pools,
-    load_npz,
     place_boxes,
     pools_checksum,
-    read_parameters,
     resize_patches,
     save_npz,
     scatter_avoiding,
@@ -315,66 +313,40 @@ def default_dataset(n_train: int = 5000, n_val: int = 1000, n_test: int = 1000, 
 # ----------------------------------------------------------------------------------------------------
 
 
-class MegapixelMNIST:
+class MegapixelMNIST(CanvasSplit):
     """One split of a generated megapixel MNIST dataset; canvases are rebuilt on demand."""
 
     testbed = TESTBED
 
     def __init__(self, root: str | Path, split: str = "train") -> None:
         """Open split `split` of the dataset at `root` (ValueError if it is not this testbed's or is stale)."""
-        self.root, self.split = Path(root), check_split(split)
-        params = read_parameters(self.root)
-        if params is None or params.get("testbed") != self.testbed:
-            raise ValueError(f"{self.root}: not a {self.testbed} dataset (no matching {PARAMETERS})")
-        pool = params["pool"]
-        if pools_checksum(pool["seed"], pool["fractions"]) != pool["checksum"]:
-            raise ValueError(f"{self.root}: the MNIST digit pools changed since it was generated; regenerate it")
-        self.parameters = params
-        arrays = load_npz(self.root / f"{split}.npz")
-        self.digit_index = arrays["digit_index"]  # [N, 5]
-        self.classes = arrays["classes"].astype(np.int64)  # [N, 5]
-        self.positions = arrays["positions"].astype(np.int64)  # [N, 5, 2] top-left (row, col)
-        self.noise_seed = arrays["noise_seed"]  # [N]
-        self.targets = {t: arrays[t].astype(np.int64) for t in TASKS}  # maj/max/top [N], multi [N, 10]
-        self._images = digit_pools(pool["seed"], pool["fractions"])[split][0]
-
-    @property
-    def canvas_size(self) -> int:
-        """The canvas side in pixels."""
-        return self.parameters["canvas_size"]
+        super().__init__(root, split)
+        self.digit_index = self.arrays["digit_index"]  # [N, 5]
+        self.noise_seed = self.arrays["noise_seed"]  # [N]
+        self.targets = {t: self.arrays[t].astype(np.int64) for t in TASKS}  # maj/max/top [N], multi [N, 10]
 
     @property
     def digit_size(self) -> int:
         """The digit side on the canvas in pixels."""
         return self.parameters["digit_size"]
 
-    def __len__(self) -> int:
-        """Number of canvases in the split."""
-        return len(self.classes)
-
-    def _check_index(self, i: int) -> int:
-        """Return `i` if it indexes a canvas, else raise an IndexError."""
-        if not 0 <= i < len(self):
-            raise IndexError(f"canvas {i} out of range for {len(self)} canvases")
-        return int(i)
-
     def labels(self, i: int) -> dict[str, int | np.ndarray]:
         """The four tasks' labels of canvas i: maj, max, top (ints) and multi (uint8 [10])."""
-        i = self._check_index(i)
+        i = self.check_index(i)
         return {t: (v[i] if t == "multi" else int(v[i])) for t, v in self.targets.items()}
 
     def digit_boxes(self, i: int) -> np.ndarray:
         """Digit boxes of canvas i [5, 4] as (top, left, bottom, right), bottom/right exclusive."""
-        corners = self.positions[self._check_index(i)]
+        corners = self.positions[self.check_index(i)]
         return np.concatenate([corners, corners + self.digit_size], axis=1)
 
     def digits(self, i: int) -> np.ndarray:
         """The digit images of canvas i, uint8 [5, s, s] at the canvas's digit size."""
-        return resize_patches(self._images[self.digit_index[self._check_index(i)]], self.digit_size)
+        return resize_patches(self._images[self.digit_index[self.check_index(i)]], self.digit_size)
 
     def _noise_rng(self, i: int) -> np.random.Generator:
         """The generator that canvas i's noise parameters are drawn from."""
-        return np.random.default_rng(int(self.noise_seed[self._check_index(i)]))
+        return np.random.default_rng(int(self.noise_seed[self.check_index(i)]))
 
     def noise(self, i: int) -> LineNoise:
         """The noise parameters of canvas i (rebuilt from its seed)."""

@@ -406,3 +406,45 @@ def check_count(name: str, n: int) -> int:
     if int(n) != n or n < 0:
         raise ValueError(f"{name} must be a non-negative integer, got {n}")
     return int(n)
+
+
+class CanvasSplit:
+    """One split of a generated data set of MNIST canvases (megapixel MNIST, NeedleMNIST, O2I); canvases are rebuilt on demand.
+
+    Opening checks that `root` holds this `testbed` (its parameters.json) and that the MNIST digit
+    pools are those it was generated from, loads the split's arrays (`self.arrays`) and keeps each
+    canvas's digit classes [N, D] and top-left positions [N, D, 2].
+    """
+
+    testbed = ""
+
+    def __init__(self, root: str | Path, split: str = "train") -> None:
+        """Open split `split` of the data set at `root` (ValueError if it is not this testbed's or is stale)."""
+        self.root, self.split = Path(root), check_split(split)
+        params = read_parameters(self.root)
+        if params is None or params.get("testbed") != self.testbed:
+            raise ValueError(f"{self.root}: not a {self.testbed} dataset (no matching {PARAMETERS})")
+        pool = params["pool"]
+        if pools_checksum(pool["seed"], pool["fractions"]) != pool["checksum"]:
+            raise ValueError(f"{self.root}: the MNIST digit pools changed since it was generated; regenerate it")
+        self.parameters = params
+        self.arrays = load_npz(self.root / f"{split}.npz")
+        self.classes = self.arrays["classes"].astype(np.int64)  # [N, D]
+        self.positions = self.arrays["positions"].astype(np.int64)  # [N, D, 2] top-left (row, col)
+        self._images = digit_pools(pool["seed"], pool["fractions"])[split][0]
+
+    @property
+    def canvas_size(self) -> int:
+        """The canvas side in pixels."""
+        return self.parameters["canvas_size"]
+
+    def __len__(self) -> int:
+        """Number of canvases in the split."""
+        return len(self.classes)
+
+    def check_index(self, i: int) -> int:
+        """Return `i` if it indexes a canvas, else raise an IndexError."""
+        if not 0 <= i < len(self):
+            raise IndexError(f"canvas {i} out of range for {len(self)} canvases")
+        return int(i)
+

@@ -33,15 +33,13 @@ from data_prep.mnist_digits import (
     PARAMETERS,
     SPLIT_INDEX,
     SPLITS,
+    CanvasSplit,
     check_count,
-    check_split,
     compose,
     digit_pools,
     grid_capacity,
-    load_npz,
     place_boxes,
     pools_checksum,
-    read_parameters,
     save_npz,
 )
 from zoomin_lib.infra.cache import stand_in
@@ -168,53 +166,29 @@ def default_dataset(canvas_size: int = 1024, n_train: int = 2000, n_val: int = 5
     return stand_in(f"{TESTBED}_{canvas_size}", params, lambda root: _write(root, params))
 
 
-class NeedleMNIST:
+class NeedleMNIST(CanvasSplit):
     """One split of a generated NeedleMNIST dataset; canvases are rebuilt on demand."""
+
+    testbed = TESTBED
 
     def __init__(self, root: str | Path, split: str = "train") -> None:
         """Open split `split` of the NeedleMNIST dataset at `root` (ValueError if it is not one or is stale)."""
-        self.root, self.split = Path(root), check_split(split)
-        params = read_parameters(self.root)
-        if params is None or params.get("testbed") != TESTBED:
-            raise ValueError(f"{self.root}: not a {TESTBED} dataset (no matching {PARAMETERS})")
-        pool = params["pool"]
-        if pools_checksum(pool["seed"], pool["fractions"]) != pool["checksum"]:
-            raise ValueError(f"{self.root}: the MNIST digit pools changed since it was generated; regenerate it")
-        self.parameters = params
-        arrays = load_npz(self.root / f"{split}.npz")
-        self.targets = arrays["label"].astype(np.int64)  # [N], 1 when a 3 is present
-        self.digit_index = arrays["digit_index"].astype(np.int64)  # [N, D]
-        self.classes = arrays["classes"].astype(np.int64)  # [N, D]
-        self.positions = arrays["positions"].astype(np.int64)  # [N, D, 2] top-left (row, col)
-        self._images = digit_pools(pool["seed"], pool["fractions"])[split][0]
-
-    @property
-    def canvas_size(self) -> int:
-        """The canvas side in pixels."""
-        return self.parameters["canvas_size"]
-
-    def __len__(self) -> int:
-        """Number of canvases in the split."""
-        return len(self.targets)
-
-    def _check_index(self, i: int) -> int:
-        """Return `i` if it indexes a canvas, else raise an IndexError."""
-        if not 0 <= i < len(self):
-            raise IndexError(f"canvas {i} out of range for {len(self)} canvases")
-        return int(i)
+        super().__init__(root, split)
+        self.targets = self.arrays["label"].astype(np.int64)  # [N], 1 when a 3 is present
+        self.digit_index = self.arrays["digit_index"].astype(np.int64)  # [N, D]
 
     def label(self, i: int) -> int:
         """1 when canvas i holds a 3, else 0."""
-        return int(self.targets[self._check_index(i)])
+        return int(self.targets[self.check_index(i)])
 
     def digit_boxes(self, i: int) -> np.ndarray:
         """Digit boxes of canvas i [D, 4] as (top, left, bottom, right), bottom/right exclusive."""
-        corners = self.positions[self._check_index(i)]
+        corners = self.positions[self.check_index(i)]
         return np.concatenate([corners, corners + DIGIT_SIZE], axis=1)
 
     def canvas(self, i: int) -> np.ndarray:
         """Canvas i, uint8 [S, S]: its digits on black."""
-        i = self._check_index(i)
+        i = self.check_index(i)
         return compose(self.canvas_size, self.canvas_size, self._images[self.digit_index[i]], self.positions[i])
 
     def __getitem__(self, i: int) -> tuple[np.ndarray, int]:

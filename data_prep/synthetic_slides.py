@@ -2,7 +2,7 @@
 
 Zoom-In (Kong & Henao) classifies Camelyon16 slides of 45,056 x 35,840 to 217,088 x 111,104
 pixels (sec. 4, "Camelyon16") and crops NeedleCamelyon from their annotated metastases
-(sec. 4 and appendix D). Nothing can be downloaded at run time (DESIGN.md, "Data"), so this
+(sec. 4 and appendix D). Nothing can be downloaded at run time (nothing downloads at run time), so this
 module writes a **synthetic stand-in, not the Camelyon16 data**, in exactly the distributed layout
 that `data_prep.camelyon16.load_camelyon16` reads:
 

@@ -49,15 +49,14 @@ import sympy as sp
 import torch
 from IPython.display import display
 
+from zoomin_lib.chapters.opening import open_chapter
 from zoomin_lib.theory import symbolic as S
-from zoomin_lib.infra.config import check_profile, results_dir
 from zoomin_lib.theory.enumeration import two_stage_bias
 from zoomin_lib.theory.estimator_variants import RULES, gradient_bias, monte_carlo_logit_gradient
 from zoomin_lib.infra.io import write_json
 from zoomin_lib.book.plotting import relative_error_bars, save_figure
 from zoomin_lib.book.report import markdown_table
 
-check_profile(profile)
 SETTINGS = {
     # max K for eq. 8, max K for the estimator, two-stage symbolic cases, enumeration grid, Monte-Carlo repeats
     "smoke": dict(eq8_k=4, estimator_k=4, two_stage=[(2, 2, 2)], grid_k=(3, 4), mc_repeats=(10, 100, 1000)),
@@ -65,11 +64,9 @@ SETTINGS = {
                 mc_repeats=(10, 100, 1000, 10_000, 100_000)),
     "paper": dict(eq8_k=7, estimator_k=7, two_stage=[(2, 2, 2), (2, 3, 2), (2, 3, 3)], grid_k=(3, 4, 5, 6, 7),
                   mc_repeats=(10, 100, 1000, 10_000, 100_000, 1_000_000)),
-}[profile]
-out = results_dir("01_eq8_proof_check")
+}
+SETTINGS, out, _ = open_chapter("01_eq8_proof_check", SETTINGS, profile, seed)
 metrics = {"profile": profile, "seed": seed}
-torch.manual_seed(seed)
-print(f"profile={profile}; results in {out}")
 
 # %% [markdown]
 # ## Eq. 8: the identity and how it is printed

@@ -52,12 +52,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
+from zoomin_lib.chapters.opening import open_chapter
 from zoomin_lib.theory import variance as V
-from zoomin_lib.infra.config import check_profile, results_dir
 from zoomin_lib.infra.io import write_json
 from zoomin_lib.book.plotting import lift_zeros, log_floor, save_figure
 
-check_profile(profile)
 SETTINGS = {
     # seconds: what CI runs
     "smoke": dict(k_is=64, n_is=[1, 4, 16, 64], spreads=[0.0, 0.5, 1.0, 2.0], k_wor=16,
@@ -72,15 +71,14 @@ SETTINGS = {
                   k_wor=128, n_wor=[1, 2, 4, 8, 16, 32, 64, 96, 112, 120, 127, 128], k_exact=7,
                   n_grad=[1, 4, 16, 64, 128], tiles=32, subtiles=32, n_two=[1, 2, 4, 8, 16, 32], repeats=40000),
 }
-cfg = SETTINGS[profile]
+cfg, out, _ = open_chapter("02_importance_sampling_variance", SETTINGS, profile, seed)
 R = cfg["repeats"]
 D = 8  # feature dimension
 SCALE = 2.0  # attention = softmax(SCALE * z), z ~ N(0, I): peaked
 SIGMAS = V.MC_SIGMAS  # Monte-Carlo tolerance, in standard errors
-out = results_dir("02_importance_sampling_variance")
 metrics = {"profile": profile, "seed": seed, "repeats": R, "feature_dim": D, "attention_scale": SCALE}
 t_start = time.perf_counter()
-print(f"profile={profile}, repeats={R}, results in {out}")
+print(f"repeats={R}")
 
 
 def is_se(a, f, p, n):

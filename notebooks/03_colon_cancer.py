@@ -53,8 +53,8 @@ import numpy as np
 import torch
 
 from data_prep import colon_cancer
+from zoomin_lib.chapters.opening import open_chapter
 from zoomin_lib import builders
-from zoomin_lib.infra.config import check_profile, results_dir
 from zoomin_lib.train.protocol import TrainSettings, run_folds, standardize, summarize
 from zoomin_lib.chapters.attention import attention_map
 from zoomin_lib.train.profiling import profile_methods
@@ -64,7 +64,6 @@ from zoomin_lib.book.paper_numbers import ATS_TABLE1_COLON, ZOOMIN_FIG5_STD, ZOO
 from zoomin_lib.book.plotting import error_bars, save_figure, show_attention
 from zoomin_lib.book.report import markdown_table
 
-check_profile(profile)
 SETTINGS = {
     # seconds: what CI runs (two folds, one epoch: the mechanics, not the accuracy)
     "smoke": dict(folds=2, repetitions=1, epochs=1, warmup=0, lr=1e-3, cosine=False, cnn_epochs=1, cnn_scale=0.25),
@@ -74,9 +73,7 @@ SETTINGS = {
     # the papers' protocol: 10 folds x 5 repetitions, 100 epochs, fixed lr 1e-3, the CNN at full resolution
     "paper": dict(folds=10, repetitions=5, epochs=100, warmup=10, lr=1e-3, cosine=False, cnn_epochs=100, cnn_scale=1.0),
 }
-cfg = SETTINGS[profile]
-out = results_dir("03_colon_cancer")
-torch.manual_seed(seed)
+cfg, out, device = open_chapter("03_colon_cancer", SETTINGS, profile, seed)
 
 # %% [markdown]
 # ## The data

@@ -65,8 +65,9 @@ import numpy as np
 import torch
 
 from data_prep import camelyon16, synthetic_slides
+from zoomin_lib.chapters.opening import open_chapter
 from zoomin_lib import builders
-from zoomin_lib.infra.config import check_profile, data_dir as cache_dir, results_dir
+from zoomin_lib.infra.config import data_dir as cache_dir
 from zoomin_lib.train.protocol import image_stats
 from zoomin_lib.train.profiling import lean_inference
 from zoomin_lib.geometry import tile_grid, view_size
@@ -88,7 +89,6 @@ from zoomin_lib.wsi.figures import show_slide
 from zoomin_lib.models import module_device
 from zoomin_lib.train.loop import seed_everything
 
-check_profile(profile)
 SETTINGS = {
     # seconds, for CI: the tiny stand-in (4096^2 slides), one epoch, small slides for the memory curve
     "smoke": dict(synthetic="smoke", tile=512, s1=1 / 16, s2=1 / 4, patch=32, n=8, epochs=1, warmup=0, lr=1e-3, batch=2,
@@ -110,9 +110,7 @@ SETTINGS = {
                   pretrain_steps={"a": 2000, "b": 2000, "f": 2000}, pretrain_lr=1e-3, pretrain_windows=None,
                   strip_pixels=2**16, memory_slides=10, memory_sides=(10_000, 31_623, 100_000), ats_max_pixels=1.1e9),
 }
-cfg = SETTINGS[profile]
-out = results_dir("04_camelyon")
-torch.manual_seed(seed)
+cfg, out, device = open_chapter("04_camelyon", SETTINGS, profile, seed)
 started = time.perf_counter()
 
 # %% [markdown]

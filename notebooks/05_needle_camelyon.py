@@ -65,9 +65,9 @@ import torch
 from torch.nn import functional as F
 
 from data_prep.needle_camelyon import NeedleCamelyon, load_needle_camelyon, needle_camelyon
+from zoomin_lib.chapters.opening import open_chapter
 from zoomin_lib import builders
 from zoomin_lib.chapters.bagnet import bagnet, bagnet_macs, evidence_map
-from zoomin_lib.infra.config import check_profile, results_dir
 from zoomin_lib.train.protocol import TrainSettings, channel_stats, image_tensor, lazy_batches, run_method, standardize
 from zoomin_lib.chapters.results import above_majority, result_rows
 from zoomin_lib.chapters.attention import attention_map, zoom_picks
@@ -78,7 +78,6 @@ from zoomin_lib.book.paper_numbers import ZOOMIN_TABLE1_NEEDLE, ZOOMIN_TABLE4_NE
 from zoomin_lib.book.plotting import save_figure, show_attention, zoom_grid
 from zoomin_lib.book.report import markdown_table
 
-check_profile(profile)
 PAPER_SIDE = 1024  # the paper's crops
 PAPER = dict(train=6000, val=2000, test=2000, epochs=150, lr=1e-4)  # Zoom-In appendices D and G
 SETTINGS = {
@@ -99,9 +98,7 @@ SETTINGS = {
     "paper": dict(max_positives=None, in_memory=False, tile=256, patch=32, n_patches=30, batch=5, epochs=150,
                   warmup=10, lr=1e-4, cosine=False, bagnet=dict(scale=1.0), bagnet_epochs=150, timing=0.3),
 }
-cfg = SETTINGS[profile]
-out = results_dir("05_needle_camelyon")
-torch.manual_seed(seed)
+cfg, out, device = open_chapter("05_needle_camelyon", SETTINGS, profile, seed)
 
 # %% [markdown]
 # ## The data

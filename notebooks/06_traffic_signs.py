@@ -62,9 +62,9 @@ import numpy as np
 import torch
 
 from data_prep import traffic_signs
+from zoomin_lib.chapters.opening import open_chapter
 from zoomin_lib import builders
 from zoomin_lib.train.supervision import box_mask, pretrained_from_boxes
-from zoomin_lib.infra.config import check_profile, results_dir
 from zoomin_lib.train.protocol import TrainSettings, channel_stats, lazy_batches, run_method, standardize
 from zoomin_lib.train.fingerprint import fingerprint
 from zoomin_lib.train.profiling import profile_methods
@@ -76,7 +76,6 @@ from zoomin_lib.chapters.per_class import absent_note, per_class_rows, present_c
 from zoomin_lib.book.plotting import save_figure, show_attention, zoom_grid
 from zoomin_lib.book.report import markdown_table
 
-check_profile(profile)
 PAPER = dict(n_patches=10, patch=100, batch=32, epochs=150, lr=1e-3, warmup=10, cosine=False)
 SETTINGS = {
     # seconds: a few images, one epoch (the mechanics, not the accuracy)
@@ -96,9 +95,7 @@ SETTINGS = {
                   cnn_scales=[0.5, 1.0], cnn_epochs=150, timing=0.3,
                   boxes=dict(pretrain={"a": 100, "b": 50, "f": 100}, epochs=150, lr=1e-4)),
 }
-cfg = SETTINGS[profile]
-out = results_dir("06_traffic_signs")
-torch.manual_seed(seed)
+cfg, out, device = open_chapter("06_traffic_signs", SETTINGS, profile, seed)
 
 # %% [markdown]
 # ## The data

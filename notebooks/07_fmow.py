@@ -56,9 +56,9 @@ import numpy as np
 import torch
 
 from data_prep import fmow
+from zoomin_lib.chapters.opening import open_chapter
 from zoomin_lib import builders
 from zoomin_lib.train.supervision import box_mask, pretrained_from_boxes
-from zoomin_lib.infra.config import check_profile, results_dir
 from zoomin_lib.train.protocol import (
     TrainSettings,
     image_stats,
@@ -79,7 +79,6 @@ from zoomin_lib.chapters.per_class import absent_note, per_class_rows, present_c
 from zoomin_lib.book.plotting import save_figure, zoom_grid
 from zoomin_lib.book.report import markdown_table
 
-check_profile(profile)
 SETTINGS = {
     # seconds: a few images, one epoch (the mechanics, not the accuracy)
     "smoke": dict(synthetic=dict(n_train_per_class=1, n_test_per_class=1, min_size=500, max_size=1000),
@@ -98,9 +97,7 @@ SETTINGS = {
                   lr=1e-4, cosine=False, cnn_size=896, cnn_epochs=200, timing=0.3,
                   boxes=dict(pretrain={"a": 50, "b": 50, "f": 50}, epochs=200, lr=1e-4)),
 }
-cfg = SETTINGS[profile]
-out = results_dir("07_fmow")
-torch.manual_seed(seed)
+cfg, out, device = open_chapter("07_fmow", SETTINGS, profile, seed)
 
 # %% [markdown]
 # ## The data

@@ -48,9 +48,9 @@ import torch
 from scipy.stats import spearmanr
 
 from data_prep import colon_cancer
+from zoomin_lib.chapters.opening import open_chapter
 from zoomin_lib import builders
 from zoomin_lib.theory import memory_model as mm
-from zoomin_lib.infra.config import check_profile, default_device, results_dir
 from zoomin_lib.hierarchical import expected_unique
 from zoomin_lib.train.protocol import TrainSettings, run_folds, standardize, summarize
 from zoomin_lib.train.profiling import lean_inference, profile_methods, training_step_peak_mb
@@ -61,7 +61,6 @@ from zoomin_lib.book.plotting import save_figure
 from zoomin_lib.train.profiling import peak_memory
 from zoomin_lib.book.report import markdown_table
 
-check_profile(profile)
 SETTINGS = {
     # seconds: the mechanics only (one epoch, small images in the size sweep)
     "smoke": dict(folds=1, epochs=1, warmup=0, lr=1e-3, cosine=False, model_sides=[500, 750], model_n=[5, 10, 50],
@@ -73,9 +72,7 @@ SETTINGS = {
     "paper": dict(folds=10, epochs=100, warmup=10, lr=1e-3, cosine=False, model_sides=[500, 750, 1000, 1500, 2000],
                   model_n=[5, 10, 20, 50, 100], sweep_sides=[500, 1000, 2000, 4000, 8000, 16000], cnn_max_side=4000),
 }
-cfg = SETTINGS[profile]
-out = results_dir("08_memory_accuracy_tradeoff")
-torch.manual_seed(seed)
+cfg, out, device = open_chapter("08_memory_accuracy_tradeoff", SETTINGS, profile, seed)
 
 root = data_dir if data_dir is not None else colon_cancer.default_dataset(seed=seed)
 data = colon_cancer.load_colon_cancer(root)
@@ -200,7 +197,7 @@ for colour, name in zip(["C0", "C1"], curves):
     ax2.plot(epochs, expected[name], marker="s", ms=3, color=colour, label=f"E[N'] given alpha, {name}")
 ax1.set_xlabel("epoch"); ax1.set_ylabel("peak memory of a training step (MiB)"); ax1.legend(fontsize=7)
 ax2.set_xlabel("epoch"); ax2.set_ylabel("distinct tiles drawn, N=10"); ax2.legend(fontsize=7)
-fig.suptitle(f"Measured here on the {default_device().type} ({DATA_LABEL}); cf. Zoom-In figure 4 (left, GPU, real data)",
+fig.suptitle(f"Measured here on the {device.type} ({DATA_LABEL}); cf. Zoom-In figure 4 (left, GPU, real data)",
              fontsize=9)
 fig.tight_layout()
 save_figure(fig, out, "figure4_memory_and_unique_tiles");
@@ -313,7 +310,7 @@ markdown_table(rows)
 # extrapolated to a gigapixel.
 
 # %%
-DEVICE = default_device()  # a GPU when there is one: the peaks are then the device's
+DEVICE = device  # a GPU when there is one: the peaks are then the device's
 
 
 def inference_peak_mb(model, xs, mode):

@@ -74,9 +74,9 @@ import numpy as np
 import torch
 
 from data_prep import megapixel_mnist as mp
+from zoomin_lib.chapters.opening import open_chapter
 from zoomin_lib.chapters import megapixel as mm
 from zoomin_lib.chapters import multitask as mt
-from zoomin_lib.infra.config import check_profile, results_dir
 from zoomin_lib.train.protocol import TrainSettings, lazy_batches
 from zoomin_lib.train.profiling import profile_methods
 from zoomin_lib.geometry import view
@@ -91,7 +91,6 @@ from zoomin_lib.book.paper_numbers import (
 from zoomin_lib.book.plotting import save_figure, show_attention
 from zoomin_lib.book.report import markdown_table
 
-check_profile(profile)
 # the papers' settings: ATS sec. 4.2 and supp. H.1 (view 0.12, 50x50, N, 500 epochs, Adam 1e-3, lambda 0.01, batch
 # 128 as in the authors' scripts/mnist.py), IPS in the thesis sec. 4 (M = I = 100, 50x50, batch 16, 150 epochs as
 # in table 8); Zoom-In's scales and tiles are ours (first stage at half ATS's scale, the second at ATS's scale)
@@ -133,10 +132,8 @@ SETTINGS = {
                           "ResNet-18, which needs torchvision), chapter 03's CNN (ATS: a ResNet-16), IPS without its 10 "
                           "warm-up epochs"),
 }
-cfg = SETTINGS[profile]
+cfg, out, device = open_chapter("09_megapixel_mnist", SETTINGS, profile, seed)
 setup, cost_setup = cfg["setup"], cfg["cost"]
-out = results_dir("09_megapixel_mnist")
-torch.manual_seed(seed);
 
 # %% [markdown]
 # ## The data
@@ -280,7 +277,7 @@ for row in ATS_MNIST_TEXT["rows"].values():
 # what a uniform attention puts there). At initialisation the map is not flat: the empty interior of the
 # canvas and the zero padding of the second and third convolutions differ (the first layer turns a black
 # pixel into tanh of its bias, the padding stays 0), so the border of the view gets its own weight, the edge
-# artefact that DESIGN.md warns of. ATS's network, which pads the same way, must unlearn it too.
+# artefact known from the public implementations (attention collapsing onto padded edges). ATS's network, which pads the same way, must unlearn it too.
 
 # %%
 probe = probes[first_ats]

@@ -54,9 +54,10 @@ import torch
 
 from data_prep import needle_mnist, o2i
 from data_prep.mnist_digits import DIGIT_SIZE, digit_pools
+from zoomin_lib.chapters.opening import open_chapter
+from zoomin_lib.chapters.results import beats_chance, chance_margin
 from zoomin_lib import builders
 from zoomin_lib.chapters import multitask as mt
-from zoomin_lib.infra.config import check_profile, results_dir
 from zoomin_lib.train.protocol import TrainSettings, lazy_batches, run_method
 from zoomin_lib.train.fingerprint import fingerprint
 from zoomin_lib.geometry import view
@@ -84,7 +85,6 @@ from zoomin_lib.chapters.testbeds import (
     zoomin_with_encoder,
 )
 
-check_profile(profile)
 SETTINGS = {
     # seconds: a handful of canvases, one epoch (the mechanics, not the accuracy)
     "smoke": dict(
@@ -121,9 +121,7 @@ SETTINGS = {
         thick=dict(canvas=1500, thicknesses=o2i.THESIS_THICKNESSES, n_train=2000, n_val=1000, epochs=50, seeds=3),
     ),
 }
-cfg = SETTINGS[profile]
-out = results_dir("10_needle_mnist_o2i")
-torch.manual_seed(seed)
+cfg, out, device = open_chapter("10_needle_mnist_o2i", SETTINGS, profile, seed)
 metrics = {"profile": profile, "seed": seed, "settings": cfg}
 
 # %% [markdown]
@@ -353,15 +351,16 @@ save_figure(fig, out, "needle_map_and_picks");
 zoom_raw = results["Zoom-In (raw canvas)"]
 remedy = results["Zoom-In (remedy ii: pre-trained map)"]
 ips_run = results["IPS (raw canvas, from scratch)"]
-se = float(np.sqrt(0.25 / len(test_set)))  # standard error of a coin flip on this test set
+n_test = len(test_set)
+se = chance_margin(0.5, n_test, z=1)  # one standard error of a coin flip on this test set
 if profile != "smoke":
     assert abs(zoom_raw.accuracy - 0.5) < 3 * se, f"raw Zoom-In should be near chance: {zoom_raw.accuracy:.3f} (se {se:.3f})"
     assert found["Zoom-In (raw canvas)"] < 0.1, "raw Zoom-In's patches should almost never cover the 3"
-    assert remedy.accuracy > 0.5 + 3 * se, f"remedy (ii) should be clearly above chance: {remedy.accuracy:.3f} (se {se:.3f})"
+    assert beats_chance(remedy.accuracy, 0.5, n_test, z=3), f"remedy (ii) should be clearly above chance: {remedy.accuracy:.3f} (se {se:.3f})"
     assert remedy.auc > 0.75, f"remedy (ii) should rank positives above negatives: AUC {remedy.auc:.3f}"
     assert found["Zoom-In (remedy ii: pre-trained map)"] > 0.5, "remedy (ii)'s patches should cover the 3 in most positives"
 if profile == "cpu":
-    assert ips_run.accuracy < 0.5 + 3 * se, f"IPS from scratch was at chance in this budget, now {ips_run.accuracy:.3f}"
+    assert not beats_chance(ips_run.accuracy, 0.5, n_test, z=3), f"IPS from scratch was at chance in this budget, now {ips_run.accuracy:.3f}"
 print(f"accuracy: raw Zoom-In {zoom_raw.accuracy:.3f}, remedy (ii) {remedy.accuracy:.3f}, IPS from scratch "
       f"{ips_run.accuracy:.3f}; chance 0.5 +- {se:.3f} (one standard error); "
       f"paper (appendix J): raw Zoom-In {ZOOMIN_APPENDIX_J_NEEDLE['test_accuracy']}")

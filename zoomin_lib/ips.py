@@ -363,13 +363,8 @@ class IPSNet(nn.Module):
                 n_mem = n
         return buf_idx[:, :M].sort(dim=1).values  # [B, M]
 
-    def forward(
-        self,
-        x: Tensor | PatchSource,
-        mode: str = "topk",
-        generator: torch.Generator | None = None,
-        contrastive: bool = False,
-    ) -> IPSOutput:
+    def forward(self, x: Tensor | PatchSource, mode: str = "topk", generator: torch.Generator | None = None,
+                contrastive: bool = False) -> IPSOutput:
         """Classify x [B, C, H, W] (or a PatchSource) from its M selected patches, re-encoded with gradients.
 
         `mode` must be "topk" and `contrastive` False; `generator` is ignored (IPS draws nothing).

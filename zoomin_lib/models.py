@@ -72,6 +72,8 @@ __all__ = [
 ]
 
 MODES = ("sample", "topk", "exact")
+Source = Tensor | PixelSource  # what a model reads: a batch [B, C, H, W] or a pixel source
+Gen = torch.Generator | None
 CHUNK_PIXELS = 2**21  # input pixels a chunk of tiles or patches holds when its size is not set
 
 
@@ -280,13 +282,7 @@ class ATSNet(nn.Module):
         h, w = view_size(size, self.scale)
         return view_to_full(idx // w, idx % w, (h, w), size, check=False)
 
-    def forward(
-        self,
-        x: Tensor | PixelSource,
-        mode: str = "sample",
-        generator: torch.Generator | None = None,
-        contrastive: bool = False,
-    ) -> ModelOutput:
+    def forward(self, x: Source, mode: str = "sample", generator: Gen = None, contrastive: bool = False) -> ModelOutput:
         """Classify images x [B, C, H, W] (or a PixelSource) from n_patches patches ("sample", "topk") or all ("exact")."""
         src = as_source(x, module_device(self))
         _check_mode(mode)
@@ -364,13 +360,7 @@ class UniformNet(ATSNet):
         src.check_pixels(checks)
         return torch.zeros(src.batch_size, h * w, dtype=src.dtype, device=src.device)
 
-    def forward(
-        self,
-        x: Tensor | PixelSource,
-        mode: str = "sample",
-        generator: torch.Generator | None = None,
-        contrastive: bool = False,
-    ) -> ModelOutput:
+    def forward(self, x: Source, mode: str = "sample", generator: Gen = None, contrastive: bool = False) -> ModelOutput:
         """Classify x [B, C, H, W] from n_patches uniformly drawn patches ("sample") or all of them ("exact")."""
         if mode == "topk":
             raise ValueError("UniformNet has no top-k: every location has the same weight (use mode='sample')")
@@ -427,13 +417,7 @@ class DeepMIL(nn.Module):
         c = torch.arange(0, max(W - pw, 0) + sw, sw, device=device)[: -(-max(W - pw, 0) // sw) + 1] + pw // 2
         return r.repeat_interleave(c.numel()), c.repeat(r.numel())
 
-    def forward(
-        self,
-        x: Tensor | PixelSource,
-        mode: str = "exact",
-        generator: torch.Generator | None = None,
-        contrastive: bool = False,
-    ) -> ModelOutput:
+    def forward(self, x: Source, mode: str = "exact", generator: Gen = None, contrastive: bool = False) -> ModelOutput:
         """Classify x [B, C, H, W] from every patch of the grid, weighted by attention on its features."""
         if mode != "exact":
             raise ValueError(f"DeepMIL aggregates every patch: mode must be 'exact', got {mode!r}")
@@ -679,13 +663,7 @@ class ZoomInNet(nn.Module):
         return best_t, best_s, best_w, betas_out, torch.cat(opened_b), torch.cat(opened_t)
 
     # ---------------------------------------------------------------- forward
-    def forward(
-        self,
-        x: Tensor | PixelSource,
-        mode: str = "sample",
-        generator: torch.Generator | None = None,
-        contrastive: bool = False,
-    ) -> ModelOutput:
+    def forward(self, x: Source, mode: str = "sample", generator: Gen = None, contrastive: bool = False) -> ModelOutput:
         """Classify images x [B, C, H, W] (or a PixelSource) by two-stage sampling ("sample"), top-k ("topk") or eq. 5 ("exact")."""
         src = as_source(x, module_device(self))
         _check_mode(mode)
@@ -746,13 +724,7 @@ class CNNBaseline(nn.Module):
         self.scale = scale
         self.size = None if size is None else as_pair(size, "size")  # resize every image to this size instead
 
-    def forward(
-        self,
-        x: Tensor | PixelSource,
-        mode: str = "sample",
-        generator: torch.Generator | None = None,
-        contrastive: bool = False,
-    ) -> ModelOutput:
+    def forward(self, x: Source, mode: str = "sample", generator: Gen = None, contrastive: bool = False) -> ModelOutput:
         """Logits [B, n_classes] of backbone(V(x, s)); every mode is the same deterministic pass."""
         _check_mode(mode)
         if contrastive:

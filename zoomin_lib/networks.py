@@ -26,6 +26,8 @@ __all__ = [
     "count_convs",
     "FeatureLeNet",
     "FeatureResNet16",
+    "PatchEncoder",
+    "ScoreNetwork",
     "PreActBlock",
     "ResNetCNN",
 ]
@@ -43,7 +45,29 @@ def check_channels(in_channels: int) -> None:
         raise ValueError(f"in_channels must be a positive int, got {in_channels!r}")
 
 
-class AttentionLeNet(nn.Module):
+class ScoreNetwork(nn.Module):
+    """An attention network: a view [B, C, h, w] -> a score map [B, 1, h, w], 3x3 'same' convolutions of `widths` channels.
+
+    Each hidden convolution is followed by `activation`; the last (one channel) by it too when `final`.
+    """
+
+    def __init__(self, in_channels: int, widths: tuple[int, ...], activation: type[nn.Module], final: bool) -> None:
+        super().__init__()
+        check_channels(in_channels)
+        self.in_channels = in_channels
+        layers: list[nn.Module] = []
+        for c_in, c_out in zip((in_channels, *widths), widths):
+            layers += [nn.Conv2d(c_in, c_out, 3, 1, 1), activation()]
+        layers += [nn.Conv2d(widths[-1], 1, 3, 1, 1)] + ([activation()] if final else [])
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Score logits [B, 1, h, w] for a view [B, C, h, w]."""
+        check_input(x, self.in_channels, type(self).__name__)
+        return self.net(x)
+
+
+class AttentionLeNet(ScoreNetwork):
     """Table 5 attention a (final_tanh=True) / b (final_tanh=False): three 3x3 convs -> score map [B, 1, h, w].
 
     Table 5 puts a Tanh on the last conv of a (its logits are bounded to [-1, 1], so the
@@ -51,61 +75,52 @@ class AttentionLeNet(nn.Module):
     """
 
     def __init__(self, in_channels: int, final_tanh: bool = True) -> None:
-        super().__init__()
-        check_channels(in_channels)
-        self.in_channels = in_channels
+        super().__init__(in_channels, (8, 8), nn.Tanh, final_tanh)
         self.final_tanh = final_tanh
-        last: list[nn.Module] = [nn.Tanh()] if final_tanh else []
-        self.net = nn.Sequential(
-            nn.Conv2d(in_channels, 8, 3, 1, 1), nn.Tanh(),
-            nn.Conv2d(8, 8, 3, 1, 1), nn.Tanh(),
-            nn.Conv2d(8, 1, 3, 1, 1), *last,
-        )
-
-    def forward(self, x: Tensor) -> Tensor:
-        """Score logits [B, 1, h, w] for a view [B, C, h, w]."""
-        check_input(x, self.in_channels, type(self).__name__)
-        return self.net(x)
 
 
-class AttentionResNet16(nn.Module):
+class AttentionResNet16(ScoreNetwork):
     """Table 6 attention a (final_relu=True) / b (final_relu=False): convs 8, 16, 32, 1 -> score map [B, 1, h, w]."""
 
     def __init__(self, in_channels: int, final_relu: bool = True) -> None:
-        super().__init__()
-        check_channels(in_channels)
-        self.in_channels = in_channels
+        super().__init__(in_channels, (8, 16, 32), nn.ReLU, final_relu)
         self.final_relu = final_relu
-        last: list[nn.Module] = [nn.ReLU()] if final_relu else []
-        self.net = nn.Sequential(
-            nn.Conv2d(in_channels, 8, 3, 1, 1), nn.ReLU(),
-            nn.Conv2d(8, 16, 3, 1, 1), nn.ReLU(),
-            nn.Conv2d(16, 32, 3, 1, 1), nn.ReLU(),
-            nn.Conv2d(32, 1, 3, 1, 1), *last,
-        )
-
-    def forward(self, x: Tensor) -> Tensor:
-        """Score logits [B, 1, h, w] for a view [B, C, h, w]."""
-        check_input(x, self.in_channels, type(self).__name__)
-        return self.net(x)
 
 
-def _pool_and_normalize(z: Tensor, normalize: bool) -> Tensor:
-    """Global average pool [M, D, h, w] -> [M, D], then L2-normalise rows if asked."""
-    z = z.mean(dim=(2, 3))  # [M, D]
-    return F.normalize(z, p=2, dim=1) if normalize else z
+class PatchEncoder(nn.Module):
+    """A feature network f: patches [M, C, ph, pw] -> features [M, out_features], pooled over space.
 
-
-class FeatureLeNet(nn.Module):
-    """Table 5 feature network f: Conv(7,1,3,32)+ReLU, 3x Conv(3,1,1,32)+ReLU, GAP -> [M, 32]."""
+    Subclasses build their layers after `super().__init__(in_channels, normalize)` and define
+    `encode` (patches -> a feature map [M, D, h, w]); the map is averaged (`pool = "mean"`) or
+    max-pooled (`pool = "max"`) over space and, with `normalize`, its rows L2-normalised (ATS sec. 3.4).
+    """
 
     out_features = 32
+    pool = "mean"
 
     def __init__(self, in_channels: int, normalize: bool = False) -> None:
         super().__init__()
         check_channels(in_channels)
         self.in_channels = in_channels
         self.normalize = normalize
+
+    def encode(self, x: Tensor) -> Tensor:
+        """The feature map [M, D, h, w] of patches [M, C, ph, pw]."""
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Features [M, out_features] of patches [M, C, ph, pw]."""
+        check_input(x, self.in_channels, type(self).__name__)
+        z = self.encode(x)
+        z = z.amax(dim=(2, 3)) if self.pool == "max" else z.mean(dim=(2, 3))  # [M, D]
+        return F.normalize(z, p=2, dim=1) if self.normalize else z
+
+
+class FeatureLeNet(PatchEncoder):
+    """Table 5 feature network f: Conv(7,1,3,32)+ReLU, 3x Conv(3,1,1,32)+ReLU, GAP -> [M, 32]."""
+
+    def __init__(self, in_channels: int, normalize: bool = False) -> None:
+        super().__init__(in_channels, normalize)
         self.net = nn.Sequential(
             nn.Conv2d(in_channels, 32, 7, 1, 3), nn.ReLU(),
             nn.Conv2d(32, 32, 3, 1, 1), nn.ReLU(),
@@ -113,10 +128,9 @@ class FeatureLeNet(nn.Module):
             nn.Conv2d(32, 32, 3, 1, 1), nn.ReLU(),
         )
 
-    def forward(self, x: Tensor) -> Tensor:
-        """Features [M, 32] of patches [M, C, ph, pw]."""
-        check_input(x, self.in_channels, type(self).__name__)
-        return _pool_and_normalize(self.net(x), self.normalize)  # [M, 32]
+    def encode(self, x: Tensor) -> Tensor:
+        """[M, 32, ph, pw]."""
+        return self.net(x)
 
 
 class PreActBlock(nn.Module):
@@ -141,26 +155,20 @@ class PreActBlock(nn.Module):
         return out + skip
 
 
-class FeatureResNet16(nn.Module):
+class FeatureResNet16(PatchEncoder):
     """Table 6 feature network f: Conv(3,1,1)-32+ReLU, ResBlock(3,1,32), 3x ResBlock(3,2,32), BN+ReLU, GAP -> [M, 32]."""
 
-    out_features = 32
-
     def __init__(self, in_channels: int, normalize: bool = False) -> None:
-        super().__init__()
-        check_channels(in_channels)
-        self.in_channels = in_channels
-        self.normalize = normalize
+        super().__init__(in_channels, normalize)
         self.stem = nn.Sequential(nn.Conv2d(in_channels, 32, 3, 1, 1), nn.ReLU())
         self.blocks = nn.Sequential(
             PreActBlock(32, 32, 1), PreActBlock(32, 32, 2), PreActBlock(32, 32, 2), PreActBlock(32, 32, 2)
         )
         self.head = nn.Sequential(nn.BatchNorm2d(32), nn.ReLU())
 
-    def forward(self, x: Tensor) -> Tensor:
-        """Features [M, 32] of patches [M, C, ph, pw]."""
-        check_input(x, self.in_channels, type(self).__name__)
-        return _pool_and_normalize(self.head(self.blocks(self.stem(x))), self.normalize)  # [M, 32]
+    def encode(self, x: Tensor) -> Tensor:
+        """[M, 32, ph / 8, pw / 8]."""
+        return self.head(self.blocks(self.stem(x)))
 
 
 class ResNetCNN(nn.Module):

@@ -31,7 +31,6 @@ from typing import Any, Callable, Mapping, Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-import torch.nn.functional as F
 from matplotlib.figure import Figure
 from torch import Tensor, nn
 
@@ -45,7 +44,7 @@ from zoomin_lib.geometry import view_size, view_to_full
 from zoomin_lib.infra.cache import stand_in
 from zoomin_lib.ips import IPSNet
 from zoomin_lib.models import ATSNet, UniformNet, ZoomInNet
-from zoomin_lib.networks import AttentionLeNet, FeatureLeNet
+from zoomin_lib.networks import AttentionLeNet, FeatureLeNet, PatchEncoder
 from zoomin_lib.train.loop import evaluating
 from zoomin_lib.train.profiling import lean_inference, peak_memory
 
@@ -75,29 +74,22 @@ __all__ = [
 ENCODERS = ("strided", "lenet")
 
 
-class StridedLeNet(nn.Module):
+class StridedLeNet(PatchEncoder):
     """A LeNet-1-like patch encoder: Conv(5,2,2)-16 + ReLU, Conv(3,2,1)-32 + ReLU, Conv(3,1,1)-32 + ReLU, global max pool -> [M, 32]."""
 
-    out_features = 32
+    pool = "max"
 
     def __init__(self, in_channels: int = 1, normalize: bool = False) -> None:
-        super().__init__()
-        if not isinstance(in_channels, int) or in_channels < 1:
-            raise ValueError(f"in_channels must be a positive int, got {in_channels!r}")
-        self.in_channels = in_channels
-        self.normalize = normalize
+        super().__init__(in_channels, normalize)
         self.net = nn.Sequential(
             nn.Conv2d(in_channels, 16, 5, 2, 2), nn.ReLU(),
             nn.Conv2d(16, 32, 3, 2, 1), nn.ReLU(),
             nn.Conv2d(32, 32, 3, 1, 1), nn.ReLU(),
         )
 
-    def forward(self, x: Tensor) -> Tensor:
-        """Features [M, 32] of patches [M, C, ph, pw] (L2-normalised rows if `normalize`)."""
-        if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f"StridedLeNet expects [M, {self.in_channels}, ph, pw], got {tuple(x.shape)}")
-        z = self.net(x).amax(dim=(2, 3))  # [M, 32], global max pooling
-        return F.normalize(z, dim=1) if self.normalize else z
+    def encode(self, x: Tensor) -> Tensor:
+        """[M, 32, ph / 4, pw / 4]."""
+        return self.net(x)
 
 
 def patch_encoder(kind: str, normalize: bool = False) -> nn.Module:
@@ -131,25 +123,15 @@ class Setup:
         """The table name of ATS with n patches."""
         return f"ATS-{n}"
 
-    @property
-    def zoom_name(self) -> str:
-        """The table name of Zoom-In."""
-        return f"Zoom-In-{self.n}"
+    def names(self) -> dict[str, str]:
+        """The table name of each method: zoom, uniform, ips, cnn."""
+        return {"zoom": f"Zoom-In-{self.n}", "uniform": f"U-{self.n}",
+                "ips": f"IPS (M={self.ips_memory}, I={self.ips_iter})", "cnn": f"CNN s={self.cnn_scale}"}
 
-    @property
-    def uniform_name(self) -> str:
-        """The table name of uniform sampling."""
-        return f"U-{self.n}"
-
-    @property
-    def ips_name(self) -> str:
-        """The table name of IPS."""
-        return f"IPS (M={self.ips_memory}, I={self.ips_iter})"
-
-    @property
-    def cnn_name(self) -> str:
-        """The table name of the CNN."""
-        return f"CNN s={self.cnn_scale}"
+    zoom_name = property(lambda self: self.names()["zoom"], doc="The table name of Zoom-In.")
+    uniform_name = property(lambda self: self.names()["uniform"], doc="The table name of uniform sampling.")
+    ips_name = property(lambda self: self.names()["ips"], doc="The table name of IPS.")
+    cnn_name = property(lambda self: self.names()["cnn"], doc="The table name of the CNN.")
 
     def view_size(self) -> tuple[int, int]:
         """(h, w) of ATS's view of a canvas."""
@@ -330,6 +312,17 @@ def show_canvas(ax: plt.Axes, data: mp.MegapixelMNIST, i: int, attention: np.nda
     _boxes(ax, data.digit_boxes(i), "cyan")
 
 
+def _finish(fig: Figure, ax: plt.Axes, ylabel: str, title: str) -> Figure:
+    """A [0, 1] y axis labelled `ylabel` with a legend on ax; the figure titled (if any) and laid out."""
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
 def plot_error_vs_n(runs: Mapping[int, TaskRun], chance_error: float, title: str = "") -> Figure:
     """ATS figure 2 measured here: Maj test error against N, and against cumulative training seconds, one curve per N."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.4))
@@ -348,13 +341,7 @@ def plot_error_vs_n(runs: Mapping[int, TaskRun], chance_error: float, title: str
         right.plot(seconds, values, "o-", ms=3, color=f"C{k}", label=f"ATS-{n}")
     right.axhline(chance_error, color="grey", ls="--", lw=0.8)
     right.set_xlabel("training wall-clock (s, this machine)")
-    right.set_ylabel("Maj test error")
-    right.set_ylim(0, 1)
-    right.legend(fontsize=7)
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, right, "Maj test error", title)
 
 
 def plot_attention_evolution(
@@ -372,13 +359,7 @@ def plot_attention_evolution(
         ax.plot(np.arange(len(values)), values, "o-", ms=3, color=f"C{k}", label=f"on {name}")
         ax.axhline(areas[name], color=f"C{k}", ls=":", lw=0.8)
     ax.set_xlabel("epoch")
-    ax.set_ylabel("attention mass (dotted: uniform)")
-    ax.set_ylim(0, 1)
-    ax.legend(fontsize=7)
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, ax, "attention mass (dotted: uniform)", title)
 
 
 def plot_memory_scan(rows: Sequence[Mapping[str, Any]], title: str = "") -> Figure:

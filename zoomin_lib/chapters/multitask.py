@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from zoomin_lib.chapters.results import beats_chance
 from zoomin_lib.infra.config import default_device
 from zoomin_lib.infra.io import write_json
 from zoomin_lib.losses import entropy_regularizer
@@ -332,15 +333,8 @@ def above_chance(
 ) -> dict[str, dict[str, float]]:
     """Task -> {method: accuracy} of the methods whose test accuracy beats chance by more than z binomial standard errors.
 
-    The standard error is that of a classifier right with the chance probability p on the n test canvases,
-    sqrt(p (1 - p) / n): a method listed here is unlikely (about 2 % for z = 2) to be guessing.
+    The rule is the book's one (`chapters.results.beats_chance`): a method listed here is unlikely
+    (about 2 % for z = 2) to be guessing.
     """
-    out: dict[str, dict[str, float]] = {}
-    for task in tasks:
-        out[task] = {}
-        for name, run in runs.items():
-            p, n = chance[task], run.metrics["n"]
-            margin = z * float(np.sqrt(max(p * (1 - p), 1.0 / n) / n))
-            if run.metrics[task] > p + margin:
-                out[task][name] = run.metrics[task]
-    return out
+    return {task: {name: run.metrics[task] for name, run in runs.items()
+                   if beats_chance(run.metrics[task], chance[task], run.metrics["n"], z)} for task in tasks}

@@ -43,19 +43,36 @@ def result_rows(
     return rows
 
 
+def chance_margin(p: float, n: int, z: float = 2.0) -> float:
+    """z binomial standard errors of a guesser right with probability p on n test items: z sqrt(max(p (1 - p), 1 / n) / n).
+
+    The floor 1 / n keeps the margin sensible when p is near 0 or 1 (a handful of errors is still noise).
+    """
+    if n < 1:
+        raise ValueError(f"need at least one test item, got n = {n}")
+    return z * math.sqrt(max(p * (1 - p), 1.0 / n) / n)
+
+
+def beats_chance(accuracy: float, p: float, n: int, z: float = 2.0) -> bool:
+    """The one rule of the book for "learned something": accuracy beats chance p by more than `chance_margin(p, n, z)`.
+
+    With z = 2, a guesser passes about 2 % of the time.
+    """
+    return accuracy > p + chance_margin(p, n, z)
+
+
 def above_majority(
     results: Mapping[str, Sequence[FoldResult]], test_labels: Sequence[int] | np.ndarray, z: float = 0.0
 ) -> tuple[float, dict[str, float]]:
     """The majority-class rate p of the test labels, and the methods whose mean accuracy beats it (name -> accuracy).
 
-    With z > 0 a method must beat p by more than z binomial standard errors sqrt(p (1 - p) / n) of
-    the n test labels (z = 2: a classifier as good as the majority rule passes about 2 % of the time).
+    With z > 0 a method must beat p by more than z binomial standard errors of the n test labels
+    (`beats_chance`; z = 2: a classifier as good as the majority rule passes about 2 % of the time).
     """
     labels = np.asarray(test_labels)
     majority = float(np.bincount(labels).max() / labels.size)
-    margin = z * math.sqrt(majority * (1 - majority) / labels.size)
     beaten = {name: summarize(runs)["accuracy_mean"] for name, runs in results.items()}
-    return majority, {name: acc for name, acc in beaten.items() if acc > majority + margin}
+    return majority, {name: acc for name, acc in beaten.items() if beats_chance(acc, majority, labels.size, z)}
 
 
 def report_above_majority(

@@ -5,7 +5,7 @@ Zoom-In (Kong & Henao) classifies gigapixel slides (Camelyon16: 45,056 x 35,840 
 V(x, s2, c) of the sampled tiles (s2 = 0.125; 3200 x 3200 level-0 tiles, appendix F) and the
 sampled full-resolution sub-tiles; its memory is O(s1^2 HW + N' s1^2 s2^2 HW + N h2 w2) (sec. 2.1,
 "Memory requirements") only if the slide itself is never held in memory. This module gives the
-one protocol of DESIGN.md ("The library's shape", `slides.py`):
+one protocol for slide files (ARCHITECTURE.md, the `infra` layer):
 
 - `Slide`: the OpenSlide interface pathology users know: `dimensions` (width, height at level 0),
   `level_count`, `level_dimensions`, `level_downsamples`, `read_region(location, level, size)`
@@ -26,7 +26,7 @@ one protocol of DESIGN.md ("The library's shape", `slides.py`):
   which non-overlapping level-0 tiles (the ceil grid of `zoomin_lib.geometry.tile_grid`,
   appendix F) hold tissue, or how much of an annotation mask (appendix L, Fig. 7).
 - `write_pyramid_tiff`: a generic tiled pyramidal TIFF written level by level from a tile
-  function or row strips (DESIGN.md "Data"), never holding level 0 whole; each level is the 2x2
+  function or row strips (nothing is downloaded), never holding level 0 whole; each level is the 2x2
   mean of the previous one as written, read back lazily. OpenSlide sees the reduced levels only
   as separate main IFDs flagged NewSubfileType = 1 (reduced image), not as SubIFDs, and writes
   are atomic (`zoomin_lib.infra.io.atomic_write`).

@@ -326,15 +326,8 @@ def monte_carlo_moments(
     return _moments(rows, None)
 
 
-def monte_carlo_variance(
-    scheme: str,
-    a: Tensor,
-    f: Tensor,
-    n: int,
-    repeats: int,
-    generator: torch.Generator | None = None,
-    proposal: Tensor | None = None,
-) -> Spread:
+def monte_carlo_variance(scheme: str, a: Tensor, f: Tensor, n: int, repeats: int,
+                         generator: torch.Generator | None = None, proposal: Tensor | None = None) -> Spread:
     """Empirical total variance (with standard error) of the estimator of `scheme` over `repeats` runs."""
     return monte_carlo_moments(scheme, a, f, n, repeats, generator, proposal).value
 

@@ -19,7 +19,7 @@ import pytest
 from data_prep import colon_cancer, fmow, traffic_signs
 from data_prep.problems import DataProblemWarning
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _run_chapter(name: str, data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[str, Path]:

@@ -22,7 +22,7 @@ from data_prep import colon_cancer
 from zoomin_lib.infra import io
 from zoomin_lib.infra.config import data_dir
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _mode(path: Path) -> int:
