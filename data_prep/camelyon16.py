@@ -41,9 +41,9 @@ from pathlib import Path
 
 import numpy as np
 import skimage.draw
-from tqdm.auto import tqdm
 
 from data_prep.problems import DataSetError, report, summarize_problems
+from zoomin_lib.infra.progress import tqdm
 from zoomin_lib.infra.slides import SlideError, open_slide
 
 __all__ = [

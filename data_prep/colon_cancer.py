@@ -52,12 +52,12 @@ import scipy.io
 import scipy.ndimage
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
 
 from data_prep.problems import DataFileError, DataSetError, describe, read_rgb, report, summarize_problems
 from data_prep.textures import blurred_noise, ihc_stains, stain_vectors
 from zoomin_lib.infra.cache import stand_in
 from zoomin_lib.infra.io import atomic_dir, read_json, write_json
+from zoomin_lib.infra.progress import tqdm
 
 CELL_TYPES = ("epithelial", "fibroblast", "inflammatory", "others")
 POSITIVE_TYPE = "epithelial"

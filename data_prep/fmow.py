@@ -70,12 +70,12 @@ from typing import Callable
 
 import numpy as np
 from PIL import Image, ImageDraw
-from tqdm.auto import tqdm
 
 from data_prep.problems import DataFileError, DataSetError, check_image, describe, read_rgb, report, summarize_problems
 from data_prep.textures import coarse_noise
 from zoomin_lib.infra.cache import stand_in
 from zoomin_lib.infra.io import atomic_dir, read_json, write_json
+from zoomin_lib.infra.progress import tqdm
 
 __all__ = [
     "CATEGORIES",

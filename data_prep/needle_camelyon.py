@@ -51,7 +51,6 @@ import numpy as np
 import skimage.draw
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
 
 from data_prep.camelyon16 import (
     HOLE_GROUPS,
@@ -65,6 +64,7 @@ from data_prep.camelyon16 import (
 from data_prep.problems import DataFileError, describe, read_rgb
 from zoomin_lib.infra.cache import stand_in
 from zoomin_lib.infra.io import atomic_dir, read_json, write_json
+from zoomin_lib.infra.progress import tqdm
 from zoomin_lib.infra.slides import Slide, open_slide, tissue_mask
 
 __all__ = [

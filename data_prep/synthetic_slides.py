@@ -47,11 +47,11 @@ from typing import Any
 import numpy as np
 import skimage.draw
 from PIL import Image
-from tqdm.auto import tqdm
 
 from data_prep.textures import blurred_noise, ihc_stains, stain_vectors
 from zoomin_lib.infra.cache import stand_in
 from zoomin_lib.infra.io import atomic_dir, read_json, write_json, write_text
+from zoomin_lib.infra.progress import tqdm
 from zoomin_lib.infra.slides import write_pyramid_tiff
 
 __all__ = [

@@ -10,10 +10,11 @@ data_prep. Imports anywhere in a file count, also inside functions.
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 
 import pytest
+
+from zoomin_lib.book.imports import imports_of, project_modules, targets
 
 ROOT = Path(__file__).resolve().parent.parent
 CORE, ALL = "core", ("core", "infra", "data_prep", "train", "theory", "wsi", "bench", "book", "chapters", "cli")
@@ -31,12 +32,6 @@ MAY_IMPORT = {
 }
 
 
-def module_name(path: Path, root: Path) -> str:
-    """'zoomin_lib.wsi.reader' for root/zoomin_lib/wsi/reader.py ('...__init__' drops its last part)."""
-    parts = list(path.relative_to(root).with_suffix("").parts)
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-
-
 def layer(module: str) -> str:
     """The layer of a module of zoomin_lib or data_prep."""
     parts = module.split(".")
@@ -47,35 +42,14 @@ def layer(module: str) -> str:
     return parts[1] if parts[1] in MAY_IMPORT else CORE
 
 
-def imports(path: Path, module: str) -> list[tuple[str, list[str], int]]:
-    """(imported module, imported names, line) of every import of the project's packages in the file."""
-    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
-    out = []
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
-            out += [(a.name, [], node.lineno) for a in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
-                base = ".".join(anchor + ([base] if base else []))
-            out.append((base, [a.name for a in node.names], node.lineno))
-    return [(m, names, line) for m, names, line in out if m.split(".")[0] in ("zoomin_lib", "data_prep")]
-
-
 def violations(root: Path) -> list[str]:
     """Every upward import, private name imported from another module, and import cycle under root."""
-    files = sorted(p for pkg in ("zoomin_lib", "data_prep") for p in (root / pkg).rglob("*.py"))
-    modules = {module_name(p, root): p for p in files}
+    modules = project_modules(root)
     graph: dict[str, set[str]] = {m: set() for m in modules}
     found = []
     for module, path in modules.items():
-        for target, names, line in imports(path, module):
-            # `from zoomin_lib import builders`: the imported names may be modules themselves
-            targets = [f"{target}.{n}" if f"{target}.{n}" in modules else target for n in names] or [target]
-            for t in targets:
-                if t not in modules:
-                    continue
+        for target, names, line in imports_of(path, module):
+            for t in targets(target, names, modules):  # `from zoomin_lib import builders` reaches a module
                 if layer(t) not in MAY_IMPORT[layer(module)]:
                     found.append(f"{path.relative_to(root)}:{line}: {layer(module)} module {module} imports "
                                  f"{layer(t)} module {t} (upward)")

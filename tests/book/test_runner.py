@@ -153,3 +153,53 @@ def test_cell_timeout_is_reported_as_a_timeout(tmp_path: Path) -> None:
 def test_unknown_profile_is_rejected(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown profile"):
         runner.run_notebooks([], tmp_path, "gpu")
+
+
+CHATTY_PY = '''# %% tags=["parameters"]
+profile = "cpu"
+
+# %%
+import sys
+import torch
+from zoomin_lib.geometry import view_size
+from zoomin_lib.infra.progress import tqdm
+print("IProgress not found. Please update jupyter and ipywidgets.", file=sys.stderr)
+print("USDT:2026-12-04 profiler_start", file=sys.stderr)
+for _ in tqdm(range(30), desc="epochs", mininterval=0):
+    pass
+print("result", view_size((300, 300), 1 / 3))
+torch.manual_seed(0)
+'''
+
+
+def test_pages_are_clean_and_an_unchanged_chapter_is_cached(tmp_path: Path, monkeypatch) -> None:
+    """No chatter, no `<torch.` repr, one line for the bar; a second run reuses the copy until a file it imports changes."""
+    root = tmp_path / "repo"
+    root.mkdir()
+    for pkg in ("zoomin_lib", "data_prep"):  # a copy of the project's sources: the cache key reads them
+        subprocess.run(["cp", "-r", str(repo_root() / pkg), str(root / pkg)], check=True)
+    (root / "notebooks").mkdir()
+    nb = root / "notebooks" / "01_chatty.py"
+    nb.write_text(CHATTY_PY)
+    monkeypatch.setattr(runner, "repo_root", lambda *a: root)
+    out = root / "executed"
+    first = runner.run_notebooks([nb], out, "smoke", progress_bar=False)
+    assert first[0].status == "ok", first[0].error and first[0].error.describe()
+    outputs = [o for c in json.loads((out / "01_chatty.ipynb").read_text())["cells"] for o in c.get("outputs", [])]
+    shown = json.dumps(outputs)
+    assert "IProgress" not in shown and "USDT" not in shown and "profiler_start" not in shown and "<torch." not in shown
+    streams = "".join("".join(o["text"]) for o in outputs if o["output_type"] == "stream")
+    assert streams.count("epochs") == 1 and "30/30" in streams and "result (100, 100)" in streams
+    assert runner.run_notebooks([nb], out, "smoke", progress_bar=False)[0].status == "cached"
+    assert runner.run_notebooks([nb], out, "cpu", progress_bar=False)[0].status == "ok"  # another profile
+    (root / "zoomin_lib" / "chapters" / "results.py").write_text("# not imported by the chapter\n")
+    assert runner.run_notebooks([nb], out, "cpu", progress_bar=False)[0].status == "cached"
+    geometry = root / "zoomin_lib" / "geometry.py"
+    geometry.write_text(geometry.read_text() + "\n# a change the chapter reaches\n")
+    assert runner.run_notebooks([nb], out, "cpu", progress_bar=False)[0].status == "ok"
+
+
+def test_budgets_are_read_per_profile(tmp_path: Path) -> None:
+    (tmp_path / "book").mkdir()
+    (tmp_path / "book" / "budgets.json").write_text(json.dumps({"cpu": {"03_x": 1.5}}))
+    assert runner.budgets("cpu", tmp_path) == {"03_x": 90.0} and runner.budgets("smoke", tmp_path) == {}

@@ -14,28 +14,45 @@ Without notebook arguments it runs every ``notebooks/NN_name.ipynb`` (and every
    file, then renamed). A failing notebook leaves ``OUT/NN_name.failed.ipynb`` instead, and any
    older ``OUT/NN_name.ipynb`` is removed so that a stale copy is never rendered.
 
-A summary table (status and seconds per notebook) is printed at the end and written to
-``OUT/_run_summary.json``; each failure names the cell (number in the ``.ipynb`` and its
-first source line) and the exception; a cell that ran past ``--timeout`` is reported as
-"timed out after N s" (not as the KeyboardInterrupt the kernel shows when it is stopped).
-The exit status is 0 only if every notebook passed.
+A summary table (status, seconds and the chapter's budget for the profile, `book/budgets.json`)
+is printed at the end and written to ``OUT/_run_summary.json``; each failure names the cell
+(number in the ``.ipynb`` and its first source line) and the exception; a cell that ran past
+``--timeout`` is reported as "timed out after N s" (not as the KeyboardInterrupt the kernel shows
+when it is stopped). The exit status is 0 only if every notebook passed.
+
+Also:
+
+- **Cache.** An executed copy is reused ("cached") when nothing it depends on changed: the key
+  (`cache_key`) hashes the profile, the notebook's source, every file of `zoomin_lib` and
+  `data_prep` it reaches through its imports (`book.imports.closure`; the stand-ins' parameters
+  live there), the packages' data files and the pinned environment. `--no-cache` re-executes.
+- **Clean pages.** Kernels run with $ZOOMIN_BATCH set, so progress bars are text
+  (`infra.progress`); `clean_outputs` then keeps each bar's last line, drops library chatter
+  (profiler and allocator messages, widget hints) and stray object reprs (`<... at 0x...>`).
+- **Two at once.** `--jobs 2` runs two notebooks at a time, each kernel with one thread
+  (OMP/MKL/torch), which on two cores beats one notebook with two threads for these chapters.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
+import json
 import os
 import re
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
+from zoomin_lib.book.imports import closure, imports_of, project_modules, targets
 from zoomin_lib.infra.config import PROFILE_ENV, PROFILES, check_profile, repo_root
-from zoomin_lib.infra.io import write_json, write_text
+from zoomin_lib.infra.io import read_json, write_json, write_text
+from zoomin_lib.infra.progress import BATCH_ENV
 
 NOTEBOOK_GLOB = "[0-9][0-9]_*"
 SUMMARY_NAME = "_run_summary.json"
@@ -71,8 +88,9 @@ class NotebookResult:
 
     name: str
     source: str
-    status: str  # "ok", "failed" or "skipped"
+    status: str  # "ok", "cached", "failed" or "skipped"
     seconds: float = 0.0
+    budget_seconds: float | None = None  # the chapter's budget for the profile (book/budgets.json)
     output: str | None = None
     synced: bool = False
     error: CellError | None = None
@@ -215,6 +233,96 @@ def locate_error(
     return CellError(None, None, "", ename, evalue)
 
 
+# ---------------------------------------------------------------- cache, budgets, clean outputs
+
+_DEPENDENCY_FILES = ("requirements.txt", "constraints.txt", "pyproject.toml")
+
+
+def cache_key(notebook: str | os.PathLike, profile: str, root: str | os.PathLike | None = None) -> str:
+    """SHA-256 of what an executed chapter depends on: profile, source, the project files it reaches, data files, pins."""
+    root = Path(root) if root is not None else repo_root()
+    notebook = Path(notebook)
+    source = notebook.with_suffix(".py") if notebook.with_suffix(".py").is_file() else notebook.with_suffix(".ipynb")
+    modules = project_modules(root)
+    start = [t for m, names, _ in imports_of(source) for t in targets(m, names, modules)] if source.suffix == ".py" \
+        else list(modules)  # no Jupytext source: depend on everything
+    files = sorted({modules[m] for m in closure(start, modules)})
+    files += sorted(p for pkg in ("zoomin_lib", "data_prep") for p in (root / pkg).rglob("*")
+                    if p.is_file() and p.suffix not in (".py", ".pyc"))  # package data (paper tables, ...)
+    files += [root / f for f in _DEPENDENCY_FILES if (root / f).is_file()]
+    digest = hashlib.sha256(f"profile={profile}\n".encode())
+    for f in [source, *files]:
+        digest.update(str(Path(f).relative_to(root) if Path(f).is_relative_to(root) else f).encode() + b"\0")
+        digest.update(Path(f).read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def budgets(profile: str, root: str | os.PathLike | None = None) -> dict[str, float]:
+    """Each chapter's budget in seconds for `profile`, from book/budgets.json (minutes); {} without one."""
+    path = (Path(root) if root is not None else repo_root()) / "book" / "budgets.json"
+    if not path.is_file():
+        return {}
+    return {name: 60.0 * float(minutes) for name, minutes in read_json(path).get(profile, {}).items()}
+
+
+_CHATTER = re.compile(r"IProgress not found|update jupyter and ipywidgets|USDT:|profiler_(start|stop)|"
+                      r"CPUAllocator\.cpp|Memory block of unknown size|TqdmExperimentalWarning|"
+                      r"from \.autonotebook import tqdm")
+_GLUED = re.compile(r"(\])(?=[^\n\]]*?\d{1,3}%\|)")  # one bar's "[time]" run straight into the next bar
+_BAR = re.compile(r"^(?P<desc>.*?)(?::\s*)?\s*\d{1,3}%\|.*\|\s*\d+/\d+")
+_REPR = re.compile(r"^<[\w.]+(?: [\w.]+)* at 0x[0-9a-fA-F]+>$|^<Figure size [^>]*>$")
+
+
+def _clean_stream(text: str) -> str:
+    """A stream's text without chatter, each progress bar reduced to its last state (where that was printed)."""
+    lines = []
+    for raw in _GLUED.sub("\\1\n", text).split("\n"):
+        line = [part for part in raw.split("\r") if part.strip()][-1] if raw.strip() else raw
+        if not _CHATTER.search(line):
+            lines.append(line)
+    last: dict[str, int] = {}
+    for k, line in enumerate(lines):  # the last line of each bar, by its description
+        m = _BAR.match(line)
+        if m:
+            last[m.group("desc")] = k
+    keep = [line for k, line in enumerate(lines) if not _BAR.match(line) or last[_BAR.match(line).group("desc")] == k]
+    return "\n".join(keep)
+
+
+def clean_outputs(nb: dict[str, Any]) -> dict[str, Any]:
+    """The executed notebook `nb` (nbformat JSON) with clean pages: chatter and stray reprs gone, one line per progress bar."""
+    for cell in nb.get("cells", []):
+        if cell.get("cell_type") != "code":
+            continue
+        merged: list[dict[str, Any]] = []
+        for out in cell.get("outputs", []):  # consecutive writes to one stream are one text
+            if merged and out.get("output_type") == "stream" == merged[-1].get("output_type") and \
+                    out.get("name") == merged[-1].get("name"):
+                merged[-1] = {**merged[-1], "text": "".join(merged[-1]["text"]) + "".join(out.get("text", ""))}
+            else:
+                merged.append(out)
+        outputs = []
+        for out in merged:
+            if out.get("output_type") == "stream":
+                text = _clean_stream("".join(out.get("text", "")))
+                if text.strip():
+                    outputs.append({**out, "text": text})
+                continue
+            data = out.get("data", {})
+            if out.get("output_type") == "execute_result" and set(data) == {"text/plain"} and \
+                    _REPR.match("".join(data["text/plain"]).strip()):
+                continue  # `<torch._C.Generator at 0x...>` and the like: nothing for a reader
+            outputs.append(out)
+        cell["outputs"] = outputs
+    return nb
+
+
+def _clean_file(path: str | os.PathLike) -> None:
+    """Rewrite an executed notebook file with `clean_outputs` (in place; the caller publishes it)."""
+    nb = json.loads(Path(path).read_text())
+    Path(path).write_text(json.dumps(clean_outputs(nb), indent=1, ensure_ascii=False) + "\n")
+
+
 def execute_notebook(
     notebook: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -222,8 +330,9 @@ def execute_notebook(
     cwd: str | os.PathLike | None = None,
     progress_bar: bool = True,
     timeout: float | None = None,
+    use_cache: bool = True,
 ) -> NotebookResult:
-    """Sync, execute and write one notebook to `out_dir`; failures are returned, not raised."""
+    """Sync, execute and write one notebook to `out_dir` (or reuse its cached copy); failures are returned, not raised."""
     import papermill
 
     notebook, out_dir = Path(notebook), Path(out_dir)
@@ -232,6 +341,12 @@ def execute_notebook(
     for stale in out_dir.glob(f".{name}.*.ipynb"):  # left by a run that was killed mid-way
         stale.unlink(missing_ok=True)
     result = NotebookResult(name=name, source=_display(notebook), status="failed")
+    key_file, final = out_dir / f"{name}.key", out_dir / f"{name}.ipynb"
+    key = cache_key(notebook, profile)
+    if use_cache and final.is_file() and key_file.is_file() and key_file.read_text().strip() == key:
+        result.status, result.output = "cached", _display(final)
+        return result
+    key_file.unlink(missing_ok=True)
     start = time.perf_counter()
     fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".ipynb", dir=out_dir)
     os.close(fd)
@@ -257,8 +372,9 @@ def execute_notebook(
             result.output = _display(failed)
         (out_dir / f"{name}.ipynb").unlink(missing_ok=True)
     else:
-        final = out_dir / f"{name}.ipynb"
+        _clean_file(tmp)
         _publish(tmp, final)
+        write_text(key_file, key + "\n")  # after the copy it vouches for
         (out_dir / f"{name}.failed.ipynb").unlink(missing_ok=True)
         result.status, result.output = "ok", _display(final)
     finally:
@@ -274,43 +390,61 @@ def run_notebooks(
     fail_fast: bool = False,
     progress_bar: bool = True,
     timeout: float | None = None,
+    jobs: int = 1,
+    use_cache: bool = True,
 ) -> list[NotebookResult]:
-    """Execute `notebooks` in order; after a failure, go on unless `fail_fast`."""
+    """Execute `notebooks` (`jobs` at a time, in order of their names); after a failure, go on unless `fail_fast`."""
     check_profile(profile)
-    previous = os.environ.get(PROFILE_ENV)
-    os.environ[PROFILE_ENV] = profile  # the kernels inherit it, so get_profile() agrees
-    results: list[NotebookResult] = []
+    env = {PROFILE_ENV: profile, BATCH_ENV: "1"}  # the kernels inherit them: get_profile() agrees, bars are text
+    if jobs > 1:
+        env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")  # one thread per kernel
+    previous = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    limits = budgets(profile)
     failed = False
-    try:
-        for notebook in notebooks:
-            notebook = Path(notebook).with_suffix(".ipynb")
-            if failed and fail_fast:
-                results.append(NotebookResult(notebook.stem, _display(notebook), "skipped"))
-                continue
-            print(f"[runner] {notebook.stem}  (profile {profile})", flush=True)
-            result = execute_notebook(
-                notebook, out_dir, profile, progress_bar=progress_bar, timeout=timeout
-            )
-            if result.status != "ok":
-                failed = True
-                print(f"[runner] FAILED {result.name}: {result.error.describe()}", flush=True)
-            results.append(result)
-    finally:
-        if previous is None:
-            os.environ.pop(PROFILE_ENV, None)
+
+    def one(notebook: Path) -> NotebookResult:
+        nonlocal failed
+        if failed and fail_fast:
+            return NotebookResult(notebook.stem, _display(notebook), "skipped")
+        print(f"[runner] {notebook.stem}  (profile {profile})", flush=True)
+        result = execute_notebook(notebook, out_dir, profile, progress_bar=progress_bar and jobs == 1,
+                                  timeout=timeout, use_cache=use_cache)
+        result.budget_seconds = limits.get(notebook.stem)
+        if result.status == "failed":
+            failed = True
+            print(f"[runner] FAILED {result.name}: {result.error.describe()}", flush=True)
         else:
-            os.environ[PROFILE_ENV] = previous
-    return results
+            over = result.budget_seconds is not None and result.seconds > result.budget_seconds
+            print(f"[runner] {result.status} {result.name}: {result.seconds:.0f} s"
+                  + (f" of a {result.budget_seconds:.0f} s budget" if result.budget_seconds else "")
+                  + (" (OVER BUDGET)" if over else ""), flush=True)
+        return result
+
+    try:
+        paths = [Path(n).with_suffix(".ipynb") for n in notebooks]
+        if jobs <= 1:
+            return [one(p) for p in paths]
+        with ThreadPoolExecutor(jobs) as pool:
+            return list(pool.map(one, paths))
+    finally:
+        for k, v in previous.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def format_summary(results: Sequence[NotebookResult]) -> str:
     """The final table (notebook, status, seconds) followed by one paragraph per failure."""
     width = max([len("notebook")] + [len(r.name) for r in results])
-    lines = [f"{'notebook':<{width}}  {'status':<7}  {'seconds':>8}", "-" * (width + 19)]
+    lines = [f"{'notebook':<{width}}  {'status':<7}  {'seconds':>8}  {'budget':>8}", "-" * (width + 29)]
     for r in results:
-        lines.append(f"{r.name:<{width}}  {r.status:<7}  {r.seconds:>8.1f}")
+        budget = f"{r.budget_seconds:>8.0f}" if r.budget_seconds else f"{'':>8}"
+        over = "  over budget" if r.budget_seconds and r.seconds > r.budget_seconds else ""
+        lines.append(f"{r.name:<{width}}  {r.status:<7}  {r.seconds:>8.1f}  {budget}{over}")
     total = sum(r.seconds for r in results)
-    lines.append("-" * (width + 19))
+    lines.append("-" * (width + 29))
     lines.append(f"{'total':<{width}}  {'':<7}  {total:>8.1f}")
     failures = [r for r in results if r.status == "failed"]
     if failures:
@@ -333,7 +467,7 @@ def write_summary(
     summary = {
         "profile": profile,
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "ok": all(r.status == "ok" for r in results),
+        "ok": all(r.status in ("ok", "cached") for r in results),
         "total_seconds": round(sum(r.seconds for r in results), 2),
         "notebooks": [r.to_json() for r in results],
     }
@@ -357,6 +491,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--fail-fast", action="store_true", help="stop at the first failing notebook")
     parser.add_argument("--timeout", type=float, default=None, help="seconds per cell (default: none)")
     parser.add_argument("--no-progress", action="store_true", help="hide papermill's progress bar")
+    parser.add_argument("--jobs", type=int, default=1, help="notebooks at a time, one thread each (default 1)")
+    parser.add_argument("--no-cache", action="store_true", help="execute even when a cached copy is up to date")
     args = parser.parse_args(argv)
 
     root = repo_root()
@@ -372,12 +508,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         fail_fast=args.fail_fast,
         progress_bar=not args.no_progress,
         timeout=args.timeout,
+        jobs=args.jobs,
+        use_cache=not args.no_cache,
     )
     summary_path = write_summary(results, out_dir, args.profile)
     print()
     print(format_summary(results))
     print(f"\n[runner] executed copies in {out_dir}; summary in {summary_path}")
-    return 0 if all(r.status == "ok" for r in results) else 1
+    return 0 if all(r.status in ("ok", "cached") for r in results) else 1
 
 
 if __name__ == "__main__":

@@ -24,10 +24,10 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from zoomin_lib.infra.config import default_device
 from zoomin_lib.infra.io import save_torch, write_json
+from zoomin_lib.infra.progress import tqdm
 from zoomin_lib.models import module_device
 from zoomin_lib.train.checkpoints import CheckpointMismatchError, check_resumable, settings_record
 

@@ -22,10 +22,10 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from zoomin_lib.infra.config import default_device
 from zoomin_lib.infra.io import write_json
+from zoomin_lib.infra.progress import tqdm
 from zoomin_lib.steps import predictor, sampling_loss
 from zoomin_lib.train.fingerprint import fingerprint
 from zoomin_lib.train.loop import evaluate, fit, seed_everything
