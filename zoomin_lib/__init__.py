@@ -6,7 +6,7 @@ come from), `syncs`, `networks` (tables 5-6), `models` (ZoomInNet, ATSNet, Unifo
 CNNBaseline), `ips` (IPSNet), `losses`, `steps` (the eq. 12 objective) and `builders`.
 The wings: `infra` (config, atomic files, stand-in cache, slide files) < `train` (loop, protocol,
 profiling, supervision) and `theory` (enumeration, symbolic, variance, memory model) < `wsi` (models on
-whole slides) < `book` (runner, tables, figures, paper numbers), `bench` and `chapters` (the only code
+whole slides) < `book` (runner, tables, figures, paper numbers), `bench` and the book's helpers (the only code
 that imports `data_prep`). ARCHITECTURE.md draws the layers.
 
 What a user reaches for first is re-exported here; the wings load on first use, so `import zoomin_lib`

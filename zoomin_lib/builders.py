@@ -6,7 +6,7 @@
   table 6's a ends in an unbounded ReLU. We follow the text by default (`bounded_a=False`): a
   tanh-bounded score averaged over a tile caps the ratio of two tile weights at e^2, so on the
   2x2 tiles of a colon image alpha can never put more than 71% on one tile and N' (the distinct
-  tiles drawn, appendix A) cannot fall as the paper's figure 4 shows (chapter 08 measures both).
+  tiles drawn, appendix A) cannot fall as the paper's figure 4 shows.
 - ATS-N (ATS sec. 3.3, supp. H.2): attention on V(x, s) with unbounded scores, and the same f.
 - U-N (ATS table 1): uniform sampling with the same f.
 - CNN (Zoom-In sec. 4, "a ResNet with 8 convolutional layers and 32 channels") on V(x, s).

@@ -16,7 +16,7 @@ sums S_{k-1} = sum_{j<k} a_{i_j}, each term
 
 has E[Y_k | i_1..i_{k-1}] = sum_i a_i f_i exactly, so the average (1/n) sum_k Y_k (Zoom-In eq. 9)
 and the last term Y_n alone (ATS eq. 14-15 as printed) are both unbiased. The average has the
-lower variance for few draws; Y_n has zero variance at n = K (chapter 02 measures both).
+lower variance for few draws; Y_n has zero variance at n = K.
 For the gradient, the second part is written as a_{i_k} f_{i_k} * sg((1 - S_{k-1}) / a_{i_k}):
 the same value, and its gradient is the score-function (likelihood-ratio) gradient of the draw
 of i_k given the earlier draws, conditioned on those draws. Because E[Y_k | earlier draws] does
