@@ -197,8 +197,8 @@ for t, k2, n in SETTINGS["two_stage"]:
     literal_ok = S.is_zero(literal - target)
     # the literal reading's bias relative to the target, at one random rational point
     rng = np.random.default_rng(seed)
-    point = {s: sp.Rational(int(rng.integers(1, 9)), 40) for s in literal.free_symbols if s.name[0] in "ab"}
-    point.update({s: sp.Integer(int(rng.integers(-3, 4))) for s in literal.free_symbols if s.name[0] == "f"})
+    point = {s: sp.Rational(int(rng.integers(1, 9)), 40) for s in sorted(literal.free_symbols, key=str) if s.name[0] in "ab"}
+    point.update({s: sp.Integer(int(rng.integers(-3, 4))) for s in sorted(literal.free_symbols, key=str) if s.name[0] == "f"})
     bias = float(((literal - target) / target).subs(point))
     rows.append({"T": t, "K2": k2, "N": n, "within-tile reading unbiased": within,
                  "literal reading unbiased": literal_ok, "literal relative bias at a random point": round(bias, 4),
