@@ -60,7 +60,6 @@ resume = False  # continue interrupted runs from their checkpoints under results
 # (`zoomin_lib.chapters.signs`).
 
 # %%
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
