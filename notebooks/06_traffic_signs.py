@@ -54,48 +54,69 @@ data_dir = None  # a folder with Set1/annotations.txt and Set2/annotations.txt; 
 seed = 0
 resume = False  # continue interrupted runs from their checkpoints under results/06_traffic_signs/
 
-# %%
-from dataclasses import replace
+# %% [markdown]
+# The chapter's tools: the data set's reader, the builders of the methods, the training protocol and
+# profiler, and the chapter helpers that train the methods in turn and draw where Zoom-In looks
+# (`zoomin_lib.chapters.signs`).
 
-import matplotlib.pyplot as plt
+# %%
 import numpy as np
 import torch
 
 from data_prep import traffic_signs
 from zoomin_lib.chapters.opening import open_chapter
 from zoomin_lib import builders
-from zoomin_lib.train.supervision import box_mask, pretrained_from_boxes
-from zoomin_lib.train.protocol import TrainSettings, channel_stats, lazy_batches, run_method, standardize
+from zoomin_lib.train.supervision import box_mask
+from zoomin_lib.train.protocol import TrainSettings, channel_stats, standardize
 from zoomin_lib.train.fingerprint import fingerprint
 from zoomin_lib.train.profiling import profile_methods
 from zoomin_lib.chapters.results import report_above_majority, result_rows
-from zoomin_lib.chapters.attention import zoom_picks
+from zoomin_lib.chapters.signs import (BOXES, add_box_method, batch_loader, box_fit_text, budget_text,
+                                       examples_figure, save_zoom_figures, train_methods)
 from zoomin_lib.infra.io import write_json
 from zoomin_lib.book.paper_numbers import ATS_TABLE2_SPEED_LIMITS, ZOOMIN_TABLE1_TRAFFIC, paper_rows
-from zoomin_lib.chapters.per_class import absent_note, per_class_rows, present_classes
-from zoomin_lib.book.plotting import save_figure, show_attention, zoom_grid
+from zoomin_lib.chapters.per_class import absent_note, per_class_rows
+from zoomin_lib.book.plotting import save_figure
 from zoomin_lib.book.report import markdown_table
 
-PAPER = dict(n_patches=10, patch=100, batch=32, epochs=150, lr=1e-3, warmup=10, cosine=False)
-SETTINGS = {
-    # seconds: a few images, one epoch (the mechanics, not the accuracy)
-    "smoke": dict(synthetic=dict(n_train=24, n_test=12), train_subset=12, test_subset=8, n_patches=5, patch=50,
-                  batch=4, epochs=1, lr=1e-3, warmup=0, cosine=False, cnn_scales=[0.3], cnn_epochs=1, timing=0.01,
-                  boxes=dict(pretrain={"a": 1, "b": 1, "f": 1}, epochs=1, lr=1e-4)),
-    # the book's default on a 2-core CPU: the paper's architecture with N = 5 sub-tiles of 50x50 (not 10 of
-    # 100x100: a sixth of the feature cost), batch 8, 12 epochs (not 150) at the paper's lr 1e-3 with cosine
-    # decay; the CNN at scale 0.3. Zoom-In + boxes: pre-training from the boxes (about 3 min), then 6 epochs at
-    # lr 1e-4, a tenth of the others' (in a trial, these epochs took the pre-trained model from 83 % to 76 %
-    # test accuracy; at lr 1e-3 an earlier version lost more)
-    "cpu": dict(synthetic=dict(n_train=200, n_test=100), train_subset=None, test_subset=None, n_patches=5, patch=50,
-                batch=8, epochs=12, lr=1e-3, warmup=4, cosine=True, cnn_scales=[0.3], cnn_epochs=6, timing=0.3,
-                boxes=dict(pretrain={"a": 30, "b": 20, "f": 30}, epochs=6, lr=1e-4)),
-    # the paper (Zoom-In appendix G): N = 10, 100x100, batch 32, 150 epochs, lr 1e-3; CNN at 0.5 and 1
-    "paper": dict(synthetic=dict(n_train=600, n_test=300), train_subset=None, test_subset=None, **PAPER,
-                  cnn_scales=[0.5, 1.0], cnn_epochs=150, timing=0.3,
-                  boxes=dict(pretrain={"a": 100, "b": 50, "f": 100}, epochs=150, lr=1e-4)),
-}
-cfg, out, device = open_chapter("06_traffic_signs", SETTINGS, profile, seed)
+# %% [markdown]
+# ## Settings
+#
+# The `smoke` profile runs in seconds: a few images and one epoch, to check the mechanics, not the accuracy.
+
+# %%
+SMOKE = dict(synthetic=dict(n_train=24, n_test=12), train_subset=12, test_subset=8, n_patches=5, patch=50,
+             batch=4, epochs=1, lr=1e-3, warmup=0, cosine=False, cnn_scales=[0.3], cnn_epochs=1, timing=0.01,
+             boxes=dict(pretrain={"a": 1, "b": 1, "f": 1}, epochs=1, lr=1e-4))
+
+# %% [markdown]
+# The `cpu` profile, the book's default on a 2-core CPU, keeps the paper's architecture with $N = 5$ sub-tiles
+# of 50x50 (not 10 of 100x100: a sixth of the feature cost), batch 8 and 12 epochs (not 150) at the paper's
+# lr $10^{-3}$ with cosine decay; the CNN sees the image at scale 0.3. Zoom-In + boxes is pre-trained from
+# the boxes (about 3 minutes), then trained for 6 epochs at lr $10^{-4}$, a tenth of the others': in a trial
+# these epochs took the pre-trained model from 83 % to 76 % test accuracy, and at lr $10^{-3}$ an earlier
+# version lost more.
+
+# %%
+CPU = dict(synthetic=dict(n_train=200, n_test=100), train_subset=None, test_subset=None, n_patches=5, patch=50,
+           batch=8, epochs=12, lr=1e-3, warmup=4, cosine=True, cnn_scales=[0.3], cnn_epochs=6, timing=0.3,
+           boxes=dict(pretrain={"a": 30, "b": 20, "f": 30}, epochs=6, lr=1e-4))
+
+# %% [markdown]
+# The `paper` profile holds Zoom-In's appendix G: $N = 10$ sub-tiles of 100x100, batch 32, 150 epochs at lr
+# $10^{-3}$ with 10 warm-up epochs; the CNN at scales 0.5 and 1.
+
+# %%
+PAPER = dict(synthetic=dict(n_train=600, n_test=300), train_subset=None, test_subset=None, n_patches=10, patch=100,
+             batch=32, epochs=150, lr=1e-3, warmup=10, cosine=False, cnn_scales=[0.5, 1.0], cnn_epochs=150,
+             timing=0.3, boxes=dict(pretrain={"a": 100, "b": 50, "f": 100}, epochs=150, lr=1e-4))
+
+# %% [markdown]
+# The opening picks the settings of the chosen profile, makes the chapter's results folder and seeds every
+# random number generator.
+
+# %%
+cfg, out, device = open_chapter("06_traffic_signs", {"smoke": SMOKE, "cpu": CPU, "paper": PAPER}, profile, seed)
 
 # %% [markdown]
 # ## The data
@@ -122,33 +143,31 @@ print(f"data: {DATA_LABEL}; train {train_set.class_counts()} ({len(train_idx)} u
       f"test {test_set.class_counts()} ({len(test_idx)} used); dropped by the rules: "
       f"{train_set.dropped} + {test_set.dropped}; images skipped for a problem above: {len(problems)}")
 print(CLASSES_ABSENT)
-# what the checkpoints record as their data: another subset or other files are not resumed from them
-DATA_ID = fingerprint([train_set.samples[i].path.name for i in train_idx], train_set.labels[train_idx],
-                      [test_set.samples[i].path.name for i in test_idx], test_set.labels[test_idx])
-stats = channel_stats(train_set.load_batch(train_idx[:16].tolist()))  # colour statistics of a few training images
 
-def load_train(idx):
-    return standardize(train_set.load_batch([int(train_idx[i]) for i in idx]), stats)
-
-def load_test(idx):
-    return standardize(test_set.load_batch([int(test_idx[i]) for i in idx]), stats)
+# %% [markdown]
+# The checkpoints record which images they were trained and tested on, so that a run on another subset or
+# other files is never resumed from them. Every image is standardized with the colour statistics of a few
+# training images, and read from disk only when its mini-batch is.
 
 # %%
-present, absent = present_classes(train_set.labels, traffic_signs.CLASSES)  # a class the data lack is not drawn
-fig, axes = plt.subplots(1, len(present), figsize=(3.5 * len(present), 3), squeeze=False)
-for c, ax in zip(present, axes[0]):
-    i = int(np.flatnonzero(train_set.labels == c)[0])
-    sample = train_set.samples[i]
-    show_attention(ax, train_set.read_image(i), title=f"{traffic_signs.CLASSES[c]} ({DATA_LABEL})")
-    for sign in sample.signs[:1]:
-        x0, y0, x1, y1 = sign.box
-        ax.add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec="yellow", lw=1))
-fig.suptitle("One training image per class" + (f"; absent from the training set: {', '.join(absent)}" if absent else ""),
-             fontsize=9)
-save_figure(fig, out, "examples");
+DATA_ID = fingerprint([train_set.samples[i].path.name for i in train_idx], train_set.labels[train_idx],
+                      [test_set.samples[i].path.name for i in test_idx], test_set.labels[test_idx])
+stats = channel_stats(train_set.load_batch(train_idx[:16].tolist()))  # [1, 3, 1, 1] mean and std
+load_train, load_test = batch_loader(train_set, train_idx, stats), batch_loader(test_set, test_idx, stats)
+
+# %% [markdown]
+# One training image of each class present, with the box of its sign: at this size the number on the sign
+# is already hard to read.
+
+# %%
+save_figure(examples_figure(train_set, DATA_LABEL), out, "examples");
 
 # %% [markdown]
 # ## Training
+#
+# The methods of the table at the top, with this profile's $N$ sub-tiles of $P \times P$ pixels; the CNN once
+# per scale of the profile. Every method uses the class weights of appendix G; the CNN trains at lr
+# $10^{-3}$ without warm-up.
 
 # %%
 C = dict(in_channels=3, n_classes=len(traffic_signs.CLASSES))
@@ -162,42 +181,35 @@ methods = {
 }
 for s in cfg["cnn_scales"]:
     methods[f"CNN s={s}"] = lambda s=s: builders.cnn(**C, scale=s)
-weights = traffic_signs.CLASS_WEIGHTS
-settings = {name: TrainSettings(epochs=cfg["epochs"], batch_size=cfg["batch"], lr=cfg["lr"], warmup_epochs=cfg["warmup"],
-                                class_weights=weights, cosine_decay=cfg["cosine"]) for name in methods}
-for name in methods:
-    if name.startswith("CNN"):
-        settings[name] = TrainSettings(epochs=cfg["cnn_epochs"], batch_size=cfg["batch"], lr=1e-3,
-                                       class_weights=weights, cosine_decay=cfg["cosine"])
+common = dict(batch_size=cfg["batch"], class_weights=traffic_signs.CLASS_WEIGHTS, cosine_decay=cfg["cosine"])
+settings = {name: TrainSettings(epochs=cfg["cnn_epochs"], lr=1e-3, **common) if name.startswith("CNN") else
+            TrainSettings(epochs=cfg["epochs"], lr=cfg["lr"], warmup_epochs=cfg["warmup"], **common)
+            for name in methods}
 
-# Zoom-In + boxes: the same network, pre-trained on the signs' boxes and trained with the attention loss on them
-BOXES, box = "Zoom-In + boxes", cfg["boxes"]
+# %% [markdown]
+# Zoom-In + boxes is the same network, pre-trained on the signs' boxes and then trained with the attention
+# loss on them. A box becomes a mask over the image; an image without a sign gives the background class
+# (EMPTY) to the pre-training.
+
+# %%
 IMAGE_HW = tuple(load_train([0]).shape[-2:])  # (960, 1280): a batch holds images of one size
-train_images = lambda: ((load_train([i]), box_mask(train_set.roi_boxes(int(train_idx[i])), *IMAGE_HW),
-                         int(train_set.labels[train_idx[i]])) for i in range(len(train_idx)))
-methods[BOXES] = pretrained_from_boxes(methods["Zoom-In"], train_images, background_class=0, epochs=box["pretrain"],
-                                       seed=seed)
-settings[BOXES] = replace(settings["Zoom-In"], epochs=box["epochs"], lr=box["lr"], box_weight=1.0)
-train_masks = lambda idx: torch.stack([box_mask(train_set.roi_boxes(int(train_idx[i])), *IMAGE_HW) for i in idx])
-print(f"N = {N} sub-tiles of {P}x{P}, batch {cfg['batch']}, {cfg['epochs']} epochs, lr {cfg['lr']}"
-      f"{' with cosine decay' if cfg['cosine'] else ''}; CNN {cfg['cnn_epochs']} epochs, lr 1e-3; {BOXES}: "
-      f"pre-training epochs {', '.join(f'{k} {v}' for k, v in box['pretrain'].items())}, then {box['epochs']} "
-      f"epochs at lr {box['lr']}")
-results, trained = {}, {}
-for name, factory in methods.items():
-    result, model = run_method(
-        name, factory, settings[name],
-        lazy_batches(load_train, train_set.labels[train_idx], cfg["batch"], seed,
-                     masks=train_masks if name == BOXES else None),
-        lazy_batches(load_test, test_set.labels[test_idx], 8, seed, shuffle=False)(0),
-        run_seed=seed, tag=f"{name}_r0_f0", out_dir=out, resume=resume, record={"profile": profile, "data": DATA_ID},
-    )
-    results[name], trained[name] = [result], model
-    print(f"{name}: test accuracy {result.accuracy:.3f}")
-fits = trained[BOXES].box_pretraining["fits"]
-print(f"{BOXES}, after pre-training: a's top tile holds the sign in {100 * fits['a']['top_on_roi']:.0f} % of the "
-      f"training images with one, b's top location in {100 * fits['b']['top_on_roi']:.0f} % of the tiles with one; "
-      f"f classifies {100 * fits['f']['train_accuracy']:.0f} % of its training sub-tiles")
+sign_mask = lambda i: box_mask(train_set.roi_boxes(int(train_idx[i])), *IMAGE_HW)  # [H, W]
+train_images = lambda: ((load_train([i]), sign_mask(i), int(train_set.labels[train_idx[i]]))
+                        for i in range(len(train_idx)))
+add_box_method(methods, settings, train_images, cfg["boxes"], seed=seed, background_class=0)
+train_masks = lambda idx: torch.stack([sign_mask(i) for i in idx])  # [b, H, W]
+print(budget_text(cfg, f"N = {N} sub-tiles of {P}x{P}", "CNN"))
+
+# %% [markdown]
+# Every method is trained in turn on the same mini-batches and tested on the same test images; the
+# pre-training of Zoom-In + boxes runs when its turn comes, and the last line says how well it fitted the boxes.
+
+# %%
+results, trained = train_methods(methods, settings, load_train=load_train, train_labels=train_set.labels[train_idx],
+                                 load_test=load_test, test_labels=test_set.labels[test_idx], batch=cfg["batch"],
+                                 seed=seed, out=out, resume=resume, record={"profile": profile, "data": DATA_ID},
+                                 box_masks=train_masks)
+print(box_fit_text(trained[BOXES], "the sign", "the training images with one", "the tiles with one"))
 
 # %% [markdown]
 # ## Accuracy and cost
@@ -212,6 +224,10 @@ example = load_test([0])
 costs = profile_methods(trained, example, generator=torch.Generator().manual_seed(seed), min_run_time=cfg["timing"])
 print(f"Measured here: {DATA_LABEL}, profile {profile!r}, trained with N = {N}, {P}x{P}")
 markdown_table(result_rows(results, costs), digits=3)
+
+# %% [markdown]
+# The same profile for the paper's settings, with untrained weights: what a sample costs does not depend
+# on what the model has learned.
 
 # %%
 paper_config = {
@@ -255,6 +271,10 @@ markdown_table(per_class, digits=1)
 # %%
 markdown_table(paper_rows(ZOOMIN_TABLE1_TRAFFIC, ATS_TABLE2_SPEED_LIMITS))
 
+# %% [markdown]
+# The memory claims of the papers, checked on both tables: Zoom-In needs less memory than ATS with the same
+# patches, and at the paper's settings ATS needs less than the CNN at full resolution.
+
 # %%
 for table, zoom, ats, cnn in ((costs, "Zoom-In", f"ATS-{N}", None), (paper_costs, "Zoom-In (N=10, 100x100)",
                               "ATS-10 (100x100)", "CNN s=1")):
@@ -279,13 +299,14 @@ with_sign = [int(test_idx[i]) for i in np.flatnonzero(test_set.labels[test_idx] 
 truth = [[(x0, y0, x1 - x0, y1 - y0) for x0, y0, x1, y1 in test_set.roi_boxes(k)] for k in with_sign]
 if not with_sign:
     print("no test image in this subset holds a sign: figure 3 is not drawn")
-for name, stem in (("Zoom-In", "figure3_top_tile_subtile"), (BOXES, "figure3_top_tile_subtile_boxes")) if with_sign else ():
-    picks = zoom_picks(trained[name], [standardize(test_set.load_batch([k]), stats) for k in with_sign])
-    titles = [f"true {traffic_signs.CLASSES[test_set.labels[k]]}, predicted {traffic_signs.CLASSES[p[2]]}"
-              for k, p in zip(with_sign, picks)]
-    fig = zoom_grid([test_set.read_image(k) for k in with_sign], picks, truth, titles,
-                    f"{name}: highest-attention tile and sub-tile ({DATA_LABEL})")
-    save_figure(fig, out, stem)
+save_zoom_figures(trained, {"Zoom-In": "figure3_top_tile_subtile", BOXES: "figure3_top_tile_subtile_boxes"}
+                  if with_sign else {}, [standardize(test_set.load_batch([k]), stats) for k in with_sign],
+                  [test_set.read_image(k) for k in with_sign], truth, [test_set.labels[k] for k in with_sign],
+                  traffic_signs.CLASSES, DATA_LABEL, out)
+
+# %% [markdown]
+# Everything measured here goes to `metrics.json`: the settings, the data's problems, accuracy and confusion
+# per method, per-class recall, both cost tables and how the box pre-training went.
 
 # %%
 write_json(out / "metrics.json", {

@@ -48,56 +48,68 @@ data_dir = None  # an fMoW-rgb folder with train/ and val/; None: the synthetic 
 seed = 0
 resume = False  # continue interrupted runs from their checkpoints under results/07_fmow/
 
-# %%
-from dataclasses import replace
+# %% [markdown]
+# The chapter's tools: the data set's reader, the builders of the methods, the training protocol for images
+# of any size and the profiler, and the helpers it shares with chapter 06 (`zoomin_lib.chapters.signs`).
 
-import matplotlib.pyplot as plt
+# %%
 import numpy as np
 import torch
 
 from data_prep import fmow
 from zoomin_lib.chapters.opening import open_chapter
 from zoomin_lib import builders
-from zoomin_lib.train.supervision import box_mask, pretrained_from_boxes
-from zoomin_lib.train.protocol import (
-    TrainSettings,
-    image_stats,
-    image_tensor,
-    lazy_batches,
-    per_image,
-    per_image_predictor,
-    run_method,
-    standardize,
-)
+from zoomin_lib.train.supervision import box_mask
+from zoomin_lib.train.protocol import TrainSettings, image_stats, image_tensor, standardize
 from zoomin_lib.train.fingerprint import fingerprint
 from zoomin_lib.train.profiling import profile_methods
 from zoomin_lib.chapters.results import report_above_majority, result_rows
-from zoomin_lib.chapters.attention import zoom_picks
+from zoomin_lib.chapters.signs import BOXES, add_box_method, box_fit_text, budget_text, save_zoom_figures, train_methods
+from zoomin_lib.chapters.fmow import examples_figure, image_loader
 from zoomin_lib.infra.io import write_json
 from zoomin_lib.book.paper_numbers import ZOOMIN_TABLE1_FMOW, paper_rows
-from zoomin_lib.chapters.per_class import absent_note, per_class_rows, present_classes
-from zoomin_lib.book.plotting import save_figure, zoom_grid
+from zoomin_lib.chapters.per_class import absent_note, per_class_rows
+from zoomin_lib.book.plotting import save_figure
 from zoomin_lib.book.report import markdown_table
 
-SETTINGS = {
-    # seconds: a few images, one epoch (the mechanics, not the accuracy)
-    "smoke": dict(synthetic=dict(n_train_per_class=1, n_test_per_class=1, min_size=500, max_size=1000),
-                  per_class=1, test_subset=10, n_patches=10, batch=4, epochs=1, lr=1e-3, cosine=False,
-                  cnn_size=224, cnn_epochs=1, timing=0.01, boxes=dict(pretrain={"a": 1, "b": 1, "f": 1}, epochs=1, lr=1e-4)),
-    # the book's default on a 2-core CPU: N = 10 sub-tiles (not 30), batch 8, 10 epochs at lr 1e-3 with cosine
-    # decay (not 1e-4: too slow for 10 epochs; 3e-3 killed every ReLU of f); the CNN trained on 448x448
-    # (profiled at 896x896 too). Zoom-In + boxes: pre-training from the boxes (a on whole views of every size,
-    # batch 1, is the costly part: about 6 min), then 3 epochs at lr 1e-4
-    "cpu": dict(synthetic=dict(n_train_per_class=20, n_test_per_class=8, min_size=500, max_size=3000),
-                per_class=None, test_subset=None, n_patches=10, batch=8, epochs=10, lr=1e-3, cosine=True,
-                cnn_size=448, cnn_epochs=8, timing=0.3, boxes=dict(pretrain={"a": 15, "b": 10, "f": 20}, epochs=3, lr=1e-4)),
-    # the paper: N = 30, batch 32, lr 1e-4, 1,500 training images per class; the CNN on 896x896
-    "paper": dict(synthetic=dict(n_train_per_class=100, n_test_per_class=30, min_size=500, max_size=6000),
-                  per_class=fmow.PAPER_TRAIN_PER_CLASS, test_subset=None, n_patches=30, batch=32, epochs=200,
-                  lr=1e-4, cosine=False, cnn_size=896, cnn_epochs=200, timing=0.3,
-                  boxes=dict(pretrain={"a": 50, "b": 50, "f": 50}, epochs=200, lr=1e-4)),
-}
-cfg, out, device = open_chapter("07_fmow", SETTINGS, profile, seed)
+# %% [markdown]
+# ## Settings
+#
+# The `smoke` profile runs in seconds: a few images and one epoch, to check the mechanics, not the accuracy.
+
+# %%
+SMOKE = dict(synthetic=dict(n_train_per_class=1, n_test_per_class=1, min_size=500, max_size=1000),
+             per_class=1, test_subset=10, n_patches=10, batch=4, epochs=1, lr=1e-3, cosine=False,
+             cnn_size=224, cnn_epochs=1, timing=0.01, boxes=dict(pretrain={"a": 1, "b": 1, "f": 1}, epochs=1, lr=1e-4))
+
+# %% [markdown]
+# The `cpu` profile, the book's default on a 2-core CPU, reads $N = 10$ sub-tiles (not 30), with batch 8 and
+# 10 epochs at lr $10^{-3}$ with cosine decay: the paper's $10^{-4}$ is too slow for 10 epochs, and
+# $3 \cdot 10^{-3}$ killed every ReLU of f. The CNN trains on 448x448 and is profiled on 896x896 too. Zoom-In +
+# boxes is pre-trained from the boxes (a on whole views of every size, batch 1, is the costly part: about
+# 6 minutes), then trained for 3 epochs at lr $10^{-4}$.
+
+# %%
+CPU = dict(synthetic=dict(n_train_per_class=20, n_test_per_class=8, min_size=500, max_size=3000),
+           per_class=None, test_subset=None, n_patches=10, batch=8, epochs=10, lr=1e-3, cosine=True,
+           cnn_size=448, cnn_epochs=8, timing=0.3, boxes=dict(pretrain={"a": 15, "b": 10, "f": 20}, epochs=3, lr=1e-4))
+
+# %% [markdown]
+# The `paper` profile holds the paper's settings: $N = 30$, batch 32, lr $10^{-4}$, 1,500 training images
+# per class, the CNN on 896x896.
+
+# %%
+PAPER = dict(synthetic=dict(n_train_per_class=100, n_test_per_class=30, min_size=500, max_size=6000),
+             per_class=fmow.PAPER_TRAIN_PER_CLASS, test_subset=None, n_patches=30, batch=32, epochs=200,
+             lr=1e-4, cosine=False, cnn_size=896, cnn_epochs=200, timing=0.3,
+             boxes=dict(pretrain={"a": 50, "b": 50, "f": 50}, epochs=200, lr=1e-4))
+
+# %% [markdown]
+# The opening picks the settings of the chosen profile, makes the chapter's results folder and seeds every
+# random number generator.
+
+# %%
+cfg, out, device = open_chapter("07_fmow", {"smoke": SMOKE, "cpu": CPU, "paper": PAPER}, profile, seed)
 
 # %% [markdown]
 # ## The data
@@ -123,80 +135,69 @@ print(f"data: {DATA_LABEL}; {len(train_set)} training images, {len(test_idx)} te
       f"{len(fmow.CATEGORIES)} classes; training image sides from {sides.min()} to {sides.max()} px; "
       f"{len(problems)} problem(s) above")
 print(CLASSES_ABSENT)
-# what the checkpoints record as their data: another selection or other files are not resumed from them
-DATA_ID = fingerprint([p.name for p in train_set.paths], train_set.labels, [test_set.paths[i].name for i in test_idx],
-                      test_set.labels[test_idx])
-stats = image_stats(train_set.read_image(i) for i in range(min(len(train_set), 20)))  # colours of a few images
 
-def loader(dataset, index):
-    """Images `idx` of `dataset` as a list of standardized [1, 3, H_i, W_i] tensors, each at its own size."""
-    return lambda idx: [standardize(image_tensor(dataset.read_image(int(index[i]))), stats) for i in idx]
-
-train_idx = np.arange(len(train_set))
-load_train, load_test = loader(train_set, train_idx), loader(test_set, test_idx)
+# %% [markdown]
+# The checkpoints record which images they were trained and tested on, so that another selection or other
+# files are never resumed from them. Every image is standardized with the colours of a few training images
+# and read, at its own size, only when its mini-batch is.
 
 # %%
-present, absent = present_classes(train_set.labels, fmow.CATEGORIES)  # a category the data lack is not drawn
-rows = (len(present) + 4) // 5
-fig, axes = plt.subplots(rows, 5, figsize=(15, 3.25 * rows), squeeze=False)
-for ax in axes.flat[len(present):]:
-    ax.axis("off")
-for c, ax in zip(present, axes.flat):
-    i = int(np.flatnonzero(train_set.labels == c)[0])
-    image = train_set.read_image(i)
-    ax.imshow(image)
-    for x0, y0, w, h in train_set.boxes[i]:
-        ax.add_patch(plt.Rectangle((x0, y0), w, h, fill=False, ec="yellow", lw=1))
-    ax.set_title(f"{fmow.CATEGORIES[c]} {image.shape[1]}x{image.shape[0]}", fontsize=8)
-    ax.set_xticks([]); ax.set_yticks([])
-fig.suptitle(f"One training image per class, object box in yellow ({DATA_LABEL})"
-             + (f"\nabsent from the training set: {', '.join(absent)}" if absent else ""), fontsize=9)
-save_figure(fig, out, "examples");
+DATA_ID = fingerprint([p.name for p in train_set.paths], train_set.labels, [test_set.paths[i].name for i in test_idx],
+                      test_set.labels[test_idx])
+stats = image_stats(train_set.read_image(i) for i in range(min(len(train_set), 20)))  # [1, 3, 1, 1] mean and std
+train_idx = np.arange(len(train_set))
+load_train, load_test = image_loader(train_set, train_idx, stats), image_loader(test_set, test_idx, stats)
+
+# %% [markdown]
+# One training image of each category present, with its size and the object's box: the object that sets
+# the category covers a small part of an image whose size varies from one image to the next.
+
+# %%
+save_figure(examples_figure(train_set, DATA_LABEL), out, "examples");
 
 # %% [markdown]
 # ## Training
+#
+# Zoom-In with the tiles of appendix F and the CNN on a fixed size. Zoom-In trains without the contrastive
+# loss (fMoW has no background class); the CNN at lr $10^{-3}$.
 
 # %%
 C = dict(in_channels=3, n_classes=len(fmow.CATEGORIES))
 N = cfg["n_patches"]
+CNN = f"CNN {cfg['cnn_size']}x{cfg['cnn_size']}"
 methods = {
     "Zoom-In": lambda: builders.zoomin(**C, scale1=0.25, scale2=0.5, tile_size=250, patch_size=50, n_patches=N),
-    f"CNN {cfg['cnn_size']}x{cfg['cnn_size']}": lambda: builders.cnn(**C, size=cfg["cnn_size"]),
+    CNN: lambda: builders.cnn(**C, size=cfg["cnn_size"]),
 }
-settings = {name: TrainSettings(epochs=cfg["epochs"], batch_size=cfg["batch"], lr=cfg["lr"], contrastive=False,
-                                cosine_decay=cfg["cosine"]) for name in methods}
-CNN = f"CNN {cfg['cnn_size']}x{cfg['cnn_size']}"
-settings[CNN] = TrainSettings(epochs=cfg["cnn_epochs"], batch_size=cfg["batch"], lr=1e-3, cosine_decay=cfg["cosine"])
+settings = {
+    "Zoom-In": TrainSettings(epochs=cfg["epochs"], batch_size=cfg["batch"], lr=cfg["lr"], contrastive=False,
+                             cosine_decay=cfg["cosine"]),
+    CNN: TrainSettings(epochs=cfg["cnn_epochs"], batch_size=cfg["batch"], lr=1e-3, cosine_decay=cfg["cosine"]),
+}
 
-# Zoom-In + boxes: the same network, pre-trained on the objects' boxes and trained with the attention loss on them
-BOXES, box = "Zoom-In + boxes", cfg["boxes"]
+# %% [markdown]
+# Zoom-In + boxes is the same network, pre-trained on the objects' boxes and then trained with the attention
+# loss on them, as in chapter 06. A box becomes a mask over its image, of that image's size.
+
+# %%
 roi_mask = lambda k: box_mask(train_set.roi_boxes(k), *(int(v) for v in train_set.sizes[k]))  # [H, W]
 train_images = lambda: ((load_train([i])[0], roi_mask(int(train_idx[i])), int(train_set.labels[train_idx[i]]))
                         for i in range(len(train_idx)))
-methods[BOXES] = pretrained_from_boxes(methods["Zoom-In"], train_images, epochs=box["pretrain"], seed=seed)
-settings[BOXES] = replace(settings["Zoom-In"], epochs=box["epochs"], lr=box["lr"], box_weight=1.0)
+add_box_method(methods, settings, train_images, cfg["boxes"], seed=seed)
 train_masks = lambda idx: [roi_mask(int(train_idx[i]))[None] for i in idx]  # each [1, H_i, W_i]
-print(f"Zoom-In N = {N}, batch {cfg['batch']}, {cfg['epochs']} epochs, lr {cfg['lr']}"
-      f"{' with cosine decay' if cfg['cosine'] else ''}; {CNN}: {cfg['cnn_epochs']} epochs, lr 1e-3; {BOXES}: "
-      f"pre-training epochs {', '.join(f'{k} {v}' for k, v in box['pretrain'].items())}, then {box['epochs']} "
-      f"epochs at lr {box['lr']}")
-results, trained = {}, {}
-for name, factory in methods.items():
-    generator = torch.Generator().manual_seed(seed)
-    result, model = run_method(
-        name, factory, settings[name],
-        lazy_batches(load_train, train_set.labels[train_idx], cfg["batch"], seed,
-                     masks=train_masks if name == BOXES else None),
-        lazy_batches(load_test, test_set.labels[test_idx], 8, seed, shuffle=False)(0),
-        run_seed=seed, tag=f"{name}_r0_f0", out_dir=out, resume=resume, record={"profile": profile, "data": DATA_ID},
-        loss_wrapper=per_image, predict_fn=per_image_predictor(generator=generator),
-    )
-    results[name], trained[name] = [result], model
-    print(f"{name}: test accuracy {result.accuracy:.3f}")
-fits = trained[BOXES].box_pretraining["fits"]
-print(f"{BOXES}, after pre-training: a's top tile holds the object in {100 * fits['a']['top_on_roi']:.0f} % of the "
-      f"training images, b's top location in {100 * fits['b']['top_on_roi']:.0f} % of the tiles holding some of it; "
-      f"f classifies {100 * fits['f']['train_accuracy']:.0f} % of its training sub-tiles")
+print(budget_text(cfg, f"Zoom-In N = {N}", f"{CNN}:"))
+
+# %% [markdown]
+# Every method is trained in turn on the same mini-batches, a list of images of their own sizes whose loss is
+# the mean of the per-image losses, and tested on the same test images; the last line says how well the
+# pre-training of Zoom-In + boxes fitted the boxes.
+
+# %%
+results, trained = train_methods(methods, settings, load_train=load_train, train_labels=train_set.labels[train_idx],
+                                 load_test=load_test, test_labels=test_set.labels[test_idx], batch=cfg["batch"],
+                                 seed=seed, out=out, resume=resume, record={"profile": profile, "data": DATA_ID},
+                                 box_masks=train_masks, images_of_any_size=True)
+print(box_fit_text(trained[BOXES], "the object", "the training images", "the tiles holding some of it"))
 
 # %% [markdown]
 # ## Accuracy and cost
@@ -235,8 +236,16 @@ print(f"Measured here: {DATA_LABEL}, profile {profile!r}; {CLASSES_ABSENT}")
 per_class = per_class_rows(results, fmow.CATEGORIES)
 markdown_table(per_class, digits=1)
 
+# %% [markdown]
+# What the paper reports on the real fMoW subset (GPU). Zoom-In's "FLOPs (B)" count multiply-accumulates
+# (eq. 10).
+
 # %%
 markdown_table(paper_rows(ZOOMIN_TABLE1_FMOW))
+
+# %% [markdown]
+# The paper's memory claim, checked at its settings: Zoom-In with $N = 30$ needs less memory than the CNN on
+# 896x896.
 
 # %%
 z, c = costs["Zoom-In (N=30, paper)"]["peak_memory_mb"], costs[next(k for k in costs if "896" in k)]["peak_memory_mb"]
@@ -254,13 +263,14 @@ print(f"paper settings: Zoom-In (N=30) {z:.2f} MiB < CNN on 896x896 {c:.1f} MiB"
 shown = [int(np.flatnonzero(test_set.labels[test_idx] == c)[0]) for c in range(len(fmow.CATEGORIES))
          if (test_set.labels[test_idx] == c).any()][:4]
 keys = [int(test_idx[i]) for i in shown]
-for name, stem in (("Zoom-In", "top_tile_subtile"), (BOXES, "top_tile_subtile_boxes")):
-    picks = zoom_picks(trained[name], [standardize(image_tensor(test_set.read_image(k)), stats) for k in keys])
-    titles = [f"true {fmow.CATEGORIES[test_set.labels[k]]}, predicted {fmow.CATEGORIES[p[2]]}"
-              for k, p in zip(keys, picks)]
-    fig = zoom_grid([test_set.read_image(k) for k in keys], picks, [test_set.boxes[k] for k in keys], titles,
-                    f"{name}: highest-attention tile and sub-tile ({DATA_LABEL})")
-    save_figure(fig, out, stem)
+save_zoom_figures(trained, {"Zoom-In": "top_tile_subtile", BOXES: "top_tile_subtile_boxes"},
+                  [standardize(image_tensor(test_set.read_image(k)), stats) for k in keys],
+                  [test_set.read_image(k) for k in keys], [test_set.boxes[k] for k in keys],
+                  [test_set.labels[k] for k in keys], fmow.CATEGORIES, DATA_LABEL, out)
+
+# %% [markdown]
+# Everything measured here goes to `metrics.json`: the settings, the data's problems, accuracy and confusion
+# per method, per-class recall, the cost table, the example's size and how the box pre-training went.
 
 # %%
 write_json(out / "metrics.json", {

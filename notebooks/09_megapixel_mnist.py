@@ -68,6 +68,11 @@ import os
 profile = os.environ.get("ZOOMIN_PROFILE", "cpu")  # smoke | cpu | paper
 seed = 0
 
+# %% [markdown]
+# The chapter's tools: the canvas generator, the chapter's helpers for the methods and their costs
+# (`zoomin_lib.chapters.megapixel`) and for the four tasks trained jointly (`zoomin_lib.chapters.multitask`),
+# the training protocol and profiler, and the numbers the papers report.
+
 # %%
 import matplotlib.pyplot as plt
 import numpy as np
@@ -91,48 +96,74 @@ from zoomin_lib.book.paper_numbers import (
 from zoomin_lib.book.plotting import save_figure, show_attention
 from zoomin_lib.book.report import markdown_table
 
-# the papers' settings: ATS sec. 4.2 and supp. H.1 (view 0.12, 50x50, N, 500 epochs, Adam 1e-3, lambda 0.01, batch
-# 128 as in the authors' scripts/mnist.py), IPS in the thesis sec. 4 (M = I = 100, 50x50, batch 16, 150 epochs as
-# in table 8); Zoom-In's scales and tiles are ours (first stage at half ATS's scale, the second at ATS's scale)
-PAPER = mm.Setup(canvas=1500, ats_scale=0.12, patch=50, ns=(5, 10, 25, 50, 100), n=10, zoom_scale1=0.06,
-                 zoom_scale2=0.12, zoom_tile=250, ips_memory=100, ips_iter=100, cnn_scale=1.0, encoder="lenet")
-SETTINGS = {
-    # seconds: 200x200 canvases, 16 to train on, one epoch (the mechanics, not the accuracy); costs on 400x400
-    "smoke": dict(data=dict(canvas=200, n_noise=2, n_train=16, n_test=16),
-                  setup=mm.Setup(canvas=200, ats_scale=0.2, patch=50, ns=(5, 10), n=5, zoom_scale1=0.1,
-                                 zoom_scale2=0.2, zoom_tile=100, ips_memory=4, ips_iter=8, cnn_scale=0.2),
-                  epochs=1, batch=8, lr=1e-3, cosine=False, lam_ats=1e-4, ips=dict(epochs=1, batch=8, cosine=False),
-                  cost=mm.Setup(canvas=400, ats_scale=0.12, patch=50, ns=(5, 10), n=10, zoom_scale1=0.06,
-                                zoom_scale2=0.12, zoom_tile=200, ips_memory=4, ips_iter=4, cnn_scale=1.0,
-                                encoder="lenet"),
-                  scan=(200, 400), timing=0.01,
-                  caption="smoke: the mechanics only (200x200 canvases, 2 noise patches, 16 training canvases, 1 epoch, "
-                          "ATS N in {5, 10} on V(x, 0.2), IPS M = 4, I = 8, the strided encoder)"),
-    # the book's default on a 2-core CPU: 250x250 canvases with one noise patch (about the paper's density), 1024
-    # to train on and 256 to test, 15 epochs, batch 8, lr 1e-3 with cosine decay; ATS on V(x, 0.4) with N in {10, 50};
-    # the cheap patch encoder (mm.StridedLeNet); IPS keeps M = 10 of the 25 patches, I = 5; the CNN on V(x, 0.4);
-    # lambda 1e-4 (the default of the authors' script). Costs are measured at the paper's settings on 1500x1500.
-    "cpu": dict(data=dict(canvas=250, n_noise=1, n_train=1024, n_test=256),
-                setup=mm.Setup(canvas=250, ats_scale=0.4, patch=50, ns=(10, 50), n=10, zoom_scale1=0.2,
-                               zoom_scale2=0.4, zoom_tile=125, ips_memory=10, ips_iter=5, cnn_scale=0.4),
-                epochs=15, batch=8, lr=1e-3, cosine=True, lam_ats=1e-4, ips=dict(epochs=15, batch=8, cosine=True),
-                cost=PAPER, scan=(500, 1000, 1500), timing=0.3,
-                caption="reduced from the papers: canvases 250x250 with 1 noise patch (not 1500x1500 with 50), 1024 "
-                        "training / 256 test canvases (not 5000 / 1000), 15 epochs (not 500; IPS 150), batch 8 (not 128; "
-                        "IPS 16) with cosine decay, ATS on V(x, 0.4) = 100x100 with N in {10, 50} (not 180x180 with N in "
-                        "{5, 10, 25, 50, 100}), Zoom-In on V(x, 0.2) and V(x, 0.4, c) with 125x125 tiles, IPS M = 10, "
-                        "I = 5 of 25 patches (not 100, 100 of 900), the strided encoder (not table 5's f), lambda 1e-4 "
-                        "(not 0.01), the CNN on V(x, 0.4) (not at full resolution); one run (not 5)"),
-    # the papers: 5000 / 1000 canvases of 1500x1500, table 5's f, 500 epochs at a fixed lr (ATS), IPS 150 epochs
-    # with cosine decay (its 10 warm-up epochs are not implemented), the CNN at full resolution as in ATS sec. 4.2
-    "paper": dict(data=dict(canvas=1500, n_noise=50, n_train=5000, n_test=1000), setup=PAPER,
-                  epochs=500, batch=128, lr=1e-3, cosine=False, lam_ats=0.01, ips=dict(epochs=150, batch=16, cosine=True),
-                  cost=PAPER, scan=(1500, 3000), timing=0.3,
-                  caption="the papers' settings, except: one run (not 5), table 5's f for IPS too (the thesis: a "
-                          "ResNet-18, which needs torchvision), chapter 03's CNN (ATS: a ResNet-16), IPS without its 10 "
-                          "warm-up epochs"),
-}
-cfg, out, device = open_chapter("09_megapixel_mnist", SETTINGS, profile, seed)
+# %% [markdown]
+# ## Settings
+#
+# The methods at the papers' settings: ATS sec. 4.2 and supp. H.1 (view 0.12, 50x50 patches, the five $N$;
+# its training runs 500 epochs with Adam at lr $10^{-3}$, $\lambda = 0.01$ and batch 128, as in the authors'
+# scripts/mnist.py) and IPS in the thesis sec. 4 ($M = I = 100$, 50x50 patches; batch 16, 150 epochs as in
+# table 8). Zoom-In's scales and tiles are ours: its first stage at half ATS's scale, the second at ATS's scale.
+
+# %%
+PAPER_SETUP = mm.Setup(canvas=1500, ats_scale=0.12, patch=50, ns=(5, 10, 25, 50, 100), n=10, zoom_scale1=0.06,
+                       zoom_scale2=0.12, zoom_tile=250, ips_memory=100, ips_iter=100, cnn_scale=1.0, encoder="lenet")
+
+# %% [markdown]
+# The `smoke` profile runs in seconds: 200x200 canvases, 16 to train on and one epoch, to check the mechanics,
+# not the accuracy; its costs are measured on 400x400 canvases.
+
+# %%
+SMOKE = dict(data=dict(canvas=200, n_noise=2, n_train=16, n_test=16),
+             setup=mm.Setup(canvas=200, ats_scale=0.2, patch=50, ns=(5, 10), n=5, zoom_scale1=0.1,
+                            zoom_scale2=0.2, zoom_tile=100, ips_memory=4, ips_iter=8, cnn_scale=0.2),
+             epochs=1, batch=8, lr=1e-3, cosine=False, lam_ats=1e-4, ips=dict(epochs=1, batch=8, cosine=False),
+             cost=mm.Setup(canvas=400, ats_scale=0.12, patch=50, ns=(5, 10), n=10, zoom_scale1=0.06,
+                           zoom_scale2=0.12, zoom_tile=200, ips_memory=4, ips_iter=4, cnn_scale=1.0,
+                           encoder="lenet"),
+             scan=(200, 400), timing=0.01,
+             caption="smoke: the mechanics only (200x200 canvases, 2 noise patches, 16 training canvases, 1 epoch, "
+                     "ATS N in {5, 10} on V(x, 0.2), IPS M = 4, I = 8, the strided encoder)")
+
+# %% [markdown]
+# The `cpu` profile, the book's default on a 2-core CPU: 250x250 canvases with one noise patch (about the
+# paper's density), 1024 to train on and 256 to test, 15 epochs of batch 8 at lr $10^{-3}$ with cosine decay;
+# ATS on $V(x, 0.4)$ with $N \in \{10, 50\}$; the cheap patch encoder (`megapixel.StridedLeNet`); IPS keeping
+# $M = 10$ of the 25 patches, $I = 5$; the CNN on $V(x, 0.4)$; $\lambda = 10^{-4}$, the default of the authors'
+# script. Its costs are measured at the paper's settings on 1500x1500 canvases. The caption lists every
+# reduction with the accuracy table.
+
+# %%
+CPU = dict(data=dict(canvas=250, n_noise=1, n_train=1024, n_test=256),
+           setup=mm.Setup(canvas=250, ats_scale=0.4, patch=50, ns=(10, 50), n=10, zoom_scale1=0.2,
+                          zoom_scale2=0.4, zoom_tile=125, ips_memory=10, ips_iter=5, cnn_scale=0.4),
+           epochs=15, batch=8, lr=1e-3, cosine=True, lam_ats=1e-4, ips=dict(epochs=15, batch=8, cosine=True),
+           cost=PAPER_SETUP, scan=(500, 1000, 1500), timing=0.3,
+           caption="reduced from the papers: canvases 250x250 with 1 noise patch (not 1500x1500 with 50), 1024 "
+                   "training / 256 test canvases (not 5000 / 1000), 15 epochs (not 500; IPS 150), batch 8 (not 128; "
+                   "IPS 16) with cosine decay, ATS on V(x, 0.4) = 100x100 with N in {10, 50} (not 180x180 with N in "
+                   "{5, 10, 25, 50, 100}), Zoom-In on V(x, 0.2) and V(x, 0.4, c) with 125x125 tiles, IPS M = 10, "
+                   "I = 5 of 25 patches (not 100, 100 of 900), the strided encoder (not table 5's f), lambda 1e-4 "
+                   "(not 0.01), the CNN on V(x, 0.4) (not at full resolution); one run (not 5)")
+
+# %% [markdown]
+# The `paper` profile: 5000 training and 1000 test canvases of 1500x1500, table 5's f, 500 epochs at a fixed
+# lr (ATS), IPS for 150 epochs with cosine decay (its 10 warm-up epochs are not implemented), the CNN at full
+# resolution as in ATS sec. 4.2.
+
+# %%
+PAPER = dict(data=dict(canvas=1500, n_noise=50, n_train=5000, n_test=1000), setup=PAPER_SETUP,
+             epochs=500, batch=128, lr=1e-3, cosine=False, lam_ats=0.01, ips=dict(epochs=150, batch=16, cosine=True),
+             cost=PAPER_SETUP, scan=(1500, 3000), timing=0.3,
+             caption="the papers' settings, except: one run (not 5), table 5's f for IPS too (the thesis: a "
+                     "ResNet-18, which needs torchvision), chapter 03's CNN (ATS: a ResNet-16), IPS without its 10 "
+                     "warm-up epochs")
+
+# %% [markdown]
+# The opening picks the settings of the chosen profile, makes the chapter's results folder and seeds every
+# random number generator; `setup` holds the methods trained here, `cost_setup` those whose cost is measured.
+
+# %%
+cfg, out, device = open_chapter("09_megapixel_mnist", {"smoke": SMOKE, "cpu": CPU, "paper": PAPER}, profile, seed)
 setup, cost_setup = cfg["setup"], cfg["cost"]
 
 # %% [markdown]
@@ -164,9 +195,9 @@ labels = train_set.labels(0)
 mm.show_canvas(axes[0], train_set, 0, title=f"{setup.canvas}x{setup.canvas}: maj {labels['maj']}, max {labels['max']}, "
                f"top {labels['top']}, multi {np.flatnonzero(labels['multi']).tolist()}")
 mm.show_canvas(axes[1], paper_canvas, 0, title="1500x1500 (the paper's size)")
-small = view(torch.from_numpy(paper_canvas.canvas(0))[None, None].float(), PAPER.ats_scale)[0, 0].numpy()
+small = view(torch.from_numpy(paper_canvas.canvas(0))[None, None].float(), PAPER_SETUP.ats_scale)[0, 0].numpy()
 show_attention(axes[2], np.repeat(small[..., None] / 255, 3, axis=-1).clip(0, 1),
-               title=f"its view V(x, {PAPER.ats_scale}): {small.shape[0]}x{small.shape[1]}")
+               title=f"its view V(x, {PAPER_SETUP.ats_scale}): {small.shape[0]}x{small.shape[1]}")
 save_figure(fig, out, "canvases");
 
 # %% [markdown]
@@ -321,7 +352,7 @@ y_one = torch.as_tensor(y_test[:1])
 ats10 = cost_setup.ats_name(10)
 training_mb = {name: mt.training_peak_mb(cost_models[name], x_cost, y_one, generator=torch.Generator().manual_seed(seed))
                for name in (ats10, cost_setup.ips_name, cost_setup.cnn_name)}
-COST_LABEL = "the paper's settings" if cost_setup == PAPER else "the smoke profile's reduced settings"
+COST_LABEL = "the paper's settings" if cost_setup == PAPER_SETUP else "the smoke profile's reduced settings"
 print(f"Measured here: the cost of {COST_LABEL} on a {cost_setup.canvas}x{cost_setup.canvas} canvas, untrained weights "
       f"(patch encoder {cost_setup.encoder!r}), device {costs[ats10]['device']}, {costs[ats10]['threads']} threads")
 markdown_table(mm.cost_rows(costs, training_mb), digits=3)
@@ -362,7 +393,7 @@ area_ratio = (cfg["scan"][-1] / cfg["scan"][0]) ** 2
 assert max(ips_scan) < 1.1 * min(ips_scan), f"IPS's inference peak should not grow with the canvas: {ips_scan}"
 assert cnn_scan[-1] > 0.5 * area_ratio * cnn_scan[0], f"the CNN's peak should grow with the canvas area: {cnn_scan}"
 zoom_mb, ats_mb = costs[cost_setup.zoom_name]["peak_memory_mb"], costs[ats10]["peak_memory_mb"]
-if cost_setup == PAPER:
+if cost_setup == PAPER_SETUP:
     assert zoom_mb < ats_mb / 2, f"at 1500x1500 Zoom-In ({zoom_mb:.2f} MiB) should need well under ATS-10 ({ats_mb:.2f} MiB)"
 print(f"inference peak at {cost_setup.canvas}x{cost_setup.canvas}: CNN {cnn_mb:.1f} MiB; ATS "
       + ", ".join(f"N={n} {costs[cost_setup.ats_name(n)]['peak_memory_mb']:.2f}" for n in cost_setup.ns)
@@ -372,6 +403,10 @@ print(f"IPS from {cfg['scan'][0]} to {cfg['scan'][-1]} pixels a side: {min(ips_s
 print(f"Zoom-In-{cost_setup.n} {zoom_mb:.2f} MiB vs ATS-10 {ats_mb:.2f} MiB; per canvas IPS computes "
       f"{costs[cost_setup.ips_name]['mflops'] / costs[ats10]['mflops']:.0f}x the FLOPs of ATS-10 and takes "
       f"{costs[cost_setup.ips_name]['ms_per_sample'] / costs[ats10]['ms_per_sample']:.0f}x its time")
+
+# %% [markdown]
+# Everything measured here goes to `metrics.json`: the settings, chance, the accuracy and training time of
+# every method, which of them beat chance, the attention masses, and the cost tables and memory scan.
 
 # %%
 write_json(out / "metrics.json", {

@@ -47,6 +47,11 @@ profile = os.environ.get("ZOOMIN_PROFILE", "cpu")  # smoke | cpu | paper
 seed = 0
 resume = False  # continue interrupted NeedleMNIST runs from their checkpoints under results/10_needle_mnist_o2i/
 
+# %% [markdown]
+# The chapter's tools: the canvas generators and their digit pools, the builders, the training protocol and
+# the four tasks trained jointly (`zoomin_lib.chapters.multitask`), the book's tables and figures, and the
+# numbers the papers report.
+
 # %%
 import matplotlib.pyplot as plt
 import numpy as np
@@ -70,6 +75,14 @@ from zoomin_lib.book.paper_numbers import (
 )
 from zoomin_lib.book.plotting import save_figure
 from zoomin_lib.book.report import markdown_table
+
+# %% [markdown]
+# The testbeds' own pieces (`zoomin_lib.chapters.testbeds`): canvases rendered on demand, the needle's
+# position, the ROI detector of remedy (ii) and the maps it draws, whether a model's patches found the needle,
+# the small patch encoder Zoom-In and IPS share here, the reduced O2I canvases, and the figures of what
+# Zoom-In's first stage sees.
+
+# %%
 from zoomin_lib.chapters.testbeds import (
     CanvasSet,
     found_by_chance,
@@ -80,48 +93,68 @@ from zoomin_lib.chapters.testbeds import (
     needle_rank,
     o2i_dataset,
     o2i_noise_for,
+    plot_needle_crops,
+    plot_views,
     roi_windows,
     train_roi_detector,
     zoomin_with_encoder,
 )
 
-SETTINGS = {
-    # seconds: a handful of canvases, one epoch (the mechanics, not the accuracy)
-    "smoke": dict(
-        needle=dict(n_train=8, n_test=8, epochs=1, remedy_epochs=1, batch=4, lr=1e-3, warmup=0, n_patches=4,
-                    scale2=0.25, memory=16, iters=256, windows=(6, 3), detector_epochs=1),
-        o2i=dict(canvas=300, digits=(28, 56), train_sizes=(8, 16), n_val=8, epochs=1, batch=8, lr=1e-3, cosine=False,
-                 memory=10, iters=36),
-        thick=dict(canvas=300, thicknesses=(1.4, 2.4), n_train=8, n_val=8, epochs=1, seeds=1),
-    ),
-    # the book's default on a 2-core CPU. NeedleMNIST at the paper's 1024x1024 with 320 training and 200 test
-    # canvases (not 2000 / 500), 5 epochs (not 150; 20 for the remedy's Zoom-In on 64 times smaller maps, no more
-    # time than raw Zoom-In's 5), batch 4; Zoom-In on raw canvases with s2 = 0.25 (not 0.5).
-    # O2I: the thesis's canvas shrunk ten times per side (300x300, not 3000x3000) with the digits at their
-    # sizes and the noise at its density, two digit sizes (28, 56; not also 84, 112), two training-set sizes
-    # (200, 800; not 800, 1000, 2000, 4000), 20 epochs of batch 8 with cosine decay (not 100 of 16; with 8
-    # epochs of 16 nothing learned); thickness: two of the six values, 20 epochs (not 50), one seed (not 3),
-    # 800 canvases (not 2000)
-    "cpu": dict(
-        needle=dict(n_train=320, n_test=200, epochs=5, remedy_epochs=20, batch=4, lr=1e-3, warmup=2, n_patches=30,
-                    scale2=0.25, memory=100, iters=256, windows=(60, 30), detector_epochs=12),
-        o2i=dict(canvas=300, digits=(28, 56), train_sizes=(200, 800), n_val=250, epochs=20, batch=8, lr=1e-3,
-                 cosine=True, memory=10, iters=36),
-        thick=dict(canvas=300, thicknesses=(1.4, 2.4), n_train=800, n_val=250, epochs=20, seeds=1),
-    ),
-    # the papers: NeedleMNIST with Zoom-In's NeedleCamelyon settings (sec. 4: s2 = 0.5, N = 30, 32x32 sub-tiles;
-    # appendix G: lr 1e-4, 150 epochs, the rest as colon cancer: batch 5, contrastive after 10 epochs); the
-    # thesis's O2I grid (sec. 3.1.4, table 10: 100 epochs) and thickness sweep (sec. 4.8: 50 epochs, 3 seeds,
-    # 2000 canvases on 1500x1500)
-    "paper": dict(
-        needle=dict(n_train=2000, n_test=500, epochs=150, remedy_epochs=150, batch=5, lr=1e-4, warmup=10,
-                    n_patches=30, scale2=0.5, memory=100, iters=256, windows=(60, 30), detector_epochs=20),
-        o2i=dict(canvas=3000, digits=o2i.DIGIT_SIZES, train_sizes=tuple(sorted(o2i.TRAIN_SIZES)), n_val=1000,
-                 epochs=100, batch=16, lr=1e-3, cosine=False, memory=100, iters=256),
-        thick=dict(canvas=1500, thicknesses=o2i.THESIS_THICKNESSES, n_train=2000, n_val=1000, epochs=50, seeds=3),
-    ),
-}
-cfg, out, device = open_chapter("10_needle_mnist_o2i", SETTINGS, profile, seed)
+# %% [markdown]
+# ## Settings
+#
+# The `smoke` profile runs in seconds: a handful of canvases and one epoch, to check the mechanics, not the
+# accuracy.
+
+# %%
+SMOKE = dict(
+    needle=dict(n_train=8, n_test=8, epochs=1, remedy_epochs=1, batch=4, lr=1e-3, warmup=0, n_patches=4,
+                scale2=0.25, memory=16, iters=256, windows=(6, 3), detector_epochs=1),
+    o2i=dict(canvas=300, digits=(28, 56), train_sizes=(8, 16), n_val=8, epochs=1, batch=8, lr=1e-3, cosine=False,
+             memory=10, iters=36),
+    thick=dict(canvas=300, thicknesses=(1.4, 2.4), n_train=8, n_val=8, epochs=1, seeds=1),
+)
+
+# %% [markdown]
+# The `cpu` profile, the book's default on a 2-core CPU. NeedleMNIST keeps the paper's 1024x1024 canvases with
+# 320 training and 200 test canvases (not 2000 and 500), 5 epochs (not 150; 20 for the remedy's Zoom-In, whose
+# maps are 64 times smaller, in no more time than raw Zoom-In's 5) of batch 4, and Zoom-In on the raw canvases
+# with $s_2 = 0.25$ (not 0.5). O2I shrinks the thesis's canvas ten times per side (300x300, not 3000x3000)
+# with the digits at their sizes and the noise at its density: two digit sizes (28 and 56 px; not also 84 and
+# 112), two training-set sizes (200 and 800; not 800, 1000, 2000 and 4000), 20 epochs of batch 8 with cosine
+# decay (not 100 of 16; with 8 epochs of 16 nothing learned). The thickness sweep runs two of the six values,
+# 20 epochs (not 50), one seed (not 3) and 800 canvases (not 2000).
+
+# %%
+CPU = dict(
+    needle=dict(n_train=320, n_test=200, epochs=5, remedy_epochs=20, batch=4, lr=1e-3, warmup=2, n_patches=30,
+                scale2=0.25, memory=100, iters=256, windows=(60, 30), detector_epochs=12),
+    o2i=dict(canvas=300, digits=(28, 56), train_sizes=(200, 800), n_val=250, epochs=20, batch=8, lr=1e-3,
+             cosine=True, memory=10, iters=36),
+    thick=dict(canvas=300, thicknesses=(1.4, 2.4), n_train=800, n_val=250, epochs=20, seeds=1),
+)
+
+# %% [markdown]
+# The `paper` profile runs NeedleMNIST with Zoom-In's NeedleCamelyon settings (sec. 4: $s_2 = 0.5$, $N = 30$,
+# 32x32 sub-tiles; appendix G: lr $10^{-4}$, 150 epochs, the rest as colon cancer: batch 5, the contrastive
+# loss after 10 epochs), the thesis's O2I grid (sec. 3.1.4, table 10: 100 epochs) and its thickness sweep
+# (sec. 4.8: 50 epochs, 3 seeds, 2000 canvases of 1500x1500).
+
+# %%
+PAPER = dict(
+    needle=dict(n_train=2000, n_test=500, epochs=150, remedy_epochs=150, batch=5, lr=1e-4, warmup=10,
+                n_patches=30, scale2=0.5, memory=100, iters=256, windows=(60, 30), detector_epochs=20),
+    o2i=dict(canvas=3000, digits=o2i.DIGIT_SIZES, train_sizes=tuple(sorted(o2i.TRAIN_SIZES)), n_val=1000,
+             epochs=100, batch=16, lr=1e-3, cosine=False, memory=100, iters=256),
+    thick=dict(canvas=1500, thicknesses=o2i.THESIS_THICKNESSES, n_train=2000, n_val=1000, epochs=50, seeds=3),
+)
+
+# %% [markdown]
+# The opening picks the settings of the chosen profile, makes the chapter's results folder and seeds every
+# random number generator; `metrics` collects what the three parts measure.
+
+# %%
+cfg, out, device = open_chapter("10_needle_mnist_o2i", {"smoke": SMOKE, "cpu": CPU, "paper": PAPER}, profile, seed)
 metrics = {"profile": profile, "seed": seed, "settings": cfg}
 
 # %% [markdown]
@@ -158,31 +191,9 @@ print("object-to-image ratio of a 28 px digit: measured here "
 # %%
 k = int(positives[0])
 x = test_canvases.load([k])  # [1, 1, 1024, 1024]
-v = view(x, 0.25)[0, 0].numpy()  # [256, 256]
 r, c = centers[k]
-mask = np.zeros((1024, 1024))
-mask[r - 14 : r + 14, c - 14 : c + 14] = 1
-fig, axes = plt.subplots(1, 3, figsize=(12, 4))
-for ax, img, title in zip(axes, (x[0, 0].numpy(), v, mask),
-                          ("canvas, 1024x1024", "view V(x, 0.25), 256x256", "ROI mask: the 3")):
-    ax.imshow(img, cmap="gray")
-    ax.set_title(title, fontsize=9)
-    ax.axis("off")
-save_figure(fig, out, "figure8_views")
-
-neighbours = [int(j) for j in np.argsort(np.abs(test_set.positions[k] + 14 - (r, c)).max(1))[1:6]]
-crops = [x[0, 0, r - 14 : r + 14, c - 14 : c + 14].numpy()]
-crops += [v[(r - 14) // 4 : (r + 14) // 4, (c - 14) // 4 : (c + 14) // 4]]
-for j in neighbours:
-    top, left = (test_set.positions[k, j] // 4)
-    crops.append(v[top : top + 7, left : left + 7])
-fig, axes = plt.subplots(1, len(crops), figsize=(1.6 * len(crops), 2))
-names = ["the 3, full resolution", "the 3 at s1 = 0.25"] + [f"a {test_set.classes[k, j]} at s1" for j in neighbours]
-for ax, img, name in zip(axes, crops, names):
-    ax.imshow(img, cmap="gray", interpolation="nearest")
-    ax.set_title(name, fontsize=8)
-    ax.axis("off")
-save_figure(fig, out, "needle_at_two_scales");
+save_figure(plot_views(x, (r, c)), out, "figure8_views")
+save_figure(plot_needle_crops(x, test_set, k, (r, c)), out, "needle_at_two_scales");
 
 # %% [markdown]
 # ### The three remedies, and which one to try
@@ -239,6 +250,9 @@ for name, factory in methods.items():
 
 # %% [markdown]
 # ### Remedy (ii): pre-train on the labelled digits, then let Zoom-In read the map
+#
+# First the detector: windows cut from the training canvases, trained for a few epochs, then run densely over
+# every canvas once. The last line says how loud the 3 is in the test maps, against the loudest spot elsewhere.
 
 # %%
 rng = np.random.default_rng(seed)
@@ -254,6 +268,15 @@ print(f"test maps: at the 3, log-odds {loudness['needle_mean']:.1f} on average; 
       f"{loudness['elsewhere_mean']:.1f}; the 3 is the loudest spot in {100 * loudness['louder']:.0f} % of the "
       f"positive canvases; loudest cell of a negative canvas {loudness['negatives_max']:.1f}")
 
+# %% [markdown]
+# Even a network trained with a label for every digit finds the 3 the loudest spot of a canvas only part of
+# the time: with 400 distractors, one in a few hundred being mistaken for a 3 is enough for a false alarm per
+# canvas. This is the needle-in-a-haystack difficulty itself, and it does not go away at full resolution.
+#
+# Zoom-In itself is unchanged: table 5's networks on the 128x128 maps instead of the canvases, with tiles of
+# 32x32 cells and patches of 8x8, trained on the same mini-batches of the same canvases.
+
+# %%
 name = "Zoom-In (remedy ii: pre-trained map)"
 result, model = run_method(
     name, lambda: builders.zoomin(in_channels=1, n_classes=2, scale1=0.25, scale2=0.5, tile_size=32, patch_size=8,
@@ -266,11 +289,6 @@ result, model = run_method(
 results[name], trained[name] = result, model
 print(f"{name}: test accuracy {result.accuracy:.3f}, {N['remedy_epochs']} epochs, "
       f"{sum(h['seconds'] for h in result.history):.0f} s of training")
-
-# %% [markdown]
-# Even a network trained with a label for every digit finds the 3 the loudest spot of a canvas only part of
-# the time: with 400 distractors, one in a few hundred being mistaken for a 3 is enough for a false alarm per
-# canvas. This is the needle-in-a-haystack difficulty itself, and it does not go away at full resolution.
 
 # %% [markdown]
 # ### Accuracy, and whether the needle was found
@@ -410,6 +428,10 @@ for digit in O["digits"]:
               + ", ".join(f"{t} {100 * run.metrics[t]:.1f} %" for t in mt.TASKS) + f" ({run.train_seconds:.0f} s)")
     del subset, val_set
 
+# %% [markdown]
+# The grid as a table: validation accuracy per task, for each digit size (and its O2I ratio) and training-set
+# size.
+
 # %%
 o2i_rows = [{"digit (px)": d, "O2I %": 100 * o2i.o2i_ratio(d, O["canvas"]), "training canvases": n,
              **{f"{t} %": 100 * grid[(d, n)][t] for t in mt.TASKS}} for (d, n) in grid]
@@ -528,6 +550,10 @@ for t in T["thicknesses"]:
     del train_c, val_c
 thick_chance = mt.chance_levels(y_val)
 
+# %% [markdown]
+# Figure 9's layout: validation accuracy against the noise's stroke thickness, one line per task, with the
+# best constant guess dotted and the thickness from which the thesis reports chance dashed.
+
 # %%
 fig, ax = plt.subplots(figsize=(6.5, 3.6))
 for j, task in enumerate(mt.TASKS):
@@ -545,6 +571,9 @@ print("thesis (" + THESIS_SEC48_THICKNESS["source"] + "): " + THESIS_SEC48_THICK
       + ", ".join(f"{k} {v}" for k, v in THESIS_SEC48_THICKNESS["random_accuracy_percent"].items()))
 assert all(0.0 <= thick[t][task] <= 1.0 for t in thick for task in mt.TASKS)
 metrics["thickness"] = {"accuracy": {str(t): v for t, v in thick.items()}, "chance": thick_chance, "n_noise": n_noise}
+
+# %% [markdown]
+# Everything measured in the three parts goes to `metrics.json`.
 
 # %%
 write_json(out / "metrics.json", metrics)

@@ -185,3 +185,19 @@ def test_o2i_noise_scales_with_area_and_dataset_is_cached(tmp_path, monkeypatch)
     stamp = (root / "train.npz").stat().st_mtime_ns
     assert tb.o2i_dataset(28, 3, 2, canvas_size=300, thickness=1.4) == root
     assert (root / "train.npz").stat().st_mtime_ns == stamp
+
+
+def test_figure8_views_and_crops_cut_the_needle_at_both_scales():
+    x = torch.zeros(1, 1, 64, 64)
+    x[0, 0, 20:48, 8:36] = 1.0  # the needle's box: centre (34, 22)
+    fig = tb.plot_views(x, (34, 22))
+    assert [ax.get_title() for ax in fig.axes] == ["canvas, 64x64", "view V(x, 0.25), 16x16", "ROI mask: the 3"]
+    mask = fig.axes[2].images[0].get_array()
+    assert mask.shape == (64, 64) and mask.sum() == 28 * 28 and mask[20:48, 8:36].all()
+    data = SimpleNamespace(positions=np.array([[[20, 8], [0, 36], [32, 28]]]), classes=np.array([[3, 7, 1]]))
+    fig = tb.plot_needle_crops(x, data, 0, (34, 22), n_neighbours=2)
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles == ["the 3, full resolution", "the 3 at s1 = 0.25", "a 1 at s1", "a 7 at s1"]
+    shapes = [ax.images[0].get_array().shape for ax in fig.axes]
+    assert shapes == [(28, 28), (7, 7), (7, 7), (7, 7)]
+    assert np.asarray(fig.axes[0].images[0].get_array()).min() == 1.0  # the full-resolution crop is the needle

@@ -17,6 +17,7 @@ What chapter 10 needs beyond the generic loop of `experiments`:
   four megapixel MNIST tasks is trained with `multitask`, as chapter 09 does).
 - The reduced O2I canvases of the `cpu` profile (`o2i_noise_for`, `o2i_dataset`): a smaller canvas
   with the digits at their sizes and the noise count scaled with the canvas area (same density).
+- What Zoom-In's first stage sees of a needle (appendix J, figure 8): `plot_views`, `plot_needle_crops`.
 """
 
 from __future__ import annotations
@@ -24,14 +25,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import matplotlib.pyplot as plt
 import numpy as np
 import torch
 import torch.nn.functional as F
+from matplotlib.figure import Figure
 from torch import Tensor, nn
 
 from data_prep import o2i
 from data_prep.megapixel_mnist import write_dataset
 from data_prep.mnist_digits import DIGIT_SIZE, digit_pools
+from zoomin_lib.geometry import view
 from zoomin_lib.infra.cache import stand_in
 from zoomin_lib.infra.config import default_device
 from zoomin_lib.ips import IPSNet
@@ -59,6 +63,8 @@ __all__ = [
     "ips_with_encoder",
     "o2i_noise_for",
     "o2i_dataset",
+    "plot_views",
+    "plot_needle_crops",
 ]
 
 NEEDLE = 3  # the digit NeedleMNIST asks about
@@ -416,3 +422,54 @@ def o2i_dataset(
     params = o2i.parameters(n_train, n_val, 0, seed, digit_size, noise, thickness, canvas_size)
     name = f"o2i_{canvas_size}px_digits{digit_size}_noise{noise}_t{thickness:g}"
     return stand_in(name, params, lambda root: write_dataset(root, params))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Figures: what Zoom-In's first stage sees of a needle (appendix J, figure 8)
+# ----------------------------------------------------------------------------------------------------
+
+
+def _needle_box(center: tuple[int, int]) -> tuple[slice, slice]:
+    """Rows and columns of the DIGIT_SIZE x DIGIT_SIZE box centred at `center` (row, col) of a canvas."""
+    r, c = center
+    half = DIGIT_SIZE // 2
+    return slice(r - half, r + half), slice(c - half, c + half)
+
+
+def plot_views(x: Tensor, center: tuple[int, int], scale: float = 0.25) -> Figure:
+    """Figure 8: a canvas x [1, 1, S, S], its view V(x, scale) and the mask of the needle centred at `center`."""
+    v = view(x, scale)[0, 0].numpy()  # [S * scale, S * scale]
+    mask = np.zeros(tuple(x.shape[-2:]))
+    mask[_needle_box(center)] = 1
+    fig, axes = plt.subplots(1, 3, figsize=(12, 4))
+    titles = (f"canvas, {x.shape[-2]}x{x.shape[-1]}", f"view V(x, {scale}), {v.shape[0]}x{v.shape[1]}", "ROI mask: the 3")
+    for ax, img, title in zip(axes, (x[0, 0].numpy(), v, mask), titles):
+        ax.imshow(img, cmap="gray")
+        ax.set_title(title, fontsize=9)
+        ax.axis("off")
+    return fig
+
+
+def plot_needle_crops(x: Tensor, data: Any, k: int, center: tuple[int, int], scale: float = 0.25,
+                      n_neighbours: int = 5) -> Figure:
+    """The needle of canvas k (x [1, 1, S, S]) at full resolution and at `scale`, beside its nearest digits at `scale`.
+
+    `data` gives the digits' top-left corners (`positions` [n, D, 2]) and classes (`classes` [n, D]).
+    """
+    step = round(1 / scale)  # canvas pixels per view pixel
+    v = view(x, scale)[0, 0].numpy()  # [S / step, S / step]
+    r, c = center
+    half, small = DIGIT_SIZE // 2, DIGIT_SIZE // step
+    neighbours = [int(j) for j in np.argsort(np.abs(data.positions[k] + half - (r, c)).max(1))[1 : n_neighbours + 1]]
+    rows, cols = _needle_box(center)
+    crops = [x[0, 0, rows, cols].numpy(), v[(r - half) // step : (r + half) // step, (c - half) // step : (c + half) // step]]
+    for j in neighbours:
+        top, left = data.positions[k, j] // step
+        crops.append(v[top : top + small, left : left + small])
+    names = ["the 3, full resolution", f"the 3 at s1 = {scale}"] + [f"a {data.classes[k, j]} at s1" for j in neighbours]
+    fig, axes = plt.subplots(1, len(crops), figsize=(1.6 * len(crops), 2))
+    for ax, img, name in zip(axes, crops, names):
+        ax.imshow(img, cmap="gray", interpolation="nearest")
+        ax.set_title(name, fontsize=8)
+        ax.axis("off")
+    return fig
