@@ -57,21 +57,16 @@ data_dir = None  # a Camelyon16 folder (training/, testing/); None: the syntheti
 seed = 0
 resume = False  # continue interrupted training from the checkpoints under results/04_camelyon/
 
+# %% [markdown]
+# The chapter's tools: the slide models and their training (`zoomin_lib.wsi`), reached through this chapter's
+# helpers (`zoomin_lib.chapters.camelyon`), the paper's numbers, and the book's tables and figures.
+
 # %%
 import time
 
 import matplotlib.pyplot as plt
-import numpy as np
 import torch
 
-from data_prep import camelyon16, synthetic_slides
-from zoomin_lib.chapters.opening import open_chapter
-from zoomin_lib import builders
-from zoomin_lib.infra.config import data_dir as cache_dir
-from zoomin_lib.train.protocol import image_stats
-from zoomin_lib.train.profiling import lean_inference
-from zoomin_lib.geometry import tile_grid, view_size
-from zoomin_lib.infra.io import write_json
 from zoomin_lib.book.paper_numbers import (
     ZOOMIN_CAMELYON_SETTINGS,
     ZOOMIN_CAMELYON_SPEARMAN,
@@ -80,37 +75,54 @@ from zoomin_lib.book.paper_numbers import (
 )
 from zoomin_lib.book.plotting import save_figure
 from zoomin_lib.book.report import markdown_table
-from zoomin_lib.wsi.predict import SlideATS, SlideZoomIn, evaluate_slides
-from zoomin_lib.wsi.reader import SlideReader
-from zoomin_lib.wsi.annotations import attention_roi_spearman, roi_tiles
-from zoomin_lib.wsi.train import fit_slides, pretrain_tile_classifiers
-from zoomin_lib.train.profiling import host_peak_memory
-from zoomin_lib.wsi.figures import show_slide
-from zoomin_lib.models import module_device
+from zoomin_lib.chapters import camelyon
+from zoomin_lib.chapters.opening import open_chapter
+from zoomin_lib.infra.io import write_json
 from zoomin_lib.train.loop import seed_everything
 
-SETTINGS = {
-    # seconds, for CI: the tiny stand-in (4096^2 slides), one epoch, small slides for the memory curve
-    "smoke": dict(synthetic="smoke", tile=512, s1=1 / 16, s2=1 / 4, patch=32, n=8, epochs=1, warmup=0, lr=1e-3, batch=2,
-                  val_fraction=0.0, variants=("lenet",), pixel=True, pretrain_steps={"a": 5, "b": 2, "f": 2},
-                  pretrain_lr=1e-2, pretrain_windows={"a": 8, "b": 16}, strip_pixels=2**12, memory_slides=1,
-                  memory_sides=(2048, 3072, 4096), ats_max_pixels=2e7),
-    # the book's default on a 2-core CPU: the cpu stand-in (16384^2 slides), the paper's scales s1, s2 and
-    # 50x50 sub-tiles, 1024^2 tiles (3200^2 would leave 6x6 tiles a slide), N = 16 (not 100), 20 epochs at
-    # lr 1e-3 (not 200 at 1e-4), batch 2 (not 5); LeNet only; a and b pre-trained on 8x8 and 16x16 windows of
-    # their tile views (on the whole 32x32 and 128x128 views they reached 72 % and the model stayed at chance);
-    # the memory curve from 1e8 to 1e10 pixels
-    "cpu": dict(synthetic="cpu", tile=1024, s1=1 / 32, s2=1 / 8, patch=50, n=16, epochs=20, warmup=5, lr=1e-3, batch=2,
-                val_fraction=0.0, variants=("lenet",), pixel=True, pretrain_steps={"a": 300, "b": 150, "f": 40},
-                pretrain_lr=1e-2, pretrain_windows={"a": 8, "b": 16}, strip_pixels=2**16, memory_slides=2,
-                memory_sides=(10_000, 17_321, 31_623, 100_000), ats_max_pixels=1.1e9),
-    # the paper (sec. 4, appendices F, G, L) on the real data, on a GPU-sized budget
-    "paper": dict(synthetic=None, tile=3200, s1=0.03125, s2=0.125, patch=50, n=100, epochs=200, warmup=10, lr=1e-4,
-                  batch=5, val_fraction=0.2, variants=("lenet", "resnet16"), pixel=True,
-                  pretrain_steps={"a": 2000, "b": 2000, "f": 2000}, pretrain_lr=1e-3, pretrain_windows=None,
-                  strip_pixels=2**16, memory_slides=10, memory_sides=(10_000, 31_623, 100_000), ats_max_pixels=1.1e9),
-}
-cfg, out, device = open_chapter("04_camelyon", SETTINGS, profile, seed)
+# %% [markdown]
+# ## Settings
+#
+# **smoke** checks the mechanics in seconds, for CI: the tiny stand-in (slides of 4096 x 4096 pixels), one
+# epoch, and small slides (2048 to 4096 pixels a side) for the memory curve.
+
+# %%
+SMOKE = dict(synthetic="smoke", tile=512, s1=1 / 16, s2=1 / 4, patch=32, n=8, epochs=1, warmup=0, lr=1e-3, batch=2,
+             val_fraction=0.0, variants=("lenet",), pixel=True, pretrain_steps={"a": 5, "b": 2, "f": 2},
+             pretrain_lr=1e-2, pretrain_windows={"a": 8, "b": 16}, strip_pixels=2**12, memory_slides=1,
+             memory_sides=(2048, 3072, 4096), ats_max_pixels=2e7)
+
+# %% [markdown]
+# **cpu**, the book's default, fits a 2-core CPU. It reads the cpu stand-in (slides of 16384 x 16384 pixels)
+# with the paper's scales $s_1$, $s_2$ and its 50 x 50 sub-tiles, but with tiles of 1024 x 1024 (3200 x 3200
+# would leave 6 x 6 tiles a slide), $N = 16$ sub-tiles (not 100), 20 epochs at lr $10^{-3}$ (not 200 at
+# $10^{-4}$), batches of 2 (not 5), and LeNet only. $a$ and $b$ are pre-trained on 8 x 8 and 16 x 16 windows
+# of their tile views: on the whole 32 x 32 and 128 x 128 views they reached 72 % and the model stayed at
+# chance. The memory curve runs from $10^8$ to $10^{10}$ pixels.
+
+# %%
+CPU = dict(synthetic="cpu", tile=1024, s1=1 / 32, s2=1 / 8, patch=50, n=16, epochs=20, warmup=5, lr=1e-3, batch=2,
+           val_fraction=0.0, variants=("lenet",), pixel=True, pretrain_steps={"a": 300, "b": 150, "f": 40},
+           pretrain_lr=1e-2, pretrain_windows={"a": 8, "b": 16}, strip_pixels=2**16, memory_slides=2,
+           memory_sides=(10_000, 17_321, 31_623, 100_000), ats_max_pixels=1.1e9)
+
+# %% [markdown]
+# **paper** is the paper's setting (sec. 4, appendices F, G, L) on the real data, on a GPU-sized budget:
+# tiles of 3200 x 3200, $N = 100$, 200 epochs at lr $10^{-4}$, batches of 5, a fifth of the training slides
+# kept for validation, LeNet and ResNet16, and $a$, $b$ pre-trained on whole tile views.
+
+# %%
+PAPER = dict(synthetic=None, tile=3200, s1=0.03125, s2=0.125, patch=50, n=100, epochs=200, warmup=10, lr=1e-4,
+             batch=5, val_fraction=0.2, variants=("lenet", "resnet16"), pixel=True,
+             pretrain_steps={"a": 2000, "b": 2000, "f": 2000}, pretrain_lr=1e-3, pretrain_windows=None,
+             strip_pixels=2**16, memory_slides=10, memory_sides=(10_000, 31_623, 100_000), ats_max_pixels=1.1e9)
+
+# %% [markdown]
+# The chapter opens with the profile's settings: it checks the profile, makes the results folder, seeds
+# everything, and starts the clock for the whole run.
+
+# %%
+cfg, out, device = open_chapter("04_camelyon", {"smoke": SMOKE, "cpu": CPU, "paper": PAPER}, profile, seed)
 started = time.perf_counter()
 
 # %% [markdown]
@@ -124,42 +136,17 @@ started = time.perf_counter()
 # is left: then it stops here, saying so.
 
 # %%
-if data_dir is not None:
-    root = data_dir
-elif cfg["synthetic"] is not None:
-    root = synthetic_slides.synthetic_camelyon(cfg["synthetic"], seed=seed)
-else:
-    raise ValueError("the 'paper' profile reads the real Camelyon16: pass -p data_dir /path/to/CAMELYON16")
-dataset = camelyon16.load_camelyon16(root, strict=False)
-DATA_LABEL = "synthetic stand-in (not Camelyon16)" if synthetic_slides.read_parameters(root) else f"Camelyon16 ({root})"
-usable, bad = camelyon16.check_slides(dataset, tile_size=cfg["tile"])
-problems = dataset.problems + bad
-for p in problems:
-    print("skipped:", p)
-train_all = [r for r in usable if r.split == "train"]
-camelyon16.require_classes(train_all, "training slides that open", problems)  # stops now, not after training
-test = [r for r in usable if r.split == "test"]
-train, validation = camelyon16.train_validation_split(camelyon16.Camelyon16(dataset.root, train_all), cfg["val_fraction"], seed)
-train, validation = list(train), list(validation)
-print(f"{DATA_LABEL}: {len(train)} training, {len(validation)} validation, {len(test)} test slides "
-      f"({sum(r.label for r in test)} test tumour slides); {len(problems)} skipped")
+data = camelyon.slide_data(data_dir, cfg, seed)  # prints every skipped slide; stops if a class is missing
+train, validation, test, problems, DATA_LABEL = data.train, data.validation, data.test, data.problems, data.label
+print(data.summary())
+
+# %% [markdown]
+# What one slide of this profile looks like to the model: its size and pyramid, the two views, the tile grid
+# and the sub-tiles, next to the paper's settings.
 
 # %%
-with SlideReader(test[0].path) as first:
-    W0, H0 = first.slide.dimensions
-    levels = first.slide.level_dimensions
-geometry = [
-    {"quantity": "slide (level 0)", "value": f"{W0} x {H0} = {W0 * H0 / 1e9:.2f} gigapixels", "paper": "45,056 x 35,840 to 217,088 x 111,104"},
-    {"quantity": "pyramid levels", "value": str(len(levels)), "paper": "(Camelyon16 TIFFs: about 10)"},
-    {"quantity": "V(x, s1)", "value": f"s1 = {cfg['s1']:.5g}: {view_size((H0, W0), cfg['s1'])}", "paper": "s1 = 0.03125"},
-    {"quantity": "tiles", "value": f"{cfg['tile']}^2: grid {tile_grid((H0, W0), cfg['tile'])}", "paper": "3200^2"},
-    {"quantity": "V(x, s2, c)", "value": f"s2 = {cfg['s2']:.5g}: {view_size((cfg['tile'],) * 2, cfg['s2'])}", "paper": "s2 = 0.125: (400, 400)"},
-    {"quantity": "sub-tiles, N", "value": f"{cfg['patch']}^2, N = {cfg['n']}", "paper": "50^2, N = 100"},
-    {"quantity": "training", "value": f"{cfg['epochs']} epochs, lr {cfg['lr']:g}, batch {cfg['batch']}, contrastive from epoch {cfg['warmup']}",
-     "paper": "200 epochs, lr 1e-4, batch 5, contrastive after 10, lambda 1e-5"},
-]
 print(f"Geometry of profile {profile!r} ({DATA_LABEL}); the paper's settings: {ZOOMIN_CAMELYON_SETTINGS['source']}")
-markdown_table(geometry)
+markdown_table(camelyon.geometry_rows(test[0].path, cfg))
 
 # %% [markdown]
 # ## Training
@@ -185,51 +172,20 @@ markdown_table(geometry)
 
 # %%
 generator = seed_everything(seed)  # on the GPU when there is one
-stats_readers = [SlideReader(r.path) for r in train]
-stats = image_stats([s.thumbnail(512) for s in stats_readers])  # per-channel mean, std in [0, 1] units
-for s in stats_readers:
-    s.close()
+stats = camelyon.slide_stats(train)  # per-channel mean, std in [0, 1] units, from thumbnails
+template = camelyon.slide_zoomin(cfg, stats, "lenet")
+readers = [template.open(r.path, name=r.slide_id, label=r.label, roi=camelyon.roi_of(r), cache_views=True)
+           for r in train]
 
+# %% [markdown]
+# Each variant then starts from the same seed: without annotations, and (where the profile says so) with
+# them, pre-training first. A line per variant says how long it trained and where its loss ended.
 
-def roi_of(record: camelyon16.SlideRecord) -> camelyon16.LesionROI | None:
-    """The lesion annotation of a slide, or None."""
-    return camelyon16.LesionROI.from_xml(record.annotation) if record.annotation is not None else None
-
-
-def zoomin(backbone: str) -> SlideZoomIn:
-    """A fresh Zoom-In network of this profile on slides."""
-    return SlideZoomIn(builders.zoomin(in_channels=3, n_classes=2, scale1=cfg["s1"], scale2=cfg["s2"], tile_size=cfg["tile"],
-                                       patch_size=cfg["patch"], n_patches=cfg["n"], backbone=backbone), stats,
-                       strip_pixels=cfg["strip_pixels"])
-
-
-template = zoomin("lenet")
-readers = [template.open(r.path, name=r.slide_id, label=r.label, roi=roi_of(r), cache_views=True) for r in train]
-variants = [(bb, False) for bb in cfg["variants"]] + ([(bb, True) for bb in cfg["variants"]] if cfg["pixel"] else [])
-NAMES = {("lenet", False): "Zoom-In", ("resnet16", False): "Zoom-In (Res)", ("lenet", True): "Zoom-In + annotations",
-         ("resnet16", True): "Zoom-In (Res) + annotations"}
-models, histories, pretraining, train_cpu = {}, {}, {}, {}
-for backbone, pixel in variants:
-    name = NAMES[(backbone, pixel)]
-    generator = seed_everything(seed)  # on the GPU when there is one
-    model = zoomin(backbone)
-    checkpoint = out / "checkpoints" / f"{name.replace(' ', '_').replace('(', '').replace(')', '')}.pt"
-    cpu0 = time.process_time()
-    if pixel and not (resume and checkpoint.is_file()):
-        pretraining[name] = pretrain_tile_classifiers(model, readers, steps=cfg["pretrain_steps"], lr=cfg["pretrain_lr"],
-                                                      windows=cfg["pretrain_windows"], generator=generator)
-    histories[name] = fit_slides(model, readers, epochs=cfg["epochs"], lr=cfg["lr"], batch_size=cfg["batch"],
-                                 warmup_epochs=cfg["warmup"], lam=1e-5, pixel_weight=1.0 if pixel else 0.0, seed=seed,
-                                 generator=generator, checkpoint_path=checkpoint, resume=resume, progress=False)
-    train_cpu[name] = time.process_time() - cpu0
-    models[name] = model
-    last = histories[name][-1]
-    print(f"{name}: {len(histories[name])} epochs, {train_cpu[name]:.0f} s CPU ({train_cpu[name] / max(1, cfg['epochs']):.1f} s "
-          f"per epoch incl. pre-training), last epoch loss {last['loss']:.3f} (ce {last['ce']:.3f})")
-for name, info in pretraining.items():
-    print(f"{name} pre-training on {info['tiles']} tiles ({info['positive_tiles']} with metastases) and {info['subtiles']} "
-          f"sub-tiles: " + ", ".join(f"{k}: loss {v['first_loss']:.3f} -> {v['last_loss']:.3f}, training accuracy "
-                                     f"{v['train_accuracy']:.2f}" for k, v in info["fits"].items()))
+# %%
+models, histories, pretraining, train_cpu = camelyon.train_variants(cfg, stats, readers, seed=seed, out=out,
+                                                                    resume=resume)
+for line in camelyon.pretraining_lines(pretraining):
+    print(line)
 
 # %% [markdown]
 # ## Inference: accuracy, memory and time per slide
@@ -239,7 +195,7 @@ for name, info in pretraining.items():
 # $\alpha_c \beta^c_{c'}$ over all tissue tiles, found exactly (tiles are opened in decreasing $\alpha$
 # until no unopened tile can hold a larger product, since $\alpha_c \beta^c_{c'} \le \alpha_c$), aggregated with renormalised
 # weights; the accuracy of **sampling** mode (eq. 9 with fresh draws) is given beside it. Tiles and
-# sub-tiles are processed one at a time (`experiments.lean_inference`), the smallest peak for the
+# sub-tiles are processed one at a time (`zoomin_lib.train.profiling.lean_inference`), the smallest peak for the
 # same result.
 #
 # Peak memory is measured on the host, in two parts that never mix: **tensors** (every allocation
@@ -248,40 +204,15 @@ for name, info in pretraining.items():
 # buffers. The paper reports GPU memory (`torch.cuda`), which counts tensors only.
 
 # %%
-test_paths, test_labels = [r.path for r in test], [r.label for r in test]
-results, predictions, memory = {}, {}, {}
-for name, model in models.items():
-    with lean_inference(model.net):
-        metrics, preds, failed = evaluate_slides(model, test_paths, test_labels, mode="topk")
-        sampled, _, _ = evaluate_slides(model, test_paths, test_labels, mode="sample",
-                                        generator=torch.Generator().manual_seed(seed))
-        peaks = [host_peak_memory(lambda p=p: model.predict_one(p), module_device(model))
-                 for p in test_paths[: cfg["memory_slides"]]]
-    for p in failed:
-        print("not predicted:", p)
-    results[name] = {**metrics, "accuracy_sampling": sampled["accuracy"], "auc_sampling": sampled["auc"]}
-    predictions[name] = preds
-    memory[name] = {k: float(np.mean([m[k] for m in peaks])) for k in ("torch_mb", "numpy_mb", "sum_mb", "device_mb")
-                    if k in peaks[0]}
-    if validation:
-        with lean_inference(model.net):
-            results[name]["validation"] = evaluate_slides(model, [r.path for r in validation],
-                                                          [r.label for r in validation])[0]
-measured = [{
-    "method": name, "pixel-level annotation": "yes" if "annotations" in name else "no",
-    "accuracy % (top-k)": 100 * r["accuracy"], "AUC (top-k)": r["auc"] if r["auc"] is not None else "",
-    "accuracy % (sampling)": 100 * r["accuracy_sampling"],
-    "peak tensors (MiB)": memory[name]["torch_mb"], "peak numpy (MiB)": memory[name]["numpy_mb"],
-    **({"peak GPU (MiB)": memory[name]["device_mb"]} if "device_mb" in memory[name] else {}),
-    "time per slide (s)": r["seconds_median"], "test slides": r["n"],
-} for name, r in results.items()]
+results, predictions, memory = camelyon.evaluate_variants(models, test, validation, memory_slides=cfg["memory_slides"],
+                                                          seed=seed)
 where = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({torch.get_num_threads()} threads)"
 print(f"Measured here: {DATA_LABEL}, profile {profile!r}, {where}, "
       f"{cfg['epochs']} epochs; memory: mean over {cfg['memory_slides']} test slide(s); time: median over the test slides")
-markdown_table(measured, digits=3)
 if profile == "cpu" and "Zoom-In + annotations" in results:  # the claim of this chapter's cpu run (see below)
     auc = results["Zoom-In + annotations"]["auc"]
     assert auc is not None and auc >= 0.8, f"Zoom-In with annotations should rank tumour slides first: AUC {auc}"
+markdown_table(camelyon.measured_rows(results, memory), digits=3)
 
 # %% [markdown]
 # What the paper reports on the real Camelyon16 (table 2; GPU memory per slide at inference, MB), and
@@ -325,32 +256,10 @@ markdown_table(paper_table)
 # top-k prediction (yellow) and its $N$ sub-tiles (lime).
 
 # %%
-thumbs, rois, tissue, dims = {}, {}, {}, {}
-for r in test:
-    with SlideReader(r.path) as reader:
-        thumbs[r.slide_id] = reader.thumbnail(768)
-        tissue[r.slide_id] = reader.tissue((cfg["tile"], cfg["tile"]), template.tissue_side).numpy()
-        dims[r.slide_id] = reader.slide.dimensions
-        rois[r.slide_id] = roi_of(r)
-
-
-def contours(roi: camelyon16.LesionROI | None) -> list[np.ndarray]:
-    """The tumour polygons of an annotation, [K, 2] (x, y) each."""
-    return [] if roi is None else [p.coordinates for p in roi.polygons if p.group in camelyon16.TUMOUR_GROUPS]
-
-
+views = camelyon.slide_views(test, cfg["tile"], template.tissue_side)  # thumbnails, tissue tiles, sizes, annotations
 for name, preds in predictions.items():
-    cols = min(4, len(preds))
-    rows = -(-len(preds) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.3 * rows), squeeze=False)
-    for ax, r, p in zip(axes.flat, test, preds):
-        show_slide(ax, thumbs[r.slide_id], dims[r.slide_id], alpha=p.alpha, tile_size=p.tile_size, tissue=tissue[r.slide_id],
-                   contours=contours(rois[r.slide_id]), tile_boxes=p.tile_boxes(), subtile_boxes=p.subtile_boxes(),
-                   title=f"{r.slide_id} ({'tumour' if r.label else 'normal'}): p(tumour) = {p.probs[1]:.2f}")
-    for ax in axes.flat[len(preds):]:
-        ax.axis("off")
-    fig.suptitle(f"{name}: attention alpha on the test slides, top-k tiles and sub-tiles ({DATA_LABEL})", fontsize=9)
-    fig.tight_layout()
+    fig = camelyon.attention_figure(test, preds, views, f"{name}: attention alpha on the test slides, top-k tiles and "
+                                    f"sub-tiles ({DATA_LABEL})")
     save_figure(fig, out, f"attention_{name.replace(' ', '_').replace('+', 'with').replace('(', '').replace(')', '')}")
     plt.show()
 
@@ -365,28 +274,7 @@ for name, preds in predictions.items():
 main = "Zoom-In + annotations" if "Zoom-In + annotations" in models else next(iter(models))
 model = models[main].eval()
 tumour_tests = [(r, p) for r, p in zip(test, predictions[main]) if r.label == 1][:3]
-fig, axes = plt.subplots(len(tumour_tests), 3, figsize=(10, 3.4 * len(tumour_tests)), squeeze=False)
-for row, (r, p) in zip(axes, tumour_tests):
-    th, tw = p.tile_size
-    top_tile = int(p.tiles[0])
-    n_cols = p.alpha.shape[1]
-    ty, tx = (top_tile // n_cols) * th, (top_tile % n_cols) * tw
-    show_slide(row[0], thumbs[r.slide_id], dims[r.slide_id], contours=contours(rois[r.slide_id]),
-               tile_boxes=np.array([[tx, ty, tw, th]]), title=f"{r.slide_id}: its top tile (yellow)")
-    with model.open(r.path) as reader, torch.no_grad():
-        tile_img = reader.tile_view(ty, tx, (th, tw), cfg["s2"], standardise=False)[0].permute(1, 2, 0).clamp(0, 255).byte().numpy()
-        beta = model.second_stage(reader, torch.tensor([top_tile]))[0].reshape(model.net.subview_size).cpu().numpy()
-        rr, cc = (int(v) for v in p.centers[0])
-        ph, pw = p.patch_size
-        sub_img = reader.patches(torch.tensor([rr]), torch.tensor([cc]), (ph, pw), standardise=False)[0].permute(1, 2, 0).byte().numpy()
-    in_tile = [c - np.array([tx, ty]) for c in contours(rois[r.slide_id])]
-    boxes = p.subtile_boxes()[p.tiles == top_tile] - np.array([tx, ty, 0, 0])
-    show_slide(row[1], tile_img, (tw, th), alpha=beta, tile_size=(th / beta.shape[0], tw / beta.shape[1]),
-               contours=in_tile, subtile_boxes=boxes, heat=0.3, title=f"tile at s2 = {cfg['s2']:.3g} with beta and its sub-tiles")
-    show_slide(row[2], sub_img, (pw, ph), contours=[c - np.array([cc - pw // 2, rr - ph // 2]) for c in contours(rois[r.slide_id])],
-               title=f"top sub-tile, full resolution ({pw}x{ph})")
-fig.suptitle(f"{main}: from slide to sub-tile ({DATA_LABEL})", fontsize=9)
-fig.tight_layout()
+fig = camelyon.zoom_in_figure(model, tumour_tests, views, cfg["s2"], f"{main}: from slide to sub-tile ({DATA_LABEL})")
 save_figure(fig, out, "zoom_in_figure6e")
 plt.show()
 
@@ -399,34 +287,11 @@ plt.show()
 # defines the ratio per $h_2 \times w_2$ sub-tile, figure 7 per first-stage tile; we follow the figure.)
 
 # %%
-spearman, fig7 = {}, plt.figure(figsize=(4.2 * len(models), 3.4))
-for k, (name, preds) in enumerate(predictions.items()):
-    alphas, ratios, masks = [], [], []
-    for r, p in zip(test, preds):
-        if rois[r.slide_id] is None:
-            continue
-        with models[name].open(r.path, roi=rois[r.slide_id]) as reader:
-            alphas.append(p.alpha)
-            ratios.append(roi_tiles(models[name], reader)[0])
-            masks.append(tissue[r.slide_id])
-    if not alphas:
-        print("no annotated test slide: no correlation to compute")
-        break
-    spearman[name] = attention_roi_spearman(alphas, ratios, masks)
-    ax = fig7.add_subplot(1, len(models), k + 1)
-    for a, q, m in zip(alphas, ratios, masks):
-        ax.scatter(a[m], q[m], s=6, alpha=0.6)
-    ax.set_xscale("log")
-    ax.set_xlabel("alpha_c (tile attention)")
-    ax.set_ylabel("metastasis-to-tile ratio")
-    ax.set_title(f"{name}: rho = {spearman[name]['rho']:.3f}", fontsize=8)
-fig7.suptitle(f"Attention against metastasis area per tile, annotated test slides ({DATA_LABEL})", fontsize=9)
-fig7.tight_layout()
+spearman, fig7 = camelyon.attention_vs_ratio(
+    models, predictions, test, views, f"Attention against metastasis area per tile, annotated test slides ({DATA_LABEL})")
 save_figure(fig7, out, "figure7_attention_vs_ratio")
 plt.show()
-rho_rows = [{"model": n, "Spearman rho (measured)": s["rho"], "p-value": s["p_value"], "tiles": s["n_tiles"],
-             "tiles with metastasis": s["n_tiles_with_roi"], "paper reports": ZOOMIN_CAMELYON_SPEARMAN["rho"] if "annotations" not in n else "",
-             } for n, s in spearman.items()]
+rho_rows = camelyon.spearman_rows(spearman, ZOOMIN_CAMELYON_SPEARMAN["rho"])
 print("paper:", ZOOMIN_CAMELYON_SPEARMAN["source"])
 markdown_table(rho_rows) if rho_rows else None
 
@@ -445,60 +310,19 @@ markdown_table(rho_rows) if rho_rows else None
 # number of pixels, fitted to the measurements, is drawn dashed and labelled as an extrapolation.
 
 # %%
-large_dir = cache_dir("camelyon16_synthetic") / "large"
-large_dir.mkdir(parents=True, exist_ok=True)
-memory_rows = []
-zoom_model = models["Zoom-In"]
-torch.manual_seed(seed)
-ats_model = SlideATS(builders.ats(in_channels=3, n_classes=2, scale=cfg["s2"], patch_size=cfg["patch"], n_patches=cfg["n"]),
-                     stats).to(module_device(zoom_model))  # beside Zoom-In, on its device
-for side in cfg["memory_sides"]:
-    path = large_dir / f"slide_{side}.tif"
-    if not path.is_file():
-        t0 = time.perf_counter()
-        synthetic_slides.write_large_slide(path, side, seed=seed, progress=False)
-        print(f"wrote {path.name} ({side}^2 = {side * side / 1e9:.2f} gigapixels) in {time.perf_counter() - t0:.0f} s")
-    row = {"side": side, "pixels": side * side}
-    with lean_inference(zoom_model.net):
-        row["zoomin"] = host_peak_memory(lambda: zoom_model.predict_one(path), module_device(zoom_model))
-    if side * side <= cfg["ats_max_pixels"]:
-        with lean_inference(ats_model.net):
-            row["ats"] = host_peak_memory(lambda: ats_model.predict_one(path), module_device(ats_model))
-    memory_rows.append(row)
-    ats_text = f"ATS {row['ats']['torch_mb']:.1f} MiB tensors" if "ats" in row else "ATS not run (extrapolated below)"
-    print(f"{side}^2 ({side * side:.1e} px): Zoom-In {row['zoomin']['torch_mb']:.2f} MiB tensors + "
-          f"{row['zoomin']['numpy_mb']:.2f} MiB numpy; {ats_text}")
+memory_rows = camelyon.memory_sweep(models["Zoom-In"], stats, cfg, seed)
+
+# %% [markdown]
+# The measurements on a log-log plot, and as a table: where ATS was not run, the table gives its fitted line.
 
 # %%
-pixels = np.array([r["pixels"] for r in memory_rows], dtype=float)
-zoom_t = np.array([r["zoomin"]["torch_mb"] for r in memory_rows])
-zoom_n = np.array([r["zoomin"]["numpy_mb"] for r in memory_rows])
-ats_px = np.array([r["pixels"] for r in memory_rows if "ats" in r], dtype=float)
-ats_t = np.array([r["ats"]["torch_mb"] for r in memory_rows if "ats" in r])
-slope, intercept = np.polyfit(ats_px, ats_t, 1)  # MiB per pixel, MiB: a line in the number of pixels
-ats_line = intercept + slope * pixels
-fig, ax = plt.subplots(figsize=(6.4, 4))
-ax.plot(pixels, zoom_t, "o-", color="C0", label="Zoom-In, tensors (measured)")
-ax.plot(pixels, zoom_t + zoom_n, "o:", color="C0", alpha=0.6, label="Zoom-In, tensors + numpy (measured, upper bound)")
-ax.plot(ats_px, ats_t, "s-", color="C3", label="one-stage ATS at s2, tensors (measured)")
-beyond = pixels >= ats_px.max()
-if beyond.sum() > 1:
-    ax.plot(pixels[beyond], ats_line[beyond], "s--", color="C3", mfc="none", label="ATS: fitted line, extrapolated")
-ax.set_xscale("log")
-ax.set_yscale("log")
-ax.set_xlabel("slide size (pixels at level 0)")
-ax.set_ylabel("peak memory at inference (MiB)")
-ax.set_title(f"Peak host memory per slide ({DATA_LABEL} slides; profile {profile!r})", fontsize=9)
-ax.grid(True, which="both", alpha=0.3)
-ax.legend(fontsize=7)
-fig.tight_layout()
+curve = camelyon.MemoryCurve.from_rows(memory_rows)
+pixels, zoom_t, zoom_n, ats_px, ats_t, ats_line = (curve.pixels, curve.zoom_t, curve.zoom_n, curve.ats_px, curve.ats_t,
+                                                   curve.ats_line)
+fig = camelyon.memory_figure(curve, f"Peak host memory per slide ({DATA_LABEL} slides; profile {profile!r})")
 save_figure(fig, out, "memory_vs_slide_size")
 plt.show()
-markdown_table([{"pixels": f"{r['pixels']:.2e}", "Zoom-In tensors (MiB)": r["zoomin"]["torch_mb"], "Zoom-In numpy (MiB)": r["zoomin"]["numpy_mb"],
-                 "Zoom-In time (s)": r["zoomin"]["seconds"],
-                 "ATS tensors (MiB)": r["ats"]["torch_mb"] if "ats" in r else f"{ats_line[k]:.4g} (extrapolated)",
-                 "ATS numpy (MiB)": r["ats"]["numpy_mb"] if "ats" in r else "", "ATS time (s)": r["ats"]["seconds"] if "ats" in r else ""}
-                for k, r in enumerate(memory_rows)], digits=4)
+markdown_table(camelyon.memory_rows_table(memory_rows, ats_line), digits=4)
 
 # %% [markdown]
 # The claim, checked: from the smallest to the largest slide Zoom-In's peak stays within 10 % (both the
@@ -511,10 +335,13 @@ growth = ats_t[-1] / ats_t[0]
 print(f"Zoom-In from {pixels[0]:.1e} to {pixels[-1]:.1e} pixels: tensors {zoom_t.min():.2f}-{zoom_t.max():.2f} MiB "
       f"(+{100 * flat_t:.1f} %), numpy {zoom_n.min():.2f}-{zoom_n.max():.2f} MiB (+{100 * flat_n:.1f} %)")
 print(f"ATS from {ats_px[0]:.1e} to {ats_px[-1]:.1e} pixels: {ats_t[0]:.1f} -> {ats_t[-1]:.1f} MiB (x{growth:.1f}); "
-      f"fitted {slope * 1e9:.0f} MiB per gigapixel, so {ats_line[-1]:.0f} MiB at {pixels[-1]:.1e} pixels")
+      f"fitted {curve.slope * 1e9:.0f} MiB per gigapixel, so {ats_line[-1]:.0f} MiB at {pixels[-1]:.1e} pixels")
 assert flat_t <= 0.10 and flat_n <= 0.10, f"Zoom-In's peak should not grow with the slide: +{flat_t:.1%}, +{flat_n:.1%}"
 assert growth > 0.5 * ats_px[-1] / ats_px[0], f"ATS's peak should grow with the slide's pixels, got x{growth:.2f}"
 assert zoom_t[-1] < ats_t[-1], "at the largest measured size Zoom-In should need less than ATS"
+
+# %% [markdown]
+# Last, everything measured goes to `metrics.json` in the results folder, with the settings that produced it.
 
 # %%
 elapsed = time.perf_counter() - started
@@ -522,7 +349,7 @@ write_json(out / "metrics.json", {
     "profile": profile, "data": DATA_LABEL, "seed": seed, "settings": cfg, "skipped": problems,
     "results": results, "memory_per_slide_mb": memory, "pretraining": pretraining, "train_cpu_seconds": train_cpu,
     "histories": histories, "spearman": spearman, "memory_vs_size": memory_rows,
-    "ats_fit": {"mib_per_pixel": slope, "intercept_mib": intercept},
+    "ats_fit": {"mib_per_pixel": curve.slope, "intercept_mib": curve.intercept},
     "predictions": {n: [p.summary() for p in ps] for n, ps in predictions.items()}, "seconds": elapsed,
 })
 print(f"wrote {out / 'metrics.json'}; the chapter ran in {elapsed:.0f} s")

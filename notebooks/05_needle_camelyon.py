@@ -55,50 +55,69 @@ data_dir = None  # a Camelyon16-layout folder (real data); None: the synthetic s
 seed = 0
 resume = False  # continue interrupted runs from their checkpoints under results/05_needle_camelyon/
 
+# %% [markdown]
+# The chapter's tools: the crops (`data_prep.needle_camelyon`), the methods and their training
+# (`zoomin_lib.builders`, `zoomin_lib.train`), this chapter's helpers (`zoomin_lib.chapters.needles`), the
+# paper's numbers, and the book's tables and figures.
+
 # %%
 import time
-from typing import Callable, Sequence
 
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from torch.nn import functional as F
 
-from data_prep.needle_camelyon import NeedleCamelyon, load_needle_camelyon, needle_camelyon
+from data_prep.needle_camelyon import load_needle_camelyon, needle_camelyon
+from zoomin_lib.book.paper_numbers import ZOOMIN_TABLE1_NEEDLE, ZOOMIN_TABLE4_NEEDLE, paper_rows
+from zoomin_lib.book.plotting import save_figure, zoom_grid
+from zoomin_lib.book.report import markdown_table
+from zoomin_lib.chapters import needles
+from zoomin_lib.chapters.attention import zoom_picks
+from zoomin_lib.chapters.bagnet import bagnet_macs
 from zoomin_lib.chapters.opening import open_chapter
-from zoomin_lib import builders
-from zoomin_lib.chapters.bagnet import bagnet, bagnet_macs, evidence_map
-from zoomin_lib.train.protocol import TrainSettings, channel_stats, image_tensor, lazy_batches, run_method, standardize
 from zoomin_lib.chapters.results import above_majority, result_rows
-from zoomin_lib.chapters.attention import attention_map, zoom_picks
+from zoomin_lib.infra.io import write_json
 from zoomin_lib.train.fingerprint import fingerprint
 from zoomin_lib.train.profiling import profile_methods
-from zoomin_lib.infra.io import write_json
-from zoomin_lib.book.paper_numbers import ZOOMIN_TABLE1_NEEDLE, ZOOMIN_TABLE4_NEEDLE, paper_rows
-from zoomin_lib.book.plotting import save_figure, show_attention, zoom_grid
-from zoomin_lib.book.report import markdown_table
 
-PAPER_SIDE = 1024  # the paper's crops
-PAPER = dict(train=6000, val=2000, test=2000, epochs=150, lr=1e-4)  # Zoom-In appendices D and G
-SETTINGS = {
-    # seconds: 256x256 crops (needle_camelyon's smoke profile), a few of them, one epoch: the mechanics only;
-    # tiles and sub-tiles scaled down with the crop, N = 5
-    "smoke": dict(max_positives=(12, 4, 6), in_memory=True, tile=64, patch=16, n_patches=5, batch=4, epochs=1,
-                  warmup=0, lr=1e-3, cosine=False, bagnet=dict(scale=1.0, width=4, blocks=(1, 1, 1, 1)),
-                  bagnet_epochs=1, timing=0.01),
-    # the book's default on a 2-core CPU: the paper's crops (1024x1024) and Zoom-In / ATS architectures, but
-    # 120 / 100 training / test crops (not 6000 / 2000), 4 epochs (not 150) at lr 1e-3 with cosine decay (not a
-    # fixed 1e-4), contrastive from epoch 2; a narrow BagNet-33 (width 8, one block per stage, not width 64 and
-    # (3, 4, 6, 3)) on V(x, 0.25), profiled at full resolution too
-    "cpu": dict(max_positives=(60, 20, 50), in_memory=True, tile=256, patch=32, n_patches=30, batch=5, epochs=4,
-                warmup=2, lr=1e-3, cosine=True, bagnet=dict(scale=0.25, width=8, blocks=(1, 1, 1, 1)),
-                bagnet_epochs=4, timing=0.3),
-    # the paper (real data only): 3000 / 1000 / 1000 positive crops and as many negatives, 150 epochs at lr
-    # 1e-4, batch 5; the paper-sized BagNet-33 on the full-resolution crop; crops read from disk batch by batch
-    "paper": dict(max_positives=None, in_memory=False, tile=256, patch=32, n_patches=30, batch=5, epochs=150,
-                  warmup=10, lr=1e-4, cosine=False, bagnet=dict(scale=1.0), bagnet_epochs=150, timing=0.3),
-}
-cfg, out, device = open_chapter("05_needle_camelyon", SETTINGS, profile, seed)
+# %% [markdown]
+# ## Settings
+#
+# **smoke** checks the mechanics in seconds: 256x256 crops (`needle_camelyon`'s smoke profile), a few of them,
+# one epoch; the tiles and sub-tiles are scaled down with the crop, and $N = 5$.
+
+# %%
+SMOKE = dict(max_positives=(12, 4, 6), in_memory=True, tile=64, patch=16, n_patches=5, batch=4, epochs=1,
+             warmup=0, lr=1e-3, cosine=False, bagnet=dict(scale=1.0, width=4, blocks=(1, 1, 1, 1)),
+             bagnet_epochs=1, timing=0.01)
+
+# %% [markdown]
+# **cpu**, the book's default, fits a 2-core CPU. It keeps the paper's crops (1024x1024) and its Zoom-In and
+# ATS architectures, but trains on 120 crops and tests on 100 (not 6000 and 2000), for 4 epochs (not 150) at
+# lr $10^{-3}$ with cosine decay (not a fixed $10^{-4}$), with the contrastive loss from epoch 2. Its BagNet-33
+# is narrow (width 8, one block per stage, not width 64 and blocks (3, 4, 6, 3)) and sees $V(x, 0.25)$; it is
+# profiled at full resolution too.
+
+# %%
+CPU = dict(max_positives=(60, 20, 50), in_memory=True, tile=256, patch=32, n_patches=30, batch=5, epochs=4,
+           warmup=2, lr=1e-3, cosine=True, bagnet=dict(scale=0.25, width=8, blocks=(1, 1, 1, 1)),
+           bagnet_epochs=4, timing=0.3)
+
+# %% [markdown]
+# **paper** is the paper's setting, on the real data only: 3000 / 1000 / 1000 positive crops and as many
+# negatives, 150 epochs at lr $10^{-4}$, batches of 5, and the paper-sized BagNet-33 on the full-resolution
+# crop; the crops are read from disk batch by batch.
+
+# %%
+PAPER = dict(max_positives=None, in_memory=False, tile=256, patch=32, n_patches=30, batch=5, epochs=150,
+             warmup=10, lr=1e-4, cosine=False, bagnet=dict(scale=1.0), bagnet_epochs=150, timing=0.3)
+
+# %% [markdown]
+# The chapter opens with the profile's settings: it checks the profile, makes the results folder and seeds
+# everything.
+
+# %%
+cfg, out, device = open_chapter("05_needle_camelyon", {"smoke": SMOKE, "cpu": CPU, "paper": PAPER}, profile, seed)
 
 # %% [markdown]
 # ## The data
@@ -122,38 +141,23 @@ print(f"data: {DATA_LABEL}; crops {side}x{side}; train {len(train_set)} ({int(tr
 # what the checkpoints record as their data: other crops are not resumed from them
 DATA_ID = fingerprint([r["file"] for r in train_set.rows], train_set.labels, [r["file"] for r in test_set.rows],
                       test_set.labels)
-every = max(1, len(train_set) // 20)
-stats = channel_stats(torch.cat([image_tensor(train_set.image(i)) for i in range(0, len(train_set), every)]))  # ~20 crops
 
-def loader(dataset: NeedleCamelyon, in_memory: bool) -> Callable[[Sequence[int]], torch.Tensor]:
-    """load(indices) -> standardized crops [b, 3, S, S]; uint8 crops held in memory when `in_memory`."""
-    held = [dataset.image(i) for i in range(len(dataset))] if in_memory else None  # [S, S, 3] uint8 each
-    read = (lambda i: held[i]) if in_memory else dataset.image
-    return lambda idx: standardize(torch.cat([image_tensor(read(int(i))) for i in idx]), stats)
-
-load_train, load_test = loader(train_set, cfg["in_memory"]), loader(test_set, cfg["in_memory"])
+# %% [markdown]
+# The models see standardized crops: each channel shifted and scaled by the statistics of about 20 training
+# crops (no labels used). The loaders read a batch of crops by their indices, from memory where the profile
+# holds the crops there.
 
 # %%
-def metastasis_outline(ax: plt.Axes, mask: np.ndarray) -> None:
-    """Draw the metastasis mask's outline in cyan."""
-    if mask.any():
-        ax.contour(mask, levels=[0.5], colors="cyan", linewidths=0.8)
+stats = needles.crop_stats(train_set)
+load_train, load_test = (needles.crop_loader(train_set, cfg["in_memory"], stats),
+                         needles.crop_loader(test_set, cfg["in_memory"], stats))
 
-def one_per_metastasis(dataset: NeedleCamelyon, k: int) -> list[int]:
-    """The first positive crop of each of the first k metastases of a split (its crops overlap one another)."""
-    first = {}
-    for i in np.flatnonzero(dataset.labels == 1):
-        first.setdefault(dataset.rows[int(i)]["metastasis"], int(i))
-    return list(first.values())[:k]
+# %% [markdown]
+# Four training crops: two positives, from two different metastases, with the metastasis outlined, and two
+# negatives, cut from normal slides.
 
-fig, axes = plt.subplots(1, 4, figsize=(13, 3.4))
-shown = one_per_metastasis(train_set, 2) + [int(i) for i in np.flatnonzero(train_set.labels == 0)[:2]]
-for ax, i in zip(axes, shown):
-    row = train_set.rows[int(i)]
-    show_attention(ax, train_set.image(int(i)), title=f"{row['slide_id']}: {'positive' if row['label'] == '1' else 'negative'}, "
-                   f"ratio {100 * float(row['ratio']):.2f} %")
-    metastasis_outline(ax, train_set.mask(int(i)))
-fig.suptitle(f"Training crops; cyan: the annotated metastasis ({DATA_LABEL})", fontsize=9)
+# %%
+fig = needles.examples_figure(train_set, f"Training crops; cyan: the annotated metastasis ({DATA_LABEL})")
 save_figure(fig, out, "examples");
 
 # %% [markdown]
@@ -163,51 +167,42 @@ save_figure(fig, out, "examples");
 # ATS-30 predict deterministically from their top-$N$ locations; the BagNet is a plain CNN.
 
 # %%
-C = dict(in_channels=3, n_classes=2)
 N, P, TILE = cfg["n_patches"], cfg["patch"], cfg["tile"]
-BAGNET = "BagNet-33" + ("" if cfg["bagnet"]["scale"] == 1 else f" s={cfg['bagnet']['scale']}")
-methods = {
-    "Zoom-In": lambda: builders.zoomin(**C, scale1=0.25, scale2=0.5, tile_size=TILE, patch_size=P, n_patches=N),
-    "Zoom-In (Res)": lambda: builders.zoomin(**C, scale1=0.25, scale2=0.5, tile_size=TILE, patch_size=P,
-                                             n_patches=N, backbone="resnet16"),
-    f"ATS-{N}": lambda: builders.ats(**C, scale=0.5, patch_size=P, n_patches=N),
-    BAGNET: lambda: bagnet(**C, **cfg["bagnet"]),
-}
-settings = {name: TrainSettings(epochs=cfg["epochs"], batch_size=cfg["batch"], lr=cfg["lr"], warmup_epochs=cfg["warmup"],
-                                cosine_decay=cfg["cosine"]) for name in methods}
-settings[BAGNET] = TrainSettings(epochs=cfg["bagnet_epochs"], batch_size=cfg["batch"], lr=cfg["lr"], cosine_decay=cfg["cosine"])
+BAGNET = needles.bagnet_name(cfg["bagnet"])
+methods = needles.method_factories(cfg)  # Zoom-In, Zoom-In (Res), ATS-N, the BagNet
+settings = needles.train_settings(cfg, list(methods))
 print(f"N = {N} sub-tiles of {P}x{P}, tiles {TILE}x{TILE}, batch {cfg['batch']}, {cfg['epochs']} epochs, lr {cfg['lr']}"
       f"{' with cosine decay' if cfg['cosine'] else ''}, contrastive from epoch {cfg['warmup']}; {BAGNET}: "
       f"{cfg['bagnet_epochs']} epochs")
-results, trained, train_seconds = {}, {}, {}
-for name, factory in methods.items():
-    start = time.perf_counter()
-    result, model = run_method(
-        name, factory, settings[name],
-        lazy_batches(load_train, train_set.labels, cfg["batch"], seed),
-        lazy_batches(load_test, test_set.labels, 8, seed, shuffle=False)(0),
-        run_seed=seed, tag=f"{name}_r0_f0", out_dir=out, resume=resume, record={"profile": profile, "data": DATA_ID},
-    )
-    results[name], trained[name], train_seconds[name] = [result], model, time.perf_counter() - start
-    print(f"{name}: test accuracy {result.accuracy:.3f}, AUC {result.auc:.3f} ({train_seconds[name]:.0f} s)")
+
+# %% [markdown]
+# Each method is trained, then tested on the test split; a line each gives its test accuracy and AUC, and the
+# checkpoints record the profile and the data, so that a resumed run continues only the same experiment.
+
+# %%
+results, trained, train_seconds = needles.train_methods(
+    methods, settings, load_train, load_test, train_set.labels, test_set.labels, batch=cfg["batch"], seed=seed,
+    out=out, resume=resume, record={"profile": profile, "data": DATA_ID})
 
 # %% [markdown]
 # ## Accuracy and inference cost
 #
 # Cost is measured on one test crop, batch 1, each sampling model reading its patches and tiles one at a time
-# (`experiments.lean_inference`). When this profile trains the BagNet on a reduced view, the same network is
+# (`zoomin_lib.train.profiling.lean_inference`). When this profile trains the BagNet on a reduced view, the same network is
 # also profiled on the full-resolution crop, the paper's setting.
 
 # %%
 example = load_test([0])  # [1, 3, S, S]
 to_profile = dict(trained)
 if cfg["bagnet"]["scale"] != 1:
-    to_profile["BagNet-33 s=1 (profile only)"] = bagnet(**C, **{**cfg["bagnet"], "scale": 1.0})
+    to_profile[needles.FULL_BAGNET] = needles.full_resolution_bagnet(cfg["bagnet"])
 costs = profile_methods(to_profile, example, generator=torch.Generator().manual_seed(seed), min_run_time=cfg["timing"])
+PAPER_RUN, PAPER_SIDE = needles.PAPER_RUN, needles.PAPER_SIDE
 print(f"Measured here: {DATA_LABEL}, profile {profile!r}; trained on {len(train_set)} crops of {side}x{side} and tested on "
-      f"{len(test_set)} (paper: {PAPER['train']} and {PAPER['test']} of {PAPER_SIDE}x{PAPER_SIDE}), {cfg['epochs']} epochs at lr "
-      f"{cfg['lr']} (paper: {PAPER['epochs']} at {PAPER['lr']}), BagNet {cfg['bagnet']} (paper: [37]'s, on the full crop); "
-      f"cost on one test crop, device {costs['Zoom-In']['device']}, {costs['Zoom-In']['threads']} thread(s)")
+      f"{len(test_set)} (paper: {PAPER_RUN['train']} and {PAPER_RUN['test']} of {PAPER_SIDE}x{PAPER_SIDE}), {cfg['epochs']} "
+      f"epochs at lr {cfg['lr']} (paper: {PAPER_RUN['epochs']} at {PAPER_RUN['lr']}), BagNet {cfg['bagnet']} (paper: "
+      f"[37]'s, on the full crop); cost on one test crop, device {costs['Zoom-In']['device']}, "
+      f"{costs['Zoom-In']['threads']} thread(s)")
 markdown_table(result_rows(results, costs), digits=3)
 
 # %% [markdown]
@@ -234,6 +229,9 @@ if inverted:
 # %%
 markdown_table(paper_rows(ZOOMIN_TABLE1_NEEDLE))
 
+# %% [markdown]
+# And the paper's ablation of contrastive learning for Zoom-In (table 4):
+
 # %%
 print(f"{ZOOMIN_TABLE4_NEEDLE['source']}: Zoom-In (lambda 1e-5, N = 30) with contrastive learning "
       f"{ZOOMIN_TABLE4_NEEDLE['rows'][(1e-5, 30, True)]} %, without {ZOOMIN_TABLE4_NEEDLE['rows'][(1e-5, 30, False)]} %")
@@ -247,23 +245,13 @@ print(f"{ZOOMIN_TABLE4_NEEDLE['source']}: Zoom-In (lambda 1e-5, N = 30) with con
 # visits more tiles than a trained model (its $\alpha$ is flat), so its FLOPs there are an upper bound.
 
 # %%
-def paper_settings() -> dict:
-    """The paper's Zoom-In, Zoom-In (Res) and ATS-30 (untrained), with this profile's BagNet on the full-resolution crop."""
-    return {
-        "Zoom-In": builders.zoomin(**C, scale1=0.25, scale2=0.5, tile_size=256, patch_size=32, n_patches=30),
-        "Zoom-In (Res)": builders.zoomin(**C, scale1=0.25, scale2=0.5, tile_size=256, patch_size=32, n_patches=30,
-                                         backbone="resnet16"),
-        "ATS-30": builders.ats(**C, scale=0.5, patch_size=32, n_patches=30),
-        "BagNet-33 s=1 (profile only)": bagnet(**C, **{**cfg["bagnet"], "scale": 1.0}),
-    }
-
 if side == PAPER_SIDE:
     at_paper_size = costs  # the trained models: the paper's settings at the paper's size
 else:
     big = F.interpolate(example, size=(PAPER_SIDE, PAPER_SIDE), mode="bilinear", align_corners=False)  # [1, 3, 1024, 1024]
-    at_paper_size = profile_methods(paper_settings(), big, generator=torch.Generator().manual_seed(seed),
-                                    min_run_time=cfg["timing"])
-FULL_BAGNET = "BagNet-33 s=1 (profile only)" if "BagNet-33 s=1 (profile only)" in at_paper_size else "BagNet-33"
+    at_paper_size = profile_methods(needles.paper_settings(cfg["bagnet"]), big,
+                                    generator=torch.Generator().manual_seed(seed), min_run_time=cfg["timing"])
+FULL_BAGNET = needles.FULL_BAGNET if needles.FULL_BAGNET in at_paper_size else "BagNet-33"
 print(f"Measured here at {PAPER_SIDE}x{PAPER_SIDE} ({'trained models' if side == PAPER_SIDE else 'untrained, paper settings'})")
 trained_here = results if side == PAPER_SIDE else {}  # accuracies only for the models that were trained at this size
 markdown_table(result_rows(trained_here, {k: at_paper_size[k] for k in ("Zoom-In", "Zoom-In (Res)", "ATS-30", FULL_BAGNET)}),
@@ -295,16 +283,12 @@ zoom_mb = at_paper_size["Zoom-In"]["peak_memory_mb"]
 res_mb = at_paper_size["Zoom-In (Res)"]["peak_memory_mb"]
 ats_mb = at_paper_size["ATS-30"]["peak_memory_mb"]
 bag_mb = at_paper_size[FULL_BAGNET]["peak_memory_mb"]
-paper = ZOOMIN_TABLE1_NEEDLE["rows"]
-ratios = [
-    {"ratio": "Zoom-In / ATS-30", "measured here": zoom_mb / ats_mb,
-     "paper (table 1)": paper["Zoom-In"]["memory_mb"] / paper["ATS-30"]["memory_mb"]},
-    {"ratio": "Zoom-In (Res) / ATS-30", "measured here": res_mb / ats_mb,
-     "paper (table 1)": paper["Zoom-In (Res)"]["memory_mb"] / paper["ATS-30"]["memory_mb"]},
-    {"ratio": "Zoom-In / BagNet (full resolution)", "measured here": zoom_mb / bag_mb,
-     "paper (table 1)": paper["Zoom-In"]["memory_mb"] / paper["BagNet"]["memory_mb"]},
-]
+ratios = needles.memory_ratios(at_paper_size, FULL_BAGNET, ZOOMIN_TABLE1_NEEDLE["rows"])
 markdown_table(ratios)
+
+# %% [markdown]
+# The claim, checked: at 1024x1024, Zoom-In needs well under ATS-30's memory (Zoom-In (Res) less than it), and
+# ATS-30 well under the full-resolution BagNet's.
 
 # %%
 assert 2 * zoom_mb < ats_mb, f"Zoom-In {zoom_mb:.2f} MiB should need well under ATS-30's {ats_mb:.2f} MiB at 1024x1024"
@@ -328,26 +312,10 @@ print(f"Peak inference memory at 1024x1024: Zoom-In {zoom_mb:.2f} MiB, Zoom-In (
 # minus the negative one, per 33x33 patch of the view it sees). Maps are min-max normalised.
 
 # %%
-positives = one_per_metastasis(test_set, 3)
+positives = needles.one_per_metastasis(test_set, 3)
 zoom, ats, bag = trained["Zoom-In"].eval(), trained[f"ATS-{N}"].eval(), trained[BAGNET].eval()
-fig, axes = plt.subplots(len(positives), 4, figsize=(13, 3.3 * len(positives)), squeeze=False)
-with torch.no_grad():
-    for row, i in zip(axes, positives):
-        xi, image, mask = load_test([i]), test_set.image(i), test_set.mask(i)
-        zo, ao = zoom(xi, mode="topk"), ats(xi, mode="topk")
-        panels = [
-            (None, None, None, f"{test_set.rows[i]['slide_id']} (positive)"),
-            (attention_map(zoom, xi)[0], zo.centers[0], zoom.patch_size,
-             f"Zoom-In, p(meta) = {torch.softmax(zo.logits, 1)[0, 1]:.2f}"),
-            (attention_map(ats, xi)[0], ao.centers[0], ats.patch_size, f"ATS-{N}, p(meta) = {torch.softmax(ao.logits, 1)[0, 1]:.2f}"),
-            (evidence_map(bag, xi)[0], None, None, f"{BAGNET}, p(meta) = {torch.softmax(bag(xi).logits, 1)[0, 1]:.2f}"),
-        ]
-        for ax, (att, centers, patch, title) in zip(row, panels):
-            show_attention(ax, image, None if att is None else att.numpy(),
-                           centers=None if centers is None else centers.numpy(), patch_size=patch, title=title)
-            metastasis_outline(ax, mask)
-fig.suptitle(f"Attention and evidence on positive test crops ({DATA_LABEL})", fontsize=9)
-fig.tight_layout()
+fig = needles.attention_figure({"Zoom-In": zoom, f"ATS-{N}": ats, BAGNET: bag}, positives, test_set, load_test,
+                               f"Attention and evidence on positive test crops ({DATA_LABEL})")
 save_figure(fig, out, "attention");
 
 # %% [markdown]
@@ -357,20 +325,18 @@ save_figure(fig, out, "attention");
 # below: the fewer, the fewer second-stage views it computes.
 
 # %%
-def mask_box(mask: np.ndarray) -> list[tuple[int, int, int, int]]:
-    """The bounding box (x0, y0, w, h) of a mask's pixels (none for an empty mask)."""
-    rows, cols = np.nonzero(mask)
-    return [] if rows.size == 0 else [(cols.min(), rows.min(), cols.max() - cols.min() + 1, rows.max() - rows.min() + 1)]
-
 picks = zoom_picks(zoom, [load_test([i]) for i in positives])
 titles = [f"predicted {'metastasis' if p[2] else 'normal'}" for p in picks]
-fig = zoom_grid([test_set.image(i) for i in positives], picks, [mask_box(test_set.mask(i)) for i in positives], titles,
-                f"Zoom-In's highest-attention tile and sub-tile ({DATA_LABEL})")
+fig = zoom_grid([test_set.image(i) for i in positives], picks, [needles.mask_box(test_set.mask(i)) for i in positives],
+                titles, f"Zoom-In's highest-attention tile and sub-tile ({DATA_LABEL})")
 save_figure(fig, out, "figure3_top_tile_subtile")
 with torch.no_grad():
     opened = [zoom(load_test([i]), mode="topk").beta_tile.numel() for i in range(min(len(test_set), 20))]
 print(f"tiles opened by Zoom-In's top-{N} search: mean {np.mean(opened):.1f} of {zoom.first_stage(example).shape[1]} "
       f"(first {len(opened)} test crops)")
+
+# %% [markdown]
+# Last, everything measured goes to `metrics.json` in the results folder, with the settings that produced it.
 
 # %%
 write_json(out / "metrics.json", {

@@ -39,41 +39,66 @@ profile = os.environ.get("ZOOMIN_PROFILE", "cpu")  # smoke | cpu | paper
 data_dir = None  # a CRCHistoPhenotypes_2016_04_28 folder; None: the synthetic stand-in
 seed = 0
 
-# %%
-import math
+# %% [markdown]
+# The chapter's tools: the colon-cancer data (`data_prep.colon_cancer`), training and profiling
+# (`zoomin_lib.train`), the memory model (`zoomin_lib.theory.memory_model`), this chapter's helpers
+# (`zoomin_lib.chapters.tradeoff`), the paper's numbers, and the book's tables and figures.
 
-import matplotlib.pyplot as plt
-import numpy as np
+# %%
 import torch
 from scipy.stats import spearmanr
 
 from data_prep import colon_cancer
-from zoomin_lib.chapters.opening import open_chapter
-from zoomin_lib import builders
-from zoomin_lib.theory import memory_model as mm
-from zoomin_lib.hierarchical import expected_unique
-from zoomin_lib.train.protocol import TrainSettings, run_folds, standardize, summarize
-from zoomin_lib.train.profiling import lean_inference, profile_methods, training_step_peak_mb
-from zoomin_lib.chapters.attention import unique_tiles
-from zoomin_lib.infra.io import write_json
 from zoomin_lib.book.paper_numbers import ZOOMIN_TABLE3, ZOOMIN_TABLE4_COLON
 from zoomin_lib.book.plotting import save_figure
-from zoomin_lib.train.profiling import peak_memory
 from zoomin_lib.book.report import markdown_table
+from zoomin_lib.chapters import tradeoff
+from zoomin_lib.chapters.opening import open_chapter
+from zoomin_lib.infra.io import write_json
+from zoomin_lib.theory import memory_model as mm
+from zoomin_lib.train.profiling import profile_methods
+from zoomin_lib.train.protocol import run_folds, standardize, summarize
 
-SETTINGS = {
-    # seconds: the mechanics only (one epoch, small images in the size sweep)
-    "smoke": dict(folds=1, epochs=1, warmup=0, lr=1e-3, cosine=False, model_sides=[500, 750], model_n=[5, 10, 50],
-                  sweep_sides=[500, 1000, 2000], cnn_max_side=1000),
-    # the book's default: one fold of ten, 20 epochs (lr 3e-3 with cosine decay, as in chapter 03's cpu profile)
-    "cpu": dict(folds=1, epochs=20, warmup=6, lr=3e-3, cosine=True, model_sides=[500, 750, 1000, 1500], model_n=[5, 10, 20, 50],
-                sweep_sides=[500, 1000, 2000, 4000, 8000, 16000], cnn_max_side=4000),
-    # the paper: ten folds, 100 epochs, lr 1e-3 (the sweep is bounded by host memory, not by the profile)
-    "paper": dict(folds=10, epochs=100, warmup=10, lr=1e-3, cosine=False, model_sides=[500, 750, 1000, 1500, 2000],
-                  model_n=[5, 10, 20, 50, 100], sweep_sides=[500, 1000, 2000, 4000, 8000, 16000], cnn_max_side=4000),
-}
-cfg, out, device = open_chapter("08_memory_accuracy_tradeoff", SETTINGS, profile, seed)
+# %% [markdown]
+# ## Settings
+#
+# **smoke** checks the mechanics in seconds: one epoch, and small images in the sweep over image sizes.
 
+# %%
+SMOKE = dict(folds=1, epochs=1, warmup=0, lr=1e-3, cosine=False, model_sides=[500, 750], model_n=[5, 10, 50],
+             sweep_sides=[500, 1000, 2000], cnn_max_side=1000)
+
+# %% [markdown]
+# **cpu**, the book's default, trains on one fold of the ten, for 20 epochs at lr $3 \cdot 10^{-3}$ with cosine
+# decay, as chapter 03's cpu profile does.
+
+# %%
+CPU = dict(folds=1, epochs=20, warmup=6, lr=3e-3, cosine=True, model_sides=[500, 750, 1000, 1500], model_n=[5, 10, 20, 50],
+           sweep_sides=[500, 1000, 2000, 4000, 8000, 16000], cnn_max_side=4000)
+
+# %% [markdown]
+# **paper** is the paper's protocol: ten folds, 100 epochs at lr $10^{-3}$. The sweep over image sizes is bounded
+# by the host's memory, not by the profile.
+
+# %%
+PAPER = dict(folds=10, epochs=100, warmup=10, lr=1e-3, cosine=False, model_sides=[500, 750, 1000, 1500, 2000],
+             model_n=[5, 10, 20, 50, 100], sweep_sides=[500, 1000, 2000, 4000, 8000, 16000], cnn_max_side=4000)
+
+# %% [markdown]
+# The chapter opens with the profile's settings: it checks the profile, makes the results folder and seeds
+# everything.
+
+# %%
+cfg, out, device = open_chapter("08_memory_accuracy_tradeoff", {"smoke": SMOKE, "cpu": CPU, "paper": PAPER}, profile,
+                                seed)
+
+# %% [markdown]
+# ## The data
+#
+# Chapter 03's images, standardized with their own channel statistics (no labels used), and its ten
+# cross-validation folds, of which the profile keeps the first.
+
+# %%
 root = data_dir if data_dir is not None else colon_cancer.default_dataset(seed=seed)
 data = colon_cancer.load_colon_cancer(root)
 x, y = colon_cancer.to_tensors(data)
@@ -90,80 +115,31 @@ print(f"{len(data)} images, data: {DATA_LABEL}; {len(folds)} fold(s), {cfg['epoc
 # training image, and the mean $N'$ over the test images.
 
 # %%
-COMMON = dict(in_channels=3, n_classes=2)
-def zoom(n, bounded_a=False):
-    return lambda: builders.zoomin(**COMMON, scale1=0.1, scale2=0.2, tile_size=250, patch_size=27, n_patches=n,
-                                   bounded_a=bounded_a)
-def ats(n):
-    return lambda: builders.ats(**COMMON, scale=0.2, patch_size=27, n_patches=n)
-
-def settings(lam=1e-5, contrastive=True):
-    return TrainSettings(epochs=cfg["epochs"], batch_size=5, lr=cfg["lr"], warmup_epochs=cfg["warmup"],
-                         lam=lam, contrastive=contrastive, cosine_decay=cfg["cosine"])
-
-CONFIGS = {  # name: (factory, settings, lambda, N, contrastive)
-    "Zoom-In N=5": (zoom(5), settings(), 1e-5, 5, True),
-    "Zoom-In N=10": (zoom(10), settings(), 1e-5, 10, True),
-    "Zoom-In N=50": (zoom(50), settings(), 1e-5, 50, True),
-    "Zoom-In N=10 lambda=0": (zoom(10), settings(lam=0.0), 0.0, 10, True),
-    "Zoom-In N=10 lambda=1": (zoom(10), settings(lam=1.0), 1.0, 10, True),
-    "Zoom-In N=10 no contrastive": (zoom(10), settings(contrastive=False), 1e-5, 10, False),
-    "Zoom-In N=10 tanh on a": (zoom(10, bounded_a=True), settings(), 1e-5, 10, True),
-    "ATS N=5": (ats(5), settings(), 1e-5, 5, True),
-    "ATS N=10": (ats(10), settings(), 1e-5, 10, True),
-    "ATS N=50": (ats(50), settings(), 1e-5, 50, True),
-}
-probe_x = x[folds[0].train[:1]]
-probe_y = y[folds[0].train[:1]]
-test_x = x[folds[0].test]
-
-def probe(model, generator):
-    record = {"train_peak_mb": training_step_peak_mb(model, probe_x, probe_y, torch.Generator().manual_seed(seed))}
-    if hasattr(model, "first_stage"):
-        record["n_unique"] = float(unique_tiles(model, test_x, torch.Generator().manual_seed(seed)).float().mean())
-        with torch.no_grad():
-            alpha = model.first_stage(test_x)  # [B, T]
-        record["expected_n_unique"] = float(expected_unique(alpha, model.n_patches).mean())
-        record["max_alpha"] = float(alpha.max(dim=1).values.mean())
-    return record
-
-results, trained = run_folds({k: v[0] for k, v in CONFIGS.items()}, {k: v[1] for k, v in CONFIGS.items()},
+CONFIGS = tradeoff.configs(cfg)  # name: (factory, settings, lambda, N, contrastive)
+probe = tradeoff.make_probe(x[folds[0].train[:1]], y[folds[0].train[:1]], x[folds[0].test], seed)
+results, trained = run_folds({k: v.factory for k, v in CONFIGS.items()}, {k: v.settings for k, v in CONFIGS.items()},
                              x, y, folds, seed=seed, probe=probe)
 summary = {name: summarize(runs) for name, runs in results.items()}
-costs = profile_methods(trained, x[folds[0].test[:1]], generator=torch.Generator().manual_seed(seed))
-costs_all = profile_methods(trained, x[folds[0].test[:1]], lean=False, generator=torch.Generator().manual_seed(seed))
+
+# %% [markdown]
+# Table 3 sets accuracy against cost: the peak memory and time of one test image at inference, measured two
+# ways, reading one patch and one tile at a time (lean) and holding them all at once.
 
 # %%
-def acc(name):
-    s = summary[name]
-    return f"{100 * s['accuracy_mean']:.1f}" + (f" ± {100 * s['accuracy_std']:.1f}" if s["runs"] > 1 else "")
-
-def auc(name):
-    return summary[name]["auc_mean"]
-
-table3 = []
-for name in ["Zoom-In N=5", "Zoom-In N=10", "Zoom-In N=50", "ATS N=5", "ATS N=10", "ATS N=50"]:
-    method, n = name.split()[0], CONFIGS[name][3]
-    reported = ZOOMIN_TABLE3["rows"].get((method, n), {})
-    table3.append({"method": method, "N": n, "accuracy % (measured)": acc(name), "AUC (measured)": auc(name),
-                   "peak MiB, lean (measured)": costs[name]["peak_memory_mb"],
-                   "peak MiB, all at once (measured)": costs_all[name]["peak_memory_mb"],
-                   "ms, all at once (measured)": costs_all[name]["ms_per_sample"],
-                   "accuracy % (paper)": reported.get("accuracy", "—"), "MB (paper)": reported.get("memory_mb", "—"),
-                   "ms (paper)": reported.get("time_ms", "—")})
+costs = profile_methods(trained, x[folds[0].test[:1]], generator=torch.Generator().manual_seed(seed))
+costs_all = profile_methods(trained, x[folds[0].test[:1]], lean=False, generator=torch.Generator().manual_seed(seed))
+table3 = tradeoff.table3_rows(summary, costs, costs_all, CONFIGS, ZOOMIN_TABLE3["rows"])
 print(f"Table 3. Measured: {DATA_LABEL}, {profile!r} profile, {costs[next(iter(costs))]['device']}, one image; "
       f"'lean' reads one patch and one tile "
       f"at a time, 'all at once' holds the N patches and N' tiles together (top-k inference). "
       f"Paper: {ZOOMIN_TABLE3['source']}, GPU; {ZOOMIN_TABLE3['note']}.")
 markdown_table(table3)
 
+# %% [markdown]
+# Table 4 is Zoom-In's ablation: the entropy weight $\lambda$, the contrastive loss and $N$, one at a time.
+
 # %%
-table4 = []
-for name in ["Zoom-In N=10", "Zoom-In N=10 lambda=0", "Zoom-In N=10 lambda=1", "Zoom-In N=10 no contrastive",
-             "Zoom-In N=5", "Zoom-In N=50"]:
-    _, _, lam, n, con = CONFIGS[name]
-    table4.append({"lambda": lam, "N": n, "contrastive": con, "accuracy % (measured)": acc(name), "AUC (measured)": auc(name),
-                   "accuracy % (paper, table 4)": ZOOMIN_TABLE4_COLON["rows"][(lam, n, con)]})
+table4 = tradeoff.table4_rows(summary, CONFIGS, ZOOMIN_TABLE4_COLON["rows"])
 print(f"Table 4 (Zoom-In ablation). Measured: {DATA_LABEL}, {len(folds)} fold(s). Paper: {ZOOMIN_TABLE4_COLON['source']}.")
 markdown_table(table4)
 
@@ -183,36 +159,32 @@ markdown_table(table4)
 # default (`builders.zoomin(bounded_a=False)`), and the tanh version is trained alongside ("tanh on a").
 
 # %%
-epochs = np.arange(1, cfg["epochs"] + 1)
-fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.4))
-for name in ["Zoom-In N=10", "Zoom-In N=10 tanh on a", "ATS N=10"]:
-    hist = results[name][0].history
-    ax1.plot(epochs, [h["val_train_peak_mb"] for h in hist], marker="o", ms=3, label=name)
-curves = {name: results[name][0].history for name in ["Zoom-In N=10", "Zoom-In N=10 tanh on a"]}
-expected = {name: [h["val_expected_n_unique"] for h in hist] for name, hist in curves.items()}
-sharpness = {name: [h["val_max_alpha"] for h in hist] for name, hist in curves.items()}
-n_unique = [h["val_n_unique"] for h in curves["Zoom-In N=10"]]
-ax2.plot(epochs, n_unique, marker="o", ms=3, color="C0", alpha=0.4, label="drawn N' (mean over test images)")
-for colour, name in zip(["C0", "C1"], curves):
-    ax2.plot(epochs, expected[name], marker="s", ms=3, color=colour, label=f"E[N'] given alpha, {name}")
-ax1.set_xlabel("epoch"); ax1.set_ylabel("peak memory of a training step (MiB)"); ax1.legend(fontsize=7)
-ax2.set_xlabel("epoch"); ax2.set_ylabel("distinct tiles drawn, N=10"); ax2.legend(fontsize=7)
-fig.suptitle(f"Measured here on the {device.type} ({DATA_LABEL}); cf. Zoom-In figure 4 (left, GPU, real data)",
-             fontsize=9)
-fig.tight_layout()
+histories = {name: results[name][0].history for name in ["Zoom-In N=10", "Zoom-In N=10 tanh on a", "ATS N=10"]}
+fig, expected, sharpness = tradeoff.figure4(
+    histories, cfg["epochs"], f"Measured here on the {device.type} ({DATA_LABEL}); cf. Zoom-In figure 4 (left, GPU, real data)")
 save_figure(fig, out, "figure4_memory_and_unique_tiles");
-T, N10 = 4, 10
-uniform_bound = T * (1 - (1 - 1 / T) ** N10)  # E[N'] for a uniform alpha: the largest it can be
-top = np.e / (np.e + (T - 1) / np.e)  # the most mass one tile can get when tile logits lie in [-1, 1]
-tanh_floor = 1 + (T - 1) * (1 - (1 - (1 - top) / (T - 1)) ** N10)  # E[N'] at that alpha
+
+# %% [markdown]
+# Two checks on every epoch: $E[N']$ lies between one tile and its value for a uniform $\alpha$, and with the
+# tanh on $a$ it stays above the floor worked out above (about 2.9). Then the first and last epochs of both
+# versions:
+
+# %%
+uniform_bound, tanh_floor = tradeoff.unique_tile_bounds(tiles=4, n=10)  # 2x2 tiles of 250x250, N = 10
 assert all(1 - 1e-6 <= e <= uniform_bound + 1e-6 for e in expected["Zoom-In N=10"]), expected
 assert all(tanh_floor - 1e-6 <= e <= uniform_bound + 1e-6 for e in expected["Zoom-In N=10 tanh on a"]), (
     tanh_floor, expected)
-for name in curves:
+for name in expected:
     e, m = expected[name], sharpness[name]
     print(f"{name}: E[N'] from {e[0]:.3f} (epoch 1) to {e[-1]:.3f} (epoch {len(e)}); mean max alpha from "
           f"{m[0]:.3f} to {m[-1]:.3f}")
 print(f"bounds: E[N'] <= {uniform_bound:.2f} (uniform alpha); with the tanh, E[N'] >= {tanh_floor:.2f}")
+
+# %% [markdown]
+# Does $N'$ fall as $\alpha$ sharpens? The fall of $E[N']$ over training, and its rank correlation with the
+# largest tile weight, epoch by epoch (one epoch, in `smoke`, cannot show a trend).
+
+# %%
 fell = expected["Zoom-In N=10"][0] - expected["Zoom-In N=10"][-1]
 rho = spearmanr(sharpness["Zoom-In N=10"], expected["Zoom-In N=10"]).statistic
 print(f"E[N'] fell by {fell:.2f} tiles; Spearman correlation of max alpha and E[N'] over the epochs: {rho:.2f}")
@@ -231,8 +203,8 @@ if profile != "smoke":  # one epoch cannot show a trend
 
 # %%
 name = "Zoom-In N=10 tanh on a"
-print(f"{name}: accuracy {acc(name)}% (AUC {auc(name)}), against {acc('Zoom-In N=10')}% for the default a "
-      f"({len(folds)} fold(s), {DATA_LABEL})")
+print(f"{name}: accuracy {tradeoff.accuracy_text(summary[name])}% (AUC {summary[name]['auc_mean']}), against "
+      f"{tradeoff.accuracy_text(summary['Zoom-In N=10'])}% for the default a ({len(folds)} fold(s), {DATA_LABEL})")
 
 # %% [markdown]
 # ## The memory model, fitted to measurement
@@ -243,36 +215,19 @@ print(f"{name}: accuracy {acc(name)}% (AUC {auc(name)}), against {acc('Zoom-In N
 # very draw, and fit the model's constants (bytes per pixel of each term) by non-negative least squares.
 
 # %%
-terms_z, meas_z, terms_a, meas_a = [], [], [], []
-target = torch.tensor([1])
-for side in cfg["model_sides"]:
-    xs = torch.randn(1, 3, side, side, generator=torch.Generator().manual_seed(side))
-    for n in cfg["model_n"]:
-        z, a = zoom(n)(), ats(n)()
-        z.tile_chunk = z.chunk_size = a.chunk_size = 10**6  # everything at once, as the model assumes
-        n_unique_draw = int(unique_tiles(z, xs, torch.Generator().manual_seed(n)))
-        meas_z.append(training_step_peak_mb(z, xs, target, torch.Generator().manual_seed(n)) * 2**20)
-        terms_z.append(mm.zoomin_terms(side, side, 0.1, 0.2, 250, 27, n, n_unique_draw))
-        meas_a.append(training_step_peak_mb(a, xs, target, torch.Generator().manual_seed(n)) * 2**20)
-        terms_a.append(mm.ats_terms(side, side, 0.2, 27, n))
+points = tradeoff.memory_model_points(cfg["model_sides"], cfg["model_n"])  # Zoom-In terms, peaks; ATS terms, peaks
+terms_z, meas_z, terms_a, meas_a = points
 fit_z, fit_a = mm.fit(terms_z, meas_z), mm.fit(terms_a, meas_a)
 err_z, err_a = fit_z.relative_errors(terms_z, meas_z), fit_a.relative_errors(terms_a, meas_a)
-markdown_table([
-    {"model": "Zoom-In: c0 + c1 s1²HW + c2 N' s2² h1w1 + c3 N h2w2", "bytes per pixel of each term": ", ".join(f"{c:.0f}" for c in fit_z.coef),
-     "c0 (bytes)": fit_z.intercept, "measurements": len(meas_z), "max relative error": float(err_z.max()), "median": float(np.median(err_z))},
-    {"model": "ATS: c0 + c1 s²HW + c2 N hw", "bytes per pixel of each term": ", ".join(f"{c:.0f}" for c in fit_a.coef),
-     "c0 (bytes)": fit_a.intercept, "measurements": len(meas_a), "max relative error": float(err_a.max()), "median": float(np.median(err_a))},
-], digits=3)
+markdown_table(tradeoff.fit_rows(fit_z, err_z, fit_a, err_a), digits=3)
+
+# %% [markdown]
+# Each measurement against what the fitted model predicts for it: on the diagonal, the model is exact. The
+# claim, checked: no measurement is more than 30 % away from its prediction.
 
 # %%
 TOLERANCE = 0.30  # the largest relative error we accept between the fitted model and a measurement
-fig, ax = plt.subplots(figsize=(5, 4))
-ax.loglog(np.array(meas_z) / 2**20, fit_z.predict(terms_z) / 2**20, "o", label="Zoom-In")
-ax.loglog(np.array(meas_a) / 2**20, fit_a.predict(terms_a) / 2**20, "s", label="ATS")
-lim = [min(meas_z + meas_a) / 2**20 * 0.8, max(meas_z + meas_a) / 2**20 * 1.2]
-ax.plot(lim, lim, "k--", lw=0.8)
-ax.set_xlabel("measured peak of a training step (MiB)"); ax.set_ylabel("memory model, fitted (MiB)")
-ax.legend(); ax.set_title("Sec. 2.1 / appendix A memory model against measurement", fontsize=9)
+fig = tradeoff.fit_figure(points, fit_z, fit_a)
 save_figure(fig, out, "memory_model_fit");
 assert err_z.max() < TOLERANCE and err_a.max() < TOLERANCE, (err_z.max(), err_a.max())
 print(f"the memory model reproduces every measurement within {TOLERANCE:.0%}: "
@@ -285,19 +240,7 @@ print(f"the memory model reproduces every measurement within {TOLERANCE:.0%}: "
 # values of $N'$ ($N = 10$).
 
 # %%
-def training_mb(fit, terms):
-    return float(fit.predict([terms])[0]) / 2**20
-
-rows = []
-for n_u in (1, 2, 4, 10):
-    za = [(side, training_mb(fit_z, mm.zoomin_terms(side, side, 0.1, 0.2, 250, 27, 10, min(n_u, math.ceil(side / 250) ** 2))),
-           training_mb(fit_a, mm.ats_terms(side, side, 0.2, 27, 10))) for side in range(250, 4001, 10)]
-    above = [side for side, z, a in za if z >= a]  # sides where Zoom-In needs at least as much as ATS
-    cross = 250 if not above else (above[-1] + 10 if above[-1] < 4000 else None)
-    rows.append({"N'": n_u, "Zoom-In below ATS for every side from (px)": cross if cross is not None else "not up to 4000",
-                 "at 500x500: Zoom-In MiB": training_mb(fit_z, mm.zoomin_terms(500, 500, 0.1, 0.2, 250, 27, 10, min(n_u, 4))),
-                 "at 500x500: ATS MiB": training_mb(fit_a, mm.ats_terms(500, 500, 0.2, 27, 10))})
-markdown_table(rows)
+markdown_table(tradeoff.crossover_rows(fit_z, fit_a))
 
 # %% [markdown]
 # ## Peak memory at inference against image size
@@ -310,76 +253,39 @@ markdown_table(rows)
 # extrapolated to a gigapixel.
 
 # %%
-DEVICE = device  # a GPU when there is one: the peaks are then the device's
+curves, sides = tradeoff.inference_sweep(cfg["sweep_sides"], cfg["cnn_max_side"], device, seed)  # MiB, px by curve
+markdown_table(tradeoff.sweep_rows(curves, sides, cfg["sweep_sides"]), digits=4)
 
-
-def inference_peak_mb(model, xs, mode):
-    gen = torch.Generator(DEVICE).manual_seed(seed)
-    with torch.no_grad():
-        return peak_memory(lambda: model(xs, mode=mode, generator=gen), DEVICE, warmup=False).peak_mb
-
-curves = {"CNN (s=1)": [], "ATS-10 lean": [], "ATS-10 all at once": [], "Zoom-In lean": [], "Zoom-In all at once": []}
-sides = {k: [] for k in curves}
-cnn = builders.cnn(**COMMON, scale=1.0).eval().to(DEVICE)
-z10, a10 = zoom(10)().eval().to(DEVICE), ats(10)().eval().to(DEVICE)
-for side in cfg["sweep_sides"]:
-    xs = torch.randn(1, 3, side, side, generator=torch.Generator().manual_seed(side)).to(DEVICE)
-    if side <= cfg["cnn_max_side"]:
-        curves["CNN (s=1)"].append(inference_peak_mb(cnn, xs, "exact")); sides["CNN (s=1)"].append(side)
-    for name, model in (("ATS-10", a10), ("Zoom-In", z10)):
-        with lean_inference(model):
-            curves[f"{name} lean"].append(inference_peak_mb(model, xs, "sample"))
-        saved = {k: getattr(model, k) for k in ("chunk_size", "tile_chunk") if hasattr(model, k)}
-        for k in saved:
-            setattr(model, k, 10**6)
-        curves[f"{name} all at once"].append(inference_peak_mb(model, xs, "sample"))
-        for k, v in saved.items():
-            setattr(model, k, v)
-        sides[f"{name} lean"].append(side); sides[f"{name} all at once"].append(side)
-    del xs
-markdown_table([{"side": s, **{k: (curves[k][sides[k].index(s)] if s in sides[k] else "not measured") for k in curves}}
-                for s in cfg["sweep_sides"]], digits=4)
+# %% [markdown]
+# Each curve is then fitted by a line in the number of pixels, $c_0 + c_1 HW$, and extended to a gigapixel.
+# Where two methods' lines cross, the one that needed more memory on small images needs less beyond: the
+# table lists those sizes, and says whether they lie within the measured range or only on the fitted lines.
 
 # %%
 GIGAPIXEL_SIDE = 31623  # 31623^2 = 1.0e9 pixels
-lines = {}
-for name in curves:
-    area = np.array(sides[name], dtype=float) ** 2
-    slope, intercept = np.polyfit(area, np.array(curves[name]), 1)  # MiB per pixel, MiB
-    lines[name] = (float(slope), float(intercept))
-crossings = []
-names = list(curves)
-PAIRS = [("CNN (s=1)", "ATS-10 all at once"), ("CNN (s=1)", "Zoom-In all at once"), ("CNN (s=1)", "ATS-10 lean"),
-         ("CNN (s=1)", "Zoom-In lean"), ("ATS-10 all at once", "Zoom-In all at once"), ("ATS-10 lean", "Zoom-In lean")]
-for a_name, b_name in PAIRS:  # methods against each other, in the same setting
-    side = mm.crossover_side(lines[a_name][0], lines[a_name][1], lines[b_name][0], lines[b_name][1])
-    if np.isfinite(side) and 100 <= side <= GIGAPIXEL_SIDE:
-        measured = min(max(sides[a_name]), max(sides[b_name]))
-        where = "measured range" if min(cfg["sweep_sides"]) <= side <= measured else "fitted lines, outside the measured range"
-        crossings.append({"curves": f"{a_name} / {b_name}", "side (px)": round(side), "pixels": side**2, "from": where})
-fig, ax = plt.subplots(figsize=(8, 4.5))
-grid = np.geomspace(min(cfg["sweep_sides"]), GIGAPIXEL_SIDE, 60)
-for k, name in enumerate(names):
-    color = f"C{k}"
-    ax.loglog(np.array(sides[name]) ** 2, curves[name], "o", color=color, label=f"{name} (measured)")
-    ax.loglog(grid**2, np.maximum(lines[name][1] + lines[name][0] * grid**2, 1e-3), "--", color=color, lw=0.9)
-for c in crossings:
-    ax.axvline(c["pixels"], color="gray", lw=0.6, ls=":")
-    ax.text(c["pixels"], ax.get_ylim()[1], c["curves"], rotation=90, fontsize=6, va="top", ha="right")
-ax.set_xlabel("image size (pixels)"); ax.set_ylabel("peak inference memory (MiB)")
-ax.legend(fontsize=7, loc="upper left")
-ax.set_title(f"Markers measured here ({DEVICE.type}); dashed: fitted c0 + c1·HW extrapolated to 1e9 pixels", fontsize=9)
+lines = tradeoff.fit_lines(curves, sides)  # name: (MiB per pixel, MiB)
+crossings = tradeoff.line_crossings(lines, sides, cfg["sweep_sides"], GIGAPIXEL_SIDE)
+fig = tradeoff.sweep_figure(curves, sides, lines, crossings, min(cfg["sweep_sides"]), GIGAPIXEL_SIDE,
+                            f"Markers measured here ({device.type}); dashed: fitted c0 + c1·HW extrapolated to 1e9 pixels")
 save_figure(fig, out, "memory_vs_image_size");
 markdown_table(crossings) if crossings else print("no crossover between 100 px and a gigapixel side")
+
+# %% [markdown]
+# The claim, checked: on a 500x500 image, Zoom-In needs less memory at inference than ATS, and ATS less than
+# the CNN at full resolution. The fitted lines, extended to a gigapixel, say how far apart they end up.
 
 # %%
 first = cfg["sweep_sides"].index(500)
 z500, a500, c500 = curves["Zoom-In lean"][first], curves["ATS-10 lean"][first], curves["CNN (s=1)"][first]
 assert z500 < a500 < c500, (z500, a500, c500)
 print(f"at 500x500: Zoom-In {z500:.2f} MiB < ATS-10 {a500:.2f} MiB < CNN {c500:.1f} MiB")
-gig = {name: lines[name][1] + lines[name][0] * GIGAPIXEL_SIDE**2 for name in names}
+gig = {name: lines[name][1] + lines[name][0] * GIGAPIXEL_SIDE**2 for name in curves}
 print("extrapolated to a gigapixel (MiB): " + ", ".join(f"{k} {v:,.0f}" for k, v in gig.items()))
 
+# %% [markdown]
+# Last, everything measured goes to `metrics.json` in the results folder.
+
+# %%
 write_json(out / "metrics.json", {
     "profile": profile, "data": DATA_LABEL, "summary": summary, "costs": costs, "table3": table3, "table4": table4,
     "figure4": {name: results[name][0].history for name in ["Zoom-In N=10", "ATS N=10"]},
