@@ -31,6 +31,19 @@ Selection scores (`score`):
   depend on the candidate set, so the buffer ends with exactly the global top M for any I.
 
 Ties are broken towards the lower patch index, so selection is deterministic; IPS draws nothing.
+
+Regularisers of the pooling (thesis sec. 3.3-3.4, after Zhang et al. 2024), off by default:
+- Semantic heads (`semantic=True`): each head's output z_h, before the heads are concatenated,
+  goes through its own MLP of eq. 12 (two hidden layers of D units, ReLU, dropout 0.1) to a
+  prediction of its own (`IPSOutput.head_logits`), trained by `losses.semantic_loss`; the
+  Diversity loss `losses.diversity_loss` (eq. 10) penalises the cosine similarity of the heads'
+  attention maps. `regulariser_terms` adds both to the objective (eq. 13: L_b + L_p + L_d, with
+  the weights the thesis varies).
+- Stochastic Top-K Instance Masking (`mask_top_k` = K, `mask_prob` = P): in training only, each of
+  the K instances with the highest attention logit of every head and query is masked with
+  probability P (its logit set to -inf before the softmax of eq. 2, so its attention is exactly 0
+  and the rest renormalises). At most M - 1 are candidates, so one instance always stays.
+  Selection and inference never mask.
 """
 
 from __future__ import annotations
@@ -44,7 +57,9 @@ import torch
 from torch import Tensor, nn
 
 from zoomin_lib.geometry import as_pair, check_image
-from zoomin_lib.models import check_positive_int
+from zoomin_lib.losses import diversity_loss, semantic_loss
+from zoomin_lib.models import ModelOutput, check_positive_int
+from zoomin_lib.steps import ExtraTerm
 
 __all__ = [
     "SCORES",
@@ -52,8 +67,11 @@ __all__ = [
     "PatchSource",
     "TensorPatches",
     "grid_positional_encoding",
+    "top_k_mask",
+    "HeadMLPs",
     "CrossAttentionPool",
     "IPSNet",
+    "regulariser_terms",
 ]
 
 SCORES = ("attention", "logit")
@@ -73,6 +91,7 @@ class IPSOutput:
     weights: Tensor  # [B, M] attention a_m of eq. 2 in the pooling pass, averaged over heads and tasks
     attention: Tensor  # [B, H, T, M] attention of every head and task query
     features: Tensor  # [B, T, D] z_o of eq. 8, one row per task
+    head_logits: Tensor | list[Tensor] | None = None  # [B, H, n_classes] per head (semantic heads); a list per task
     alpha: None = None
     betas: None = None
     mode: str = "topk"
@@ -138,13 +157,63 @@ def grid_positional_encoding(rows: Tensor, cols: Tensor, dim: int) -> Tensor:
     return torch.cat((encode(rows), encode(cols)), dim=-1)  # [..., dim]
 
 
+def top_k_mask(logits: Tensor, k: int, p: float, generator: torch.Generator | None = None) -> Tensor:
+    """STKIM's mask [..., N] (bool): each of the k largest logits along the last dim is chosen with probability p.
+
+    Only the top min(k, N - 1) are candidates, so at least one instance of every row stays.
+    Ties are broken towards the lower index (a stable sort).
+    """
+    check_positive_int(k, "k")
+    if not isinstance(p, (int, float)) or not 0 <= p <= 1:
+        raise ValueError(f"the masking probability must be in [0, 1], got {p!r}")
+    k = min(k, logits.shape[-1] - 1)
+    mask = torch.zeros(logits.shape, dtype=torch.bool, device=logits.device)  # [..., N]
+    if k < 1 or p == 0:
+        return mask
+    top = torch.sort(logits.detach(), dim=-1, descending=True, stable=True).indices[..., :k]  # [..., k]
+    u = torch.rand(top.shape, generator=generator, device=generator.device if generator is not None else None)
+    return mask.scatter_(-1, top, (u < p).to(top.device))  # [..., N]
+
+
+class HeadMLPs(nn.Module):
+    """One MLP per attention head (the thesis's eq. 12), computed for all heads at once with stacked weights.
+
+    Head h maps its output z_h [B, H, T, Dv] through W_h1 (Dv -> hidden), ReLU, dropout, W_h2
+    (hidden -> hidden), ReLU, dropout, and one output layer per task t (hidden -> n_classes[t]).
+    Each weight is initialised as `nn.Linear` initialises its own: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+    """
+
+    def __init__(self, n_heads: int, dim_in: int, hidden: int, n_classes: Sequence[int], dropout: float = 0.1) -> None:
+        super().__init__()
+        self.n_heads = n_heads
+
+        def linear(fan_in: int, fan_out: int) -> tuple[nn.Parameter, nn.Parameter]:
+            bound = 1 / math.sqrt(fan_in)
+            w = nn.Parameter(torch.empty(n_heads, fan_in, fan_out).uniform_(-bound, bound))
+            return w, nn.Parameter(torch.empty(n_heads, fan_out).uniform_(-bound, bound))
+
+        self.w1, self.b1 = linear(dim_in, hidden)
+        self.w2, self.b2 = linear(hidden, hidden)
+        outs = [linear(hidden, c) for c in n_classes]
+        self.w3 = nn.ParameterList(w for w, _ in outs)
+        self.b3 = nn.ParameterList(b for _, b in outs)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, z: Tensor) -> list[Tensor]:
+        """One [B, H, n_classes_t] tensor of logits per task t, from the heads' outputs z [B, H, T, Dv]."""
+        h = self.dropout(torch.relu(torch.einsum("bhtd,hde->bhte", z, self.w1) + self.b1[:, None]))  # [B, H, T, hidden]
+        h = self.dropout(torch.relu(torch.einsum("bhtd,hde->bhte", h, self.w2) + self.b2[:, None]))  # [B, H, T, hidden]
+        return [torch.einsum("bhd,hdc->bhc", h[:, :, t], w) + b for t, (w, b) in enumerate(zip(self.w3, self.b3))]
+
+
 class CrossAttentionPool(nn.Module):
     """The IPS transformer (sec. 2.7, eqs. 1-8): T learnable queries attend over N patch embeddings [B, N, D].
 
     Q = q_phi W^q, K = X W^k, V = X W^v (eq. 4, 1); a = softmax(Q K^T / sqrt(D_k)) over the N
     patches (eq. 2-3); z = concat_h(a_h V_h) W^o (eq. 1, 5); z' = LN(z + q_phi) (eq. 7);
     z_o = LN(z' + MLP(z')) (eq. 8, with the transformer's residual). Initialisation, bias-free
-    projections and LayerNorm eps = 1e-6 follow the IPS code.
+    projections and LayerNorm eps = 1e-6 follow the IPS code. `mask_top_k`/`mask_prob`: STKIM in
+    training (`top_k_mask`); off when either is 0.
     """
 
     def __init__(
@@ -156,6 +225,8 @@ class CrossAttentionPool(nn.Module):
         dim_inner: int | None = None,
         dropout: float = 0.0,
         attn_dropout: float = 0.0,
+        mask_top_k: int = 0,
+        mask_prob: float = 0.0,
     ) -> None:
         super().__init__()
         check_positive_int(dim, "dim")
@@ -171,6 +242,11 @@ class CrossAttentionPool(nn.Module):
         for name, p in (("dropout", dropout), ("attn_dropout", attn_dropout)):
             if not isinstance(p, (int, float)) or not 0 <= p < 1:
                 raise ValueError(f"{name} must be in [0, 1), got {p!r}")
+        if not isinstance(mask_top_k, int) or mask_top_k < 0:
+            raise ValueError(f"mask_top_k must be an int >= 0, got {mask_top_k!r}")
+        if not isinstance(mask_prob, (int, float)) or not 0 <= mask_prob <= 1:
+            raise ValueError(f"mask_prob must be in [0, 1], got {mask_prob!r}")
+        self.mask_top_k, self.mask_prob = mask_top_k, float(mask_prob)
         self.dim, self.n_queries, self.n_heads, self.dim_head = dim, n_queries, n_heads, dim_head
         self.query = nn.Parameter(torch.empty(1, n_queries, dim))  # q_phi, one token per task
         bound = math.sqrt(1 / dim_head)
@@ -208,18 +284,25 @@ class CrossAttentionPool(nn.Module):
             s = torch.softmax(s, dim=-1)
         return s.mean(dim=(1, 2))  # [B, N]
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """(z_o [B, T, D] of eq. 8, attention a [B, H, T, N] of eq. 2) for embeddings x [B, N, D]."""
-        attn = torch.softmax(self.logits(x), dim=-1)  # [B, H, T, N], eq. 2
+    def forward(self, x: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """(z_o [B, T, D] of eq. 8, attention a [B, H, T, N] of eq. 2, the heads' outputs [B, H, T, Dv]).
+
+        x: embeddings [B, N, D]. In training with STKIM on, the masked instances get attention 0
+        (`generator` draws the mask).
+        """
+        logits = self.logits(x)  # [B, H, T, N]
+        if self.training and self.mask_top_k > 0 and self.mask_prob > 0:
+            logits = logits.masked_fill(top_k_mask(logits, self.mask_top_k, self.mask_prob, generator), -math.inf)
+        attn = torch.softmax(logits, dim=-1)  # [B, H, T, N], eq. 2
         B, N, _ = x.shape
         H, T, Dk = self.n_heads, self.n_queries, self.dim_head
         v = self.w_v(x).view(B, N, H, Dk).transpose(1, 2)  # [B, H, N, Dv], values X W^v
-        z = self.attn_dropout(attn) @ v  # [B, H, T, Dv], eq. 1 per head
-        z = z.transpose(1, 2).reshape(B, T, H * Dk)  # [B, T, H*Dv], heads concatenated
+        heads = self.attn_dropout(attn) @ v  # [B, H, T, Dv], eq. 1 per head
+        z = heads.transpose(1, 2).reshape(B, T, H * Dk)  # [B, T, H*Dv], heads concatenated
         z = self.dropout(self.w_o(z))  # [B, T, D], eq. 5
         z = self.norm_attn(z + self.query)  # [B, T, D], eq. 7
         z = self.norm_mlp(z + self.dropout(self.mlp(z)))  # [B, T, D], eq. 8
-        return z, attn
+        return z, attn, heads
 
 
 @contextmanager
@@ -242,6 +325,8 @@ class IPSNet(nn.Module):
     (e.g. networks.FeatureLeNet). `n_classes`: an int (one task, logits [B, n_classes]) or a list
     (one query token and one linear head per task, logits a list). `memory_size` is M,
     `iter_size` I (patches per image per chunk; B * I patches are encoded at once).
+    `semantic` adds the heads' own MLPs (thesis eq. 12; `IPSOutput.head_logits`); `mask_top_k` and
+    `mask_prob` are STKIM's K and P (sec. 3.4), applied in training only.
     """
 
     train_mode = "topk"  # IPS is deterministic: training and inference both take the top M
@@ -263,6 +348,9 @@ class IPSNet(nn.Module):
         attn_dropout: float = 0.0,
         pos_enc: bool = False,
         score: str = "attention",
+        semantic: bool = False,
+        mask_top_k: int = 0,
+        mask_prob: float = 0.0,
     ) -> None:
         super().__init__()
         dim = getattr(encoder, "out_features", None)
@@ -282,8 +370,10 @@ class IPSNet(nn.Module):
         if pos_enc and dim % 4:
             raise ValueError(f"pos_enc needs an embedding dimension divisible by 4, the encoder gives {dim}")
         self.encoder = encoder
-        self.pool = CrossAttentionPool(dim, len(classes), n_heads, dim_head, dim_inner, dropout, attn_dropout)
+        self.pool = CrossAttentionPool(dim, len(classes), n_heads, dim_head, dim_inner, dropout, attn_dropout,
+                                       mask_top_k, mask_prob)
         self.heads = nn.ModuleList(nn.Linear(dim, c) for c in classes)
+        self.head_mlps = HeadMLPs(n_heads, self.pool.dim_head, dim, classes) if semantic else None
         self.n_classes = classes
         self.dim = dim
         self.patch_size = as_pair(patch_size, "patch_size")
@@ -367,8 +457,9 @@ class IPSNet(nn.Module):
                 contrastive: bool = False) -> IPSOutput:
         """Classify x [B, C, H, W] (or a PatchSource) from its M selected patches, re-encoded with gradients.
 
-        `mode` must be "topk" and `contrastive` False; `generator` is ignored (IPS draws nothing).
-        They exist so that `steps.sampling_loss` and `steps.predictor` can call IPSNet like the others.
+        `mode` must be "topk" and `contrastive` False; `generator` draws only STKIM's mask (training
+        with `mask_top_k`), selection draws nothing. They exist so that `steps.sampling_loss` and
+        `steps.predictor` can call IPSNet like the others.
         """
         if mode != "topk":
             raise ValueError(f"IPSNet is deterministic: mode must be 'topk', got {mode!r}")
@@ -378,12 +469,34 @@ class IPSNet(nn.Module):
         idx = self.select(source)  # [B, M], no graph kept
         I = self.iter_size
         emb = torch.cat([self.embed(source, idx[:, s : s + I]) for s in range(0, idx.shape[1], I)], dim=1)  # [B, M, D]
-        z, attn = self.pool(emb)  # [B, T, D], [B, H, T, M]
+        z, attn, heads = self.pool(emb, generator)  # [B, T, D], [B, H, T, M], [B, H, T, Dv]
         logits = [head(z[:, t]) for t, head in enumerate(self.heads)]  # T x [B, n_classes_t]
+        head_logits = self.head_mlps(heads) if self.head_mlps is not None else None  # T x [B, H, n_classes_t]
+        if head_logits is not None and not self.multi_task:
+            head_logits = head_logits[0]
         cols = source.grid[1]
         (ph, pw), (sh, sw) = source.patch_size, source.stride
         centers = torch.stack(((idx // cols) * sh + ph // 2, (idx % cols) * sw + pw // 2), dim=-1)  # [B, M, 2]
         return IPSOutput(
             logits=logits if self.multi_task else logits[0], indices=idx, centers=centers,
-            weights=attn.mean(dim=(1, 2)), attention=attn, features=z,
+            weights=attn.mean(dim=(1, 2)), attention=attn, features=z, head_logits=head_logits,
         )
+
+
+def regulariser_terms(semantic: float = 1.0, diversity: float = 1.0) -> dict[str, ExtraTerm]:
+    """`extra_terms` of `steps.sampling_loss` for eq. 13 of the thesis: `semantic` x L_p and `diversity` x L_d.
+
+    A zero weight leaves its term out. L_p needs an IPSNet built with `semantic=True` and one task.
+    """
+    terms: dict[str, ExtraTerm] = {}
+    if semantic:
+
+        def semantic_term(model: nn.Module, out: ModelOutput, y: Tensor, extra: Sequence[Tensor]) -> Tensor:
+            if not isinstance(out.head_logits, Tensor):
+                raise ValueError("the semantic term needs a one-task IPSNet built with semantic=True")
+            return semantic * semantic_loss(out.head_logits, y)
+
+        terms["semantic"] = semantic_term
+    if diversity:
+        terms["diversity"] = lambda model, out, y, extra: diversity * diversity_loss(out.attention)
+    return terms

@@ -7,6 +7,9 @@
 - `zoomin_objective`: the complete objective, eq. (12).
 - `attention_mse` and `mask_to_view`: the pixel-level supervision of appendix L, eq. (13);
   `attention_nll` its cross-entropy variant against the normalised mask.
+- `diversity_loss` and `semantic_loss`: the two regularisers of IPS's multi-head pooling that the
+  IPS thesis (file 003, sec. 3.3, eq. 10 and 13) takes from Zhang et al. 2024: the mean pairwise
+  cosine similarity of the heads' attention maps, and each head's own cross-entropy.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ __all__ = [
     "attention_mse",
     "attention_nll",
     "mask_to_view",
+    "diversity_loss",
+    "semantic_loss",
 ]
 
 
@@ -279,3 +284,38 @@ def mask_to_view(
         size = as_pair(view_size, "view_size")  # type: ignore[arg-type]
         pooled = F.adaptive_max_pool2d(m, size) if pool_max else F.adaptive_avg_pool2d(m, size)
     return pooled.squeeze(1)  # [B, h, w]
+
+
+def diversity_loss(attention: torch.Tensor) -> torch.Tensor:
+    """L_d of the IPS thesis's eq. 10: 2 / (H (H - 1)) sum_{i<j} cos(a_i, a_j) over the H heads' attention maps.
+
+    `attention` is [B, H, T, M] (heads, task queries, instances); the cosine is taken over the M
+    instances, for each image and query, and averaged over both. With one head there is no pair: 0.
+    """
+    if not isinstance(attention, torch.Tensor) or attention.dim() != 4:
+        raise ValueError(f"attention must be [B, H, T, M], got {getattr(attention, 'shape', type(attention))}")
+    H = attention.shape[1]
+    if H < 2:
+        return attention.new_zeros(())
+    unit = F.normalize(attention, dim=-1)  # [B, H, T, M]
+    cos = torch.einsum("bitm,bjtm->btij", unit, unit)  # [B, T, H, H]
+    pairs = torch.triu_indices(H, H, offset=1, device=attention.device)  # [2, H(H-1)/2]
+    return cos[..., pairs[0], pairs[1]].mean()  # mean over images, queries and the H(H-1)/2 pairs
+
+
+def semantic_loss(
+    head_logits: torch.Tensor,
+    target: torch.Tensor,
+    class_weights: Sequence[float] | torch.Tensor | None = None,
+    per_head: bool = False,
+) -> torch.Tensor:
+    """L_p of the IPS thesis's eq. 13: the mean over heads of each head's own cross-entropy.
+
+    `head_logits` [B, H, C] are the predictions of the heads' MLPs (eq. 12); `per_head` returns the
+    H cross-entropies [H] instead of their mean.
+    """
+    if not isinstance(head_logits, torch.Tensor) or head_logits.dim() != 3:
+        raise ValueError(f"head_logits must be [B, H, C], got {getattr(head_logits, 'shape', type(head_logits))}")
+    losses = torch.stack([weighted_cross_entropy(head_logits[:, h], target, class_weights)
+                          for h in range(head_logits.shape[1])])  # [H]
+    return losses if per_head else losses.mean()

@@ -12,9 +12,11 @@ betas) takes the same loss; a model without attention gets plain cross-entropy.
 In train mode the contrastive forward also passes through BatchNorm layers (ResNet16 features),
 so their running statistics see the low-attention patches too.
 
-`extra_terms` adds named terms to the objective, each a function of the model, its output and
-the batch's extra entries (after x and y): appendix L's supervision from annotations plugs in
-here (`zoomin_lib.train.supervision.box_term`) without the objective knowing about annotations.
+`extra_terms` adds named terms to the objective, each a function of the model, its output, the
+labels and the batch's extra entries (after x and y): appendix L's supervision from annotations
+plugs in here (`zoomin_lib.train.supervision.box_term`) without the objective knowing about
+annotations, and so do IPS's Semantic and Diversity regularisers (`zoomin_lib.ips.regulariser_terms`),
+also for models without an attention distribution.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ from zoomin_lib.models import ModelOutput
 __all__ = ["ExtraTerm", "sampling_loss", "predictor"]
 
 Batch = Sequence[Tensor]  # (images [B, C, H, W], labels [B], extra entries ...)
-ExtraTerm = Callable[[nn.Module, ModelOutput, Sequence[Tensor]], Tensor]  # (model, output, batch[2:]) -> a scalar
+# (model, output, y, batch[2:]) -> a scalar added to the objective
+ExtraTerm = Callable[[nn.Module, ModelOutput, Tensor, Sequence[Tensor]], Tensor]
 
 
 def sampling_loss(
@@ -45,7 +48,7 @@ def sampling_loss(
 ) -> Callable[[nn.Module, Batch, int], tuple[Tensor, dict[str, float]]]:
     """The loss_fn(model, (x, y, *extra), epoch) of eq. 12 for `train.loop.fit`; contrastive from `warmup_epochs` on.
 
-    Each of `extra_terms` (name -> term(model, out, extra)) is added to the objective and reported under its name.
+    Each of `extra_terms` (name -> term(model, out, y, extra)) is added to the objective and reported under its name.
     """
     if warmup_epochs < 0:
         raise ValueError(f"warmup_epochs must be >= 0, got {warmup_epochs}")
@@ -53,25 +56,30 @@ def sampling_loss(
     def loss_fn(model: nn.Module, batch: Batch, epoch: int) -> tuple[Tensor, dict[str, float]]:
         x, y, *extra = batch
         out = model(x, mode=getattr(model, "train_mode", "sample"), generator=generator)
-        if out.alpha is None:  # no attention: plain (weighted) cross-entropy
-            ce = weighted_cross_entropy(out.logits, y, class_weights)
-            return ce, {"total": float(ce.detach()), "ce": float(ce.detach())}
-        total, parts = zoomin_objective(
-            out.logits, y, out.alpha, out.betas, lam=lam, class_weights=class_weights, reference_class=reference_class
-        )
-        use_contrastive = contrastive and epoch >= warmup_epochs and getattr(model, "supports_contrastive", False)
-        positive = y != reference_class
-        con = total.new_zeros(())
-        if use_contrastive and bool(positive.any()):
-            negative_view = model(x[positive], mode=model.train_mode, generator=generator, contrastive=True)
-            con = contrastive_loss(negative_view.logits, y[positive], reference_class, reduction="sum") / len(y)
-        parts["contrastive"] = float(con.detach())
+        con = None
+        if out.alpha is None:  # no attention distribution: plain (weighted) cross-entropy
+            total = weighted_cross_entropy(out.logits, y, class_weights)
+            parts = {"total": float(total.detach()), "ce": float(total.detach())}
+        else:
+            total, parts = zoomin_objective(
+                out.logits, y, out.alpha, out.betas, lam=lam, class_weights=class_weights,
+                reference_class=reference_class,
+            )
+            use_contrastive = contrastive and epoch >= warmup_epochs and getattr(model, "supports_contrastive", False)
+            positive = y != reference_class
+            con = total.new_zeros(())
+            if use_contrastive and bool(positive.any()):
+                negative_view = model(x[positive], mode=model.train_mode, generator=generator, contrastive=True)
+                con = contrastive_loss(negative_view.logits, y[positive], reference_class, reduction="sum") / len(y)
+            parts["contrastive"] = float(con.detach())
         for name, term in (extra_terms or {}).items():
-            value = term(model, out, extra)
+            value = term(model, out, y, extra)
             parts[name] = float(value.detach())
             total = total + value
-        parts["total"] = float((total + con).detach())
-        return total + con, parts
+        if con is not None:
+            total = total + con
+        parts["total"] = float(total.detach())
+        return total, parts
 
     return loss_fn
 

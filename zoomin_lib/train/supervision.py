@@ -94,10 +94,10 @@ def box_attention_loss(model: ZoomInNet, out: ModelOutput, mask: Tensor) -> Tens
     return loss
 
 
-def box_term(weight: float) -> Callable[[nn.Module, ModelOutput, Sequence[Tensor]], Tensor]:
+def box_term(weight: float) -> Callable[[nn.Module, ModelOutput, Tensor, Sequence[Tensor]], Tensor]:
     """An `extra_terms` entry of `steps.sampling_loss`: `weight` x `box_attention_loss` on batches (x, y, masks)."""
 
-    def term(model: nn.Module, out: ModelOutput, extra: Sequence[Tensor]) -> Tensor:
+    def term(model: nn.Module, out: ModelOutput, y: Tensor, extra: Sequence[Tensor]) -> Tensor:
         if not extra:
             raise ValueError("the box term needs batches (x, y, masks) with ROI masks [B, H, W]")
         return weight * box_attention_loss(model, out, extra[0])
