@@ -2,19 +2,22 @@
 
 For small K and n the expectation of an estimator's value, and of its autograd gradient, is a
 finite sum over draw sequences weighted by their probabilities. This is how the estimators of
-ATS eq. 4/14-17 and Zoom-In eq. 9 are checked to be unbiased in value *and* in gradient.
+ATS eq. 4/14-17 and Zoom-In eq. 9 are checked to be unbiased in value *and* in gradient, and so
+is the L-level generalisation of eq. 9 (`hierarchical.expectation_levels`, `levels_bias`).
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass
+from functools import reduce
 from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor
 
-from zoomin_lib.hierarchical import expectation_two_stage, full_two_stage_sum
+from zoomin_lib.hierarchical import expectation_levels, expectation_two_stage, full_levels_sum, full_two_stage_sum
 
 __all__ = [
     "Outcome",
@@ -24,6 +27,8 @@ __all__ = [
     "sequence_probability",
     "expected_value_and_grads",
     "two_stage_bias",
+    "levels_outcomes",
+    "levels_bias",
 ]
 
 
@@ -127,3 +132,83 @@ def two_stage_bias(t: int, k2: int, n: int, dim: int = 3, seed: int = 0) -> dict
         "grad_beta_logits": rel(grads[1], exact_grads[1]),
         "grad_features": rel(grads[2], exact_grads[2]),
     }
+
+
+def _subtree(deeper: Sequence, path: tuple, ns: Sequence[int]) -> Iterator[tuple[list, float]]:
+    """Every draw below the node at `path`: n_l distinct children per node at each level, without replacement.
+
+    Yields (arrays, p): arrays[k] holds the indices drawn k levels below the node, nested
+    [n_first][n_next]...; deeper[k] is indexed by a full path (tile, sub-tile, ...) to a probability list.
+    """
+    if not ns:
+        yield [], 1.0
+        return
+    probs = reduce(lambda a, i: a[i], path, deeper[0])
+    for first in without_replacement_outcomes(probs, ns[0]):
+        below = [list(_subtree(deeper[1:], path + (c,), ns[1:])) for c in first.draws]
+        for combo in itertools.product(*below):
+            arrays = [list(first.draws)] + [[sub[0][k] for sub in combo] for k in range(len(ns) - 1)]
+            yield arrays, first.prob * math.prod(sub[1] for sub in combo)
+
+
+def levels_outcomes(
+    alpha: Sequence[float], beta: Sequence[Sequence[float]], deeper: Sequence, n: int, ns: Sequence[int]
+) -> Iterator[Outcome]:
+    """Every L-level draw: the two stages of `two_stage_outcomes`, then n_l children per node at each deeper level.
+
+    deeper[l - 3] is a nested list indexed by (tile, sub-tile, ..., level l - 1's node) to level l's
+    probabilities. Outcome.draws = ((tiles, subtiles), [idx_3, ..., idx_L]), idx_l nested [N][n_3]...[n_l].
+    """
+    for two in two_stage_outcomes(alpha, beta, n):
+        tiles, subtiles = two.draws
+        per_draw = [list(_subtree(deeper, (c, c2), ns)) for c, c2 in zip(tiles, subtiles)]
+        for combo in itertools.product(*per_draw):
+            arrays = [[draw[0][k] for draw in combo] for k in range(len(ns))]
+            yield Outcome((two.draws, arrays), two.prob * math.prod(draw[1] for draw in combo))
+
+
+def levels_bias(t: int, ks: Sequence[int], n: int, ns: Sequence[int], dim: int = 3, seed: int = 0) -> dict[str, float]:
+    """Relative error of E[value] and E[gradients] of the L-level estimator against the exact target, float64.
+
+    ks = (K2, K3, ..., K_L) children per node at each level below the tiles, ns = (n_3, ..., n_L)
+    children drawn per node below level 2. Gradients w.r.t. every level's logits and the leaf features.
+    """
+    if len(ns) != len(ks) - 1:
+        raise ValueError(f"ns gives the draws of levels 3..L: {len(ks) - 1} numbers for ks={tuple(ks)}, got {tuple(ns)}")
+    gen = torch.Generator().manual_seed(seed)
+    shapes = [(t,)] + [(t, *ks[: i + 1]) for i in range(len(ks))]  # level l's logits: [T, K2, ..., K_l]
+    logits = [torch.randn(s, generator=gen, dtype=torch.float64).requires_grad_() for s in shapes]
+    feats = torch.randn(t, *ks, dim, generator=gen, dtype=torch.float64).requires_grad_()
+    project = torch.randn(dim, generator=gen, dtype=torch.float64)
+    params = [*logits, feats]
+
+    def estimate(draws: tuple) -> Tensor:
+        (tiles, subtiles), arrays = draws
+        probs = [torch.softmax(lg, dim=-1) for lg in logits]
+        tiles, subtiles = torch.tensor(tiles), torch.tensor(subtiles)  # [N]
+        index: tuple = (tiles, subtiles)
+        drawn = []
+        for level, idx in enumerate(arrays):
+            idx = torch.tensor(idx)  # [N, n_3, ..., n_l]
+            index = tuple(i.unsqueeze(-1) for i in index) + (idx,)  # broadcast every earlier index to idx
+            drawn.append(probs[level + 2][index][None])  # [1, N, n_3, ..., n_l]
+        leaf = feats[index][None]  # [1, N, n_3, ..., n_L, D]
+        beta_drawn = probs[1][tiles, subtiles][None]  # [1, N]
+        return expectation_levels(probs[0][None], tiles[None], beta_drawn, drawn, leaf)
+
+    with torch.no_grad():
+        plain = [torch.softmax(lg, dim=-1).tolist() for lg in logits]
+    outcomes = list(levels_outcomes(plain[0], plain[1], plain[2:], n, ns))
+    value, grads = expected_value_and_grads(outcomes, estimate, params, project)
+    probs = [torch.softmax(lg, dim=-1) for lg in logits]
+    exact = full_levels_sum(probs[0][None], probs[1][None], [p[None] for p in probs[2:]], feats[None])[0]
+    exact_grads = torch.autograd.grad((exact * project).sum(), params)
+
+    def rel(got: Tensor, want: Tensor) -> float:
+        return float((got - want).norm() / want.norm())
+
+    out: dict[str, float] = {"outcomes": len(outcomes), "value": rel(value.squeeze(0), exact.detach())}
+    for level, (g, e) in enumerate(zip(grads[:-1], exact_grads[:-1]), start=1):
+        out[f"grad_level{level}_logits"] = rel(g, e)
+    out["grad_features"] = rel(grads[-1], exact_grads[-1])
+    return out
