@@ -81,8 +81,9 @@ SMOKE = dict(k_is=64, n_is=[1, 4, 16, 64], spreads=[0.0, 0.5, 1.0, 2.0], k_wor=1
              tiles=8, subtiles=8, n_two=[1, 2, 4, 8], repeats=1000)
 
 # %% [markdown]
-# The `cpu` profile, the book's default, takes a minute or less on a 2-core CPU: four times the items of
-# `smoke`, denser grids of $n$ up to $K$, and ten thousand runs per point.
+# The `cpu` profile, the book's default, takes a minute or less on a 2-core CPU: larger problems (256 items
+# in (a) and (b), 64 in (c) and (d), 16 tiles of 16 sub-tiles in (e)), denser grids of $n$ up to $K$, and ten
+# thousand runs per point.
 
 # %%
 CPU = dict(k_is=256, n_is=[1, 2, 4, 8, 16, 32, 64, 128, 256], spreads=[0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0],
@@ -100,9 +101,9 @@ PAPER = dict(k_is=1024, n_is=[1, 4, 16, 64, 256, 1024], spreads=[0.0, 0.25, 0.5,
 
 # %% [markdown]
 # The opening picks the settings of the chosen profile, makes the chapter's results folder and seeds every
-# random number generator. Every study uses features of dimension $D = 8$ and a peaked attention
-# $\mathrm{softmax}(2z)$, $z \sim N(0, I)$, and checks a measured value against an exact one within
-# `MC_SIGMAS` standard errors.
+# random number generator. Every study uses features of dimension $D = 8$ and a peaked attention over the
+# items (over the tiles in (e)), $\mathrm{softmax}(2z)$ with $z \sim N(0, I)$, and checks a measured value
+# against an exact one within `MC_SIGMAS` standard errors.
 
 # %%
 cfg, out, _ = open_chapter("02_importance_sampling_variance", {"smoke": SMOKE, "cpu": CPU, "paper": PAPER},

@@ -148,8 +148,9 @@ methods = {
 CNN = f"CNN s={cfg['cnn_scale']}"
 
 # %% [markdown]
-# The sampling methods share one training: batch 5, this profile's epochs and learning rate, and the
-# contrastive term ($\lambda = 10^{-5}$) from the warm-up epoch on. The CNN trains at lr $10^{-3}$ without it.
+# The sampling methods share one training: batch 5, this profile's epochs and learning rate, the contrastive
+# loss from the warm-up epoch on, and the entropy regularisation of eq. 12 with $\lambda = 10^{-5}$. The CNN
+# trains for its own number of epochs at lr $10^{-3}$.
 
 # %%
 sampled = TrainSettings(epochs=cfg["epochs"], batch_size=5, lr=cfg["lr"], warmup_epochs=cfg["warmup"], lam=1e-5,
