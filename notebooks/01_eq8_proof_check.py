@@ -33,39 +33,69 @@
 # reading failing and the corrected one holding. Every number below is computed by this run;
 # nothing is quoted.
 
-# %%
+# %% tags=["parameters"]
 import os
 
-# %% tags=["parameters"]
 profile = os.environ.get("ZOOMIN_PROFILE", "cpu")  # smoke | cpu | paper
 seed = 0
 
-# %%
-import time
+# %% [markdown]
+# The chapter's tools: the symbolic statements of eq. 8, eq. 9 and the proof (`zoomin_lib.theory.symbolic`),
+# the exact enumeration of the two-stage estimator, the four gradient rules compared below, and this
+# chapter's helpers that turn them into tables and figures (`zoomin_lib.chapters.proofs`).
 
+# %%
 import matplotlib.pyplot as plt
-import numpy as np
 import sympy as sp
-import torch
 from IPython.display import display
 
 from zoomin_lib.chapters.opening import open_chapter
+from zoomin_lib.chapters.proofs import (eq8_numeric, eq8_symbolic, estimator_symbolic, gradient_bias_grid,
+                                        gradient_bias_rows, monte_carlo_gradient, plot_gradient_bias_grid,
+                                        plot_monte_carlo_gradient, two_stage_symbolic)
 from zoomin_lib.theory import symbolic as S
 from zoomin_lib.theory.enumeration import two_stage_bias
-from zoomin_lib.theory.estimator_variants import RULES, gradient_bias, monte_carlo_logit_gradient
+from zoomin_lib.theory.estimator_variants import gradient_bias
 from zoomin_lib.infra.io import write_json
 from zoomin_lib.book.plotting import relative_error_bars, save_figure
 from zoomin_lib.book.report import markdown_table
 
-SETTINGS = {
-    # max K for eq. 8, max K for the estimator, two-stage symbolic cases, enumeration grid, Monte-Carlo repeats
-    "smoke": dict(eq8_k=4, estimator_k=4, two_stage=[(2, 2, 2)], grid_k=(3, 4), mc_repeats=(10, 100, 1000)),
-    "cpu": dict(eq8_k=6, estimator_k=6, two_stage=[(2, 2, 2), (2, 3, 2)], grid_k=(3, 4, 5, 6),
-                mc_repeats=(10, 100, 1000, 10_000, 100_000)),
-    "paper": dict(eq8_k=7, estimator_k=7, two_stage=[(2, 2, 2), (2, 3, 2), (2, 3, 3)], grid_k=(3, 4, 5, 6, 7),
-                  mc_repeats=(10, 100, 1000, 10_000, 100_000, 1_000_000)),
-}
-SETTINGS, out, _ = open_chapter("01_eq8_proof_check", SETTINGS, profile, seed)
+# %% [markdown]
+# ## Settings
+#
+# Each profile sets how far the checks go: the largest number of items $K$ for which eq. 8 and the
+# estimator are checked symbolically (`eq8_k`, `estimator_k`), the two-stage cases $(T, K_2, N)$ checked
+# symbolically (`two_stage`), the values of $K$ in the grid of exact gradient errors (`grid_k`), and the
+# numbers of draws $R$ averaged in the Monte-Carlo experiment (`mc_repeats`). The `smoke` profile runs in
+# seconds: $K$ up to 4, one two-stage case, and up to a thousand draws.
+
+# %%
+SMOKE = dict(eq8_k=4, estimator_k=4, two_stage=[(2, 2, 2)], grid_k=(3, 4), mc_repeats=(10, 100, 1000))
+
+# %% [markdown]
+# The `cpu` profile, the book's default, checks $K$ up to 6, two two-stage cases and averages up to
+# $10^5$ draws: sympy's simplifications grow quickly with $K$, and this is what fits the chapter's
+# budget of two minutes on a 2-core CPU (`book/budgets.json`).
+
+# %%
+CPU = dict(eq8_k=6, estimator_k=6, two_stage=[(2, 2, 2), (2, 3, 2)], grid_k=(3, 4, 5, 6),
+           mc_repeats=(10, 100, 1000, 10_000, 100_000))
+
+# %% [markdown]
+# The `paper` profile goes one step further in every direction: $K$ up to 7, a third two-stage case with
+# three draws, and up to $10^6$ draws. The papers prove their claims on paper; nothing here is a setting
+# of theirs.
+
+# %%
+PAPER = dict(eq8_k=7, estimator_k=7, two_stage=[(2, 2, 2), (2, 3, 2), (2, 3, 3)], grid_k=(3, 4, 5, 6, 7),
+             mc_repeats=(10, 100, 1000, 10_000, 100_000, 1_000_000))
+
+# %% [markdown]
+# The opening picks the settings of the chosen profile, makes the chapter's results folder and seeds every
+# random number generator; every number the chapter computes is collected in `metrics`.
+
+# %%
+SETTINGS, out, _ = open_chapter("01_eq8_proof_check", {"smoke": SMOKE, "cpu": CPU, "paper": PAPER}, profile, seed)
 metrics = {"profile": profile, "seed": seed}
 
 # %% [markdown]
@@ -87,18 +117,7 @@ metrics = {"profile": profile, "seed": seed}
 # the right place. sympy shows the corrected form is an identity and the main-text form is not.
 
 # %%
-rows = []
-for k in range(2, SETTINGS["eq8_k"] + 1):
-    b, f = S.symbols(k)
-    t0 = time.perf_counter()
-    rows.append({
-        "K": k,
-        "corrected eq. 8 holds": S.is_zero(S.eq8_corrected(b, f) - S.eq8_rhs(b, f)),
-        "printed eq. 8 holds": S.is_zero(S.eq8_as_printed(b, f) - S.eq8_rhs(b, f)),
-        "eq. 11 line 2 with minus holds": S.is_zero(S.eq11_second_line(b, f, -1) - S.eq8_corrected(b, f)),
-        "eq. 11 line 2 with plus holds": S.is_zero(S.eq11_second_line(b, f, +1) - S.eq8_corrected(b, f)),
-        "seconds": round(time.perf_counter() - t0, 2),
-    })
+rows = eq8_symbolic(SETTINGS["eq8_k"])
 metrics["eq8_symbolic"] = rows
 assert all(r["corrected eq. 8 holds"] and not r["printed eq. 8 holds"] for r in rows)
 assert all(r["eq. 11 line 2 with minus holds"] and not r["eq. 11 line 2 with plus holds"] for r in rows)
@@ -126,18 +145,7 @@ assert sp.expand(display_expr - S.eq8_rhs(b, f)) == 0
 # A numerical check in float64 with random $\beta$ and vector-valued features agrees:
 
 # %%
-gen = torch.Generator().manual_seed(seed)
-numeric = []
-for k in range(2, SETTINGS["eq8_k"] + 1):
-    beta = torch.softmax(torch.randn(k, generator=gen, dtype=torch.float64), 0)
-    feats = torch.randn(k, 4, generator=gen, dtype=torch.float64)
-    corrected = sum(beta[c] * beta[i] / (1 - beta[c]) * (beta[c] * feats[c] + (1 - beta[c]) * feats[i])
-                    for c in range(k) for i in range(k) if i != c)
-    printed = sum(beta[c] * beta[i] / (1 - beta[c]) * (beta[c] * feats[c]) + (1 - beta[c]) * feats[i]
-                  for c in range(k) for i in range(k) if i != c)
-    target = beta @ feats
-    numeric.append({"K": k, "max abs error, corrected": float((corrected - target).abs().max()),
-                    "max abs error, printed": float((printed - target).abs().max())})
+numeric = eq8_numeric(SETTINGS["eq8_k"], seed)
 metrics["eq8_numeric"] = numeric
 assert all(r["max abs error, corrected"] < 1e-14 and r["max abs error, printed"] > 1e-3 for r in numeric)
 markdown_table(numeric)
@@ -157,16 +165,7 @@ markdown_table(numeric)
 # $K!/(K-n)!$ ordered draws:
 
 # %%
-rows = []
-for k in range(2, SETTINGS["estimator_k"] + 1):
-    b, f = S.symbols(k)
-    target = S.expectation(b, f)
-    for n in range(1, min(k, 3) + 1):
-        t0 = time.perf_counter()
-        mean_ok = S.is_zero(S.without_replacement_expected_value(b, f, n) - target)
-        last_ok = S.is_zero(S.without_replacement_expected_value(b, f, n, last_only=True) - target)
-        rows.append({"K": k, "n": n, "mean of Y_k unbiased": mean_ok, "Y_n alone unbiased": last_ok,
-                     "seconds": round(time.perf_counter() - t0, 2)})
+rows = estimator_symbolic(SETTINGS["estimator_k"])
 metrics["estimator_symbolic"] = rows
 assert all(r["mean of Y_k unbiased"] and r["Y_n alone unbiased"] for r in rows)
 markdown_table(rows)
@@ -187,22 +186,7 @@ markdown_table(rows)
 # sympy, with $\alpha$ over $T$ tiles and $\beta^c$ over $K_2$ sub-tiles all symbolic:
 
 # %%
-rows = []
-for t, k2, n in SETTINGS["two_stage"]:
-    alpha, beta, feats = S.two_stage_symbols(t, k2)
-    target = S.two_stage_target(alpha, beta, feats)
-    t0 = time.perf_counter()
-    within = S.is_zero(S.two_stage_expected_value(alpha, beta, feats, n) - target)
-    literal = S.two_stage_expected_value(alpha, beta, feats, n, literal=True)
-    literal_ok = S.is_zero(literal - target)
-    # the literal reading's bias relative to the target, at one random rational point
-    rng = np.random.default_rng(seed)
-    point = {s: sp.Rational(int(rng.integers(1, 9)), 40) for s in sorted(literal.free_symbols, key=str) if s.name[0] in "ab"}
-    point.update({s: sp.Integer(int(rng.integers(-3, 4))) for s in sorted(literal.free_symbols, key=str) if s.name[0] == "f"})
-    bias = float(((literal - target) / target).subs(point))
-    rows.append({"T": t, "K2": k2, "N": n, "within-tile reading unbiased": within,
-                 "literal reading unbiased": literal_ok, "literal relative bias at a random point": round(bias, 4),
-                 "seconds": round(time.perf_counter() - t0, 2)})
+rows = two_stage_symbolic(SETTINGS["two_stage"], seed)
 metrics["two_stage_symbolic"] = rows
 assert all(r["within-tile reading unbiased"] and not r["literal reading unbiased"] for r in rows)
 markdown_table(rows)
@@ -231,8 +215,7 @@ markdown_table(rows)
 
 # %%
 table = gradient_bias(5, 3, seed=seed)
-display(markdown_table([{"rule": name, "E[value]": row["value"], "E[d/d logits]": row["grad_logits"],
-                         "E[d/d features]": row["grad_features"]} for name, row in table.items()], digits=2))
+display(markdown_table(gradient_bias_rows(table), digits=2))
 metrics["gradient_bias_K5_n3"] = table
 fig = relative_error_bars(table, ["value", "grad_logits", "grad_features"],
                           title="K = 5, n = 3: relative error of E[estimate] and E[gradient]")
@@ -252,25 +235,8 @@ assert table["port: inclusive sums"]["grad_logits"] > 0.1 and table["port: inclu
 # gradient:
 
 # %%
-grid = {name: {} for name in RULES}
-for k in SETTINGS["grid_k"]:
-    for n in range(2, min(k, 3) + 1):
-        worst = {name: 0.0 for name in RULES}
-        for s in range(3):
-            for name, row in gradient_bias(k, n, seed=seed + 10 * s + k).items():
-                worst[name] = max(worst[name], row["grad_logits"])
-        for name in RULES:
-            grid[name][f"K={k}, n={n}"] = worst[name]
-cases = list(next(iter(grid.values())))
-fig, ax = plt.subplots(figsize=(8, 3.4))
-for name, marker in zip(RULES, "osD^"):
-    ax.semilogy(range(len(cases)), [max(grid[name][c], 1e-17) for c in cases], marker=marker, label=name)
-ax.set_xticks(range(len(cases)), cases, rotation=30)
-ax.set_ylabel("worst relative error of E[d/dlogits]")
-ax.axhline(1e-10, color="k", lw=0.8, ls="--")
-ax.legend(fontsize=8)
-fig.tight_layout()
-save_figure(fig, out, "gradient_bias_grid")
+grid = gradient_bias_grid(SETTINGS["grid_k"], seed)
+save_figure(plot_gradient_bias_grid(grid), out, "gradient_bias_grid")
 plt.show()
 metrics["gradient_bias_grid"] = grid
 assert max(grid["zoomin (score surrogate)"].values()) < 1e-10
@@ -298,27 +264,8 @@ markdown_table([two_stage], digits=2)
 # converges to something else. Monte-Carlo averages over $R$ draws ($K=5$, $n=3$):
 
 # %%
-gen = torch.Generator().manual_seed(seed)
-logits = torch.randn(5, generator=gen, dtype=torch.float64)
-feats = torch.randn(5, 3, generator=gen, dtype=torch.float64)
-project = torch.randn(3, generator=gen, dtype=torch.float64)
-lg = logits.clone().requires_grad_()
-(exact_grad,) = torch.autograd.grad(torch.softmax(lg, 0) @ feats @ project, lg)
-curves = {name: [] for name in RULES}
-for repeats in SETTINGS["mc_repeats"]:
-    for name, rule in RULES.items():
-        g = monte_carlo_logit_gradient(rule, logits, feats, project, 3, repeats, gen)
-        curves[name].append(float((g - exact_grad).norm() / exact_grad.norm()))
-fig, ax = plt.subplots(figsize=(6.5, 3.6))
-for name, marker in zip(RULES, "osD^"):
-    ax.loglog(SETTINGS["mc_repeats"], curves[name], marker=marker, label=name)
-r = np.array(SETTINGS["mc_repeats"], dtype=float)
-ax.loglog(r, curves["zoomin (score surrogate)"][0] * np.sqrt(r[0] / r), "k:", lw=1, label=r"$\propto 1/\sqrt{R}$")
-ax.set_xlabel("number of draws averaged, R")
-ax.set_ylabel("relative error of the mean logit gradient")
-ax.legend(fontsize=8)
-fig.tight_layout()
-save_figure(fig, out, "monte_carlo_gradient")
+curves = monte_carlo_gradient(SETTINGS["mc_repeats"], seed)
+save_figure(plot_monte_carlo_gradient(SETTINGS["mc_repeats"], curves), out, "monte_carlo_gradient")
 plt.show()
 metrics["monte_carlo_gradient"] = {"repeats": list(SETTINGS["mc_repeats"]), "relative_error": curves}
 assert curves["zoomin (score surrogate)"][-1] < curves["zoomin (score surrogate)"][0]
@@ -336,6 +283,9 @@ assert curves["ATS hand-written rule"][-1] > 5 * curves["zoomin (score surrogate
 # * Unbiased values do not make unbiased gradients: the pathwise-only rule, the public ATS rule
 #   and its inclusive-sum port all have biased expected attention gradients (the port also biased
 #   feature gradients); the score surrogate used in `zoomin_lib` is exact to rounding.
+#
+# Every table and curve above goes to the chapter's `metrics.json`, so that a later run can be compared
+# with this one number by number.
 
 # %%
 write_json(out / "metrics.json", metrics)

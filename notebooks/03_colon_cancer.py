@@ -47,8 +47,12 @@ data_dir = None  # a CRCHistoPhenotypes_2016_04_28 folder; None: the synthetic s
 seed = 0
 resume = False  # continue interrupted runs from their checkpoints under results/03_colon_cancer/
 
+# %% [markdown]
+# The chapter's tools: the data set's reader and its cross-validation folds, the builders of the methods, the
+# training protocol and profiler, the papers' numbers, and this chapter's figures and records
+# (`zoomin_lib.chapters.colon`).
+
 # %%
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
@@ -56,24 +60,45 @@ from data_prep import colon_cancer
 from zoomin_lib.chapters.opening import open_chapter
 from zoomin_lib import builders
 from zoomin_lib.train.protocol import TrainSettings, run_folds, standardize, summarize
-from zoomin_lib.chapters.attention import attention_map
 from zoomin_lib.train.profiling import profile_methods
+from zoomin_lib.chapters.colon import annotation_rows, attention_figure, examples_figure, memory_ratios, run_records
 from zoomin_lib.chapters.results import result_rows
 from zoomin_lib.infra.io import write_json
 from zoomin_lib.book.paper_numbers import ATS_TABLE1_COLON, ZOOMIN_FIG5_STD, ZOOMIN_TABLE1_COLON, paper_rows
-from zoomin_lib.book.plotting import error_bars, save_figure, show_attention
+from zoomin_lib.book.plotting import error_bars, save_figure
 from zoomin_lib.book.report import markdown_table
 
-SETTINGS = {
-    # seconds: what CI runs (two folds, one epoch: the mechanics, not the accuracy)
-    "smoke": dict(folds=2, repetitions=1, epochs=1, warmup=0, lr=1e-3, cosine=False, cnn_epochs=1, cnn_scale=0.25),
-    # the book's default on a 2-core CPU: three of the ten folds of one repetition, 20 epochs (not 100),
-    # so a larger learning rate (3e-3, not 1e-3) decayed by a cosine; the CNN on V(x, 0.5), as in ATS table 1
-    "cpu": dict(folds=3, repetitions=1, epochs=20, warmup=6, lr=3e-3, cosine=True, cnn_epochs=6, cnn_scale=0.5),
-    # the papers' protocol: 10 folds x 5 repetitions, 100 epochs, fixed lr 1e-3, the CNN at full resolution
-    "paper": dict(folds=10, repetitions=5, epochs=100, warmup=10, lr=1e-3, cosine=False, cnn_epochs=100, cnn_scale=1.0),
-}
-cfg, out, device = open_chapter("03_colon_cancer", SETTINGS, profile, seed)
+# %% [markdown]
+# ## Settings
+#
+# The `smoke` profile runs in seconds, as the tests do: two folds and one epoch check the mechanics, not the
+# accuracy; the CNN sees the image at scale 0.25.
+
+# %%
+SMOKE = dict(folds=2, repetitions=1, epochs=1, warmup=0, lr=1e-3, cosine=False, cnn_epochs=1, cnn_scale=0.25)
+
+# %% [markdown]
+# The `cpu` profile, the book's default on a 2-core CPU, runs three of the ten folds of one repetition for
+# 20 epochs, not 100. With fewer epochs it takes a larger learning rate ($3 \cdot 10^{-3}$, not $10^{-3}$),
+# decayed by a cosine, and starts the contrastive term after 6 epochs; the CNN trains for 6 epochs on
+# $V(x, 0.5)$, as in ATS table 1.
+
+# %%
+CPU = dict(folds=3, repetitions=1, epochs=20, warmup=6, lr=3e-3, cosine=True, cnn_epochs=6, cnn_scale=0.5)
+
+# %% [markdown]
+# The `paper` profile is the papers' protocol: 10 folds repeated 5 times, 100 epochs at a fixed lr $10^{-3}$
+# with the contrastive term after 10, and the CNN at full resolution.
+
+# %%
+PAPER = dict(folds=10, repetitions=5, epochs=100, warmup=10, lr=1e-3, cosine=False, cnn_epochs=100, cnn_scale=1.0)
+
+# %% [markdown]
+# The opening picks the settings of the chosen profile, makes the chapter's results folder and seeds every
+# random number generator.
+
+# %%
+cfg, out, device = open_chapter("03_colon_cancer", {"smoke": SMOKE, "cpu": CPU, "paper": PAPER}, profile, seed)
 
 # %% [markdown]
 # ## The data
@@ -97,21 +122,20 @@ folds = [f for f in all_folds if f.fold < cfg["folds"]]
 print(f"{len(data)} images of {tuple(x.shape[-2:])}, {int(y.sum())} positive; data: {DATA_LABEL}")
 print(f"runs per method: {len(folds)} ({cfg['folds']} of 10 folds x {cfg['repetitions']} repetition(s))")
 annotated = data.annotated_counts()
-markdown_table([{"cell type": t, "images with its annotation": f"{n} of {len(data)}",
-                 "note": "decides the label" if t == colon_cancer.POSITIVE_TYPE else ("absent" if n == 0 else "")}
-                for t, n in annotated.items()])
+markdown_table(annotation_rows(annotated, len(data)))
+
+# %% [markdown]
+# The first two positive and the first two negative images, with their annotated epithelial nuclei: a positive
+# holds at least one, and the label says nothing about where.
 
 # %%
-shown = [int(i) for i in np.flatnonzero(data.labels == 1)[:2]] + [int(i) for i in np.flatnonzero(data.labels == 0)[:2]]
-fig, axes = plt.subplots(1, len(shown), figsize=(3 * len(shown), 3.2), squeeze=False)
-for ax, i in zip(axes[0], shown):
-    show_attention(ax, data.images[i], points=data.cells[i]["epithelial"],
-                   title=f"{data.ids[i]}: {'positive' if data.labels[i] else 'negative'} ({DATA_LABEL})")
-fig.suptitle("Examples; cyan dots: annotated epithelial nuclei", fontsize=9)
-save_figure(fig, out, "examples");
+save_figure(examples_figure(data, DATA_LABEL), out, "examples");
 
 # %% [markdown]
 # ## Training every method on every fold
+#
+# The four methods of the table at the top, at the papers' settings: 10 sub-tiles or patches of 27x27 for the
+# sampling methods, the CNN at this profile's scale.
 
 # %%
 COMMON = dict(in_channels=3, n_classes=2)
@@ -122,12 +146,26 @@ methods = {
     f"CNN s={cfg['cnn_scale']}": lambda: builders.cnn(**COMMON, scale=cfg["cnn_scale"]),
 }
 CNN = f"CNN s={cfg['cnn_scale']}"
+
+# %% [markdown]
+# The sampling methods share one training: batch 5, this profile's epochs and learning rate, the contrastive
+# loss from the warm-up epoch on, and the entropy regularisation of eq. 12 with $\lambda = 10^{-5}$. The CNN
+# trains for its own number of epochs at lr $10^{-3}$.
+
+# %%
 sampled = TrainSettings(epochs=cfg["epochs"], batch_size=5, lr=cfg["lr"], warmup_epochs=cfg["warmup"], lam=1e-5,
                         cosine_decay=cfg["cosine"])
 settings = {name: sampled for name in methods}
 settings[CNN] = TrainSettings(epochs=cfg["cnn_epochs"], batch_size=5, lr=1e-3, cosine_decay=cfg["cosine"])
 print(f"epochs {cfg['epochs']}, lr {cfg['lr']}{' with cosine decay' if cfg['cosine'] else ''}, contrastive from epoch "
       f"{cfg['warmup']}; CNN: {cfg['cnn_epochs']} epochs, lr 1e-3")
+
+# %% [markdown]
+# Every method is trained on every fold of the profile and tested on the fold's held-out images; each run is
+# saved, and with `resume` an interrupted run continues from its checkpoint. A test fold that holds one class
+# only has no AUC.
+
+# %%
 results, trained = run_folds(methods, settings, x, y, folds, seed=seed, out_dir=out, resume=resume,
                              record={"profile": profile})
 one_class = sum(r.auc is None for r in results["Zoom-In"])
@@ -170,14 +208,12 @@ zoom_mb = costs["Zoom-In"]["peak_memory_mb"]
 ats_mb = costs["ATS-10"]["peak_memory_mb"]
 cnn_full = "CNN s=1 (profile only)" if "CNN s=1 (profile only)" in costs else CNN
 cnn_mb = costs[cnn_full]["peak_memory_mb"]
-paper = ZOOMIN_TABLE1_COLON["rows"]
-ratios = [
-    {"ratio": "Zoom-In / ATS-10", "measured here": zoom_mb / ats_mb,
-     "paper (table 1)": paper["Zoom-In"]["memory_mb"] / paper["ATS-10"]["memory_mb"]},
-    {"ratio": "Zoom-In / CNN (full resolution)", "measured here": zoom_mb / cnn_mb,
-     "paper (table 1)": paper["Zoom-In"]["memory_mb"] / paper["CNN"]["memory_mb"]},
-]
+ratios = memory_ratios(zoom_mb, ats_mb, cnn_mb)
 markdown_table(ratios)
+
+# %% [markdown]
+# The claim checked here: at 500x500, Zoom-In holds less memory at once than ATS-10, and ATS-10 less than the
+# CNN at full resolution.
 
 # %%
 assert zoom_mb < ats_mb < cnn_mb, f"peak memory at 500x500 should order Zoom-In < ATS < CNN, got {zoom_mb}, {ats_mb}, {cnn_mb}"
@@ -209,27 +245,18 @@ test_pos = [int(i) for i in folds[0].test if data.labels[i] == 1][:3]
 if not test_pos:  # a small data set may leave the first fold's test set without a positive
     test_pos = [int(i) for i in np.flatnonzero(data.labels == 1)[:1]]
     print(f"no positive test image in the first fold: the attention is shown on training image {data.ids[test_pos[0]]}")
-zoom, ats = trained["Zoom-In"].eval(), trained["ATS-10"].eval()
-fig, axes = plt.subplots(len(test_pos), 3, figsize=(9, 3 * len(test_pos)), squeeze=False)
-with torch.no_grad():
-    for row, i in zip(axes, test_pos):
-        xi = x[i : i + 1]
-        zo, ao = zoom(xi, mode="topk"), ats(xi, mode="topk")
-        show_attention(row[0], data.images[i], points=data.cells[i]["epithelial"], title=f"{data.ids[i]} (label 1)")
-        show_attention(row[1], data.images[i], attention_map(zoom, xi)[0].numpy(), centers=zo.centers[0].numpy(),
-                       patch_size=zoom.patch_size, title=f"Zoom-In, p(pos) = {torch.softmax(zo.logits, 1)[0, 1]:.2f}")
-        show_attention(row[2], data.images[i], attention_map(ats, xi)[0].numpy(), centers=ao.centers[0].numpy(),
-                       patch_size=ats.patch_size, title=f"ATS-10, p(pos) = {torch.softmax(ao.logits, 1)[0, 1]:.2f}")
-fig.suptitle(f"Attention on test images ({DATA_LABEL})", fontsize=9)
-fig.tight_layout()
+fig = attention_figure(trained["Zoom-In"], trained["ATS-10"], data, x, test_pos, DATA_LABEL)
 save_figure(fig, out, "attention");
+
+# %% [markdown]
+# Everything measured goes to the chapter's `metrics.json`: the data and their problems, the accuracy summary,
+# the costs, every run's accuracy and AUC, and the memory ratios.
 
 # %%
 write_json(out / "metrics.json", {
     "profile": profile, "data": DATA_LABEL, "seed": seed, "folds": cfg["folds"], "repetitions": cfg["repetitions"],
     "problems": data.problems, "annotated_images_per_cell_type": annotated, "summary": summary, "costs": costs,
-    "runs": {n: [{"repetition": r.repetition, "fold": r.fold, "accuracy": r.accuracy, "auc": r.auc} for r in rs]
-             for n, rs in results.items()},
+    "runs": run_records(results),
     "memory_ratios": ratios,
 })
 print("wrote", out / "metrics.json")
