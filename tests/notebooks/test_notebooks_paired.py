@@ -106,3 +106,22 @@ def test_book_toc_matches_the_notebooks() -> None:
     unlisted = [n for n in notebooks if n not in chapters]
     assert not unlisted, f"add these to book/_toc.yml as `- file: executed/NN_name`: {unlisted}"
     assert chapters == sorted(chapters), "book/_toc.yml should list the chapters in NN order"
+
+
+MAX_CELL_LINES = 24  # issue 15: "the longest under 25 lines"
+
+
+@pytest.mark.parametrize("py", SOURCES, ids=lambda p: p.name)
+def test_chapters_read_like_lessons(py: Path) -> None:
+    """Every code cell is at most MAX_CELL_LINES lines and follows prose (a markdown cell); the parameters cell excepted."""
+    nb = jupytext.read(py)
+    problems = []
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type != "code":
+            continue
+        n = len(cell.source.rstrip().splitlines())
+        if n > MAX_CELL_LINES:
+            problems.append(f"code cell {i} has {n} lines (at most {MAX_CELL_LINES})")
+        if "parameters" not in cell.metadata.get("tags", []) and (i == 0 or nb.cells[i - 1].cell_type != "markdown"):
+            problems.append(f"code cell {i} follows no prose")
+    assert not problems, f"{py.name}: " + "; ".join(problems)
