@@ -18,16 +18,6 @@ alpha_{c_n} / sg(alpha_{c_n}) (the with-replacement score of stage one, ATS eq. 
 (1 - S) as beta f * sg((1 - S) / beta) (the conditional score of stage two; see sampling.py).
 Its expected gradient equals the gradient of eq. 5 w.r.t. alpha, beta and f.
 
-More levels (beyond the paper: its conclusion names them as future work). Levels 3..L continue
-below every drawn sub-tile: each node drawn at level l - 1 draws n_l distinct children without
-replacement from its own attention (`sample_children`). The estimate folds from the leaves up: a
-node's features are replaced by the without-replacement estimator over its children (eq. 9's
-sequential terms, averaged), which is unbiased in value and gradient for the node's own sum
-given that its children's estimates are (each level's estimator is linear in the features it
-weights, and the draws below a node are independent of the draws above it); at level 2 the
-two-stage estimator takes these estimates as its features (`expectation_levels`, exact target
-`full_levels_sum`). `theory.enumeration.levels_bias` checks value and gradients by enumeration.
-
 `unique_draws` synchronises once (the number N' of distinct tiles sets the size of what follows);
 with `check=False` and the static bounds `n_tiles` / `max_count`, nothing else here does.
 """
@@ -35,7 +25,6 @@ with `check=False` and the static bounds `n_tiles` / `max_count`, nothing else h
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch import Tensor
@@ -45,7 +34,7 @@ from zoomin_lib.syncs import host_sync
 
 __all__ = [
     "UniqueDraws", "unique_draws", "expected_unique", "sample_subtiles", "subtile_support_ok", "expectation_two_stage",
-    "full_two_stage_sum", "sample_children", "expectation_levels", "full_levels_sum",
+    "full_two_stage_sum",
 ]
 
 
@@ -166,51 +155,3 @@ def full_two_stage_sum(alpha: Tensor, beta: Tensor, feats: Tensor) -> Tensor:
     """The exact eq. 5 aggregate sum_c alpha_c sum_c' beta^c_c' f(c, c'): alpha [B, T], beta [B, T, K2], feats [B, T, K2, D]."""
     return torch.einsum("bt,btk,btkd->bd", alpha, beta, feats)
 
-
-def sample_children(probs: Tensor, n: int, generator: torch.Generator | None = None) -> Tensor:
-    """n distinct children of every node, drawn in sequence without replacement: probs [..., K] -> indices [..., n]."""
-    if n > probs.shape[-1]:
-        raise ValueError(f"cannot draw {n} distinct children from {probs.shape[-1]}")
-    validate_probs(probs.detach().reshape(-1, probs.shape[-1]), "child attention")
-    lead = probs.shape[:-1]
-    return gumbel_top_k(probs.reshape(-1, probs.shape[-1]), n, generator).reshape(*lead, n)  # [..., n]
-
-
-def expectation_levels(
-    alpha: Tensor,
-    tiles: Tensor,
-    beta_drawn: Tensor,
-    deeper_drawn: Sequence[Tensor],
-    feats: Tensor,
-    *,
-    check: bool = True,
-) -> Tensor:
-    """Unbiased estimate (value and gradient) of the L-level target from L-level draws; returns [B, D].
-
-    alpha [B, T], tiles and beta_drawn [B, N] as in `expectation_two_stage`; deeper_drawn[l - 3] holds
-    the probabilities of level l's draws, [B, N, n_3, ..., n_l] (each node of level l - 1 drew n_l
-    distinct children, in order along the last axis); feats [B, N, n_3, ..., n_L, D] at the leaves.
-    """
-    est = feats
-    for level, drawn in reversed(list(enumerate(deeper_drawn, start=3))):
-        if est.shape[:-1] != drawn.shape:
-            raise ValueError(f"level {level}: drawn probabilities {tuple(drawn.shape)} do not match the features "
-                             f"{tuple(est.shape)} (expected [..., n_{level}] and [..., n_{level}, D])")
-        if check:
-            d = drawn.detach()
-            if not torch.isfinite(d).all() or (d <= 0).any() or (d > 1 + 1e-6).any():
-                raise ValueError(f"level {level}: drawn probabilities must be in (0, 1]; got NaN, <= 0 or > 1")
-        n, D = drawn.shape[-1], est.shape[-1]
-        earlier = torch.ones(n, n, dtype=torch.bool, device=drawn.device).tril(-1)  # [n, n]
-        flat = drawn.reshape(-1, n)  # [R, n], one row per parent node
-        terms = sequential_terms(flat, est.reshape(-1, n, D), earlier.expand(flat.shape[0], n, n))  # [R, n, D]
-        est = terms.mean(dim=1).reshape(*drawn.shape[:-1], D)  # [..., D], the parents' estimates
-    return expectation_two_stage(alpha, tiles, beta_drawn, est, check=check)
-
-
-def full_levels_sum(alpha: Tensor, beta: Tensor, deeper: Sequence[Tensor], feats: Tensor) -> Tensor:
-    """The exact L-level aggregate: alpha [B, T], beta [B, T, K2], deeper[l - 3] [B, T, K2, ..., K_l], feats [..., K_L, D]."""
-    agg = feats
-    for probs in reversed(list(deeper)):
-        agg = (probs.unsqueeze(-1) * agg).sum(dim=-2)  # sum over the deepest level's children
-    return full_two_stage_sum(alpha, beta, agg)  # [B, D]

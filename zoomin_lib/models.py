@@ -4,9 +4,6 @@
 - `ZoomInNet`  Zoom-In sec. 2.1, eq. 1, 4, 5, 6, 9: tiles drawn with replacement from alpha
                (pooled over the tiles of appendix F), sub-tiles without replacement from beta^c,
                computed only for the N' unique drawn tiles.
-- `LevelsZoomIn` beyond the paper: Zoom-In with L >= 3 levels of zoom (tile -> cell -> ... ->
-               patch), each level's attention computed only inside the cells drawn above it, with
-               the L-level estimator `hierarchical.expectation_levels` (exactly unbiased).
 - `UniformNet` the U-N baseline: ATSNet with the uniform distribution and no attention network.
 - `DeepMIL`    attention-based deep multiple-instance learning (Ilse, Tomczak & Welling 2018,
                eq. 8-9), the "Deep MIL" row of ATS table 1: every patch of a grid, its attention
@@ -44,7 +41,6 @@ The returned `alpha` and `betas` are always the attention distributions themselv
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -59,15 +55,7 @@ from zoomin_lib.geometry import (
     view_size,
     view_to_full,
 )
-from zoomin_lib.hierarchical import (
-    expectation_levels,
-    expectation_two_stage,
-    full_levels_sum,
-    sample_children,
-    sample_subtiles,
-    subtile_support_ok,
-    unique_draws,
-)
+from zoomin_lib.hierarchical import expectation_two_stage, sample_subtiles, subtile_support_ok, unique_draws
 from zoomin_lib.pixels import PixelSource, TensorSource, as_source
 from zoomin_lib.sampling import (
     expectation_with_replacement,
@@ -79,8 +67,8 @@ from zoomin_lib.syncs import Checks, host_sync
 
 __all__ = [
     "MODES", "CHUNK_PIXELS", "ModelOutput", "complement", "score_map", "receptive_halo", "check_positive_int",
-    "module_device",
-    "ATSNet", "ZoomInNet", "LevelsZoomIn", "UniformNet", "DeepMIL", "CNNBaseline",
+    "check_scale", "check_patch", "per_chunk", "attention_distribution", "patch_features", "module_device",
+    "ATSNet", "ZoomInNet", "UniformNet", "DeepMIL", "CNNBaseline",
 ]
 
 MODES = ("sample", "topk", "exact")
@@ -145,7 +133,7 @@ def check_positive_int(value: int | None, name: str, optional: bool = False) -> 
         raise ValueError(f"{name} must be a positive int{' or None' if optional else ''}, got {value!r}")
 
 
-def _check_scale(scale: float, name: str) -> None:
+def check_scale(scale: float, name: str) -> None:
     """Raise ValueError unless scale is in (0, 1]."""
     if not isinstance(scale, (int, float)) or not (0 < scale <= 1):
         raise ValueError(f"{name} must be in (0, 1], got {scale!r}")
@@ -160,7 +148,7 @@ def _classifier(features: nn.Module, n_classes: int) -> nn.Linear:
     return nn.Linear(d, n_classes)
 
 
-def _per_chunk(size: int | None, pixels_per_item: int) -> int:
+def per_chunk(size: int | None, pixels_per_item: int) -> int:
     """Items per chunk: `size`, or as many as hold about CHUNK_PIXELS input pixels."""
     return size if size is not None else max(1, CHUNK_PIXELS // max(1, pixels_per_item))
 
@@ -196,7 +184,7 @@ def receptive_halo(network: nn.Module) -> int:
     return halo
 
 
-def _distribution(scores: Tensor, name: str, checks: Checks, allowed: Tensor | None = None) -> Tensor:
+def attention_distribution(scores: Tensor, name: str, checks: Checks, allowed: Tensor | None = None) -> Tensor:
     """Softmax of score logits [B, K] over the `allowed` entries (all by default); NaN/inf reported by `checks`.
 
     Non-finite scores are replaced by 0 so that the rest of the forward runs (and the checks then
@@ -210,14 +198,14 @@ def _distribution(scores: Tensor, name: str, checks: Checks, allowed: Tensor | N
     return torch.softmax(scores, dim=-1)  # [B, K]
 
 
-def _patch_features(
+def patch_features(
     features: nn.Module, src: PixelSource, rows: Tensor, cols: Tensor, size: tuple[int, int], chunk: int | None
 ) -> Tensor:
     """f of the patches centred at (rows, cols) [B, N] of each image: [B, N, D], `chunk` patches at a time."""
     B, N = rows.shape
     batch = torch.arange(B, device=rows.device).repeat_interleave(N)  # [B*N]
     parts = [features(p) for p in src.patch_chunks(batch, rows.flatten(), cols.flatten(), size,
-                                                    _per_chunk(chunk, size[0] * size[1]))]
+                                                    per_chunk(chunk, size[0] * size[1]))]
     return torch.cat(parts).reshape(B, N, -1)  # [B, N, D]
 
 
@@ -229,7 +217,7 @@ def _weighted_features(
     B, N = rows.shape
     batch = torch.arange(B, device=rows.device).repeat_interleave(N)  # [B*N]
     w = weights.flatten()
-    step = _per_chunk(chunk, size[0] * size[1])
+    step = per_chunk(chunk, size[0] * size[1])
     total: Tensor | None = None
     for start, p in zip(range(0, B * N, step), src.patch_chunks(batch, rows.flatten(), cols.flatten(), size, step)):
         f = features(p)  # [m, D]
@@ -264,7 +252,7 @@ class ATSNet(nn.Module):
         chunk_size: int | None = None,
     ) -> None:
         super().__init__()
-        _check_scale(scale, "scale")
+        check_scale(scale, "scale")
         check_positive_int(n_patches, "n_patches")
         check_positive_int(chunk_size, "chunk_size", optional=True)
         if attention is None and type(self)._logits is ATSNet._logits:
@@ -299,11 +287,11 @@ class ATSNet(nn.Module):
         src = as_source(x, module_device(self))
         _check_mode(mode)
         checks = Checks()
-        alpha = _distribution(self._logits(src, checks), "attention", checks)  # [B, K]
+        alpha = attention_distribution(self._logits(src, checks), "attention", checks)  # [B, K]
         probs = complement(alpha) if contrastive else alpha  # [B, K]
         B, K = probs.shape
         size, dev = src.size, src.device
-        _check_patch(self.patch_size, size)
+        check_patch(self.patch_size, size)
         weights = None
         if mode == "exact":
             idx = torch.arange(K, device=dev).expand(B, K)  # [B, K]
@@ -328,7 +316,7 @@ class ATSNet(nn.Module):
                 weights = w / w.sum(dim=1, keepdim=True)
                 agg = _weighted_features(self.features, src, rows, cols, weights, self.patch_size, self.chunk_size)
             else:
-                feats = _patch_features(self.features, src, rows, cols, self.patch_size, self.chunk_size)  # [B, n, D]
+                feats = patch_features(self.features, src, rows, cols, self.patch_size, self.chunk_size)  # [B, n, D]
                 agg = (expectation_with_replacement(probs, idx, feats, check=False) if self.replace
                        else expectation_without_replacement(probs, idx, feats, check=False))  # [B, D]
         checks.resolve()
@@ -338,7 +326,7 @@ class ATSNet(nn.Module):
         )
 
 
-def _check_patch(patch: tuple[int, int], size: tuple[int, int]) -> None:
+def check_patch(patch: tuple[int, int], size: tuple[int, int]) -> None:
     """ValueError unless a patch fits in the image."""
     if patch[0] > size[0] or patch[1] > size[1]:
         raise ValueError(f"patch size {patch} is larger than the image {size}")
@@ -436,16 +424,16 @@ class DeepMIL(nn.Module):
         if contrastive:
             raise ValueError("DeepMIL has no contrastive samples")
         src = as_source(x, module_device(self))
-        _check_patch(self.patch_size, src.size)
+        check_patch(self.patch_size, src.size)
         checks = Checks()
         B = src.batch_size
         r, c = self.grid_centers(src.size, src.device)  # [K]
         rows, cols = r.expand(B, -1), c.expand(B, -1)  # [B, K]
-        h = _patch_features(self.features, src, rows, cols, self.patch_size, self.chunk_size)  # [B, K, D]
+        h = patch_features(self.features, src, rows, cols, self.patch_size, self.chunk_size)  # [B, K, D]
         hidden = torch.tanh(self.V(h))  # [B, K, hidden]
         if self.U is not None:
             hidden = hidden * torch.sigmoid(self.U(h))
-        alpha = _distribution(self.w(hidden)[..., 0], "attention", checks)  # [B, K]
+        alpha = attention_distribution(self.w(hidden)[..., 0], "attention", checks)  # [B, K]
         z = (alpha.unsqueeze(-1) * h).sum(dim=1)  # [B, D]
         checks.resolve()
         return ModelOutput(logits=self.g(z), features=z, alpha=alpha, centers=torch.stack((rows, cols), dim=-1),
@@ -494,8 +482,8 @@ class ZoomInNet(nn.Module):
         tile_chunk: int | None = None,
     ) -> None:
         super().__init__()
-        _check_scale(scale1, "scale1")
-        _check_scale(scale2, "scale2")
+        check_scale(scale1, "scale1")
+        check_scale(scale2, "scale2")
         check_positive_int(n_patches, "n_patches")
         check_positive_int(chunk_size, "chunk_size", optional=True)
         check_positive_int(tile_chunk, "tile_chunk", optional=True)
@@ -574,7 +562,7 @@ class ZoomInNet(nn.Module):
 
     def _first_stage(self, src: PixelSource, checks: Checks) -> Tensor:
         """alpha [B, T] over the tiles the source allows."""
-        return _distribution(self.tile_scores(src), "first-stage attention", checks, src.allowed_tiles(self.tile_size))
+        return attention_distribution(self.tile_scores(src), "first-stage attention", checks, src.allowed_tiles(self.tile_size))
 
     def first_stage(self, x: Tensor | PixelSource) -> Tensor:
         """alpha [B, T]: a's scores on V(x, s1), averaged over the tile grid, softmaxed (over the allowed tiles)."""
@@ -589,12 +577,12 @@ class ZoomInNet(nn.Module):
     ) -> tuple[Tensor, Tensor]:
         """(beta [U, K2] of the (image, tile) pairs, the distribution to draw from: beta or its complement)."""
         u, v = self.subview_size
-        chunk = _per_chunk(self.tile_chunk, u * v)
+        chunk = per_chunk(self.tile_chunk, u * v)
         parts = [score_map(self.attention_b, tv, "attention_b").flatten(1)  # [c, K2]
                  for tv in src.tile_view_chunks(batch, tile, self.tile_size, self.scale2, chunk)]
         scores = torch.cat(parts) if parts else torch.zeros(0, u * v, dtype=src.dtype, device=src.device)  # [U, K2]
         inside = self.subtile_inside(tile, src.size)  # [U, K2]
-        betas = _distribution(scores, "second-stage attention", checks, inside)
+        betas = attention_distribution(scores, "second-stage attention", checks, inside)
         return betas, (complement(betas, inside) if contrastive else betas)
 
     def second_stage(self, x: Tensor | PixelSource, batch: Tensor, tile: Tensor) -> Tensor:
@@ -621,7 +609,7 @@ class ZoomInNet(nn.Module):
         u, v = self.subview_size
         K2 = u * v
         dev = p1.device
-        chunk = _per_chunk(self.tile_chunk, K2)
+        chunk = per_chunk(self.tile_chunk, K2)
         allowed = src.allowed_tiles_host(self.tile_size)  # tiles outside it have p1 = 0 and sort last: never opened
         if allowed is not None:
             T = max(1, int(allowed.flatten(1).sum(dim=1).max()))
@@ -679,13 +667,13 @@ class ZoomInNet(nn.Module):
         """Classify images x [B, C, H, W] (or a PixelSource) by two-stage sampling ("sample"), top-k ("topk") or eq. 5 ("exact")."""
         src = as_source(x, module_device(self))
         _check_mode(mode)
-        _check_patch(self.patch_size, src.size)
+        check_patch(self.patch_size, src.size)
         checks = Checks()
         B, size, dev = src.batch_size, src.size, src.device
         T = src.tile_count(self.tile_size)
         K2 = self.subview_size[0] * self.subview_size[1]
         allowed = src.allowed_tiles(self.tile_size)
-        alpha = _distribution(self.tile_scores(src), "first-stage attention", checks, allowed)  # [B, T]
+        alpha = attention_distribution(self.tile_scores(src), "first-stage attention", checks, allowed)  # [B, T]
         p1 = complement(alpha, allowed) if contrastive else alpha
         weights = None
         if mode == "sample":
@@ -699,7 +687,7 @@ class ZoomInNet(nn.Module):
                        f"a tile was drawn more often than it has sub-tiles of positive attention (N = {N}, "
                        f"{K2} sub-tiles a tile); lower N or use larger tiles")
             rows, cols = self.centers(tiles, subtiles, size)  # [B, N]
-            feats = _patch_features(self.features, src, rows, cols, self.patch_size, self.chunk_size)  # [B, N, D]
+            feats = patch_features(self.features, src, rows, cols, self.patch_size, self.chunk_size)  # [B, N, D]
             agg = expectation_two_stage(p1, tiles, p2[draws.inverse, subtiles], feats, check=False)  # [B, D]
         else:
             if mode == "exact":
@@ -722,163 +710,6 @@ class ZoomInNet(nn.Module):
         )
 
 
-class LevelsZoomIn(ZoomInNet):
-    """Zoom-In with L >= 3 levels (beyond the paper: its conclusion names more levels as future work).
-
-    Level 1 is ZoomInNet's first stage: alpha over the tiles (`cell_sizes[0]` px) from
-    `attention[0]` on V(x, scales[0]). Each level l = 2..L-1 cuts every cell drawn at level l - 1
-    into the aligned, nested cells of `cell_sizes[l - 1]` px and scores them with `attention[l - 1]`
-    on the parent cell's view at `scales[l - 1]`, averaged over each child cell (appendix F's tile
-    pooling, one level down). The leaf level L scores the locations of the view of each drawn
-    level-(L - 1) cell at `scales[L - 1]`; the patch centred at a location is read at full
-    resolution and featurised by f. Draws: N tiles with replacement, then within each drawn tile
-    as many distinct level-2 cells as it was drawn (eq. 9's two stages), then `n_children[l - 3]`
-    distinct children of every node drawn at level l - 1, for l = 3..L. A level's attention is
-    computed only for the cells drawn above it: the memory of level l grows with the number of
-    nodes drawn at level l - 1, not with the image. The estimate is `hierarchical.expectation_levels`.
-
-    Modes: "sample" (training and inference) and "exact" (every path, for small images); the exact
-    top-k search of ZoomInNet is not generalised here, nor contrastive samples. Every image side
-    must be a multiple of the tile size, and every cell size a divisor of the one above.
-    """
-
-    train_mode = "sample"
-    eval_mode = "sample"
-    supports_contrastive = False
-
-    def __init__(
-        self,
-        attention: Sequence[nn.Module],
-        features: nn.Module,
-        n_classes: int,
-        scales: Sequence[float],
-        cell_sizes: Sequence[int],
-        patch_size: int | tuple[int, int],
-        n_patches: int,
-        n_children: Sequence[int],
-        chunk_size: int | None = None,
-        tile_chunk: int | None = None,
-    ) -> None:
-        L = len(attention)
-        if L < 3 or len(scales) != L or len(cell_sizes) != L - 1 or len(n_children) != L - 2:
-            raise ValueError(
-                f"L = {L} levels need L >= 3 attention networks, L scales, L - 1 cell sizes and L - 2 numbers of "
-                f"children; got {len(scales)}, {len(cell_sizes)} and {len(n_children)}"
-            )
-        super().__init__(attention[0], attention[1], features, n_classes, scales[0], scales[1], cell_sizes[0],
-                         patch_size, n_patches, chunk_size, tile_chunk)
-        for i, size in enumerate(cell_sizes):
-            check_positive_int(size, f"cell_sizes[{i}]")
-            if i and cell_sizes[i - 1] % size:
-                raise ValueError(f"cell size {size} does not divide the cell size above it, {cell_sizes[i - 1]}")
-        for i, sc in enumerate(scales):
-            _check_scale(sc, f"scales[{i}]")
-        for i, n in enumerate(n_children):
-            check_positive_int(n, f"n_children[{i}]")
-        self.deeper = nn.ModuleList(attention[2:])  # the networks of levels 3..L
-        self.scales, self.cell_sizes, self.n_children = list(scales), list(cell_sizes), list(n_children)
-        leaf = view_size((cell_sizes[-1], cell_sizes[-1]), scales[-1])
-        self.child_counts = [(c // d) ** 2 for c, d in zip(cell_sizes, cell_sizes[1:])] + [leaf[0] * leaf[1]]
-        for level, (k, n) in enumerate(zip(self.child_counts[1:], n_children), start=3):
-            if n > k:
-                raise ValueError(f"level {level} draws {n} distinct children of every node, which has only {k}")
-
-    def _network(self, level: int) -> nn.Module:
-        """The attention network of `level` (1-based)."""
-        return (self.attention_a, self.attention_b, *self.deeper)[level - 1]
-
-    def _children(self, src: PixelSource, level: int, batch: Tensor, cell: Tensor, checks: Checks) -> Tensor:
-        """Attention [*S, K_level] over the children of level-(level - 1) cells `cell` [*S] of images `batch` [*S]."""
-        parent = self.cell_sizes[level - 2]
-        shape, flat_b, flat_c = batch.shape, batch.reshape(-1), cell.reshape(-1)
-        u, v = view_size((parent, parent), self.scales[level - 1])
-        net = self._network(level)
-        parts = [score_map(net, tv, f"the attention of level {level}")[:, 0]  # [c, u, v]
-                 for tv in src.tile_view_chunks(flat_b, flat_c, (parent, parent), self.scales[level - 1],
-                                                _per_chunk(self.tile_chunk, u * v))]
-        scores = torch.cat(parts) if parts else torch.zeros(0, u, v, dtype=src.dtype, device=src.device)  # [M, u, v]
-        if level < len(self.scales):  # a cell level: average over the nested child cells
-            size = self.cell_sizes[level - 1]
-            scores = tile_pool(scores, (parent, parent), (size, size))  # [M, k, k]
-        probs = _distribution(scores.flatten(1), f"level-{level} attention", checks)  # [M, K_level]
-        return probs.view(*shape, probs.shape[-1])
-
-    def _child_cell(self, level: int, cell: Tensor, child: Tensor, size: tuple[int, int]) -> Tensor:
-        """Index in the level-`level` cell grid of child `child` of level-(level - 1) cells `cell` (same shapes)."""
-        parent, small = self.cell_sizes[level - 2], self.cell_sizes[level - 1]
-        k, cols_parent, cols = parent // small, size[1] // parent, size[1] // small
-        r, c = cell // cols_parent, cell % cols_parent
-        return (r * k + child // k) * cols + c * k + child % k
-
-    def _leaf_centers(self, cell: Tensor, loc: Tensor, size: tuple[int, int]) -> tuple[Tensor, Tensor]:
-        """Full-resolution centres of view locations `loc` of the deepest cells `cell` (same shapes)."""
-        side = self.cell_sizes[-1]
-        u, v = view_size((side, side), self.scales[-1])
-        cols = size[1] // side
-        dr, dc = view_to_full(loc // v, loc % v, (u, v), (side, side), check=False)
-        return (cell // cols) * side + dr, (cell % cols) * side + dc
-
-    def forward(self, x: Source, mode: str = "sample", generator: Gen = None, contrastive: bool = False) -> ModelOutput:
-        """Classify x [B, C, H, W] (or a PixelSource) by L-level sampling ("sample") or over every path ("exact")."""
-        if mode not in ("sample", "exact"):
-            raise ValueError(f"LevelsZoomIn has modes 'sample' and 'exact' (no top-k search), got {mode!r}")
-        if contrastive:
-            raise ValueError("LevelsZoomIn has no contrastive samples")
-        src = as_source(x, module_device(self))
-        size, tile = src.size, self.cell_sizes[0]
-        if size[0] % tile or size[1] % tile:
-            raise ValueError(f"LevelsZoomIn needs image sides that are multiples of the tile size {tile}, got {size}")
-        _check_patch(self.patch_size, size)
-        checks = Checks()
-        B, dev, L = src.batch_size, src.device, len(self.scales)
-        T = src.tile_count(self.tile_size)
-        alpha = _distribution(self.tile_scores(src), "first-stage attention", checks,
-                              src.allowed_tiles(self.tile_size))  # [B, T]
-        if mode == "sample":
-            N, K2 = self.n_patches, self.child_counts[0]
-            tiles = sample_with_replacement(alpha, N, generator, check=False)  # [B, N]
-            draws = unique_draws(tiles, T, check=False)  # one synchronisation: N'
-            beta = self._children(src, 2, draws.batch, draws.tile, checks)  # [U, K2]
-            sub = sample_subtiles(beta, draws, generator, max_count=min(N, K2), check=False)  # [B, N]
-            checks.add(subtile_support_ok(beta, draws), f"a tile was drawn more often than it has cells of positive "
-                                                        f"attention (N = {N}, {K2} cells a tile); lower N")
-            beta_drawn = beta[draws.inverse, sub]  # [B, N]
-            batch = torch.arange(B, device=dev).view(B, 1).expand(B, N)  # [B, N]
-            cell, child, deeper = tiles, sub, []
-            for level in range(3, L + 1):  # nodes [B, N, n_3, ..., n_{level-1}]
-                cell = self._child_cell(level - 1, cell, child, size)
-                probs = self._children(src, level, batch, cell, checks)  # [*S, K_level]
-                child = sample_children(probs, self.n_children[level - 3], generator)  # [*S, n_level]
-                deeper.append(probs.gather(-1, child))
-                cell, batch = cell.unsqueeze(-1).expand_as(child), batch.unsqueeze(-1).expand_as(child)
-            rows, cols = self._leaf_centers(cell, child, size)  # [B, N, n_3, ..., n_L]
-            feats = _patch_features(self.features, src, rows.flatten(1), cols.flatten(1), self.patch_size,
-                                    self.chunk_size).view(*rows.shape, -1)  # [B, N, n_3, ..., n_L, D]
-            agg = expectation_levels(alpha, tiles, beta_drawn, deeper, feats, check=False)  # [B, D]
-            weights = None
-        else:  # every path: level l's nodes [B, T, K2, ..., K_{l-1}]
-            batch = torch.arange(B, device=dev).view(B, 1).expand(B, T)  # [B, T]
-            cell = torch.arange(T, device=dev).expand(B, T)  # [B, T]
-            beta = self._children(src, 2, batch, cell, checks)  # [B, T, K2]
-            probs, deeper = beta, []
-            for level in range(3, L + 2):
-                child = torch.arange(probs.shape[-1], device=dev).expand_as(probs)  # every child
-                cell, batch = cell.unsqueeze(-1).expand_as(child), batch.unsqueeze(-1).expand_as(child)
-                if level == L + 1:
-                    break
-                cell = self._child_cell(level - 1, cell, child, size)
-                probs = self._children(src, level, batch, cell, checks)
-                deeper.append(probs)
-            rows, cols = self._leaf_centers(cell, child, size)  # [B, T, K2, ..., K_L]
-            feats = _patch_features(self.features, src, rows.flatten(1), cols.flatten(1), self.patch_size,
-                                    self.chunk_size).view(*rows.shape, -1)  # [B, T, K2, ..., K_L, D]
-            agg = full_levels_sum(alpha, beta, deeper, feats)  # [B, D]
-            weights, beta = None, beta.flatten(0, 1)
-        checks.resolve()
-        return ModelOutput(logits=self.g(agg), features=agg, alpha=alpha, betas=beta,
-                           centers=torch.stack((rows, cols), dim=-1).flatten(1, -2), weights=weights, mode=mode)
-
-
 class CNNBaseline(nn.Module):
     """CNN baseline: a backbone (e.g. networks.ResNetCNN) on the downsampled image V(x, s), or on x resized to `size`."""
 
@@ -888,7 +719,7 @@ class CNNBaseline(nn.Module):
 
     def __init__(self, backbone: nn.Module, scale: float, size: int | tuple[int, int] | None = None) -> None:
         super().__init__()
-        _check_scale(scale, "scale")
+        check_scale(scale, "scale")
         self.backbone = backbone
         self.scale = scale
         self.size = None if size is None else as_pair(size, "size")  # resize every image to this size instead

@@ -3,7 +3,7 @@
 For small K and n the expectation of an estimator's value, and of its autograd gradient, is a
 finite sum over draw sequences weighted by their probabilities. This is how the estimators of
 ATS eq. 4/14-17 and Zoom-In eq. 9 are checked to be unbiased in value *and* in gradient, and so
-is the L-level generalisation of eq. 9 (`hierarchical.expectation_levels`, `levels_bias`).
+is the L-level generalisation of eq. 9 (`beyond.levels.expectation_levels`, `levels_bias`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from typing import Callable, Iterator, Sequence
 import torch
 from torch import Tensor
 
-from zoomin_lib.hierarchical import expectation_levels, expectation_two_stage, full_levels_sum, full_two_stage_sum
+from zoomin_lib.beyond.levels import expectation_levels, full_levels_sum
+from zoomin_lib.hierarchical import expectation_two_stage, full_two_stage_sum
 
 __all__ = [
     "Outcome",

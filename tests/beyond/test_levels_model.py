@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zoomin_lib.geometry import extract_patches, view, view_size, view_to_full
-from zoomin_lib.models import LevelsZoomIn
+from zoomin_lib.beyond.levels import LevelsZoomIn
 from zoomin_lib.steps import sampling_loss
 
 PATCH = 3

@@ -1,4 +1,4 @@
-"""The L-level generalisation of eq. 9 (`hierarchical.expectation_levels`): exactly unbiased in value and in the
+"""The L-level generalisation of eq. 9 (`beyond.levels.expectation_levels`): exactly unbiased in value and in the
 gradient w.r.t. every level's logits and the features, by enumeration of every draw sequence (float64); its
 child sampler's frequencies against the sequence probabilities."""
 
@@ -9,7 +9,8 @@ import itertools
 import pytest
 import torch
 
-from zoomin_lib.hierarchical import expectation_levels, expectation_two_stage, full_levels_sum, sample_children
+from zoomin_lib.beyond.levels import expectation_levels, full_levels_sum, sample_children
+from zoomin_lib.hierarchical import expectation_two_stage
 from zoomin_lib.theory.enumeration import levels_bias, levels_outcomes, sequence_probability
 
 

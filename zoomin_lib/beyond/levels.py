@@ -1,0 +1,258 @@
+"""Zoom-In with L >= 3 levels of zoom: tile -> nested cells -> patch (beyond the paper; Zoom-In sec. 5 names more
+levels as future work).
+
+Eq. 5 with more levels: the target is sum over paths (c_1, ..., c_L) of alpha_{c_1} beta^{c_1}_{c_2}
+gamma^{c_1 c_2}_{c_3} ... f(c_1, ..., c_L). The first two levels are drawn as Zoom-In draws them
+(`hierarchical`: N tiles with replacement, then within each drawn tile as many distinct cells as it
+was drawn). Levels 3..L continue below every drawn cell: each node drawn at level l - 1 draws n_l
+distinct children without replacement from its own attention (`sample_children`).
+
+The estimate folds from the leaves up (`expectation_levels`): a node's features are replaced by
+the without-replacement estimator over its children (eq. 9's sequential terms, averaged), which is
+unbiased in value and gradient for the node's own sum given that its children's estimates are:
+each level's estimator is linear in the features it weights, and the draws below a node are
+independent of the draws above it. At level 2 the two-stage estimator of eq. 9 takes these
+estimates as its features. `full_levels_sum` is the exact target; `theory.enumeration.levels_bias`
+checks value and gradients by enumerating every draw sequence.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from zoomin_lib.geometry import tile_pool, view_size, view_to_full
+from zoomin_lib.hierarchical import (
+    expectation_two_stage,
+    full_two_stage_sum,
+    sample_subtiles,
+    subtile_support_ok,
+    unique_draws,
+)
+from zoomin_lib.models import (
+    Gen,
+    ModelOutput,
+    Source,
+    ZoomInNet,
+    attention_distribution,
+    check_patch,
+    check_positive_int,
+    check_scale,
+    module_device,
+    patch_features,
+    per_chunk,
+    score_map,
+)
+from zoomin_lib.pixels import PixelSource, as_source
+from zoomin_lib.sampling import gumbel_top_k, sample_with_replacement, sequential_terms, validate_probs
+from zoomin_lib.syncs import Checks
+
+__all__ = ["sample_children", "expectation_levels", "full_levels_sum", "LevelsZoomIn"]
+
+
+def sample_children(probs: Tensor, n: int, generator: torch.Generator | None = None) -> Tensor:
+    """n distinct children of every node, drawn in sequence without replacement: probs [..., K] -> indices [..., n]."""
+    if n > probs.shape[-1]:
+        raise ValueError(f"cannot draw {n} distinct children from {probs.shape[-1]}")
+    validate_probs(probs.detach().reshape(-1, probs.shape[-1]), "child attention")
+    lead = probs.shape[:-1]
+    return gumbel_top_k(probs.reshape(-1, probs.shape[-1]), n, generator).reshape(*lead, n)  # [..., n]
+
+
+def expectation_levels(
+    alpha: Tensor,
+    tiles: Tensor,
+    beta_drawn: Tensor,
+    deeper_drawn: Sequence[Tensor],
+    feats: Tensor,
+    *,
+    check: bool = True,
+) -> Tensor:
+    """Unbiased estimate (value and gradient) of the L-level target from L-level draws; returns [B, D].
+
+    alpha [B, T], tiles and beta_drawn [B, N] as in `expectation_two_stage`; deeper_drawn[l - 3] holds
+    the probabilities of level l's draws, [B, N, n_3, ..., n_l] (each node of level l - 1 drew n_l
+    distinct children, in order along the last axis); feats [B, N, n_3, ..., n_L, D] at the leaves.
+    """
+    est = feats
+    for level, drawn in reversed(list(enumerate(deeper_drawn, start=3))):
+        if est.shape[:-1] != drawn.shape:
+            raise ValueError(f"level {level}: drawn probabilities {tuple(drawn.shape)} do not match the features "
+                             f"{tuple(est.shape)} (expected [..., n_{level}] and [..., n_{level}, D])")
+        if check:
+            d = drawn.detach()
+            if not torch.isfinite(d).all() or (d <= 0).any() or (d > 1 + 1e-6).any():
+                raise ValueError(f"level {level}: drawn probabilities must be in (0, 1]; got NaN, <= 0 or > 1")
+        n, D = drawn.shape[-1], est.shape[-1]
+        earlier = torch.ones(n, n, dtype=torch.bool, device=drawn.device).tril(-1)  # [n, n]
+        flat = drawn.reshape(-1, n)  # [R, n], one row per parent node
+        terms = sequential_terms(flat, est.reshape(-1, n, D), earlier.expand(flat.shape[0], n, n))  # [R, n, D]
+        est = terms.mean(dim=1).reshape(*drawn.shape[:-1], D)  # [..., D], the parents' estimates
+    return expectation_two_stage(alpha, tiles, beta_drawn, est, check=check)
+
+
+def full_levels_sum(alpha: Tensor, beta: Tensor, deeper: Sequence[Tensor], feats: Tensor) -> Tensor:
+    """The exact L-level aggregate: alpha [B, T], beta [B, T, K2], deeper[l - 3] [B, T, K2, ..., K_l], feats [..., K_L, D]."""
+    agg = feats
+    for probs in reversed(list(deeper)):
+        agg = (probs.unsqueeze(-1) * agg).sum(dim=-2)  # sum over the deepest level's children
+    return full_two_stage_sum(alpha, beta, agg)  # [B, D]
+
+
+class LevelsZoomIn(ZoomInNet):
+    """Zoom-In with L >= 3 levels (beyond the paper: its conclusion names more levels as future work).
+
+    Level 1 is ZoomInNet's first stage: alpha over the tiles (`cell_sizes[0]` px) from
+    `attention[0]` on V(x, scales[0]). Each level l = 2..L-1 cuts every cell drawn at level l - 1
+    into the aligned, nested cells of `cell_sizes[l - 1]` px and scores them with `attention[l - 1]`
+    on the parent cell's view at `scales[l - 1]`, averaged over each child cell (appendix F's tile
+    pooling, one level down). The leaf level L scores the locations of the view of each drawn
+    level-(L - 1) cell at `scales[L - 1]`; the patch centred at a location is read at full
+    resolution and featurised by f. Draws: N tiles with replacement, then within each drawn tile
+    as many distinct level-2 cells as it was drawn (eq. 9's two stages), then `n_children[l - 3]`
+    distinct children of every node drawn at level l - 1, for l = 3..L. A level's attention is
+    computed only for the cells drawn above it: the memory of level l grows with the number of
+    nodes drawn at level l - 1, not with the image. The estimate is `expectation_levels`.
+
+    Modes: "sample" (training and inference) and "exact" (every path, for small images); the exact
+    top-k search of ZoomInNet is not generalised here, nor contrastive samples. Every image side
+    must be a multiple of the tile size, and every cell size a divisor of the one above.
+    """
+
+    train_mode = "sample"
+    eval_mode = "sample"
+    supports_contrastive = False
+
+    def __init__(
+        self,
+        attention: Sequence[nn.Module],
+        features: nn.Module,
+        n_classes: int,
+        scales: Sequence[float],
+        cell_sizes: Sequence[int],
+        patch_size: int | tuple[int, int],
+        n_patches: int,
+        n_children: Sequence[int],
+        chunk_size: int | None = None,
+        tile_chunk: int | None = None,
+    ) -> None:
+        L = len(attention)
+        if L < 3 or len(scales) != L or len(cell_sizes) != L - 1 or len(n_children) != L - 2:
+            raise ValueError(
+                f"L = {L} levels need L >= 3 attention networks, L scales, L - 1 cell sizes and L - 2 numbers of "
+                f"children; got {len(scales)}, {len(cell_sizes)} and {len(n_children)}"
+            )
+        super().__init__(attention[0], attention[1], features, n_classes, scales[0], scales[1], cell_sizes[0],
+                         patch_size, n_patches, chunk_size, tile_chunk)
+        for i, size in enumerate(cell_sizes):
+            check_positive_int(size, f"cell_sizes[{i}]")
+            if i and cell_sizes[i - 1] % size:
+                raise ValueError(f"cell size {size} does not divide the cell size above it, {cell_sizes[i - 1]}")
+        for i, sc in enumerate(scales):
+            check_scale(sc, f"scales[{i}]")
+        for i, n in enumerate(n_children):
+            check_positive_int(n, f"n_children[{i}]")
+        self.deeper = nn.ModuleList(attention[2:])  # the networks of levels 3..L
+        self.scales, self.cell_sizes, self.n_children = list(scales), list(cell_sizes), list(n_children)
+        leaf = view_size((cell_sizes[-1], cell_sizes[-1]), scales[-1])
+        self.child_counts = [(c // d) ** 2 for c, d in zip(cell_sizes, cell_sizes[1:])] + [leaf[0] * leaf[1]]
+        for level, (k, n) in enumerate(zip(self.child_counts[1:], n_children), start=3):
+            if n > k:
+                raise ValueError(f"level {level} draws {n} distinct children of every node, which has only {k}")
+
+    def _network(self, level: int) -> nn.Module:
+        """The attention network of `level` (1-based)."""
+        return (self.attention_a, self.attention_b, *self.deeper)[level - 1]
+
+    def _children(self, src: PixelSource, level: int, batch: Tensor, cell: Tensor, checks: Checks) -> Tensor:
+        """Attention [*S, K_level] over the children of level-(level - 1) cells `cell` [*S] of images `batch` [*S]."""
+        parent = self.cell_sizes[level - 2]
+        shape, flat_b, flat_c = batch.shape, batch.reshape(-1), cell.reshape(-1)
+        u, v = view_size((parent, parent), self.scales[level - 1])
+        net = self._network(level)
+        parts = [score_map(net, tv, f"the attention of level {level}")[:, 0]  # [c, u, v]
+                 for tv in src.tile_view_chunks(flat_b, flat_c, (parent, parent), self.scales[level - 1],
+                                                per_chunk(self.tile_chunk, u * v))]
+        scores = torch.cat(parts) if parts else torch.zeros(0, u, v, dtype=src.dtype, device=src.device)  # [M, u, v]
+        if level < len(self.scales):  # a cell level: average over the nested child cells
+            size = self.cell_sizes[level - 1]
+            scores = tile_pool(scores, (parent, parent), (size, size))  # [M, k, k]
+        probs = attention_distribution(scores.flatten(1), f"level-{level} attention", checks)  # [M, K_level]
+        return probs.view(*shape, probs.shape[-1])
+
+    def _child_cell(self, level: int, cell: Tensor, child: Tensor, size: tuple[int, int]) -> Tensor:
+        """Index in the level-`level` cell grid of child `child` of level-(level - 1) cells `cell` (same shapes)."""
+        parent, small = self.cell_sizes[level - 2], self.cell_sizes[level - 1]
+        k, cols_parent, cols = parent // small, size[1] // parent, size[1] // small
+        r, c = cell // cols_parent, cell % cols_parent
+        return (r * k + child // k) * cols + c * k + child % k
+
+    def _leaf_centers(self, cell: Tensor, loc: Tensor, size: tuple[int, int]) -> tuple[Tensor, Tensor]:
+        """Full-resolution centres of view locations `loc` of the deepest cells `cell` (same shapes)."""
+        side = self.cell_sizes[-1]
+        u, v = view_size((side, side), self.scales[-1])
+        cols = size[1] // side
+        dr, dc = view_to_full(loc // v, loc % v, (u, v), (side, side), check=False)
+        return (cell // cols) * side + dr, (cell % cols) * side + dc
+
+    def forward(self, x: Source, mode: str = "sample", generator: Gen = None, contrastive: bool = False) -> ModelOutput:
+        """Classify x [B, C, H, W] (or a PixelSource) by L-level sampling ("sample") or over every path ("exact")."""
+        if mode not in ("sample", "exact"):
+            raise ValueError(f"LevelsZoomIn has modes 'sample' and 'exact' (no top-k search), got {mode!r}")
+        if contrastive:
+            raise ValueError("LevelsZoomIn has no contrastive samples")
+        src = as_source(x, module_device(self))
+        size, tile = src.size, self.cell_sizes[0]
+        if size[0] % tile or size[1] % tile:
+            raise ValueError(f"LevelsZoomIn needs image sides that are multiples of the tile size {tile}, got {size}")
+        check_patch(self.patch_size, size)
+        checks = Checks()
+        B, dev, L = src.batch_size, src.device, len(self.scales)
+        T = src.tile_count(self.tile_size)
+        alpha = attention_distribution(self.tile_scores(src), "first-stage attention", checks,
+                              src.allowed_tiles(self.tile_size))  # [B, T]
+        if mode == "sample":
+            N, K2 = self.n_patches, self.child_counts[0]
+            tiles = sample_with_replacement(alpha, N, generator, check=False)  # [B, N]
+            draws = unique_draws(tiles, T, check=False)  # one synchronisation: N'
+            beta = self._children(src, 2, draws.batch, draws.tile, checks)  # [U, K2]
+            sub = sample_subtiles(beta, draws, generator, max_count=min(N, K2), check=False)  # [B, N]
+            checks.add(subtile_support_ok(beta, draws), f"a tile was drawn more often than it has cells of positive "
+                                                        f"attention (N = {N}, {K2} cells a tile); lower N")
+            beta_drawn = beta[draws.inverse, sub]  # [B, N]
+            batch = torch.arange(B, device=dev).view(B, 1).expand(B, N)  # [B, N]
+            cell, child, deeper = tiles, sub, []
+            for level in range(3, L + 1):  # nodes [B, N, n_3, ..., n_{level-1}]
+                cell = self._child_cell(level - 1, cell, child, size)
+                probs = self._children(src, level, batch, cell, checks)  # [*S, K_level]
+                child = sample_children(probs, self.n_children[level - 3], generator)  # [*S, n_level]
+                deeper.append(probs.gather(-1, child))
+                cell, batch = cell.unsqueeze(-1).expand_as(child), batch.unsqueeze(-1).expand_as(child)
+            rows, cols = self._leaf_centers(cell, child, size)  # [B, N, n_3, ..., n_L]
+            feats = patch_features(self.features, src, rows.flatten(1), cols.flatten(1), self.patch_size,
+                                    self.chunk_size).view(*rows.shape, -1)  # [B, N, n_3, ..., n_L, D]
+            agg = expectation_levels(alpha, tiles, beta_drawn, deeper, feats, check=False)  # [B, D]
+            weights = None
+        else:  # every path: level l's nodes [B, T, K2, ..., K_{l-1}]
+            batch = torch.arange(B, device=dev).view(B, 1).expand(B, T)  # [B, T]
+            cell = torch.arange(T, device=dev).expand(B, T)  # [B, T]
+            beta = self._children(src, 2, batch, cell, checks)  # [B, T, K2]
+            probs, deeper = beta, []
+            for level in range(3, L + 2):
+                child = torch.arange(probs.shape[-1], device=dev).expand_as(probs)  # every child
+                cell, batch = cell.unsqueeze(-1).expand_as(child), batch.unsqueeze(-1).expand_as(child)
+                if level == L + 1:
+                    break
+                cell = self._child_cell(level - 1, cell, child, size)
+                probs = self._children(src, level, batch, cell, checks)
+                deeper.append(probs)
+            rows, cols = self._leaf_centers(cell, child, size)  # [B, T, K2, ..., K_L]
+            feats = patch_features(self.features, src, rows.flatten(1), cols.flatten(1), self.patch_size,
+                                    self.chunk_size).view(*rows.shape, -1)  # [B, T, K2, ..., K_L, D]
+            agg = full_levels_sum(alpha, beta, deeper, feats)  # [B, D]
+            weights, beta = None, beta.flatten(0, 1)
+        checks.resolve()
+        return ModelOutput(logits=self.g(agg), features=agg, alpha=alpha, betas=beta,
+                           centers=torch.stack((rows, cols), dim=-1).flatten(1, -2), weights=weights, mode=mode)
