@@ -19,12 +19,12 @@ from torch import nn
 from zoomin_lib.models import ATSNet, CNNBaseline, UniformNet, ZoomInNet
 from zoomin_lib.networks import AttentionLeNet, AttentionResNet16, FeatureLeNet, FeatureResNet16, ResNetCNN
 
-__all__ = ["BACKBONES", "zoomin", "ats", "uniform", "cnn"]
+__all__ = ["BACKBONES", "networks", "zoomin", "ats", "uniform", "cnn"]
 
 BACKBONES = ("lenet", "resnet16")
 
 
-def _networks(backbone: str, in_channels: int, bounded_a: bool = True) -> tuple[nn.Module, nn.Module, nn.Module]:
+def networks(backbone: str, in_channels: int, bounded_a: bool = True) -> tuple[nn.Module, nn.Module, nn.Module]:
     """(a, b, f) of table 5 (lenet) or table 6 (resnet16); `bounded_a` keeps table 5's final tanh on a."""
     if backbone == "lenet":
         return (AttentionLeNet(in_channels, final_tanh=bounded_a), AttentionLeNet(in_channels, final_tanh=False),
@@ -40,7 +40,7 @@ def zoomin(
     patch_size: int | tuple[int, int], n_patches: int, backbone: str = "lenet", bounded_a: bool = False,
 ) -> ZoomInNet:
     """A Zoom-In network with the table-5/6 networks (LeNet a without table 5's final tanh unless `bounded_a`)."""
-    a, b, f = _networks(backbone, in_channels, bounded_a)
+    a, b, f = networks(backbone, in_channels, bounded_a)
     return ZoomInNet(a, b, f, n_classes, scale1, scale2, tile_size, patch_size, n_patches)
 
 
@@ -54,7 +54,7 @@ def ats(
     over the thousands of locations of a one-stage view that forbids any sharp attention, so ATS
     uses the network of b (the same layers without the bounded output).
     """
-    _, b, f = _networks(backbone, in_channels)
+    _, b, f = networks(backbone, in_channels)
     return ATSNet(b, f, n_classes, scale, patch_size, n_patches)
 
 
@@ -63,7 +63,7 @@ def uniform(
     backbone: str = "lenet",
 ) -> UniformNet:
     """U-N: N patches drawn uniformly without replacement."""
-    _, _, f = _networks(backbone, in_channels)
+    _, _, f = networks(backbone, in_channels)
     return UniformNet(f, n_classes, scale, patch_size, n_patches)
 
 

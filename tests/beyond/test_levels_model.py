@@ -132,3 +132,14 @@ def test_bad_configurations_raise_clear_errors():
     with pytest.raises(ValueError, match="no top-k"):
         model(torch.rand(1, 1, 16, 16, dtype=torch.float64), mode="topk")
     assert list(itertools.chain(model.child_counts)) == [4, 16]
+
+
+def test_build_levels_uses_the_papers_networks_at_every_level():
+    from zoomin_lib.beyond.levels import build_levels
+    from zoomin_lib.networks import AttentionLeNet, FeatureLeNet
+
+    model = build_levels(in_channels=3, n_classes=2, scales=[0.1, 0.1, 0.5], cell_sizes=[250, 50], patch_size=27,
+                         n_patches=4, n_children=[2])
+    assert [type(m) for m in (model.attention_a, model.attention_b, *model.deeper)] == [AttentionLeNet] * 3
+    assert isinstance(model.features, FeatureLeNet) and model.child_counts == [25, 625]
+    assert model.deeper[0] is not model.attention_b  # each level its own weights

@@ -84,3 +84,27 @@ def test_crossover_rows_find_where_zoomin_needs_less():
     assert rows[0]["at 500x500: ATS MiB"] == pytest.approx(0.04 * 500**2 / 2**20)
     assert rows[1]["at 500x500: Zoom-In MiB"] == pytest.approx(4 * 2500 / 2**20)
     assert np.isfinite(rows[0]["at 500x500: Zoom-In MiB"])
+
+
+def test_levels_terms_by_hand_and_reduce_to_two_levels():
+    from zoomin_lib.theory.memory_model import levels_terms, zoomin_terms
+
+    two = levels_terms(500, 500, [0.1, 0.2], [250], 27, [3], 10)
+    assert list(two.values()) == pytest.approx(list(zoomin_terms(500, 500, 0.1, 0.2, 250, 27, 10, 3).values()))
+    three = levels_terms(1000, 500, [0.1, 0.1, 0.5], [250, 50], 27, [4, 5], 10)
+    assert three == pytest.approx({"view": 0.01 * 1000 * 500, "level2": 4 * 0.01 * 250**2, "level3": 5 * 0.25 * 50**2,
+                                   "patches": 10 * 27**2})
+    with pytest.raises(ValueError, match="cell sizes and node counts"):
+        levels_terms(500, 500, [0.1, 0.2, 0.5], [250], 27, [3], 10)
+
+
+def test_three_levels_read_as_many_patches_and_rows_pair_the_measurements():
+    from zoomin_lib.chapters.tradeoff import levels_rows, three_levels
+
+    model = three_levels(10)
+    out = model(torch.randn(1, 3, 500, 500), generator=torch.Generator().manual_seed(0))
+    assert out.centers.shape == (1, 10, 2) and model.n_patches == 5
+    rows = levels_rows([500, 750], [5, 10], [4 * 2**20, 8 * 2**20, 6 * 2**20, 10 * 2**20], [2 * 2**20, 8 * 2**20,
+                                                                                        3 * 2**20, 20 * 2**20])
+    assert [(r["side (px)"], r["patches read"], r["three / two"]) for r in rows] == [
+        (500, 5, 0.5), (500, 10, 1.0), (750, 5, 0.5), (750, 10, 2.0)]

@@ -23,6 +23,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
+from zoomin_lib.builders import networks
 from zoomin_lib.geometry import tile_pool, view_size, view_to_full
 from zoomin_lib.hierarchical import (
     expectation_two_stage,
@@ -49,7 +50,7 @@ from zoomin_lib.pixels import PixelSource, as_source
 from zoomin_lib.sampling import gumbel_top_k, sample_with_replacement, sequential_terms, validate_probs
 from zoomin_lib.syncs import Checks
 
-__all__ = ["sample_children", "expectation_levels", "full_levels_sum", "LevelsZoomIn"]
+__all__ = ["sample_children", "expectation_levels", "full_levels_sum", "LevelsZoomIn", "build_levels"]
 
 
 def sample_children(probs: Tensor, n: int, generator: torch.Generator | None = None) -> Tensor:
@@ -234,7 +235,7 @@ class LevelsZoomIn(ZoomInNet):
             feats = patch_features(self.features, src, rows.flatten(1), cols.flatten(1), self.patch_size,
                                     self.chunk_size).view(*rows.shape, -1)  # [B, N, n_3, ..., n_L, D]
             agg = expectation_levels(alpha, tiles, beta_drawn, deeper, feats, check=False)  # [B, D]
-            weights = None
+            weights, drawn = None, (tiles, sub)
         else:  # every path: level l's nodes [B, T, K2, ..., K_{l-1}]
             batch = torch.arange(B, device=dev).view(B, 1).expand(B, T)  # [B, T]
             cell = torch.arange(T, device=dev).expand(B, T)  # [B, T]
@@ -252,7 +253,18 @@ class LevelsZoomIn(ZoomInNet):
             feats = patch_features(self.features, src, rows.flatten(1), cols.flatten(1), self.patch_size,
                                     self.chunk_size).view(*rows.shape, -1)  # [B, T, K2, ..., K_L, D]
             agg = full_levels_sum(alpha, beta, deeper, feats)  # [B, D]
-            weights, beta = None, beta.flatten(0, 1)
+            weights, beta, drawn = None, beta.flatten(0, 1), (None, None)
         checks.resolve()
-        return ModelOutput(logits=self.g(agg), features=agg, alpha=alpha, betas=beta,
-                           centers=torch.stack((rows, cols), dim=-1).flatten(1, -2), weights=weights, mode=mode)
+        return ModelOutput(logits=self.g(agg), features=agg, alpha=alpha, betas=beta, tiles=drawn[0],
+                           subtiles=drawn[1], centers=torch.stack((rows, cols), dim=-1).flatten(1, -2),
+                           weights=weights, mode=mode)
+
+
+def build_levels(
+    *, in_channels: int, n_classes: int, scales: Sequence[float], cell_sizes: Sequence[int],
+    patch_size: int | tuple[int, int], n_patches: int, n_children: Sequence[int], backbone: str = "lenet",
+) -> LevelsZoomIn:
+    """LevelsZoomIn with the table-5/6 networks: a as Zoom-In's (unbounded), b's kind at every deeper level, f."""
+    a, b, f = networks(backbone, in_channels, bounded_a=False)
+    deeper = [networks(backbone, in_channels)[1] for _ in scales[2:]]
+    return LevelsZoomIn([a, b, *deeper], f, n_classes, scales, cell_sizes, patch_size, n_patches, n_children)

@@ -11,7 +11,10 @@ tiles and V(x, 0.2, c), 27x27 patches; ATS on V(x, 0.2)):
   O(s1^2 HW + N' s2^2 h1 w1 + N h2 w2) for Zoom-In, fitted to measured peaks (`theory.memory_model`):
   `memory_model_points`, `fit_rows`, `fit_figure`, `crossover_rows`;
 - peak inference memory against image size, its fitted lines and their crossings: `inference_sweep`,
-  `sweep_rows`, `fit_lines`, `line_crossings`, `sweep_figure`.
+  `sweep_rows`, `fit_lines`, `line_crossings`, `sweep_figure`;
+- beyond the paper, a third level of zoom (`beyond.levels`): its memory model, one term a level,
+  fitted to measured training-step peaks beside the two-level model's (`levels_memory_points`,
+  `levels_rows`).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import torch
 from torch import nn
 
 from zoomin_lib import builders
+from zoomin_lib.beyond.levels import build_levels
 from zoomin_lib.chapters.attention import unique_tiles
 from zoomin_lib.hierarchical import expected_unique
 from zoomin_lib.theory import memory_model as mm
@@ -34,6 +38,7 @@ __all__ = [
     "COMMON", "S1", "S2", "TILE", "PATCH", "zoom", "ats", "Config", "configs", "make_probe", "accuracy_text",
     "table3_rows", "table4_rows", "figure4", "unique_tile_bounds", "memory_model_points", "fit_rows", "fit_figure",
     "crossover_rows", "inference_sweep", "sweep_rows", "fit_lines", "line_crossings", "sweep_figure", "PAIRS",
+    "LEVEL_SCALES", "LEVEL_CELLS", "LEVEL_CHILDREN", "three_levels", "levels_memory_points", "levels_rows",
 ]
 
 COMMON = dict(in_channels=3, n_classes=2)
@@ -355,3 +360,46 @@ def sweep_figure(curves: Mapping[str, Sequence[float]], sides: Mapping[str, Sequ
     ax.legend(fontsize=7, loc="upper left")
     ax.set_title(title, fontsize=9)
     return fig
+
+
+# ------------------------------------------------------------------------ beyond the paper: a third level
+# tiles of 250 px chosen on V(x, 0.1); within a tile, cells of 50 px chosen on V(tile, 0.1); within a cell,
+# LEVEL_CHILDREN[0] locations of V(cell, 0.5) (2 px apart), each a 27x27 patch read at full resolution
+LEVEL_SCALES, LEVEL_CELLS, LEVEL_CHILDREN = (S1, 0.1, 0.5), (TILE, 50), (2,)
+
+
+def three_levels(n_leaves: int) -> nn.Module:
+    """The three-level Zoom-In on the colon geometry that reads `n_leaves` patches (n_leaves / 2 cells, 2 patches each)."""
+    return build_levels(**COMMON, scales=LEVEL_SCALES, cell_sizes=LEVEL_CELLS, patch_size=PATCH,
+                        n_patches=max(1, n_leaves // LEVEL_CHILDREN[0]), n_children=LEVEL_CHILDREN)
+
+
+def levels_memory_points(sides: Sequence[int], ns: Sequence[int]) -> tuple[list[dict[str, float]], list[float]]:
+    """Peaks (bytes) of one training step of `three_levels(n)` over image sides and n, with its memory-model terms.
+
+    As `memory_model_points`: batch 1, every view and patch in one batch, the terms counted on that very draw
+    (N' distinct tiles; every drawn level-2 cell is distinct, so level 3 views N / 2 cells).
+    """
+    terms, measured = [], []
+    target = torch.tensor([1])
+    for side in sides:
+        xs = torch.randn(1, 3, side, side, generator=torch.Generator().manual_seed(side))
+        for n in ns:
+            model = three_levels(n)
+            model.tile_chunk = model.chunk_size = 10**6  # everything at once, as the model assumes
+            n_unique = int(unique_tiles(model, xs, torch.Generator().manual_seed(n)))
+            measured.append(training_step_peak_mb(model, xs, target, torch.Generator().manual_seed(n)) * 2**20)
+            cells = model.n_patches  # the level-2 cells drawn (distinct), whose level-3 views are computed
+            terms.append(mm.levels_terms(side, side, LEVEL_SCALES, LEVEL_CELLS, PATCH, [n_unique, cells],
+                                         cells * LEVEL_CHILDREN[0]))
+    return terms, measured
+
+
+def levels_rows(sides: Sequence[int], ns: Sequence[int], two_level_bytes: Sequence[float],
+                three_level_bytes: Sequence[float]) -> list[dict[str, Any]]:
+    """Per (side, patches read): the measured training-step peaks of two and three levels, and their ratio."""
+    rows = []
+    for (side, n), two, three in zip([(s, n) for s in sides for n in ns], two_level_bytes, three_level_bytes):
+        rows.append({"side (px)": side, "patches read": n, "two levels (MiB)": two / 2**20,
+                     "three levels (MiB)": three / 2**20, "three / two": three / two})
+    return rows

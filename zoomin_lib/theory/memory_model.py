@@ -2,7 +2,10 @@
 
 One-stage ATS holds O(s^2 HW + N h w): its view of the whole image and N full-resolution
 patches. Zoom-In holds O(s1^2 HW + N' s2^2 h1 w1 + N h2 w2): its first-stage view, the s2 views
-of the N' distinct drawn tiles (h1 x w1 each) and N sub-tiles. Each term is a pixel count; the
+of the N' distinct drawn tiles (h1 x w1 each) and N sub-tiles. With more levels (`beyond.levels`) the
+model gains one term a level: level l views each node drawn at level l - 1 (a cell of c_{l-1} x
+c_{l-1} px) at scale s_l, M_{l-1} s_l^2 c_{l-1}^2 pixels, and the patches are the leaves
+(`levels_terms`). Each term is a pixel count; the
 model says peak bytes = c0 + sum_k c_k term_k with constants c_k (bytes per pixel of that term,
 set by the networks' widths). `fit` finds non-negative c_k by least squares on measurements and
 `relative_errors` says how well the fitted model reproduces them.
@@ -28,7 +31,7 @@ from torch import nn
 
 from zoomin_lib.geometry import view_size
 
-__all__ = ["ats_terms", "zoomin_terms", "MemoryFit", "fit", "crossover_side", "network_floor_bytes", "layer_floor_bytes"]
+__all__ = ["ats_terms", "zoomin_terms", "levels_terms", "MemoryFit", "fit", "crossover_side", "network_floor_bytes", "layer_floor_bytes"]
 
 
 def ats_terms(height: int, width: int, scale: float, patch: int, n: int) -> dict[str, float]:
@@ -45,6 +48,26 @@ def zoomin_terms(
         "tiles": n_unique * scale2**2 * tile * tile,
         "patches": float(n * patch * patch),
     }
+
+
+def levels_terms(
+    height: int, width: int, scales: Sequence[float], cell_sizes: Sequence[int], patch: int,
+    nodes: Sequence[float], leaves: float,
+) -> dict[str, float]:
+    """Pixel counts of an L-level Zoom-In's terms: s1^2 HW, then per level l >= 2 M_{l-1} s_l^2 c_{l-1}^2, and the leaves.
+
+    nodes[l - 2] = M_{l-1}, the distinct nodes drawn at level l - 1 whose views level l computes
+    (N' tiles for level 2); `leaves` the patches read at full resolution. With two levels this is
+    `zoomin_terms` ("level2" is its "tiles").
+    """
+    if len(nodes) != len(scales) - 1 or len(cell_sizes) != len(scales) - 1:
+        raise ValueError(f"{len(scales)} levels need {len(scales) - 1} cell sizes and node counts, "
+                         f"got {len(cell_sizes)} and {len(nodes)}")
+    terms = {"view": scales[0] ** 2 * height * width}
+    for level, (m, s, c) in enumerate(zip(nodes, scales[1:], cell_sizes), start=2):
+        terms[f"level{level}"] = m * s**2 * c * c
+    terms["patches"] = float(leaves * patch * patch)
+    return terms
 
 
 @dataclass(frozen=True)
