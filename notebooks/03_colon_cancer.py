@@ -177,7 +177,7 @@ if one_class:
 # ## Inference cost per image
 #
 # One 500x500 image, batch 1, after training (first fold's models). Every sampling model reads its
-# patches and tiles one at a time (`experiments.lean_inference`): the same result, the smallest peak.
+# patches and tiles one at a time (`train.profiling.lean_inference`): the same result, the smallest peak.
 # Zoom-In and ATS predict deterministically from their top-k locations, U-10 by sampling.
 # The CNN is also profiled at full resolution, the paper's setting, whatever scale it was trained at.
 

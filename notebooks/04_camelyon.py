@@ -165,7 +165,7 @@ markdown_table(camelyon.geometry_rows(test[0].path, cfg))
 # averaging the score map dilutes it: in an earlier run of this chapter (not repeated here) $a$ and $b$ stayed
 # near 72 % training accuracy, $\beta$ almost never put a drawn sub-tile on a metastasis, and the model stayed
 # at chance. The `cpu` profile therefore uses windows of 8 x 8 and 16 x 16 view pixels (256 and 128 level-0 pixels a side), centred on annotated pixels in
-# tiles with metastases and anywhere in the others (`slide_zoomin.window_examples`); the `paper` profile keeps
+# tiles with metastases and anywhere in the others (`wsi.train.window_examples`); the `paper` profile keeps
 # the whole views. Training then adds eq. 13,
 # $\sum_c (M(V(x, s_1), c) - \alpha_c)^2 + \sum_{c'} (M(V(x, s_2), c') - \beta^c_{c'})^2$, with $M$ the
 # binary mask of annotated tiles and sub-tile positions (a normal slide has $M = 0$).

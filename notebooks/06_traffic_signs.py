@@ -28,7 +28,7 @@
 # | **ATS-10** | attention on $V(x, 0.3)$, 10 patches of 100x100 |
 # | **U-10** | 10 uniformly drawn 100x100 patches |
 # | **CNN** | the ResNet of chapter 03 on the image at scale 0.5 and 1 (the paper used EfficientNet-B0; there is no torchvision here) |
-# | **Zoom-In + boxes** (ours, not in the papers) | Zoom-In (LeNet) that also learns from the box of the sign: a, b and f pre-trained on it, then the attention cross-entropy against it during training (`box_supervision`) |
+# | **Zoom-In + boxes** (ours, not in the papers) | Zoom-In (LeNet) that also learns from the box of the sign: a, b and f pre-trained on it, then the attention cross-entropy against it during training (`train.supervision`) |
 #
 # **Zoom-In + boxes** uses annotations the papers' models do not: the box of the sign that gives the label.
 # Appendix L does the same with the metastases' outlines on Camelyon16 (chapter 04). On a CPU budget the

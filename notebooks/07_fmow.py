@@ -26,11 +26,11 @@
 # |---|---|
 # | **Zoom-In** (LeNet) | $\alpha$ over 250x250 tiles (appendix F) on $V(x, 0.25)$, $\beta$ over each drawn tile at $s_2 = 0.5$, $N = 30$ sub-tiles of 50x50; Adam lr $10^{-4}$, batch 32 |
 # | **CNN** | the ResNet of chapter 03 on the image resized to 896x896 (the paper used EfficientNet-B0; no torchvision here) |
-# | **Zoom-In + boxes** (ours, not in the paper) | Zoom-In that also learns from the object's box (fMoW ships one per image): a, b and f pre-trained on it, then the attention cross-entropy against it during training (`box_supervision`, as in chapter 06) |
+# | **Zoom-In + boxes** (ours, not in the paper) | Zoom-In that also learns from the object's box (fMoW ships one per image): a, b and f pre-trained on it, then the attention cross-entropy against it during training (`train.supervision`, as in chapter 06) |
 #
 # Zoom-In takes **each image at its own size**: the tile grid, the views and the number of tiles follow the
 # image; nothing is resized to a common size. A mini-batch is a list of images, and the loss is the mean of
-# the per-image losses (`experiments.per_image`). The contrastive loss of sec. 2.2 is left out here: it
+# the per-image losses (`train.protocol.per_image`). The contrastive loss of sec. 2.2 is left out here: it
 # teaches the network to predict a reference class from low-attention regions, and fMoW has no
 # background class to play that role.
 #

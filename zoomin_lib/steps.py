@@ -1,4 +1,4 @@
-"""One training step and one prediction for the sampling models, for `training.fit` / `training.evaluate`.
+"""One training step and one prediction for the sampling models, for `train.loop.fit` / `train.loop.evaluate`.
 
 `sampling_loss` is the per-batch objective of Zoom-In eq. 12: cross-entropy on the sampled
 prediction, entropy regularisation of alpha and of every sampled beta^c, and, from epoch
@@ -87,7 +87,7 @@ def sampling_loss(
 def predictor(
     mode: str | None = None, generator: torch.Generator | None = None
 ) -> Callable[[nn.Module, Batch], tuple[Tensor, Tensor]]:
-    """The predict_fn(model, (x, y)) for `training.evaluate`: logits in `mode`, by default the model's `eval_mode`."""
+    """The predict_fn(model, (x, y)) for `train.loop.evaluate`: logits in `mode`, by default the model's `eval_mode`."""
 
     def predict_fn(model: nn.Module, batch: Batch) -> tuple[Tensor, Tensor]:
         x, y, *_ = batch

@@ -1,4 +1,4 @@
-"""box_supervision: masks from boxes, attention targets, the attention cross-entropy and pre-training from boxes."""
+"""train.supervision (Zoom-In with boxes): masks from boxes, attention targets, the attention cross-entropy and pre-training from boxes."""
 
 import math
 

@@ -12,7 +12,7 @@ Settings (untrained networks; speed and memory do not depend on the weights):
   - inference time per image at batch 1 and at a large batch (64; 32 on the CPU), "topk" and
     "sample";
   - one training step at batch 5: the eq. 12 loss with the contrastive term, backward, Adam;
-  - peak inference memory at batch 1 (top-k), default and lean (`experiments.lean_inference`),
+  - peak inference memory at batch 1 (top-k), default and lean (`train.profiling.lean_inference`),
     beside the floor of `memory_model.layer_floor_bytes`;
   - host synchronisations per forward (`zoomin_lib.syncs.record_syncs`) at batch 1 and large.
 - **slides**: `slides.write_periodic_slide` pyramids of 1e8, 1e9 and 1e10 pixels (cached in the data

@@ -144,7 +144,7 @@ def zoom_grid(
     titles: Sequence[str],
     suptitle: str = "",
 ) -> Figure:
-    """One `show_zoom` row per image (picks from experiments.zoom_picks), ground-truth boxes (x0, y0, w, h) in cyan."""
+    """One `show_zoom` row per image (picks from `chapters.attention.zoom_picks`), ground-truth boxes (x0, y0, w, h) in cyan."""
     fig, axes = plt.subplots(len(images), 3, figsize=(11, 3.2 * len(images)), squeeze=False)
     for row, image, (tile_box, sub_box, _), boxes, title in zip(axes, images, picks, truth_boxes, titles):
         show_zoom(row, image, tile_box, sub_box, title=title)

@@ -259,7 +259,7 @@ def memory_scan(
 def cost_rows(
     costs: Mapping[str, Mapping[str, Any]], training_mb: Mapping[str, float] | None = None
 ) -> list[dict[str, Any]]:
-    """One row per profiled model (experiments.profile_methods): inference peak memory, GFLOPs, GMACs, ms; training peak if measured."""
+    """One row per profiled model (`train.profiling.profile_methods`): inference peak memory, GFLOPs, GMACs, ms; training peak if measured."""
     rows = []
     for name, c in costs.items():
         rows.append({

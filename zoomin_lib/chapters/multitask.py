@@ -122,7 +122,7 @@ def multitask_terms(logits: Tensor, y: Tensor) -> tuple[Tensor, dict[str, float]
 
 
 def multitask_loss(lam: float = 0.0, generator: torch.Generator | None = None) -> Callable:
-    """The loss_fn(model, (x, y), epoch) of `training.fit`: `multitask_terms` plus lam * sum p log p of the attention."""
+    """The loss_fn(model, (x, y), epoch) of `train.loop.fit`: `multitask_terms` plus lam * sum p log p of the attention."""
 
     def loss_fn(model: nn.Module, batch: Batch, epoch: int) -> tuple[Tensor, dict[str, float]]:
         x, y = batch
@@ -204,7 +204,7 @@ def evaluate_tasks(
 
 
 class EpochProbe:
-    """An eval_fn for `training.fit`: test metrics after each epoch and, optionally, attention snapshots.
+    """An eval_fn for `train.loop.fit`: test metrics after each epoch and, optionally, attention snapshots.
 
     Called as probe(model, generator). With `batches`, it evaluates the four tasks (their accuracies
     enter the history as val_<task>) and reports the seconds it took (`eval_seconds`), so that the
@@ -273,7 +273,7 @@ def train_tasks(
     probe: EpochProbe | None = None,
     out_dir: str | Path | None = None,
 ) -> tuple[TaskRun, nn.Module]:
-    """Seed, build and train one method on the four tasks (`experiments.train_model`, Adam) and test it.
+    """Seed, build and train one method on the four tasks (`train.protocol.train_model`, Adam) and test it.
 
     Training and testing run on `config.default_device()` (a GPU when there is one); the model is
     returned on the host.

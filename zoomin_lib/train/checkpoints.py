@@ -1,6 +1,6 @@
 """What a training checkpoint records about the run that wrote it, and the refusal to resume it with other settings.
 
-A checkpoint written by `training.fit` holds `settings_record(...)`: the model's architecture (class,
+A checkpoint written by `train.loop.fit` holds `settings_record(...)`: the model's architecture (class,
 a digest of its parameter and buffer names and shapes), the optimiser and its hyper-parameters, the
 scheduler and its configuration, the epochs, the gradient clipping, and what the caller adds (the
 experiment loop adds the TrainSettings, method, seed, data fingerprint and profile). Resuming from a

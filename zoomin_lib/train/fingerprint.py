@@ -2,7 +2,7 @@
 
 `fingerprint(*parts)` digests arrays and tensors (dtype, shape, values), paths, numbers, strings,
 lists and dicts with SHA-256; another data set, fold or subset gives another digest, so resuming
-a checkpoint on other data is refused (`training.fit`'s settings record).
+a checkpoint on other data is refused (`train.loop.fit`'s settings record).
 """
 
 from __future__ import annotations

@@ -190,7 +190,7 @@ def run_method(
     `steps.predictor` in the model's eval mode). The checkpoint out_dir/checkpoints/<tag>.pt
     records the method, `run_seed`, `settings` and `record` (e.g. {"data": fingerprint(...),
     "profile": profile}); `resume=True` with other ones stops naming each difference
-    (`training.CheckpointMismatchError`), `resume=False` starts afresh.
+    (`train.checkpoints.CheckpointMismatchError`), `resume=False` starts afresh.
     """
     device = default_device() if device is None else torch.device(device)
     generator = seed_everything(run_seed, device)

@@ -39,7 +39,7 @@ def slide_loss(
     pixel_weight: float = 0.0,
     generator: torch.Generator | None = None,
 ) -> Callable[[SlideZoomIn, tuple[Sequence[SlideReader], Tensor], int], tuple[Tensor, dict[str, float]]]:
-    """loss_fn(model, (readers, labels), epoch) for `training.fit`: eq. 12 per slide, averaged over the batch.
+    """loss_fn(model, (readers, labels), epoch) for `train.loop.fit`: eq. 12 per slide, averaged over the batch.
 
     The contrastive loss of sec. 2.2 joins from `warmup_epochs` on (for slides not of the reference
     class); `pixel_weight` > 0 adds the eq. 13 MSE of `pixel_mse` (appendix L).
@@ -88,7 +88,7 @@ def fit_slides(
     eval_fn: Callable[[nn.Module], dict[str, Any]] | None = None,
     device: str | torch.device | None = None,
 ) -> list[dict[str, Any]]:
-    """Adam on `slide_loss` over the readers (each with its `label`; mini-batches reshuffled per epoch); the history of `training.fit`.
+    """Adam on `slide_loss` over the readers (each with its `label`; mini-batches reshuffled per epoch); the history of `train.loop.fit`.
 
     The model trains on `device` (None: a GPU when there is one); the slides are read on the host.
     """
