@@ -47,6 +47,9 @@ def test_train_then_predict_end_to_end(data, run, tmp_path):
     assert sorted(r["slide"] for r in table) == ["test_001", "test_002"]
     assert all(0 <= float(r["probability"]) <= 1 and r["label"] in ("0", "1") for r in table)
     assert (out / "test_001.geojson").is_file() and (out / "test_002_attention.png").is_file()
+    assert ckpt["settings"]["model"]["mpp"] == pytest.approx(0.243)  # the stand-in's resolution tags
+    records = json.loads((out / "report.json").read_text())["slides"]
+    assert all(r["mpp"] == pytest.approx(0.243) and "warning" not in r for r in records)
 
 
 def test_resume_with_other_settings_is_refused_naming_the_difference(data, run, capsys):

@@ -37,6 +37,7 @@ from zoomin_lib.infra.io import atomic_write, read_json, write_json, write_text
 from zoomin_lib.infra.slides import SlideError, tissue_mask
 from zoomin_lib.wsi.predict import SlidePrediction, SlideZoomIn
 from zoomin_lib.wsi.reader import SlideReader
+from zoomin_lib.wsi.resolution import slide_mpp
 
 __all__ = ["SLIDE_SUFFIXES", "find_slides", "attention_overlay", "predict_slide", "run_predict", "merge_report"]
 
@@ -96,8 +97,13 @@ def _outputs(out: Path, name: str) -> tuple[Path, Path, Path]:
     return out / f"{name}.geojson", out / f"{name}_attention.png", out / "records" / f"{name}.json"
 
 
-def predict_slide(model: SlideZoomIn, path: Path, out: Path, *, top: int = 10, thumb_side: int = 768) -> dict[str, Any]:
-    """Predict one slide and write its GeoJSON and attention PNG; its record (raises SlideError when unreadable)."""
+def predict_slide(model: SlideZoomIn, path: Path, out: Path, *, top: int = 10, thumb_side: int = 768,
+                  mpp: float | None = None) -> dict[str, Any]:
+    """Predict one slide and write its GeoJSON and attention PNG; its record (raises SlideError when unreadable).
+
+    The record holds the slide's microns per pixel (`mpp` when given, else its own, None when unknown) and a
+    warning when it differs by more than 20 % from the training slides' (`model.trained_mpp`).
+    """
     device = next(model.parameters()).device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -117,9 +123,17 @@ def predict_slide(model: SlideZoomIn, path: Path, out: Path, *, top: int = 10, t
         _write_png(png, attention_overlay(thumb, pred.alpha, tissue))
         H, W = reader.shape
         reads = dict(reader.reads)
+        known = slide_mpp(reader.slide)
+        slide_res = mpp if mpp is not None else (sum(known) / 2 if known else None)
     finally:
         reader.close()
-    return {"slide": path.stem, "path": str(path), "status": "ok", "probability": float(pred.probs[1]),
+    trained = getattr(model, "trained_mpp", None)
+    extra = {}
+    if slide_res is not None and trained is not None and abs(slide_res / trained - 1) > 0.2:
+        extra["warning"] = (f"{path}: {slide_res:.4g} microns per pixel, the model was trained at {trained:.4g}: "
+                            "its tiles and scales cover other physical sizes here")
+    return {**extra, "mpp": slide_res, "slide": path.stem, "path": str(path), "status": "ok",
+            "probability": float(pred.probs[1]),
             "label": pred.predicted, "width": W, "height": H, "tiles_drawn": int(len(uniq)),
             "seconds": time.perf_counter() - began, "bytes_read": int(reads["bytes"]), "reads": int(reads["count"]),
             "host_peak_mb": _host_peak_mb(),
@@ -166,6 +180,7 @@ def run_predict(
     barrier: Callable[[], None] = lambda: None,
     run: dict[str, Any] | None = None,
     top: int = 10,
+    mpp: float | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any] | None:
     """Predict this rank's share of `slides` into `out`, skipping those done; rank 0 merges and returns the report."""
@@ -178,7 +193,9 @@ def run_predict(
             continue
         began = time.perf_counter()
         try:
-            record = predict_slide(model, path, out, top=top)
+            record = predict_slide(model, path, out, top=top, mpp=mpp)
+            if "warning" in record:
+                log(f"warning: {record['warning']}")
             log(f"[{i}/{len(mine)}] {path.stem}: p = {record['probability']:.3f}, label {record['label']}, "
                 f"{record['seconds']:.1f} s, {record['bytes_read'] / MB:.1f} MiB read")
         except (SlideError, OSError, ValueError) as err:
@@ -206,7 +223,8 @@ def predict_command(args: Any) -> int:
         if not slides:
             raise ValueError(f"no slide ({', '.join(SLIDE_SUFFIXES)}) under {', '.join(map(str, args.inputs))}")
         report = run_predict(model, slides, args.out, rank=world.rank, world=world.size, barrier=world.barrier,
-                             run={"checkpoint": str(args.checkpoint), "world": world.describe()}, top=args.top)
+                             run={"checkpoint": str(args.checkpoint), "world": world.describe()}, top=args.top,
+                             mpp=args.mpp)
     finally:
         world.close()
     if report is None:

@@ -9,7 +9,8 @@ rate, batch, contrastive warm-up) and appendix L's pre-training, as chapter 04 d
   budget of one GPU-day (50 epochs);
 - `paper`: the paper's geometry and training (200 epochs at lr 1e-4, batches of 5, sec. 4, appendix G).
 
-`--set key=value` overrides one entry (its type is the profile's). A checkpoint written by
+`--set key=value` overrides one entry (its type is the profile's); `--set tile_um=777.6` and the other
+micron settings (`wsi.resolution.in_pixels`) give sizes and scales in microns instead of pixels. A checkpoint written by
 `zoomin train` records the model's configuration under `settings["model"]` (`model_config`), from
 which `load_model` rebuilds the `SlideZoomIn` with its training statistics.
 """
@@ -27,8 +28,9 @@ from zoomin_lib.wsi.predict import SlideZoomIn
 
 __all__ = ["PROFILES", "MODEL_KEYS", "resolve", "model_config", "build_model", "load_model", "pick_device"]
 
+_MICRONS = dict(tile_um=None, patch_um=None, s1_mpp=None, s2_mpp=None)  # set: overrides tile, patch, s1, s2 (wsi.resolution)
 _PAPER_GEOMETRY = dict(tile=3200, s1=1 / 32, s2=1 / 8, patch=50, n=100, backbone="lenet", strip_pixels=2**16)
-PROFILES: dict[str, dict[str, Any]] = {
+PROFILES: dict[str, dict[str, Any]] = {name: {**cfg, **_MICRONS} for name, cfg in {
     "smoke": dict(tile=512, s1=1 / 16, s2=1 / 4, patch=32, n=8, backbone="lenet", strip_pixels=2**12,
                   epochs=1, warmup=0, lr=1e-3, batch=2, val_fraction=0.0, pretrain_steps={"a": 5, "b": 2, "f": 2},
                   pretrain_lr=1e-2, pretrain_windows={"a": 8, "b": 16}),
@@ -39,7 +41,7 @@ PROFILES: dict[str, dict[str, Any]] = {
             "pretrain_steps": {"a": 1000, "b": 1000, "f": 1000}, "pretrain_lr": 1e-3, "pretrain_windows": None},
     "paper": {**_PAPER_GEOMETRY, "epochs": 200, "warmup": 10, "lr": 1e-4, "batch": 5, "val_fraction": 0.2,
               "pretrain_steps": {"a": 2000, "b": 2000, "f": 2000}, "pretrain_lr": 1e-3, "pretrain_windows": None},
-}
+}.items()}
 MODEL_KEYS = ("tile", "s1", "s2", "patch", "n", "backbone", "strip_pixels")  # what rebuilds the network
 
 
@@ -89,6 +91,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> SlideZoo
         raise ValueError(f"checkpoint {path}: records no model configuration (settings['model'] with "
                          f"{', '.join(MODEL_KEYS)}); it was not written by `zoomin train`")
     model = build_model(config)
+    model.trained_mpp = config.get("mpp")  # microns per pixel of the training slides (None: not known)
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as err:

@@ -36,6 +36,8 @@ from zoomin_lib.train.fingerprint import fingerprint
 from zoomin_lib.train.loop import fit, seed_everything
 from zoomin_lib.train.protocol import lazy_batches
 from zoomin_lib.wsi.predict import SlideZoomIn
+from zoomin_lib.wsi.reader import SlideReader
+from zoomin_lib.wsi.resolution import MICRON_KEYS, in_pixels, resolve_mpp, slide_mpp
 from zoomin_lib.wsi.train import pretrain_tile_classifiers, slide_loss
 
 __all__ = ["MetricsLog", "train_run", "run_train_command"]
@@ -110,22 +112,34 @@ def train_run(
     seed: int = 0,
     world: World | None = None,
     progress: bool = True,
+    mpp: float | None = None,
 ) -> tuple[SlideZoomIn, list[dict[str, Any]]]:
-    """Train Zoom-In on the Camelyon16 folder `data_dir` into the run folder `out`; (the model, the history)."""
+    """Train Zoom-In on the Camelyon16 folder `data_dir` into the run folder `out`; (the model, the history).
+
+    Settings in microns (`wsi.resolution.MICRON_KEYS`) are turned into pixels at the first training slide's
+    microns per pixel, or `mpp` when given.
+    """
     world = world or setup("cpu")
     cfg = resolve(profile, overrides)
     ckpt = out / "checkpoint.pt"
     if resume and not ckpt.is_file():
         raise ValueError(f"--resume: {ckpt} does not exist (start without --resume)")
     data = slide_data(data_dir, {**cfg, "synthetic": None}, seed)  # prints each skipped slide
+    with SlideReader(data.train[0].path) as first:  # the run's resolution: the first training slide's, or --mpp
+        known = slide_mpp(first.slide)
+        if any(cfg[key] is not None for key in MICRON_KEYS):
+            mpp = resolve_mpp(first.slide, mpp)
+            cfg = in_pixels(cfg, mpp)
+        elif mpp is None and known is not None:
+            mpp = sum(known) / 2
     stats = slide_stats(data.train)
     generator = seed_everything(seed, world.device)
     model = build_model(model_config(cfg), stats)
     mine = data.train[world.rank :: world.size]
     readers = [model.open(r.path, name=r.slide_id, label=r.label, roi=roi_of(r), cache_views=True) for r in mine]
     pixel = any(r.annotation is not None for r in data.train)
-    settings = {"profile": profile, "config": "camelyon16", "settings": cfg, "model": model_config(cfg), "seed": seed,
-                "pixel_supervision": pixel, "world_size": world.size,
+    settings = {"profile": profile, "config": "camelyon16", "settings": cfg, "model": {**model_config(cfg), "mpp": mpp},
+                "seed": seed, "pixel_supervision": pixel, "world_size": world.size,
                 "data": fingerprint(sorted((r.slide_id, r.label) for r in data.train))}
     lead = world.rank == 0
     if lead:
@@ -163,7 +177,8 @@ def run_train_command(args: Any) -> int:
     world = setup(args.device)
     try:
         _, history = train_run(args.data_dir, args.out, profile=args.profile, overrides=args.overrides,
-                               resume=args.resume, seed=args.seed, world=world, progress=not args.no_progress)
+                               resume=args.resume, seed=args.seed, world=world, progress=not args.no_progress,
+                               mpp=args.mpp)
     finally:
         world.close()
     if world.rank == 0 and history:
