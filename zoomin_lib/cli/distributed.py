@@ -15,9 +15,11 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from torch import nn
+
 from zoomin_lib.cli.settings import pick_device
 
-__all__ = ["World", "setup"]
+__all__ = ["World", "setup", "shard", "wrap"]
 
 
 @dataclass
@@ -67,3 +69,29 @@ def setup(device: str | None = None) -> World:
     if not dist.is_initialized():
         dist.init_process_group("nccl" if chosen.type == "cuda" else "gloo")
     return World(rank, size, chosen, started=True)
+
+
+def shard(n: int, rank: int, size: int) -> list[int]:
+    """Rank `rank`'s indices of n items, every rank the same count: [rank::size] of 0..n-1, padded from the start.
+
+    Training needs equal shares (a rank with one more batch would wait for the others in all-reduce),
+    as torch's DistributedSampler pads; n < size repeats items.
+    """
+    if n < 1:
+        raise ValueError("nothing to shard: no items")
+    per = -(-n // size)
+    padded = [i % n for i in range(per * size)]
+    return padded[rank::size]
+
+
+def wrap(model: nn.Module, world: World) -> nn.Module:
+    """`model` itself in a world of one, else in DistributedDataParallel (rank 0's parameters broadcast to all).
+
+    The gradients of each backward are averaged over the ranks: with equal per-rank batches that is
+    the gradient of the loss averaged over the combined batch.
+    """
+    if not world.started:
+        return model
+    model.to(world.device)
+    ids = [world.device.index] if world.device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
+from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
 from zoomin_lib import builders
 from zoomin_lib.wsi.predict import SlideZoomIn
@@ -92,8 +93,10 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> SlideZoo
                          f"{', '.join(MODEL_KEYS)}); it was not written by `zoomin train`")
     model = build_model(config)
     model.trained_mpp = config.get("mpp")  # microns per pixel of the training slides (None: not known)
+    state = dict(ckpt["model"])
+    consume_prefix_in_state_dict_if_present(state, "module.")  # written by a DistributedDataParallel run
     try:
-        model.load_state_dict(ckpt["model"])
+        model.load_state_dict(state)
     except RuntimeError as err:
         raise ValueError(f"checkpoint {path}: its weights do not fit the recorded model ({err})") from err
     return model.to(torch.device(device)).eval()

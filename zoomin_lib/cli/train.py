@@ -15,12 +15,17 @@ tile classifiers (appendix L) and eq. 13's MSE joins eq. 12's loss, otherwise eq
 - `settings.json`: the settings of the run.
 
 Under torchrun the ranks train one model with `DistributedDataParallel` (`cli.distributed`), each
-on its share of the slides (`slides[rank::world]`); rank 0 writes the run folder.
+on its share of the slides (`cli.distributed.shard`: `slides[rank::world]`, padded to equal counts), so the
+combined batch is `batch` x ranks; appendix L's pre-training runs on every training slide before DDP
+broadcasts rank 0's weights; rank 0 writes the run folder (ranks > 0 resume from its checkpoint, their
+sampling streams restarting from rank 0's, and keep only a scratch copy).
 """
 
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -29,7 +34,7 @@ import torch
 from torch import nn
 
 from zoomin_lib.chapters.camelyon import roi_of, slide_data, slide_stats
-from zoomin_lib.cli.distributed import World, setup
+from zoomin_lib.cli.distributed import World, setup, shard, wrap
 from zoomin_lib.cli.settings import build_model, model_config, resolve
 from zoomin_lib.infra.io import write_json, write_text
 from zoomin_lib.train.fingerprint import fingerprint
@@ -47,13 +52,14 @@ class MetricsLog:
     """metrics.jsonl, one line per finished epoch, rewritten atomically (and TensorBoard scalars when installed).
 
     `wrap(loss_fn)` averages the loss parts of each epoch; `end_epoch` (fit's eval_fn, run after every
-    epoch) appends the epoch's line. A resumed run first keeps only the lines of the epochs its
+    epoch) appends the epoch's line, its means taken over the ranks of a distributed run (`batches` per rank). A resumed run first keeps only the lines of the epochs its
     checkpoint holds.
     """
 
-    def __init__(self, folder: Path, keep_epochs: int = 0, enabled: bool = True) -> None:
+    def __init__(self, folder: Path, keep_epochs: int = 0, enabled: bool = True, world: World | None = None) -> None:
         self.path = folder / "metrics.jsonl"
         self.enabled = enabled
+        self.world = world
         old = self.path.read_text().splitlines() if self.path.is_file() else []
         self.lines = [line for line in old if line.strip() and json.loads(line)["epoch"] <= keep_epochs]
         self.sums: dict[str, float] = {}
@@ -83,9 +89,10 @@ class MetricsLog:
 
     def end_epoch(self, model: nn.Module) -> dict[str, Any]:
         """Append this epoch's line (epoch, batches, mean loss parts, seconds); nothing for fit's history."""
-        record = {"epoch": self.epoch + 1, "batches": self.batches,
-                  **{k: v / max(1, self.batches) for k, v in self.sums.items()},
-                  "seconds": time.perf_counter() - self.began}
+        means = {k: v / max(1, self.batches) for k, v in sorted(self.sums.items())}
+        if self.world is not None and self.world.size > 1:  # every rank runs this: the mean over the ranks
+            means = {k: self.world.all_sum(v) / self.world.size for k, v in means.items()}
+        record = {"epoch": self.epoch + 1, "batches": self.batches, **means, "seconds": time.perf_counter() - self.began}
         self.batches = 0
         if self.enabled:
             self.lines.append(json.dumps(record, sort_keys=True))
@@ -135,8 +142,8 @@ def train_run(
     stats = slide_stats(data.train)
     generator = seed_everything(seed, world.device)
     model = build_model(model_config(cfg), stats)
-    mine = data.train[world.rank :: world.size]
-    readers = [model.open(r.path, name=r.slide_id, label=r.label, roi=roi_of(r), cache_views=True) for r in mine]
+    everyone = [model.open(r.path, name=r.slide_id, label=r.label, roi=roi_of(r), cache_views=True) for r in data.train]
+    readers = [everyone[i] for i in shard(len(everyone), world.rank, world.size)]  # this rank's share, equal counts
     pixel = any(r.annotation is not None for r in data.train)
     settings = {"profile": profile, "config": "camelyon16", "settings": cfg, "model": {**model_config(cfg), "mpp": mpp},
                 "seed": seed, "pixel_supervision": pixel, "world_size": world.size,
@@ -147,29 +154,28 @@ def train_run(
         write_json(out / "settings.json", settings)
     done = _checkpoint_epochs(ckpt) if resume else 0
     if pixel and done == 0:
-        info = pretrain_tile_classifiers(model, readers, steps=cfg["pretrain_steps"], lr=cfg["pretrain_lr"],
+        info = pretrain_tile_classifiers(model, everyone, steps=cfg["pretrain_steps"], lr=cfg["pretrain_lr"],
                                          windows=cfg["pretrain_windows"], generator=generator, device=world.device)
         if lead:
             write_json(out / "pretraining.json", info)
-    log = MetricsLog(out, keep_epochs=done, enabled=lead)
+    log = MetricsLog(out, keep_epochs=done, enabled=lead, world=world)
     loss_fn = log.wrap(slide_loss(warmup_epochs=cfg["warmup"], lam=1e-5, pixel_weight=1.0 if pixel else 0.0,
                                   generator=generator))
     batches = lazy_batches(lambda idx: [readers[i] for i in idx], [int(r.label) for r in readers], cfg["batch"], seed)
-    trained = _distributed(model, world)
+    trained = wrap(model, world)
     optimizer = torch.optim.Adam(trained.parameters(), lr=cfg["lr"])
-    history = fit(trained, batches, loss_fn, optimizer, cfg["epochs"], eval_fn=log.end_epoch,
-                  checkpoint_path=ckpt if lead or resume else None, resume=resume, progress=progress and lead,
-                  generators=[generator], device=world.device, settings=settings)
-    for r in readers:
+    with tempfile.TemporaryDirectory(prefix="zoomin-rank") as scratch:
+        path = ckpt
+        if not lead:  # ranks > 0 resume from rank 0's checkpoint but write only a scratch copy
+            path = Path(scratch) / "checkpoint.pt"
+            if resume:
+                shutil.copyfile(ckpt, path)
+        history = fit(trained, batches, loss_fn, optimizer, cfg["epochs"], eval_fn=log.end_epoch, checkpoint_path=path,
+                      resume=resume, progress=progress and lead, generators=[generator], device=world.device,
+                      settings=settings)
+    for r in everyone:
         r.close()
     return model, history
-
-
-def _distributed(model: SlideZoomIn, world: World) -> nn.Module:
-    """The model to train: itself in a world of one, else wrapped in DistributedDataParallel."""
-    if world.size == 1:
-        return model
-    raise NotImplementedError("distributed training is not supported yet")
 
 
 def run_train_command(args: Any) -> int:
