@@ -57,8 +57,9 @@ def test_resume_with_other_settings_is_refused_naming_the_difference(data, run, 
     assert main(["train", "--data-dir", str(data), "--out", str(run), "--profile", "smoke", "--device", "cpu",
                  "--resume", "--set", "lr=0.01", "--no-progress"]) == 2
     err = capsys.readouterr().err
-    assert "checkpoint.pt" in err and "optimizer.lr: checkpoint 0.001, now 0.01" in err
+    assert "checkpoint.pt" in err and "optimizer.lr: checkpoint 0.001, now 0.01" in err and "without --resume" in err
     assert (run / "checkpoint.pt").read_bytes() == before  # left as it was
+    assert json.loads((run / "settings.json").read_text())["settings"]["lr"] == 0.001
 
 
 def test_resume_without_a_checkpoint_says_so(data, tmp_path, capsys):

@@ -80,7 +80,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"wrote the {args.profile} stand-in (synthetic, not Camelyon16) to {path}")
         return 0
     except (CheckpointMismatchError, ValueError, FileNotFoundError) as err:
-        print(f"zoomin {args.command}: error: {err}", file=sys.stderr)
+        message = str(err).replace("pass resume=False to start afresh", "run without --resume to start afresh")
+        print(f"zoomin {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"zoomin {args.command}: interrupted; every file written is whole; run again to go on", file=sys.stderr)

@@ -8,6 +8,7 @@ CUDA devices (rank r on `cuda:LOCAL_RANK`), gloo on CPUs. Without torchrun it is
 
 from __future__ import annotations
 
+import inspect
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -94,4 +95,8 @@ def wrap(model: nn.Module, world: World) -> nn.Module:
         return model
     model.to(world.device)
     ids = [world.device.index] if world.device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    # broadcast_buffers=False: a broadcast in every forward would hang when ranks run different numbers of
+    # forwards (the contrastive pass runs for tumour slides only); the buffers (training statistics) never change
+    ddp = nn.parallel.DistributedDataParallel
+    quiet = "forward_sync_buffers" in inspect.signature(ddp.__init__).parameters  # newer torch renames the option
+    return ddp(model, device_ids=ids, **({"forward_sync_buffers": False} if quiet else {"broadcast_buffers": False}))

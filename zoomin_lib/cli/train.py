@@ -12,7 +12,7 @@ tile classifiers (appendix L) and eq. 13's MSE joins eq. 12's loss, otherwise eq
   continues it exactly; one written with other settings is refused, each difference named.
 - `metrics.jsonl`: one JSON line per finished epoch (loss and its parts, seconds), rewritten
   atomically; TensorBoard event files beside it when `tensorboard` is installed.
-- `settings.json`: the settings of the run.
+- `settings.json`: the settings of the run (written when it ends).
 
 Under torchrun the ranks train one model with `DistributedDataParallel` (`cli.distributed`), each
 on its share of the slides (`cli.distributed.shard`: `slides[rank::world]`, padded to equal counts), so the
@@ -151,9 +151,14 @@ def train_run(
     lead = world.rank == 0
     if lead:
         out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "settings.json", settings)
     done = _checkpoint_epochs(ckpt) if resume else 0
+    if lead:
+        print(f"{data.summary()}; settings {profile!r} (tiles {cfg['tile']}, s1 {cfg['s1']:.4g}, s2 {cfg['s2']:.4g}, "
+              f"sub-tiles {cfg['patch']}, N {cfg['n']}), {world.size} rank(s) on {world.device}"
+              + (f"; resuming after epoch {done}" if done else ""))
     if pixel and done == 0:
+        if lead:
+            print("lesion annotations found: pre-training a, b, f as tile classifiers (appendix L), then eq. 12 + eq. 13")
         info = pretrain_tile_classifiers(model, everyone, steps=cfg["pretrain_steps"], lr=cfg["pretrain_lr"],
                                          windows=cfg["pretrain_windows"], generator=generator, device=world.device)
         if lead:
@@ -175,6 +180,8 @@ def train_run(
                       settings=settings)
     for r in everyone:
         r.close()
+    if lead:  # after fit: a refused resume leaves the run folder as it was
+        write_json(out / "settings.json", settings)
     return model, history
 
 
@@ -188,6 +195,6 @@ def run_train_command(args: Any) -> int:
     finally:
         world.close()
     if world.rank == 0 and history:
-        last = history[-1]
-        print(f"trained {last['epoch']} epoch(s); last epoch loss {last['loss']:.4f}; checkpoint {args.out / 'checkpoint.pt'}")
+        last = json.loads((args.out / "metrics.jsonl").read_text().splitlines()[-1])  # over every rank
+        print(f"trained {last['epoch']} epoch(s); last epoch loss {last['total']:.4f}; checkpoint {args.out / 'checkpoint.pt'}")
     return 0
