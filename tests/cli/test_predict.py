@@ -184,3 +184,21 @@ def test_a_checkpoint_without_a_model_configuration_is_refused(tmp_path, capsys)
     torch.save({"model": {}}, path)
     assert main(["predict", "--checkpoint", str(path), "--out", str(tmp_path / "o"), "--device", "cpu", str(tmp_path)]) == 2
     assert "other.pt" in capsys.readouterr().err
+
+
+def test_overlay_draws_every_ring_of_the_geojson_over_the_thumbnail(slides, checkpoint, tmp_path):
+    from zoomin_lib.cli.geojson import overlay_figure
+
+    out = tmp_path / "out"
+    one = tmp_path / "one"
+    one.mkdir()
+    (one / "slide_0.tif").symlink_to(slides / "slide_0.tif")
+    assert main(["predict", "--checkpoint", str(checkpoint), "--out", str(out), "--device", "cpu", "--overlay", str(one)]) == 0
+    assert np.asarray(Image.open(out / "slide_0_overlay.png")).ndim == 3
+    doc = json.loads((out / "slide_0.geojson").read_text())
+    thumb = np.asarray(Image.open(out / "slide_0_attention.png"))
+    ax = overlay_figure(thumb, doc).axes[0]
+    rings = [np.asarray(r) for f in doc["features"] for r in f["geometry"]["coordinates"]]
+    assert len(ax.patches) == len(rings)
+    scale = thumb.shape[1] / SIDE
+    assert np.allclose(ax.patches[-1].get_xy()[:5], rings[-1] * scale)  # level-0 pixels scaled to the thumbnail

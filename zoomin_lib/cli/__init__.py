@@ -52,6 +52,8 @@ def parser() -> argparse.ArgumentParser:
     predict.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
     predict.add_argument("--mpp", type=float, default=None,
                          help="microns per level-0 pixel of the slides, overriding their own (reported, compared with training)")
+    predict.add_argument("--overlay", action="store_true",
+                         help="also draw each GeoJSON over its thumbnail: OUT/<slide>_overlay.png")
     predict.add_argument("--top", type=int, default=10, help="tiles of highest alpha listed in the GeoJSON besides the drawn ones")
 
     stand_in = sub.add_parser("stand-in", help="write the generated Camelyon16 stand-in (not Camelyon16)")

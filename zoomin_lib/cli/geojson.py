@@ -8,6 +8,8 @@
 - `subtile`: the sub-tiles aggregated, with alpha * beta (the joint attention of eq. 5) and the
   aggregation weight.
 
+`overlay_figure` draws such a collection over a thumbnail of the slide, as a viewer would show it.
+
 Each feature's `properties` carry QuPath's `objectType` ("annotation"), a `classification` (name and
 colour), a `name` and `measurements` (the numbers above); every ring is closed (first point = last)
 and lies inside the slide: x in [0, W], y in [0, H].
@@ -18,12 +20,15 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Polygon as MplPolygon
 from matplotlib.path import Path as MplPath
 from skimage.measure import approximate_polygon, find_contours
 
 from zoomin_lib.wsi.predict import SlidePrediction
 
-__all__ = ["tissue_rings", "box_ring", "feature", "slide_geojson"]
+__all__ = ["tissue_rings", "box_ring", "feature", "slide_geojson", "overlay_figure"]
 
 COLOURS = {"tissue": [0, 160, 0], "tile": [230, 160, 0], "subtile": [200, 0, 200]}
 
@@ -132,3 +137,28 @@ def slide_geojson(
             "properties": {"slide": pred.slide, "width": W, "height": H, "coordinates": "level-0 pixels (x right, y down)",
                            "probability": float(pred.probs[1]) if len(pred.probs) > 1 else float(pred.probs[0]),
                            "predicted": pred.predicted}}
+
+
+def overlay_figure(image: np.ndarray, doc: dict[str, Any], title: str = "") -> Figure:
+    """The thumbnail `image` uint8 [h, w, 3] with every ring of the FeatureCollection `doc` drawn over it.
+
+    Level-0 coordinates are scaled by the thumbnail's size over the slide's (`doc["properties"]`
+    width and height); tissue in green, tiles in orange (the most attended one thicker), sub-tiles in magenta.
+    """
+    h, w = image.shape[:2]
+    W, H = doc["properties"]["width"], doc["properties"]["height"]
+    fig = Figure(figsize=(6, 6 * h / w + 0.6))
+    ax = fig.add_subplot()
+    ax.imshow(image)
+    for feat in doc["features"]:
+        props = feat["properties"]
+        width = 2.5 if props.get("alpha_rank") == 1 else 1.0
+        for ring in feat["geometry"]["coordinates"]:
+            xy = np.asarray(ring, dtype=float) * [w / W, h / H]  # [P, 2] in thumbnail pixels
+            ax.add_patch(MplPolygon(xy, closed=True, fill=False, linewidth=width,
+                                    edgecolor=np.array(COLOURS[props["kind"]]) / 255))
+    ax.legend(handles=[Line2D([], [], color=np.array(c) / 255, label=k) for k, c in COLOURS.items()], loc="lower left",
+              fontsize=8)
+    ax.set_axis_off()
+    ax.set_title(title or f"{doc['properties']['slide']}: p = {doc['properties']['probability']:.3f}", fontsize=10)
+    return fig

@@ -5,6 +5,7 @@ For each slide, in `OUT`:
 - `<slide>.geojson`: tissue contour, drawn and top tiles (alpha), sub-tiles (alpha * beta) in level-0
   pixels (`cli.geojson`), which QuPath imports as annotations;
 - `<slide>_attention.png`: a thumbnail with the first-stage attention alpha overlaid on the tissue;
+- `<slide>_overlay.png` (with `--overlay`): the GeoJSON drawn over the thumbnail;
 - `records/<slide>.json`: the slide's record (status, probability, seconds, bytes read, host and
   device peak memory, or the reason it failed).
 
@@ -32,7 +33,8 @@ import torch
 from matplotlib import colormaps
 from PIL import Image
 
-from zoomin_lib.cli.geojson import slide_geojson
+from zoomin_lib.book.plotting import save_figure
+from zoomin_lib.cli.geojson import overlay_figure, slide_geojson
 from zoomin_lib.infra.io import atomic_write, read_json, write_json, write_text
 from zoomin_lib.infra.slides import SlideError, tissue_mask
 from zoomin_lib.wsi.predict import SlidePrediction, SlideZoomIn
@@ -98,9 +100,10 @@ def _outputs(out: Path, name: str) -> tuple[Path, Path, Path]:
 
 
 def predict_slide(model: SlideZoomIn, path: Path, out: Path, *, top: int = 10, thumb_side: int = 768,
-                  mpp: float | None = None) -> dict[str, Any]:
+                  mpp: float | None = None, overlay: bool = False) -> dict[str, Any]:
     """Predict one slide and write its GeoJSON and attention PNG; its record (raises SlideError when unreadable).
 
+    With `overlay`, `<slide>_overlay.png` draws the GeoJSON over the thumbnail (`cli.geojson.overlay_figure`).
     The record holds the slide's microns per pixel (`mpp` when given, else its own, None when unknown) and a
     warning when it differs by more than 20 % from the training slides' (`model.trained_mpp`).
     """
@@ -119,8 +122,11 @@ def predict_slide(model: SlideZoomIn, path: Path, out: Path, *, top: int = 10, t
         thumb = reader.thumbnail(thumb_side)  # [h, w, 3]
         tissue = tissue_mask(thumb)  # [h, w]
         geojson, png, _ = _outputs(out, path.stem)
-        write_json(geojson, slide_geojson(pred, reader.shape, tissue, pred.joint(beta, uniq), top))
+        doc = slide_geojson(pred, reader.shape, tissue, pred.joint(beta, uniq), top)
+        write_json(geojson, doc)
         _write_png(png, attention_overlay(thumb, pred.alpha, tissue))
+        if overlay:
+            save_figure(overlay_figure(thumb, doc), out, f"{path.stem}_overlay")
         H, W = reader.shape
         reads = dict(reader.reads)
         known = slide_mpp(reader.slide)
@@ -181,6 +187,7 @@ def run_predict(
     run: dict[str, Any] | None = None,
     top: int = 10,
     mpp: float | None = None,
+    overlay: bool = False,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any] | None:
     """Predict this rank's share of `slides` into `out`, skipping those done; rank 0 merges and returns the report."""
@@ -193,7 +200,7 @@ def run_predict(
             continue
         began = time.perf_counter()
         try:
-            record = predict_slide(model, path, out, top=top, mpp=mpp)
+            record = predict_slide(model, path, out, top=top, mpp=mpp, overlay=overlay)
             if "warning" in record:
                 log(f"warning: {record['warning']}")
             log(f"[{i}/{len(mine)}] {path.stem}: p = {record['probability']:.3f}, label {record['label']}, "
@@ -224,7 +231,7 @@ def predict_command(args: Any) -> int:
             raise ValueError(f"no slide ({', '.join(SLIDE_SUFFIXES)}) under {', '.join(map(str, args.inputs))}")
         report = run_predict(model, slides, args.out, rank=world.rank, world=world.size, barrier=world.barrier,
                              run={"checkpoint": str(args.checkpoint), "world": world.describe()}, top=args.top,
-                             mpp=args.mpp)
+                             mpp=args.mpp, overlay=args.overlay)
     finally:
         world.close()
     if report is None:
