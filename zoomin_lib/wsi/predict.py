@@ -48,6 +48,15 @@ class SlidePrediction:
     alpha: np.ndarray | None  # [n_rows, n_cols] first-stage attention (Zoom-In)
     seconds: float = 0.0
     reads: dict[str, int] = field(default_factory=dict)
+    subtiles: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # [N] sub-tile of each (row-major in its tile's s2 view)
+
+    def joint(self, beta: np.ndarray, beta_tiles: np.ndarray) -> np.ndarray:
+        """alpha_c beta^c_c' [N] of each sub-tile, given beta [U, K2] of the tiles `beta_tiles` [U] (Zoom-In eq. 5)."""
+        if self.alpha is None or len(self.subtiles) != len(self.tiles):
+            raise ValueError(f"{self.slide}: alpha * beta needs Zoom-In's alpha and the sub-tile indices")
+        row = {int(t): i for i, t in enumerate(beta_tiles)}
+        alpha = self.alpha.reshape(-1)  # [T]
+        return np.array([alpha[int(t)] * beta[row[int(t)], int(s)] for t, s in zip(self.tiles, self.subtiles)])
 
     @property
     def predicted(self) -> int:
@@ -221,7 +230,7 @@ class SlideZoomIn(_SlideModel):
                 tiles=out.tiles[0].cpu().numpy(), tile_size=self.net.tile_size, centers=out.centers[0].cpu().numpy(),
                 patch_size=self.net.patch_size, weights=None if out.weights is None else out.weights[0].cpu().numpy(),
                 alpha=out.alpha[0].reshape(n_rows, n_cols).cpu().numpy(), seconds=time.perf_counter() - began,
-                reads=dict(reader.reads),
+                reads=dict(reader.reads), subtiles=out.subtiles[0].cpu().numpy(),
             )
         finally:
             if opened:

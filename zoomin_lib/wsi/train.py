@@ -57,7 +57,8 @@ def slide_loss(
             if contrastive and epoch >= warmup_epochs and int(y) != reference_class:
                 low = model(reader, mode="sample", generator=generator, contrastive=True)
                 con = contrastive_loss(low.logits, y1, reference_class, reduction="sum")
-            pix = pixel_weight * pixel_mse(model, reader, out) if pixel_weight > 0 else loss.new_zeros(())
+            inner = getattr(model, "module", model)  # the SlideZoomIn inside a DistributedDataParallel wrapper
+            pix = pixel_weight * pixel_mse(inner, reader, out) if pixel_weight > 0 else loss.new_zeros(())
             parts.update(contrastive=float(con.detach()), pixel_mse=float(pix.detach()))
             loss = loss + con + pix
             total = loss if total is None else total + loss
