@@ -18,6 +18,12 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 ZOOMIN_DA
 nvidia-smi --query-gpu=name,driver_version,memory.used,memory.total --format=csv
 python3 -c "import torch, zarr, tifffile; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name())"
 echo "== CUDA tests"
-timeout "${TESTS_TIMEOUT:-200}" python3 -m pytest tests/test_cuda.py -q -p no:cacheprovider -rfE 2>&1 | tee "$OUT/cuda_tests.log" | tail -25
+timeout "${TESTS_TIMEOUT:-200}" python3 -m pytest tests/core/test_cuda.py -q -p no:cacheprovider -rfE 2>&1 | tee "$OUT/cuda_tests.log" | tail -25
 echo "== benchmark, CUDA"
 timeout "${BENCH_TIMEOUT:-330}" python3 -m zoomin_lib.bench --device cuda --out "$OUT/bench_cuda.json" 2>&1 | tee "$OUT/bench_cuda.log"
+echo "== zoomin predict on a generated 1e9-pixel slide, CUDA (issue 17): smoke training on the stand-in, then predict"
+cli() { timeout "${CLI_TIMEOUT:-300}" python3 -m zoomin_lib "$@" 2>&1 | tee -a "$OUT/cli.log" | tail -4; }
+cli stand-in /tmp/zoomin-standin --profile smoke \
+  && cli train --data-dir /tmp/zoomin-standin --config camelyon16 --out /tmp/zoomin-run --profile smoke --device cuda --no-progress \
+  && mkdir -p /tmp/zoomin-data && python3 -c "from zoomin_lib.infra.slides import write_periodic_slide as w; w('/tmp/zoomin-data/gigapixel.tif', 31623)" \
+  && cli predict --checkpoint /tmp/zoomin-run/checkpoint.pt --out "$OUT/predict_1e9" --device cuda /tmp/zoomin-data/gigapixel.tif

@@ -15,7 +15,7 @@ Settings (untrained networks; speed and memory do not depend on the weights):
   - peak inference memory at batch 1 (top-k), default and lean (`train.profiling.lean_inference`),
     beside the floor of `memory_model.layer_floor_bytes`;
   - host synchronisations per forward (`zoomin_lib.syncs.record_syncs`) at batch 1 and large.
-- **slides**: `slides.write_periodic_slide` pyramids of 1e8, 1e9 and 1e10 pixels (cached in the data
+- **slides**: `infra.slides.write_periodic_slide` pyramids of 1e8, 1e9 and 1e10 pixels (cached in the data
   folder), chapter 04's `cpu` geometry (tiles 1024, s1 = 1/32, s2 = 1/8, 50 x 50 sub-tiles,
   N = 16), lean: seconds per slide (sample mode: the N draws; exact top-k, with the tiles it
   opened), host tensor peak and, on a GPU, the device's peak. One-stage ATS at s2 beside it where
