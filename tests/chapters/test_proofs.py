@@ -67,3 +67,11 @@ def test_monte_carlo_gradient_gives_one_error_per_repeat_count():
     fig = proofs.plot_monte_carlo_gradient([10, 1000], curves)
     assert len(fig.axes[0].get_lines()) == len(RULES) + 1  # and the 1/sqrt(R) line
     plt.close(fig)
+
+
+def test_adaptive_rows_show_the_pilot_rule_exact_and_the_naive_rule_biased():
+    results = proofs.adaptive_cases(0, {"tiny": dict(k=2, pilot=2, budget=4, tol=0.4)})
+    rows = proofs.adaptive_rows(results)
+    assert [r["rule"] for r in rows] == ["adaptive", "naive"]
+    assert rows[0]["E[value] rel. error"] < 1e-10 and rows[0]["worst E[gradient] rel. error"] < 1e-10
+    assert rows[1]["worst E[gradient] rel. error"] > 1e-3

@@ -97,3 +97,19 @@ def test_the_figures_of_a_and_b_draw_every_curve():
     fig = VS.plot_normalisation(a, f, VS.normalisation_sweep(a, [0.0, 0.5], 4, 4, R, gen, seed=0), 4)
     assert len(fig.axes) == 2
     plt.close(fig)
+
+
+def test_adaptive_study_compares_the_rule_with_a_fixed_n_at_its_cost():
+    gen = _gen(7)
+    batch = VS.one_stage_images(3, 8, 4, 2.0, gen)
+    assert batch["probs"].shape == (3, 8) and batch["feats"].shape == (3, 8, 4)
+    res = VS.adaptive_study("one stage", batch, 3, 1, 4, 12, 200, gen)
+    assert 4 <= min(res["per_image_mean_draws"]) and max(res["per_image_mean_draws"]) <= 12
+    assert math.isclose(res["mean_var_fixed"], sum(res["sigma2"]) / 3 / res["mean_draws"], rel_tol=1e-12)
+    assert res["oracle_max_var"] <= res["tol"] ** 2 * (1 + 1e-12)
+    two = VS.two_stage_images(2, 3, 4, 4, 2.0, gen)
+    res2 = VS.adaptive_study("two stages", two, 2, 2, 3, 8, 100, gen)
+    assert res2["round_size"] == 2 and len(res2["adaptive_var"]) == 2
+    fig = VS.plot_adaptive([res, res2])
+    assert len(fig.axes) == 2
+    plt.close(fig)

@@ -9,7 +9,10 @@ Each function computes one table or figure of the chapter from the theory layer:
 * `two_stage_symbolic`: eq. 9 across two stages, the within-tile reading against the literal one;
 * `gradient_bias_grid`, `monte_carlo_gradient`: the four gradient rules of
   `theory.estimator_variants` (ATS eq. 16-17 and the score surrogate of `zoomin_lib.sampling`),
-  exactly over a grid of problems and by Monte-Carlo averages, with their figures.
+  exactly over a grid of problems and by Monte-Carlo averages, with their figures;
+* `adaptive_cases`, `adaptive_rows`: beyond the paper, the rule that picks the number of rounds per image
+  from a pilot (`beyond.adaptive`) against the naive sequential rule, both by exact enumeration
+  (`theory.enumeration.adaptive_bias`).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import torch
 from matplotlib.figure import Figure
 
 from zoomin_lib.theory import symbolic as S
+from zoomin_lib.theory.enumeration import adaptive_bias
 from zoomin_lib.theory.estimator_variants import RULES, gradient_bias, monte_carlo_logit_gradient
 
 __all__ = [
@@ -36,7 +40,16 @@ __all__ = [
     "plot_gradient_bias_grid",
     "monte_carlo_gradient",
     "plot_monte_carlo_gradient",
+    "ADAPTIVE_CASES",
+    "adaptive_cases",
+    "adaptive_rows",
 ]
+
+# the small problems enumerated for the adaptive rule: one stage (K items) and two stages (T tiles of K sub-tiles)
+ADAPTIVE_CASES = {
+    "one stage, K=3, P=2, budget 5": dict(k=3, pilot=2, budget=5, tol=0.3),
+    "two stages, T=2, K2=2, P=2, budget 4": dict(k=2, tiles=2, pilot=2, budget=4, tol=0.5),
+}
 
 MARKERS = "osD^"  # one per rule of RULES, in its order
 OURS = "zoomin (score surrogate)"  # the rule of zoomin_lib.sampling in RULES
@@ -192,3 +205,22 @@ def plot_monte_carlo_gradient(repeats: Sequence[int], curves: dict[str, list[flo
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def adaptive_cases(seed: int, cases: dict[str, dict[str, Any]] = ADAPTIVE_CASES) -> dict[str, dict[str, dict[str, Any]]]:
+    """Per case, per rule ("adaptive": the pilot rule, "naive": average every round until the tolerance is met):
+    the exact relative errors of E[value] and E[gradients], the rounds that occur and E[draws]."""
+    return {name: {rule: adaptive_bias(rule=rule, seed=seed, **kw) for rule in ("adaptive", "naive")}
+            for name, kw in cases.items()}
+
+
+def adaptive_rows(results: dict[str, dict[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One table row per case and rule of `adaptive_cases`: the worst gradient error beside the value's."""
+    rows = []
+    for case, rules in results.items():
+        for rule, r in rules.items():
+            grads = [v for key, v in r.items() if key.startswith("grad")]
+            rows.append({"problem": case, "rule": rule, "draw sequences": r["outcomes"],
+                         "rounds averaged": ", ".join(map(str, r["rounds_seen"])), "E[draws]": r["expected_draws"],
+                         "E[value] rel. error": r["value"], "worst E[gradient] rel. error": max(grads)})
+    return rows

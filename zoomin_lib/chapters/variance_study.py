@@ -13,7 +13,10 @@ point against its exact value within `theory.variance.MC_SIGMAS` standard errors
 * (d) the variance of the gradient estimators (ATS eq. 11-12, the score surrogates of
   `zoomin_lib.sampling`) (`gradient_variances`, `plot_gradient_variance`);
 * (e) one stage against Zoom-In's two stages (eq. 5, 9) at an equal number of draws, and the number of
-  distinct tiles N' (`two_stage_curves`, `plot_two_stage`).
+  distinct tiles N' (`two_stage_curves`, `plot_two_stage`);
+* (f) beyond the paper, N from the data: the rule of `beyond.adaptive` (a pilot chooses each image's number
+  of rounds) against the same number of rounds for every image at an equal average number of draws
+  (`one_stage_images`, `two_stage_images`, `adaptive_study`, `plot_adaptive`).
 
 Every function that draws takes the chapter's generator and draws in the order the chapter always has,
 so that a run repeats number by number.
@@ -21,7 +24,8 @@ so that a run repeats number by number.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+import math
+from typing import Any, Callable, Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -29,6 +33,7 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor
 
+from zoomin_lib.beyond.adaptive import AdaptiveEstimate, adaptive_two_stage, adaptive_with_replacement
 from zoomin_lib.book.plotting import lift_zeros, log_floor
 from zoomin_lib.theory import variance as V
 
@@ -45,6 +50,10 @@ __all__ = [
     "plot_gradient_variance",
     "two_stage_curves",
     "plot_two_stage",
+    "one_stage_images",
+    "two_stage_images",
+    "adaptive_study",
+    "plot_adaptive",
 ]
 
 # the estimators of (d): scheme of `theory.variance` -> its name in the figures
@@ -337,5 +346,135 @@ def plot_two_stage(res: Mapping[str, Any], repeats: int) -> Figure:
     ax.axhline(res["T"], ls="--", color="gray", lw=0.8, label=f"T = {res['T']} (all tiles)")
     ax.set(xlabel="number of draws n", ylabel="distinct tiles N'", title="(e) tiles whose second stage is computed")
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def one_stage_images(images: int, k: int, dim: int, scale: float, gen: torch.Generator) -> dict[str, Tensor]:
+    """(f) A batch of images drawn like (c)'s problem: attention softmax(scale z) [B, K], unit-norm features [B, K, D]."""
+    a = torch.stack([V.peaked_attention(k, scale, gen) for _ in range(images)])  # [B, K]
+    f = torch.stack([V.random_features(k, dim, norm_spread=0.0, generator=gen) for _ in range(images)])  # [B, K, D]
+    return {"probs": a, "feats": f}
+
+
+def two_stage_images(images: int, tiles: int, subtiles: int, dim: int, scale: float,
+                     gen: torch.Generator) -> dict[str, Tensor]:
+    """(f) A batch of images drawn like (e)'s tiled problem: alpha [B, T], beta [B, T, K2], features [B, T, K2, D]."""
+    problems = [V.tiled_problem(tiles, subtiles, dim, tile_scale=scale, subtile_scale=1.5, within_tile=1.0,
+                                generator=gen) for _ in range(images)]
+    return {name: torch.stack([p[i] for p in problems]) for i, name in enumerate(("alpha", "beta", "feats"))}
+
+
+def _repeat_rows(batch: Mapping[str, Tensor], repeats: int) -> dict[str, Tensor]:
+    """Every tensor of an image batch with each image repeated `repeats` times, image-major: [B * repeats, ...]."""
+    return {name: x.repeat_interleave(repeats, dim=0) for name, x in batch.items()}
+
+
+def _runs(estimate: Callable[[dict[str, Tensor]], AdaptiveEstimate], batch: Mapping[str, Tensor], repeats: int,
+          chunk: int) -> tuple[Tensor, Tensor]:
+    """`repeats` independent runs of `estimate` per image, in chunks of repeats: values [B, R, D], draws [B, R]."""
+    values, draws = [], []
+    b = next(iter(batch.values())).shape[0]
+    for start in range(0, repeats, chunk):
+        size = min(chunk, repeats - start)
+        with torch.no_grad():
+            out = estimate(_repeat_rows(batch, size))
+        values.append(out.value.view(b, size, -1))
+        draws.append(out.draws.view(b, size))
+    return torch.cat(values, dim=1), torch.cat(draws, dim=1)
+
+
+def _per_image_variance(values: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Mean [B, D], total variance [B] (Bessel) and its standard error [B] of runs values [B, R, D]."""
+    r = values.shape[1]
+    mean = values.mean(dim=1)  # [B, D]
+    z = (values - mean.unsqueeze(1)).square().sum(dim=-1)  # [B, R]
+    return mean, z.sum(dim=1) / (r - 1), z.std(dim=1) / math.sqrt(r) * r / (r - 1)
+
+
+def adaptive_study(kind: str, batch: Mapping[str, Tensor], pilot: int, round_size: int, target_rounds: float,
+                   budget: int, repeats: int, gen: torch.Generator, sigmas: float = V.MC_SIGMAS) -> dict[str, Any]:
+    """(f) The pilot rule against a fixed number of rounds at the same average number of draws, per image.
+
+    kind "one stage": rounds of `round_size` iid draws from the attention (ATS eq. 4) over batch["probs"],
+    batch["feats"]; "two stages": rounds of `round_size` Zoom-In draws (eq. 9) over batch["alpha"],
+    batch["beta"], batch["feats"]. The tolerance puts the average image at `target_rounds` fresh rounds:
+    tol^2 = mean_b sigma_b^2 / target_rounds, sigma_b^2 the per-round variance (exact for one stage,
+    measured for two). The fixed rule gives every image Nbar / round_size rounds, Nbar the rule's average
+    draws (pilot included): variance sigma_b^2 round_size / Nbar, fractional rounds allowed (the best any
+    rounding of Nbar could do). "oracle_*": the rounds ceil(sigma_b^2 / tol^2) the rule aims at, were
+    sigma_b^2 known (no pilot), beside a fixed number of rounds at the oracle's average cost. Checked: the rule's mean is each image's target within its Monte-Carlo
+    error, and every image's N lies within [r (P + 1), r budget].
+    """
+    b = next(iter(batch.values())).shape[0]
+    if kind == "one stage":
+        target = torch.einsum("bk,bkd->bd", batch["probs"], batch["feats"])  # [B, D]
+        sigma2 = torch.tensor([V.importance_sampling_variance(a, f, a, round_size)
+                               for a, f in zip(batch["probs"], batch["feats"])], dtype=torch.float64)  # [B]
+        sigma2_se = torch.zeros(b, dtype=torch.float64)
+
+        def run(rows: dict[str, Tensor], tol: float) -> AdaptiveEstimate:
+            return adaptive_with_replacement(rows["probs"], rows["feats"], pilot, tol, budget, round_size=round_size,
+                                             generator=gen)
+    elif kind == "two stages":
+        target = torch.einsum("bt,btk,btkd->bd", batch["alpha"], batch["beta"], batch["feats"])  # [B, D]
+        spreads = [V.monte_carlo_two_stage(al, be, f, round_size, repeats, gen).value
+                   for al, be, f in zip(batch["alpha"], batch["beta"], batch["feats"])]
+        sigma2 = torch.tensor([s.variance for s in spreads], dtype=torch.float64)  # [B]
+        sigma2_se = torch.tensor([s.se for s in spreads], dtype=torch.float64)
+
+        def run(rows: dict[str, Tensor], tol: float) -> AdaptiveEstimate:
+            return adaptive_two_stage(rows["alpha"], rows["beta"], rows["feats"], pilot, tol, budget,
+                                      round_size=round_size, generator=gen)
+    else:
+        raise ValueError(f"kind must be 'one stage' or 'two stages', got {kind!r}")
+    tol = math.sqrt(float(sigma2.mean()) / target_rounds)
+    per_row = budget * (next(iter(batch.values())).shape[1] * 4 + round_size * target.shape[1] * 4)
+    chunk = max(1, (1 << 22) // (b * per_row))
+    values, draws = _runs(lambda rows: run(rows, tol), batch, repeats, chunk)  # [B, R, D], [B, R]
+    mean, var, var_se = _per_image_variance(values)
+    for i in range(b):  # unbiased: the squared error of the mean is of the order variance / R
+        assert float((mean[i] - target[i]).square().sum()) <= 10 * float(var[i]) / repeats + 1e-20, (kind, i)
+    assert int(draws.min()) >= round_size * (pilot + 1) and int(draws.max()) <= round_size * budget
+    nbar = float(draws.double().mean())
+    fixed = sigma2 * round_size / nbar  # [B]
+    oracle = torch.ceil(sigma2 / tol**2).clamp(1, budget)  # [B] the rounds the rule aims at, sigma_b^2 known
+    oracle_nbar = round_size * float(oracle.mean())
+    per_image_n = draws.double().mean(dim=1)  # [B]
+    quantiles = torch.quantile(draws.double().flatten(), torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64))
+    return {"kind": kind, "images": b, "pilot_rounds": pilot, "round_size": round_size, "budget_rounds": budget,
+            "target_rounds": target_rounds, "tol": tol, "repeats": repeats, "mean_draws": nbar,
+            "draws_p10_p50_p90": quantiles.tolist(), "per_image_mean_draws": per_image_n.tolist(),
+            "sigma2": sigma2.tolist(), "sigma2_se": sigma2_se.tolist(), "adaptive_var": var.tolist(),
+            "adaptive_var_se": var_se.tolist(), "fixed_var": fixed.tolist(),
+            "fixed_var_se": (sigma2_se * round_size / nbar).tolist(),
+            "mean_var_adaptive": float(var.mean()), "mean_var_fixed": float(fixed.mean()),
+            "max_var_adaptive": float(var.max()), "max_var_fixed": float(fixed.max()),
+            "mean_var_ratio": float(var.mean() / fixed.mean()), "max_var_ratio": float(var.max() / fixed.max()),
+            "oracle_mean_draws": oracle_nbar, "oracle_mean_var": float((sigma2 / oracle).mean()),
+            "oracle_max_var": float((sigma2 / oracle).max()),
+            "oracle_fixed_mean_var": float(sigma2.mean()) * round_size / oracle_nbar,
+            "oracle_fixed_max_var": float(sigma2.max()) * round_size / oracle_nbar}
+
+
+def plot_adaptive(results: Sequence[Mapping[str, Any]]) -> Figure:
+    """(f) Per setup: each image's mean N against its per-round variance (left) and its variance under both rules
+    (right), with the fixed rule's N and the tolerance."""
+    fig, axes = plt.subplots(1, 2, figsize=(11.5, 4.4))
+    for res, color in zip(results, ("tab:blue", "tab:red")):
+        s2 = np.array(res["sigma2"])
+        label = f"{res['kind']} (rounds of {res['round_size']})"
+        axes[0].plot(s2, res["per_image_mean_draws"], "o", color=color, label=f"{label}: pilot rule")
+        axes[0].axhline(res["mean_draws"], ls="--", color=color, lw=1, label=f"{label}: fixed N = {res['mean_draws']:.1f}")
+        axes[1].errorbar(s2, res["adaptive_var"], yerr=2 * np.array(res["adaptive_var_se"]), fmt="o", color=color,
+                         label=f"{label}: pilot rule")
+        axes[1].plot(s2, res["fixed_var"], "x", color=color, ms=8, label=f"{label}: fixed N")
+        axes[1].axhline(res["tol"] ** 2, ls=":", color=color, lw=1, label=f"{label}: tol$^2$")
+    axes[0].set(xlabel=r"per-round variance $\sigma_b^2$ of the image", ylabel="mean draws N per image (pilot included)",
+                title="(f) N chosen per image")
+    axes[1].set(xscale="log", yscale="log", xlabel=r"per-round variance $\sigma_b^2$ of the image",
+                ylabel="total variance of the estimate", title="(f) variance per image at equal average N")
+    for ax in axes:
+        ax.legend(fontsize=7)
     fig.tight_layout()
     return fig

@@ -3,7 +3,9 @@
 For small K and n the expectation of an estimator's value, and of its autograd gradient, is a
 finite sum over draw sequences weighted by their probabilities. This is how the estimators of
 ATS eq. 4/14-17 and Zoom-In eq. 9 are checked to be unbiased in value *and* in gradient, and so
-is the L-level generalisation of eq. 9 (`beyond.levels.expectation_levels`, `levels_bias`).
+is the L-level generalisation of eq. 9 (`beyond.levels.expectation_levels`, `levels_bias`), and the rule
+that chooses the number of rounds per image from a pilot (`beyond.adaptive`, `adaptive_bias`), beside the
+naive sequential rule that is biased.
 """
 
 from __future__ import annotations
@@ -12,11 +14,17 @@ import itertools
 import math
 from dataclasses import dataclass
 from functools import reduce
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor
 
+from zoomin_lib.beyond.adaptive import (
+    adaptive_estimate,
+    naive_sequential_estimate,
+    round_estimates_two_stage,
+    round_estimates_with_replacement,
+)
 from zoomin_lib.beyond.levels import expectation_levels, full_levels_sum
 from zoomin_lib.hierarchical import expectation_two_stage, full_two_stage_sum
 
@@ -30,6 +38,8 @@ __all__ = [
     "two_stage_bias",
     "levels_outcomes",
     "levels_bias",
+    "rounds_outcomes",
+    "adaptive_bias",
 ]
 
 
@@ -212,4 +222,72 @@ def levels_bias(t: int, ks: Sequence[int], n: int, ns: Sequence[int], dim: int =
     for level, (g, e) in enumerate(zip(grads[:-1], exact_grads[:-1]), start=1):
         out[f"grad_level{level}_logits"] = rel(g, e)
     out["grad_features"] = rel(grads[-1], exact_grads[-1])
+    return out
+
+
+def rounds_outcomes(per_round: Sequence[Outcome], rounds: int) -> Iterator[Outcome]:
+    """Every sequence of `rounds` independent rounds, each one of `per_round`: draws = (round 1's, round 2's, ...)."""
+    for combo in itertools.product(per_round, repeat=rounds):
+        yield Outcome(tuple(o.draws for o in combo), math.prod(o.prob for o in combo))
+
+
+def adaptive_bias(k: int, pilot: int, budget: int, tol: float, *, rule: str = "adaptive", round_size: int = 1,
+                  tiles: int | None = None, dim: int = 2, seed: int = 0) -> dict[str, Any]:
+    """Relative error of E[value] and E[gradients] of a rule that picks the rounds per image, float64, exact.
+
+    Every sequence of `budget` rounds is enumerated (rounds of `round_size` draws: iid from a over K items,
+    or with `tiles` = T two-stage draws over T tiles of K sub-tiles). rule="adaptive" is
+    `beyond.adaptive.adaptive_estimate` (P = `pilot` rounds choose M, the mean of M fresh rounds);
+    rule="naive" is `naive_sequential_estimate` (stop once the running standard error of all rounds is
+    below tol, from `pilot` rounds on, and average them all). Also returned: the numbers of averaged
+    rounds that occur ("rounds_seen") and the expected draws per image, pilot included ("expected_draws").
+    """
+    if rule not in ("adaptive", "naive"):
+        raise ValueError(f"rule must be 'adaptive' or 'naive', got {rule!r}")
+    gen = torch.Generator().manual_seed(seed)
+    shape = (k,) if tiles is None else (tiles, k)
+    la = torch.randn(shape[0], generator=gen, dtype=torch.float64).requires_grad_()
+    lb = None if tiles is None else torch.randn(tiles, k, generator=gen, dtype=torch.float64).requires_grad_()
+    feats = torch.randn(*shape, dim, generator=gen, dtype=torch.float64).requires_grad_()
+    project = torch.randn(dim, generator=gen, dtype=torch.float64)
+    params = [la, feats] if lb is None else [la, lb, feats]
+    with torch.no_grad():
+        if lb is None:
+            per_round = list(with_replacement_outcomes(torch.softmax(la, 0).tolist(), round_size))
+        else:
+            per_round = list(two_stage_outcomes(torch.softmax(la, 0).tolist(), torch.softmax(lb, 1).tolist(), round_size))
+    spent: dict[tuple, tuple[int, int]] = {}
+
+    def estimate(draws: tuple) -> Tensor:
+        alpha = torch.softmax(la, 0)[None]  # [1, K] or [1, T]
+        if lb is None:
+            idx = torch.tensor(draws).view(1, budget, round_size)  # [1, R, r]
+            rounds = round_estimates_with_replacement(alpha, idx, feats[idx])  # [1, R, D]
+        else:
+            tl = torch.tensor([d[0] for d in draws]).view(1, budget, round_size)  # [1, R, r]
+            sub = torch.tensor([d[1] for d in draws]).view(1, budget, round_size)  # [1, R, r]
+            rounds = round_estimates_two_stage(alpha, tl, torch.softmax(lb, 1)[tl, sub], feats[tl, sub])  # [1, R, D]
+        if rule == "adaptive":
+            out = adaptive_estimate(rounds, pilot, tol, budget, round_size=round_size)
+        else:
+            out = naive_sequential_estimate(rounds, tol, min_rounds=pilot, round_size=round_size)
+        spent[draws] = (int(out.rounds), int(out.draws))
+        return out.value
+
+    outcomes = list(rounds_outcomes(per_round, budget))
+    value, grads = expected_value_and_grads(outcomes, estimate, params, project)
+    if lb is None:
+        exact = torch.softmax(la, 0) @ feats  # [D]
+    else:
+        exact = full_two_stage_sum(torch.softmax(la, 0)[None], torch.softmax(lb, 1)[None], feats[None])[0]
+    exact_grads = torch.autograd.grad((exact * project).sum(), params)
+
+    def rel(got: Tensor, want: Tensor) -> float:
+        return float((got - want).norm() / want.norm())
+
+    names = ["grad_logits", "grad_features"] if lb is None else ["grad_alpha_logits", "grad_beta_logits", "grad_features"]
+    out: dict[str, Any] = {"outcomes": len(outcomes), "value": rel(value.squeeze(0), exact.detach())}
+    out.update({name: rel(g, e) for name, g, e in zip(names, grads, exact_grads)})
+    out["rounds_seen"] = sorted({r for r, _ in spent.values()})
+    out["expected_draws"] = sum(o.prob * spent[o.draws][1] for o in outcomes)
     return out

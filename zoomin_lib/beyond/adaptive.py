@@ -1,0 +1,290 @@
+"""N from the data: the number of patches per image chosen from the estimator's own variance (beyond the paper).
+
+Zoom-In and ATS draw the same N patches for every image. An easy image (a flat attention over similar
+features) and a hard one (a few heavy, different patches) then get estimates of very different
+precision. This module lets each image pick its own N from a pilot of draws, and keeps the estimate
+exactly unbiased in value and gradient.
+
+**Rounds.** A round is one independent call of an existing unbiased estimator on r fresh draws:
+`expectation_with_replacement` (ATS eq. 4, 11-12) or the two-stage `expectation_two_stage` (Zoom-In
+eq. 5, 9), r draws each. Write X_1, X_2, ... for the rounds of one image and F_t for what the first t
+rounds drew. Each round is drawn afresh, so E[X_t | F_{t-1}] = mu (the target, eq. 1 or eq. 5), and,
+through the score surrogates, E[grad X_t | F_{t-1}] = grad mu.
+
+**The rule (`choose_rounds`, `adaptive_estimate`).** P >= 2 pilot rounds estimate the per-round variance
+s^2 = sum_d Var_hat(X_{1..P}, d) (Bessel's correction; of <project, X> when a projection is given, e.g. a
+linear classifier's logits). The number of fresh rounds is
+
+    M = clip(ceil(s^2 / tol^2), min_rounds, budget - P),
+
+so that the standard error s / sqrt(M) of their mean is at most `tol` unless the budget binds. The
+estimate is the mean of the M fresh rounds X_{P+1}, ..., X_{P+M}; the pilot only chooses M. An image
+spends N = r (P + M) draws.
+
+**Why it is unbiased, at every M it allows.** The estimate is sum_t w_t X_t with w_t = 0 for the pilot
+and w_t = [t - P <= M] / M after it. Every weight is *predictable* (a function of F_{P} only, so of the
+rounds before t) and they sum to 1. Hence
+
+    E[sum_t w_t X_t] = sum_t E[w_t E[X_t | F_{t-1}]] = mu E[sum_t w_t] = mu,
+
+and the same for the gradient: the weights carry no gradient (they are computed from detached pilot
+values), the pilot's draws need no score term because E[estimate | F_P] = mu does not depend on them
+(the argument of the sequential terms in `zoomin_lib.sampling`), and E[sum_t w_t grad X_t] = grad mu.
+In particular the estimate is unbiased conditionally on M = m for every m in [min_rounds, budget - P].
+
+**What is biased (`naive_sequential_estimate`).** Drawing rounds until the running standard error of
+*all rounds so far* falls below `tol` and averaging them all gives the rounds weights w_t = [t <= tau] / tau
+whose stopping time tau depends on X_t itself: w_t is not predictable and in general E[X_t | t <= tau] != mu
+(a run of rounds that happen to agree stops early, and what they agree on is then over-represented).
+Including the pilot in the average with weight P / (P + M) is biased for the same reason (Stein's
+two-stage procedure does so and is exact only for Gaussian rounds, where mean and variance are
+independent). `theory.enumeration.adaptive_bias` enumerates every draw sequence of small problems: the
+rule here is exact to rounding, the naive one is not.
+
+**Batched.** Different images get different M in one batch: the fresh rounds are drawn for the widest
+image (`fresh_width`) and each image averages the first M_b of them under a mask (`predictable_mean`);
+which rounds an image ignores has no effect on its estimate. Host synchronisations: `choose_rounds` and
+`predictable_mean` none; `fresh_width` one (the largest M of the batch sets the size of what is drawn)
+unless a static width (the budget) is given; the two-stage rounds add `hierarchical.unique_draws`'s one
+per draw (pilot and fresh). `adaptive_with_replacement` therefore synchronises once (none with
+`static_width`), `adaptive_two_stage` three times (two with `static_width`), whatever B, N or the budget.
+
+**What it buys.** The rule equalises the standard error over images (it bounds the worst image's); it
+does not lower the *average* variance at equal average cost: with M_b proportional to sigma_b^2 the mean
+of sigma_b^2 / M_b equals mean(sigma^2) / mean(M), as for a fixed N, before the pilot's cost and the noise
+of s^2 are paid. Chapter 02 measures both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from zoomin_lib.hierarchical import expectation_two_stage, sample_subtiles, unique_draws
+from zoomin_lib.sampling import expectation_with_replacement, sample_with_replacement, validate_probs
+from zoomin_lib.syncs import host_sync
+
+__all__ = [
+    "AdaptiveEstimate",
+    "round_estimates_with_replacement",
+    "round_estimates_two_stage",
+    "round_variance",
+    "choose_rounds",
+    "fresh_width",
+    "predictable_mean",
+    "adaptive_estimate",
+    "naive_sequential_estimate",
+    "draw_rounds_with_replacement",
+    "draw_rounds_two_stage",
+    "adaptive_with_replacement",
+    "adaptive_two_stage",
+]
+
+
+@dataclass
+class AdaptiveEstimate:
+    """An estimate whose number of rounds was chosen per image."""
+
+    value: Tensor  # [B, D] the estimate (a surrogate: its gradient is the unbiased one)
+    rounds: Tensor  # [B] rounds averaged (fresh rounds M for the rule; tau for the naive rule)
+    variance: Tensor  # [B] the per-round variance estimate that chose them (detached)
+    draws: Tensor  # [B] draws the image spent, pilot included
+
+
+def _rows(probs: Tensor, rounds: int) -> Tensor:
+    """probs [B, K] repeated for every round of its image: [B * rounds, K]."""
+    b, k = probs.shape
+    return probs.unsqueeze(1).expand(b, rounds, k).reshape(b * rounds, k)
+
+
+def round_estimates_with_replacement(probs: Tensor, idx: Tensor, feats: Tensor, *, check: bool = True) -> Tensor:
+    """One `expectation_with_replacement` per round: probs [B, K], idx [B, R, r], feats [B, R, r, D] -> [B, R, D]."""
+    b, rounds, size = idx.shape
+    if feats.shape[:3] != idx.shape or feats.dim() != 4:
+        raise ValueError(f"feats must be [B, R, r, D] with [B, R, r]={tuple(idx.shape)}, got {tuple(feats.shape)}")
+    if check:
+        validate_probs(probs)
+    est = expectation_with_replacement(_rows(probs, rounds), idx.reshape(b * rounds, size),
+                                       feats.reshape(b * rounds, size, -1), check=False)  # [B * R, D]
+    return est.view(b, rounds, -1)
+
+
+def round_estimates_two_stage(alpha: Tensor, tiles: Tensor, beta_drawn: Tensor, feats: Tensor, *,
+                              check: bool = True) -> Tensor:
+    """One `expectation_two_stage` (Zoom-In eq. 9) per round: alpha [B, T], tiles and beta_drawn [B, R, r],
+    feats [B, R, r, D] -> [B, R, D]."""
+    b, rounds, size = tiles.shape
+    if beta_drawn.shape != tiles.shape or feats.shape[:3] != tiles.shape or feats.dim() != 4:
+        raise ValueError(f"tiles {tuple(tiles.shape)}, beta_drawn {tuple(beta_drawn.shape)} and feats "
+                         f"{tuple(feats.shape)} must be [B, R, r], [B, R, r] and [B, R, r, D]")
+    if check:
+        validate_probs(alpha, "alpha")
+    est = expectation_two_stage(_rows(alpha, rounds), tiles.reshape(b * rounds, size),
+                                beta_drawn.reshape(b * rounds, size), feats.reshape(b * rounds, size, -1),
+                                check=check)  # [B * R, D]
+    return est.view(b, rounds, -1)
+
+
+def round_variance(rounds: Tensor, project: Tensor | None = None) -> Tensor:
+    """The per-round total variance estimated from rounds [B, P, D] (P >= 2, Bessel), of rounds @ project if given; [B].
+
+    `project` [D] or [D, C] (a linear head's weights: the variance of the logits). Detached.
+    """
+    if rounds.dim() != 3 or rounds.shape[1] < 2:
+        raise ValueError(f"a variance needs rounds [B, P, D] with P >= 2, got {tuple(rounds.shape)}")
+    x = rounds.detach()  # [B, P, D]
+    if project is not None:
+        x = x @ project.to(x.dtype)  # [B, P, C] (or [B, P] for a vector)
+        x = x if x.dim() == 3 else x.unsqueeze(-1)
+    return x.var(dim=1, unbiased=True).sum(dim=-1)  # [B]
+
+
+def choose_rounds(pilot: Tensor, tol: float, budget: int, *, min_rounds: int = 1,
+                  project: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """M [B] fresh rounds per image from its pilot rounds [B, P, D], and the variance estimate s^2 [B] behind it.
+
+    M = clip(ceil(s^2 / tol^2), min_rounds, budget - P): the fresh mean's estimated standard error
+    s / sqrt(M) is at most tol unless M = budget - P. No host synchronisation.
+    """
+    p = pilot.shape[1]
+    if not tol > 0:
+        raise ValueError(f"tol must be positive, got {tol}")
+    if not isinstance(min_rounds, int) or min_rounds < 1 or budget - p < min_rounds:
+        raise ValueError(f"need 1 <= min_rounds <= budget - pilot; got min_rounds={min_rounds}, budget={budget}, pilot={p}")
+    s2 = round_variance(pilot, project)  # [B]
+    wanted = torch.ceil(s2 / tol**2)  # [B]
+    return wanted.clamp(min_rounds, budget - p).long(), s2
+
+
+def fresh_width(rounds: Tensor, static: int | None = None) -> int:
+    """How many fresh rounds to draw for the batch: `static` (no synchronisation), else the largest M (one)."""
+    if static is not None:
+        return static
+    with host_sync("adaptive N: the widest image's fresh rounds"):
+        return int(rounds.max())
+
+
+def predictable_mean(fresh: Tensor, rounds: Tensor) -> Tensor:
+    """The mean of each image's first M_b rounds: fresh [B, W, D], rounds [B] (1 <= M_b <= W, not checked) -> [B, D].
+
+    The weights [t < M_b] / M_b carry no gradient. No host synchronisation.
+    """
+    width = fresh.shape[1]
+    mask = torch.arange(width, device=fresh.device) < rounds.unsqueeze(1)  # [B, W]
+    weights = mask.to(fresh.dtype) / rounds.to(fresh.dtype).unsqueeze(1)  # [B, W]
+    return (weights.unsqueeze(-1) * fresh).sum(dim=1)  # [B, D]
+
+
+def adaptive_estimate(rounds: Tensor, pilot: int, tol: float, budget: int, *, min_rounds: int = 1,
+                      project: Tensor | None = None, round_size: int = 1) -> AdaptiveEstimate:
+    """The rule on precomputed rounds [B, budget', D] (pilot first, then at least M_b fresh ones): unbiased.
+
+    For enumeration and simulation, where every round up to the budget is drawn in advance; a model
+    draws only `fresh_width` fresh rounds (`adaptive_with_replacement`, `adaptive_two_stage`).
+    """
+    m, s2 = choose_rounds(rounds[:, :pilot], tol, budget, min_rounds=min_rounds, project=project)  # [B], [B]
+    value = predictable_mean(rounds[:, pilot:], m)  # [B, D]
+    return AdaptiveEstimate(value, m, s2, round_size * (pilot + m))
+
+
+def naive_sequential_estimate(rounds: Tensor, tol: float, *, min_rounds: int = 2, project: Tensor | None = None,
+                              round_size: int = 1) -> AdaptiveEstimate:
+    """The BIASED rule, for contrast: stop at the first t >= min_rounds with s_t^2 / t <= tol^2 (s_t^2 from rounds
+    1..t) or at the last round, and average all t rounds. rounds [B, W, D]."""
+    b, width, _ = rounds.shape
+    if min_rounds < 2 or min_rounds > width:
+        raise ValueError(f"need 2 <= min_rounds <= {width}, got {min_rounds}")
+    x = rounds.detach()  # [B, W, D]
+    if project is not None:
+        x = x @ project.to(x.dtype)
+        x = x if x.dim() == 3 else x.unsqueeze(-1)
+    t = torch.arange(1, width + 1, device=x.device, dtype=x.dtype).view(1, width, 1)  # [1, W, 1]
+    mean = x.cumsum(dim=1) / t  # [B, W, C] running means
+    sq = (x * x).cumsum(dim=1)  # [B, W, C]
+    s2 = ((sq - t * mean * mean) / (t - 1).clamp(min=1)).sum(dim=-1)  # [B, W] running variances (Bessel)
+    steps = t.view(1, width)  # [1, W]
+    done = (s2 / steps <= tol**2) & (steps >= min_rounds)  # [B, W]
+    done[:, -1] = True
+    tau = done.to(torch.uint8).argmax(dim=1) + 1  # [B] the first t that stops
+    s2_tau = s2.gather(1, (tau - 1).unsqueeze(1)).squeeze(1)  # [B]
+    return AdaptiveEstimate(predictable_mean(rounds, tau), tau, s2_tau, round_size * tau)
+
+
+def draw_rounds_with_replacement(probs: Tensor, rounds: int, size: int,
+                                 generator: torch.Generator | None = None) -> Tensor:
+    """`rounds` rounds of `size` iid draws per row of probs [B, K]: indices [B, rounds, size]."""
+    idx = sample_with_replacement(probs, rounds * size, generator, check=False)  # [B, rounds * size]
+    return idx.view(probs.shape[0], rounds, size)
+
+
+def draw_rounds_two_stage(alpha: Tensor, beta: Tensor, rounds: int, size: int,
+                          generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """`rounds` independent two-stage draws of `size` per image: alpha [B, T], beta [B, T, K2] -> tiles, sub-tiles
+    [B, rounds, size]. One host synchronisation (`unique_draws`)."""
+    b, t = alpha.shape
+    tiles = sample_with_replacement(_rows(alpha, rounds), size, generator, check=False)  # [B * R, r]
+    draws = unique_draws(tiles, n_tiles=t, check=False)
+    image = draws.batch // rounds  # [U] the image of each unique (round, tile)
+    sub = sample_subtiles(beta[image, draws.tile], draws, generator, max_count=min(size, beta.shape[2]),
+                          check=False)  # [B * R, r]
+    return tiles.view(b, rounds, size), sub.view(b, rounds, size)
+
+
+def _take(table: Tensor, idx: Tensor) -> Tensor:
+    """Rows of table [B, K, D] at idx [B, ...]: [B, ..., D]."""
+    b, d = table.shape[0], table.shape[-1]
+    flat = idx.reshape(b, -1, 1).expand(-1, -1, d)  # [B, n, D]
+    return table.gather(1, flat).view(*idx.shape, d)
+
+
+def _plan(pilot_rounds: Tensor, pilot: int, tol: float, budget: int, min_rounds: int, project: Tensor | None,
+          static_width: int | None) -> tuple[Tensor, Tensor, int]:
+    """M [B], s^2 [B] and the number of fresh rounds to draw for the batch."""
+    m, s2 = choose_rounds(pilot_rounds, tol, budget, min_rounds=min_rounds, project=project)
+    if static_width is not None and static_width < budget - pilot:
+        raise ValueError(f"static_width={static_width} is below the largest M allowed, budget - pilot = {budget - pilot}")
+    return m, s2, fresh_width(m, static_width)
+
+
+def adaptive_with_replacement(probs: Tensor, feats: Tensor, pilot: int, tol: float, budget: int, *,
+                              round_size: int = 1, min_rounds: int = 1, project: Tensor | None = None,
+                              static_width: int | None = None,
+                              generator: torch.Generator | None = None) -> AdaptiveEstimate:
+    """The rule with rounds of `round_size` iid draws from probs [B, K] over a feature table feats [B, K, D].
+
+    Pilot rounds, M per image, then only the batch's widest M fresh rounds are drawn and featurised
+    (a model computes f on the drawn patches only; here they are read from the table).
+    """
+    validate_probs(probs)
+    pilot_idx = draw_rounds_with_replacement(probs, pilot, round_size, generator)  # [B, P, r]
+    pilot_est = round_estimates_with_replacement(probs, pilot_idx, _take(feats, pilot_idx), check=False)  # [B, P, D]
+    m, s2, width = _plan(pilot_est, pilot, tol, budget, min_rounds, project, static_width)
+    idx = draw_rounds_with_replacement(probs, width, round_size, generator)  # [B, W, r]
+    fresh = round_estimates_with_replacement(probs, idx, _take(feats, idx), check=False)  # [B, W, D]
+    return AdaptiveEstimate(predictable_mean(fresh, m), m, s2, round_size * (pilot + m))
+
+
+def adaptive_two_stage(alpha: Tensor, beta: Tensor, feats: Tensor, pilot: int, tol: float, budget: int, *,
+                       round_size: int = 1, min_rounds: int = 1, project: Tensor | None = None,
+                       static_width: int | None = None,
+                       generator: torch.Generator | None = None) -> AdaptiveEstimate:
+    """The rule with Zoom-In rounds: `round_size` two-stage draws from alpha [B, T], beta [B, T, K2] over feats
+    [B, T, K2, D] (round_size <= K2, so that no tile runs out of sub-tiles)."""
+    b, t, k2, d = feats.shape
+    if round_size > k2:
+        raise ValueError(f"round_size={round_size} draws could hit one tile more often than its {k2} sub-tiles")
+    validate_probs(alpha, "alpha")
+    validate_probs(beta.reshape(b * t, k2), "beta")
+    flat_beta, flat_feats = beta.reshape(b, t * k2), feats.reshape(b, t * k2, d)
+
+    def rounds_of(width: int) -> Tensor:
+        tiles, sub = draw_rounds_two_stage(alpha, beta, width, round_size, generator)  # [B, W, r] each
+        joint = tiles * k2 + sub  # [B, W, r] index into the flattened T * K2 cells
+        beta_drawn = flat_beta.gather(1, joint.reshape(b, -1)).view_as(joint)  # [B, W, r]
+        return round_estimates_two_stage(alpha, tiles, beta_drawn, _take(flat_feats, joint), check=False)  # [B, W, D]
+
+    m, s2, width = _plan(rounds_of(pilot), pilot, tol, budget, min_rounds, project, static_width)
+    return AdaptiveEstimate(predictable_mean(rounds_of(width), m), m, s2, round_size * (pilot + m))
+
