@@ -386,11 +386,16 @@ def zoomin_with_encoder(
 
 def ips_with_encoder(
     *, in_channels: int = 1, n_classes: int | Sequence[int] = 2, patch_size: int, memory_size: int, iter_size: int,
-    dim: int = 32, n_heads: int = 8,
+    dim: int = 32, n_heads: int = 8, semantic: bool = False, mask_top_k: int = 0, mask_prob: float = 0.0,
 ) -> IPSNet:
-    """IPS (thesis sec. 2.7) with a layer-normalised PatchEncoder over non-overlapping full-resolution patches."""
+    """IPS (thesis sec. 2.7) with a layer-normalised PatchEncoder over non-overlapping full-resolution patches.
+
+    `semantic` gives every head its own MLP (thesis sec. 3.3), `mask_top_k` and `mask_prob` are STKIM's K and P
+    (sec. 3.4); off by default.
+    """
     encoder = PatchEncoder(in_channels, dim, layer_norm=True)
-    return IPSNet(encoder, n_classes, patch_size, memory_size, iter_size, n_heads=n_heads)
+    return IPSNet(encoder, n_classes, patch_size, memory_size, iter_size, n_heads=n_heads, semantic=semantic,
+                  mask_top_k=mask_top_k, mask_prob=mask_prob)
 
 
 # ----------------------------------------------------------------------------------------------------
