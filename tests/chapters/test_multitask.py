@@ -245,3 +245,22 @@ def test_train_tasks_reports_the_extra_terms_in_its_history():
                             tensor_batches(x, y, 2, 0), [(x, y)], run_seed=0,
                             extra_terms=mt.regulariser_terms(semantic=1.0, diversity=1.0))
     assert run.history[0]["semantic"] > 0 and 0 <= run.history[0]["diversity"] <= 1
+
+
+def test_bag_loss_is_the_mean_task_loss_per_epoch():
+    history = [{"loss_maj": 1.0, "loss_max": 2.0, "loss_top": 3.0, "loss_multi": 0.2, "semantic": 9.0},
+               {"loss_maj": 0.5, "loss_max": 1.0, "loss_top": 1.5, "loss_multi": 0.1, "semantic": 9.0}]
+    run = mt.TaskRun("r", {}, history)
+    np.testing.assert_allclose(run.bag_loss(), [6.2 / 4, 3.1 / 4])
+
+
+def test_gains_over_needs_more_than_z_standard_errors_of_the_difference():
+    base = mt.TaskRun("base", {"maj": 0.5, "max": 0.5, "top": 0.5, "multi": 0.0, "n": 400})
+    se = math.sqrt(2 * 0.25 / 400)  # two accuracies near 0.5 on 400 canvases each
+    runs = {"same": mt.TaskRun("same", {"maj": 0.5 + 2.5 * se, "max": 0.5, "top": 0.4, "multi": 0.0, "n": 400}),
+            "better": mt.TaskRun("better", {"maj": 0.5 + 4 * se, "max": 0.5, "top": 0.9, "multi": 0.02, "n": 400})}
+    gains = mt.gains_over(runs, base)
+    assert list(gains["maj"]) == ["better"] and gains["maj"]["better"] == pytest.approx(4 * se)
+    assert gains["max"] == {} and list(gains["top"]) == ["better"]
+    assert gains["multi"] == {}  # 8 right of 400 against 0: within 3 standard errors (floored at 1 / n)
+    assert list(mt.gains_over(runs, base, tasks=("maj",), z=2.0)["maj"]) == ["same", "better"]

@@ -201,3 +201,28 @@ def test_figure8_views_and_crops_cut_the_needle_at_both_scales():
     shapes = [ax.images[0].get_array().shape for ax in fig.axes]
     assert shapes == [(28, 28), (7, 7), (7, 7), (7, 7)]
     assert np.asarray(fig.axes[0].images[0].get_array()).min() == 1.0  # the full-resolution crop is the needle
+
+
+def test_sorted_attention_sorts_each_canvas_pooling_weights_in_eval_mode():
+    torch.manual_seed(0)
+    x = torch.rand(5, 1, 96, 96)
+    ips = tb.ips_with_encoder(n_classes=[10, 10], patch_size=32, memory_size=4, iter_size=5, mask_top_k=2, mask_prob=1.0)
+    weights = tb.sorted_attention(ips, lambda idx: x[idx], range(5), batch_size=2)  # [5, M]
+    assert weights.shape == (5, 4) and torch.allclose(weights.sum(1), torch.ones(5))
+    assert (weights[:, :-1] >= weights[:, 1:]).all() and (weights > 0).all()  # sorted; STKIM masks nothing in eval
+    with torch.no_grad():
+        by_hand = ips.eval()(x).weights.sort(dim=1, descending=True).values
+    torch.testing.assert_close(weights, by_hand)
+    ips.train()
+    tb.sorted_attention(ips, lambda idx: x[idx], [0])
+    assert ips.training  # its mode restored
+    with pytest.raises(ValueError, match="at least one"):
+        tb.sorted_attention(ips, lambda idx: x[idx], [])
+
+
+def test_attention_density_figure_has_one_panel_per_group_and_one_line_per_configuration():
+    curves = {"none": np.array([0.7, 0.2, 0.1]), "K=1": np.array([0.5, 0.3, 0.2]), "P=0.6": np.array([0.4, 0.4, 0.2])}
+    fig = tb.plot_attention_densities(curves, {"K varies": ["none", "K=1"], "P varies": ["none", "P=0.6"]})
+    assert [ax.get_title() for ax in fig.axes] == ["K varies", "P varies"]
+    assert [len(ax.lines) for ax in fig.axes] == [2, 2]
+    assert list(fig.axes[1].lines[1].get_ydata()) == [0.4, 0.4, 0.2] and list(fig.axes[0].lines[0].get_xdata()) == [1, 2, 3]

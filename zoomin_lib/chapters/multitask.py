@@ -32,6 +32,7 @@ same labels.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -42,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from zoomin_lib.chapters.results import beats_chance
+from zoomin_lib.chapters.results import beats_chance, chance_margin
 from zoomin_lib.infra.config import default_device
 from zoomin_lib.infra.io import write_json
 from zoomin_lib.ips import regulariser_terms as ips_regulariser_terms
@@ -75,6 +76,7 @@ __all__ = [
     "training_peak_mb",
     "accuracy_rows",
     "above_chance",
+    "gains_over",
 ]
 
 TASKS = ("maj", "max", "top", "multi")
@@ -307,6 +309,10 @@ class TaskRun:
     before: dict[str, float] = field(default_factory=dict)  # the probe before the first epoch
     train_seconds: float = 0.0  # wall-clock of the epochs, probe evaluations excluded
 
+    def bag_loss(self) -> np.ndarray:
+        """L_b per epoch: the mean over the four tasks of each task's training loss (`multitask_terms`), regularisers excluded."""
+        return np.array([np.mean([h[f"loss_{t}"] for t in TASKS]) for h in self.history], dtype=float)
+
     def curve(self, key: str) -> tuple[np.ndarray, np.ndarray]:
         """(cumulative training seconds, history value `val_<key>`) per epoch, epoch 0 (before training) first."""
         seconds = np.cumsum([0.0] + [h["seconds"] - h.get("val_eval_seconds", 0.0) for h in self.history])
@@ -392,3 +398,24 @@ def above_chance(
     """
     return {task: {name: run.metrics[task] for name, run in runs.items()
                    if beats_chance(run.metrics[task], chance[task], run.metrics["n"], z)} for task in tasks}
+
+
+def gains_over(
+    runs: Mapping[str, TaskRun], baseline: TaskRun, tasks: Sequence[str] = TASKS, z: float = 3.0
+) -> dict[str, dict[str, float]]:
+    """Task -> {method: accuracy gain} of the runs that beat `baseline` by more than z standard errors of the difference.
+
+    The standard error of a difference of two accuracies measured on n canvases each is
+    sqrt(se_a^2 + se_b^2), each se the binomial one of `chapters.results.chance_margin` (with its
+    floor of 1 / n). With z = 3 a run no better than the baseline passes about 0.1 % of the time.
+    """
+    out: dict[str, dict[str, float]] = {}
+    for task in tasks:
+        base, n0 = baseline.metrics[task], baseline.metrics["n"]
+        out[task] = {}
+        for name, run in runs.items():
+            acc, n = run.metrics[task], run.metrics["n"]
+            margin = math.hypot(chance_margin(acc, n, z), chance_margin(base, n0, z))
+            if acc - base > margin:
+                out[task][name] = acc - base
+    return out

@@ -18,12 +18,14 @@ What chapter 10 needs beyond the generic loop of `experiments`:
 - The reduced O2I canvases of the `cpu` profile (`o2i_noise_for`, `o2i_dataset`): a smaller canvas
   with the digits at their sizes and the noise count scaled with the canvas area (same density).
 - What Zoom-In's first stage sees of a needle (appendix J, figure 8): `plot_views`, `plot_needle_crops`.
+- How concentrated IPS's pooling attention is (the thesis's figure 13): `sorted_attention`,
+  `plot_attention_densities`.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -65,6 +67,8 @@ __all__ = [
     "o2i_dataset",
     "plot_views",
     "plot_needle_crops",
+    "sorted_attention",
+    "plot_attention_densities",
 ]
 
 NEEDLE = 3  # the digit NeedleMNIST asks about
@@ -477,4 +481,44 @@ def plot_needle_crops(x: Tensor, data: Any, k: int, center: tuple[int, int], sca
         ax.imshow(img, cmap="gray", interpolation="nearest")
         ax.set_title(name, fontsize=8)
         ax.axis("off")
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------------
+# How concentrated IPS's pooling attention is (thesis sec. 9.5, figure 13)
+# ----------------------------------------------------------------------------------------------------
+
+
+def sorted_attention(model: IPSNet, load: Callable[[list[int]], Tensor], indices: Sequence[int],
+                     batch_size: int = 50) -> Tensor:
+    """IPS's pooling attention over its M selected patches, per canvas, sorted in decreasing order: [n, M] on the host.
+
+    The weights are `IPSOutput.weights` (eq. 2's attention averaged over heads and task queries) in
+    eval mode, so STKIM masks nothing; each row sums to 1. `load(idx)` gives the canvases [b, C, H, W].
+    """
+    indices = list(indices)
+    if not indices:
+        raise ValueError("sorted_attention needs at least one canvas")
+    rows = []
+    with evaluating(model):  # eval mode, no gradients
+        for start in range(0, len(indices), batch_size):
+            rows.append(model(load(indices[start : start + batch_size])).weights.float().cpu())  # [b, M]
+    return torch.cat(rows).sort(dim=1, descending=True).values  # [n, M]
+
+
+def plot_attention_densities(curves: Mapping[str, np.ndarray], panels: Mapping[str, Sequence[str]]) -> Figure:
+    """Figure 13's layout: one panel per title in `panels`, one line per configuration named there.
+
+    `curves` maps a configuration to the sorted attention [M] of one canvas; the line plots it against
+    the patch's rank (1 = the most attended), so a line that falls steeply is attention held by a few patches.
+    """
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.6), sharey=True, squeeze=False)
+    for ax, (title, names) in zip(axes[0], panels.items()):
+        for name in names:
+            ax.plot(np.arange(1, len(curves[name]) + 1), curves[name], "o-", ms=3, label=name)
+        ax.set_xlabel("patch rank (1 = most attended)")
+        ax.set_title(title, fontsize=9)
+        ax.legend(fontsize=7)
+    axes[0, 0].set_ylabel("pooling attention")
+    fig.tight_layout()
     return fig
