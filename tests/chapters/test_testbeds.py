@@ -226,3 +226,15 @@ def test_attention_density_figure_has_one_panel_per_group_and_one_line_per_confi
     assert [ax.get_title() for ax in fig.axes] == ["K varies", "P varies"]
     assert [len(ax.lines) for ax in fig.axes] == [2, 2]
     assert list(fig.axes[1].lines[1].get_ydata()) == [0.4, 0.4, 0.2] and list(fig.axes[0].lines[0].get_xdata()) == [1, 2, 3]
+
+
+def test_o2i_split_takes_the_first_training_canvases_and_all_validation_ones(tmp_path, monkeypatch):
+    monkeypatch.setenv("ZOOMIN_DATA", str(tmp_path))
+    root = tb.o2i_dataset(28, 4, 2, canvas_size=300)
+    train, val, y_train, y_val = tb.o2i_split(root, 3)
+    assert len(train) == 3 and len(val) == 2 and y_train.shape == (3, 13) and y_val.shape == (2, 13)
+    data = o2i.O2IMNIST(root, "train")
+    assert y_train[:, 0].tolist() == list(data.targets["maj"][:3])
+    assert torch.equal(train.load([2])[0, 0], torch.from_numpy(data.canvas(2)).float() / 255)
+    with pytest.raises(ValueError, match="4 training canvases"):
+        tb.o2i_split(root, 5)

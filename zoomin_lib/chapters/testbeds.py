@@ -37,13 +37,16 @@ from torch import Tensor, nn
 from data_prep import o2i
 from data_prep.megapixel_mnist import write_dataset
 from data_prep.mnist_digits import DIGIT_SIZE, digit_pools
+from zoomin_lib.chapters.multitask import N_CLASSES, TASKS, TaskRun, pack_targets, train_tasks
 from zoomin_lib.geometry import view
 from zoomin_lib.infra.cache import stand_in
 from zoomin_lib.infra.config import default_device
 from zoomin_lib.ips import IPSNet
 from zoomin_lib.models import ZoomInNet
 from zoomin_lib.networks import AttentionLeNet
+from zoomin_lib.steps import ExtraTerm
 from zoomin_lib.train.loop import evaluating, seed_everything
+from zoomin_lib.train.protocol import TrainSettings, lazy_batches
 
 __all__ = [
     "CanvasSet",
@@ -65,6 +68,8 @@ __all__ = [
     "ips_with_encoder",
     "o2i_noise_for",
     "o2i_dataset",
+    "o2i_split",
+    "train_ips_tasks",
     "plot_views",
     "plot_needle_crops",
     "sorted_attention",
@@ -431,6 +436,42 @@ def o2i_dataset(
     params = o2i.parameters(n_train, n_val, 0, seed, digit_size, noise, thickness, canvas_size)
     name = f"o2i_{canvas_size}px_digits{digit_size}_noise{noise}_t{thickness:g}"
     return stand_in(name, params, lambda root: write_dataset(root, params))
+
+
+def o2i_split(root: Path, n_train: int) -> tuple[CanvasSet, CanvasSet, np.ndarray, np.ndarray]:
+    """(the first n_train training canvases, the validation canvases, their [n, 13] task targets) of an O2I dataset.
+
+    The first n canvases, as the thesis's nested training-set sizes; canvases of up to 1000 px are
+    rendered once and held in memory (`CanvasSet`).
+    """
+    train, val = o2i.O2IMNIST(root, "train"), o2i.O2IMNIST(root, "val")
+    if n_train > len(train):
+        raise ValueError(f"the dataset holds {len(train)} training canvases, not {n_train}")
+    cache = train.canvas(0).shape[0] <= 1000
+    return (CanvasSet(train, range(n_train), cache=cache), CanvasSet(val, cache=cache),
+            pack_targets(train.targets)[:n_train], pack_targets(val.targets))
+
+
+def train_ips_tasks(
+    name: str, split: tuple[CanvasSet, CanvasSet, np.ndarray, np.ndarray], settings: TrainSettings, *,
+    memory_size: int, iter_size: int, seed: int, patch_size: int = 50, out_dir: str | Path | None = None,
+    extra_terms: Mapping[str, ExtraTerm] | None = None, **ips_kwargs: Any,
+) -> tuple[TaskRun, IPSNet]:
+    """IPS (`ips_with_encoder`, one head per task) trained on the four tasks of an `o2i_split` and validated on it.
+
+    Mini-batches of `settings.batch_size` in the order of `seed`, validation in batches of 16, run
+    seed `seed` (`multitask.train_tasks`, `extra_terms` added to its loss); `ips_kwargs` go to the
+    builder (`semantic`, `mask_top_k`, `mask_prob`). Without them it trains what chapter 10's Part 2 does.
+    """
+    train, val, y_train, y_val = split
+
+    def factory() -> IPSNet:
+        return ips_with_encoder(n_classes=[N_CLASSES] * len(TASKS), patch_size=patch_size, memory_size=memory_size,
+                                iter_size=iter_size, **ips_kwargs)
+
+    return train_tasks(name, factory, settings, lazy_batches(train.load, y_train, settings.batch_size, seed),
+                       lazy_batches(val.load, y_val, 16, seed, shuffle=False), run_seed=seed, out_dir=out_dir,
+                       extra_terms=extra_terms)
 
 
 # ----------------------------------------------------------------------------------------------------
