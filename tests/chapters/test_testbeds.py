@@ -238,3 +238,23 @@ def test_o2i_split_takes_the_first_training_canvases_and_all_validation_ones(tmp
     assert torch.equal(train.load([2])[0, 0], torch.from_numpy(data.canvas(2)).float() / 255)
     with pytest.raises(ValueError, match="4 training canvases"):
         tb.o2i_split(root, 5)
+
+
+def test_train_ips_tasks_trains_what_part_2_trains_and_takes_the_regularisers(tmp_path, monkeypatch):
+    from zoomin_lib.chapters import multitask as mt
+    from zoomin_lib.train.protocol import TrainSettings, lazy_batches
+
+    monkeypatch.setenv("ZOOMIN_DATA", str(tmp_path))
+    split = tb.o2i_split(tb.o2i_dataset(28, 4, 2, canvas_size=300), 4)
+    train, val, y_train, y_val = split
+    settings = TrainSettings(epochs=1, batch_size=2, lr=1e-3)
+    run, model = tb.train_ips_tasks("plain", split, settings, memory_size=3, iter_size=36, seed=1)
+    by_hand, _ = mt.train_tasks(  # chapter 10's Part 2, written out
+        "plain", lambda: tb.ips_with_encoder(n_classes=[10] * 4, patch_size=50, memory_size=3, iter_size=36), settings,
+        lazy_batches(train.load, y_train, 2, 1), lazy_batches(val.load, y_val, 16, 1, shuffle=False), run_seed=1)
+    assert run.metrics == by_hand.metrics and run.bag_loss().tolist() == by_hand.bag_loss().tolist()
+    assert model.head_mlps is None and model.pool.mask_top_k == 0
+    reg, model = tb.train_ips_tasks("reg", split, settings, memory_size=3, iter_size=36, seed=1, semantic=True,
+                                    mask_top_k=1, mask_prob=0.5, extra_terms=mt.regulariser_terms(1.0, 2.0))
+    assert model.head_mlps is not None and model.pool.mask_top_k == 1
+    assert {"semantic", "diversity"} <= set(reg.history[0])
