@@ -770,10 +770,36 @@ for name, v in verdicts.items():
     print(f"{name}: {v}")
 
 # %% [markdown]
-# What the `cpu` profile measured, read against the thesis: OUTCOME
+# What the `cpu` profile measured (the lines above), read against the thesis:
+#
+# - **No gain from the Diversity loss: true, but not decidable at this scale.** With 200 canvases and 20 epochs
+#   the baseline learns no task (Maj about 15 % against a best constant guess of 13 %, inside two standard
+#   errors). No weight beats it by three standard errors of the difference (about 10 points here); 1xD's Maj
+#   gains some 2 points (just enough to clear the chance rule, not enough to be a gain), 3xD's none. Where nothing was learned there was nothing to gain on, so this agrees
+#   with table 6 without testing it.
+# - **Slower convergence: does not hold here.** The training loss $L_b$ falls *faster* with the regularisers
+#   (at the last epoch about 1.63 for 0xD, 1.28 for 1xD and 1.34 for 3xD). A likely reason is $L_p$, which
+#   gives every head a supervised signal of its own, more gradient for the shared encoder early in training;
+#   1xD and 3xD have it and 0xD does not, as in the thesis. The faster fall has not become validation accuracy
+#   in 20 epochs. Figure 12's slower convergence is of the validation accuracy over 100 epochs on 3000 px
+#   canvases, a regime this profile does not reach.
+# - **STKIM gives no gain where the attention is dominated by a few patches: the premise does not hold here,
+#   the claim is not decidable.** The unmasked model's three most attended patches hold about a third of the
+#   attention, what a uniform attention over $M = 10$ patches gives (0.3): a model that has learned no task has
+#   not learned where to look either. No masking configuration beats it by three standard errors. The regime
+#   of sec. 9.5, attention held by two to five informative patches, is the `paper` profile's.
+#
+# The asserts pin these outcomes for the `cpu` profile; `paper` reports its verdicts without asserting them.
 
 # %%
 assert all(0.0 <= r.metrics[t] <= 1.0 for r in (*div_runs.values(), *stkim_runs.values()) for t in mt.TASKS)
+if profile == "cpu":
+    v = verdicts[f"diversity, {R['digits'][0]} px"]
+    assert not v["baseline beats chance on"] and not v["gains over 0xD"], f"nothing learned, no gain: {v}"
+    assert all(d < 0 for d in v["L_b above 0xD's (mean over epochs)"].values()), f"L_b fell faster here: {v}"
+    v = verdicts["stkim"]
+    assert not v["baseline beats chance on"] and not v["gains over no masking"], f"nothing learned, no gain: {v}"
+    assert not v["dominated by a few patches"], f"the unmasked attention is near uniform here: {v}"
 metrics["regularisers"] = {
     "diversity": div_rows, "stkim": stkim_rows, "verdicts": verdicts,
     "diversity_bag_loss": {f"{w}xD, {d} px": r.bag_loss().tolist() for (w, d), r in div_runs.items()},
