@@ -10,8 +10,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from zoomin_lib import IPSNet
 from zoomin_lib.chapters import multitask as mt
 from zoomin_lib.chapters.megapixel import Setup, methods
+from zoomin_lib.losses import diversity_loss
+from zoomin_lib.networks import FeatureLeNet
 from zoomin_lib.train.protocol import TrainSettings, tensor_batches
 
 
@@ -185,3 +188,79 @@ def test_accuracy_rows_end_with_chance_and_above_chance_needs_a_margin():
     assert all(list(v) == ["good"] for v in beaten.values())
     barely = mt.TaskRun("barely", {"maj": 0.11, "max": 0.3, "top": 0.1, "multi": 0.0, "n": 400})
     assert mt.above_chance({"barely": barely}, chance)["maj"] == {}
+
+
+def _semantic_ips(**kwargs) -> IPSNet:
+    """A small four-task IPSNet with 4 heads on 32x32 canvases (patches 8x8, M = 5)."""
+    torch.manual_seed(0)
+    return IPSNet(FeatureLeNet(1), [10] * 4, 8, 5, 7, n_heads=4, **kwargs)
+
+
+def test_semantic_terms_are_each_heads_four_task_loss_averaged_over_heads():
+    torch.manual_seed(5)
+    B, H = 4, 3
+    head_logits = [torch.randn(B, H, 10) for _ in mt.TASKS]  # one [B, H, 10] per task
+    y = targets([1, 2, 3, 4], [5, 6, 7, 8], [0, 1, 2, 3], [[1, 5, 0], [2, 6, 9], [3, 7, 1], [4, 8, 2]])
+    by_hand = []
+    for h in range(H):
+        ce = [F.cross_entropy(head_logits[k][:, h], y[:, k]) for k in range(3)]
+        bce = F.binary_cross_entropy_with_logits(head_logits[3][:, h], y[:, 3:].float())
+        by_hand.append(float((sum(ce) + bce) / 4))
+    total, per_head = mt.semantic_terms(head_logits, y)
+    assert per_head == pytest.approx(by_hand, rel=1e-6)
+    assert float(total) == pytest.approx(sum(by_hand) / H, rel=1e-6)
+    with pytest.raises(ValueError, match="semantic=True"):
+        mt.semantic_terms(head_logits[:3], y)
+
+
+def test_regularisers_add_their_weighted_terms_to_the_four_task_loss():
+    model = _semantic_ips(semantic=True)
+    model.head_mlps.dropout.p = 0.0  # the heads' dropout draws from torch's global generator: off, to compare
+    x, y = _tiny_data(4)
+    x = x[:, :, :32, :32]
+    plain = mt.multitask_loss(0.0, torch.Generator().manual_seed(0))(model, (x, y), 0)[1]
+    assert "semantic" not in plain and "diversity" not in plain  # no extra terms: the loss as before
+    terms = mt.regulariser_terms(semantic=0.5, diversity=2.0)
+    total, parts = mt.multitask_loss(0.0, torch.Generator().manual_seed(0), terms)(model, (x, y), 0)
+    with torch.no_grad():
+        out = model(x)
+    bag = mt.multitask_terms(mt.task_logits(out), y)[0]
+    assert parts["total"] == pytest.approx(float(bag) + parts["semantic"] + parts["diversity"], rel=1e-5)
+    assert parts["semantic"] == pytest.approx(0.5 * float(mt.semantic_terms(out.head_logits, y)[0]), rel=1e-5)
+    assert parts["diversity"] == pytest.approx(2.0 * float(diversity_loss(out.attention)), rel=1e-5)
+    assert out.attention.shape[:3] == (4, 4, 4)  # [B, H, T, M]: the cosines span the four task queries
+    assert plain["total"] == pytest.approx(float(bag), rel=1e-5)
+    total.backward()
+    assert model.head_mlps.w1.grad.abs().sum() > 0  # the heads' MLPs are trained by L_p
+    assert set(mt.regulariser_terms(semantic=1.0)) == {"semantic"} and mt.regulariser_terms() == {}
+    with pytest.raises(ValueError, match="semantic=True"):
+        mt.multitask_loss(0.0, None, mt.regulariser_terms(semantic=1.0))(_semantic_ips(), (x, y), 0)
+
+
+def test_train_tasks_reports_the_extra_terms_in_its_history():
+    x, y = _tiny_data(4)
+    x = x[:, :, :32, :32]
+    settings = TrainSettings(epochs=1, batch_size=2, lr=1e-3, warmup_epochs=0, contrastive=False)
+    run, _ = mt.train_tasks("IPS-reg", lambda: _semantic_ips(semantic=True, mask_top_k=2, mask_prob=0.5), settings,
+                            tensor_batches(x, y, 2, 0), [(x, y)], run_seed=0,
+                            extra_terms=mt.regulariser_terms(semantic=1.0, diversity=1.0))
+    assert run.history[0]["semantic"] > 0 and 0 <= run.history[0]["diversity"] <= 1
+
+
+def test_bag_loss_is_the_mean_task_loss_per_epoch():
+    history = [{"loss_maj": 1.0, "loss_max": 2.0, "loss_top": 3.0, "loss_multi": 0.2, "semantic": 9.0},
+               {"loss_maj": 0.5, "loss_max": 1.0, "loss_top": 1.5, "loss_multi": 0.1, "semantic": 9.0}]
+    run = mt.TaskRun("r", {}, history)
+    np.testing.assert_allclose(run.bag_loss(), [6.2 / 4, 3.1 / 4])
+
+
+def test_gains_over_needs_more_than_z_standard_errors_of_the_difference():
+    base = mt.TaskRun("base", {"maj": 0.5, "max": 0.5, "top": 0.5, "multi": 0.0, "n": 400})
+    se = math.sqrt(2 * 0.25 / 400)  # two accuracies near 0.5 on 400 canvases each
+    runs = {"same": mt.TaskRun("same", {"maj": 0.5 + 2.5 * se, "max": 0.5, "top": 0.4, "multi": 0.0, "n": 400}),
+            "better": mt.TaskRun("better", {"maj": 0.5 + 4 * se, "max": 0.5, "top": 0.9, "multi": 0.02, "n": 400})}
+    gains = mt.gains_over(runs, base)
+    assert list(gains["maj"]) == ["better"] and gains["maj"]["better"] == pytest.approx(4 * se)
+    assert gains["max"] == {} and list(gains["top"]) == ["better"]
+    assert gains["multi"] == {}  # 8 right of 400 against 0: within 3 standard errors (floored at 1 / n)
+    assert list(mt.gains_over(runs, base, tasks=("maj",), z=2.0)["maj"]) == ["same", "better"]

@@ -201,3 +201,60 @@ def test_figure8_views_and_crops_cut_the_needle_at_both_scales():
     shapes = [ax.images[0].get_array().shape for ax in fig.axes]
     assert shapes == [(28, 28), (7, 7), (7, 7), (7, 7)]
     assert np.asarray(fig.axes[0].images[0].get_array()).min() == 1.0  # the full-resolution crop is the needle
+
+
+def test_sorted_attention_sorts_each_canvas_pooling_weights_in_eval_mode():
+    torch.manual_seed(0)
+    x = torch.rand(5, 1, 96, 96)
+    ips = tb.ips_with_encoder(n_classes=[10, 10], patch_size=32, memory_size=4, iter_size=5, mask_top_k=2, mask_prob=1.0)
+    weights = tb.sorted_attention(ips, lambda idx: x[idx], range(5), batch_size=2)  # [5, M]
+    assert weights.shape == (5, 4) and torch.allclose(weights.sum(1), torch.ones(5))
+    assert (weights[:, :-1] >= weights[:, 1:]).all() and (weights > 0).all()  # sorted; STKIM masks nothing in eval
+    with torch.no_grad():
+        by_hand = ips.eval()(x).weights.sort(dim=1, descending=True).values
+    torch.testing.assert_close(weights, by_hand)
+    ips.train()
+    tb.sorted_attention(ips, lambda idx: x[idx], [0])
+    assert ips.training  # its mode restored
+    with pytest.raises(ValueError, match="at least one"):
+        tb.sorted_attention(ips, lambda idx: x[idx], [])
+
+
+def test_attention_density_figure_has_one_panel_per_group_and_one_line_per_configuration():
+    curves = {"none": np.array([0.7, 0.2, 0.1]), "K=1": np.array([0.5, 0.3, 0.2]), "P=0.6": np.array([0.4, 0.4, 0.2])}
+    fig = tb.plot_attention_densities(curves, {"K varies": ["none", "K=1"], "P varies": ["none", "P=0.6"]})
+    assert [ax.get_title() for ax in fig.axes] == ["K varies", "P varies"]
+    assert [len(ax.lines) for ax in fig.axes] == [2, 2]
+    assert list(fig.axes[1].lines[1].get_ydata()) == [0.4, 0.4, 0.2] and list(fig.axes[0].lines[0].get_xdata()) == [1, 2, 3]
+
+
+def test_o2i_split_takes_the_first_training_canvases_and_all_validation_ones(tmp_path, monkeypatch):
+    monkeypatch.setenv("ZOOMIN_DATA", str(tmp_path))
+    root = tb.o2i_dataset(28, 4, 2, canvas_size=300)
+    train, val, y_train, y_val = tb.o2i_split(root, 3)
+    assert len(train) == 3 and len(val) == 2 and y_train.shape == (3, 13) and y_val.shape == (2, 13)
+    data = o2i.O2IMNIST(root, "train")
+    assert y_train[:, 0].tolist() == list(data.targets["maj"][:3])
+    assert torch.equal(train.load([2])[0, 0], torch.from_numpy(data.canvas(2)).float() / 255)
+    with pytest.raises(ValueError, match="4 training canvases"):
+        tb.o2i_split(root, 5)
+
+
+def test_train_ips_tasks_trains_what_part_2_trains_and_takes_the_regularisers(tmp_path, monkeypatch):
+    from zoomin_lib.chapters import multitask as mt
+    from zoomin_lib.train.protocol import TrainSettings, lazy_batches
+
+    monkeypatch.setenv("ZOOMIN_DATA", str(tmp_path))
+    split = tb.o2i_split(tb.o2i_dataset(28, 4, 2, canvas_size=300), 4)
+    train, val, y_train, y_val = split
+    settings = TrainSettings(epochs=1, batch_size=2, lr=1e-3)
+    run, model = tb.train_ips_tasks("plain", split, settings, memory_size=3, iter_size=36, seed=1)
+    by_hand, _ = mt.train_tasks(  # chapter 10's Part 2, written out
+        "plain", lambda: tb.ips_with_encoder(n_classes=[10] * 4, patch_size=50, memory_size=3, iter_size=36), settings,
+        lazy_batches(train.load, y_train, 2, 1), lazy_batches(val.load, y_val, 16, 1, shuffle=False), run_seed=1)
+    assert run.metrics == by_hand.metrics and run.bag_loss().tolist() == by_hand.bag_loss().tolist()
+    assert model.head_mlps is None and model.pool.mask_top_k == 0
+    reg, model = tb.train_ips_tasks("reg", split, settings, memory_size=3, iter_size=36, seed=1, semantic=True,
+                                    mask_top_k=1, mask_prob=0.5, extra_terms=mt.regulariser_terms(1.0, 2.0))
+    assert model.head_mlps is not None and model.pool.mask_top_k == 1
+    assert {"semantic", "diversity"} <= set(reg.history[0])

@@ -17,7 +17,11 @@ the four tasks of cross-entropy (Maj, Max, Top) and binary cross-entropy average
 outputs. The models with a learnt attention add the entropy regulariser lam * sum p log p of it
 (ATS eq. 21; Zoom-In eq. 12 for alpha and every computed beta^c), divided by the batch size as
 `losses.zoomin_objective` does. There is no contrastive term: every canvas holds digits, so no
-class plays Zoom-In's "negative" reference class.
+class plays Zoom-In's "negative" reference class. IPS's regularisers (the thesis, sec. 3.3) enter as
+named `extra_terms` (`regulariser_terms`): the Semantic loss L_p is, for each attention head of an
+IPSNet built with `semantic=True`, that head's own `multitask_terms` loss (the same per-task
+criteria), averaged over the heads (`semantic_terms`); the Diversity loss L_d is
+`losses.diversity_loss` of the pooling attention, averaged over the four task queries.
 
 Metrics (`task_metrics`). Accuracy per task; Multi counts a canvas as right only when all 10
 thresholded outputs are (exact match, what sklearn's `accuracy_score` computes on multi-label arrays
@@ -28,6 +32,7 @@ same labels.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -38,10 +43,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from zoomin_lib.chapters.results import beats_chance
+from zoomin_lib.chapters.results import beats_chance, chance_margin
 from zoomin_lib.infra.config import default_device
 from zoomin_lib.infra.io import write_json
+from zoomin_lib.ips import regulariser_terms as ips_regulariser_terms
 from zoomin_lib.losses import entropy_regularizer
+from zoomin_lib.steps import ExtraTerm
 from zoomin_lib.train.loop import evaluating, seed_everything
 from zoomin_lib.train.profiling import training_step_peak_mb
 from zoomin_lib.train.protocol import TrainSettings, train_model
@@ -56,6 +63,8 @@ __all__ = [
     "split_logits",
     "multitask_terms",
     "multitask_loss",
+    "semantic_terms",
+    "regulariser_terms",
     "predict",
     "task_metrics",
     "chance_levels",
@@ -67,6 +76,7 @@ __all__ = [
     "training_peak_mb",
     "accuracy_rows",
     "above_chance",
+    "gains_over",
 ]
 
 TASKS = ("maj", "max", "top", "multi")
@@ -121,8 +131,14 @@ def multitask_terms(logits: Tensor, y: Tensor) -> tuple[Tensor, dict[str, float]
     return total, {f"loss_{t}": float(v.detach()) for t, v in losses.items()}
 
 
-def multitask_loss(lam: float = 0.0, generator: torch.Generator | None = None) -> Callable:
-    """The loss_fn(model, (x, y), epoch) of `train.loop.fit`: `multitask_terms` plus lam * sum p log p of the attention."""
+def multitask_loss(
+    lam: float = 0.0, generator: torch.Generator | None = None, extra_terms: Mapping[str, ExtraTerm] | None = None
+) -> Callable:
+    """The loss_fn(model, (x, y), epoch) of `train.loop.fit`: `multitask_terms` plus lam * sum p log p of the attention.
+
+    Each of `extra_terms` (name -> term(model, out, y, extra), as `steps.sampling_loss` takes them;
+    e.g. `regulariser_terms`) is added to the objective and reported under its name.
+    """
 
     def loss_fn(model: nn.Module, batch: Batch, epoch: int) -> tuple[Tensor, dict[str, float]]:
         x, y = batch
@@ -133,10 +149,48 @@ def multitask_loss(lam: float = 0.0, generator: torch.Generator | None = None) -
             if probs is not None and lam and probs.requires_grad:  # U-N's uniform alpha is a constant: no term
                 reg = reg + entropy_regularizer(probs, lam) / x.shape[0]
         parts["entropy"] = float(reg.detach())
-        parts["total"] = float((total + reg).detach())
-        return total + reg, parts
+        objective = total + reg
+        for name, term in (extra_terms or {}).items():
+            value = term(model, out, y, ())
+            parts[name] = float(value.detach())
+            objective = objective + value
+        parts["total"] = float(objective.detach())
+        return objective, parts
 
     return loss_fn
+
+
+def semantic_terms(head_logits: Sequence[Tensor], y: Tensor) -> tuple[Tensor, list[float]]:
+    """(L_p, each head's loss): head h's `multitask_terms` loss on its own logits, averaged over the H heads.
+
+    `head_logits` is IPSNet's `IPSOutput.head_logits` for the four tasks: one [B, H, 10] tensor per
+    task, in the order of `TASKS` (thesis eq. 12-13, with the four tasks' criteria of `multitask_terms`).
+    """
+    if not isinstance(head_logits, (list, tuple)) or len(head_logits) != len(TASKS):
+        raise ValueError(f"the semantic term needs one [B, H, {N_CLASSES}] head-logit tensor per task "
+                         f"(an IPSNet with n_classes=[{N_CLASSES}] * {len(TASKS)} and semantic=True)")
+    heads = torch.cat(list(head_logits), dim=2)  # [B, H, 40]
+    losses = [multitask_terms(heads[:, h], y)[0] for h in range(heads.shape[1])]  # H x scalar
+    return torch.stack(losses).mean(), [float(v.detach()) for v in losses]
+
+
+def regulariser_terms(semantic: float = 0.0, diversity: float = 0.0) -> dict[str, ExtraTerm]:
+    """`extra_terms` of `multitask_loss` for the thesis's eq. 13: `semantic` x L_p (`semantic_terms`), `diversity` x L_d.
+
+    L_d is `ips.regulariser_terms`' Diversity term (the pooling attention [B, H, 4, M], cosines
+    averaged over canvases and task queries). A zero weight leaves its term out.
+    """
+    terms: dict[str, ExtraTerm] = {}
+    if semantic:
+
+        def semantic_term(model: nn.Module, out: Any, y: Tensor, extra: Sequence[Tensor]) -> Tensor:
+            if getattr(out, "head_logits", None) is None:
+                raise ValueError("the semantic term needs an IPSNet built with semantic=True")
+            return semantic * semantic_terms(out.head_logits, y)[0]
+
+        terms["semantic"] = semantic_term
+    terms.update(ips_regulariser_terms(semantic=0.0, diversity=diversity))
+    return terms
 
 
 def predict(logits: Tensor) -> dict[str, Tensor]:
@@ -255,6 +309,10 @@ class TaskRun:
     before: dict[str, float] = field(default_factory=dict)  # the probe before the first epoch
     train_seconds: float = 0.0  # wall-clock of the epochs, probe evaluations excluded
 
+    def bag_loss(self) -> np.ndarray:
+        """L_b per epoch: the mean over the four tasks of each task's training loss (`multitask_terms`), regularisers excluded."""
+        return np.array([np.mean([h[f"loss_{t}"] for t in TASKS]) for h in self.history], dtype=float)
+
     def curve(self, key: str) -> tuple[np.ndarray, np.ndarray]:
         """(cumulative training seconds, history value `val_<key>`) per epoch, epoch 0 (before training) first."""
         seconds = np.cumsum([0.0] + [h["seconds"] - h.get("val_eval_seconds", 0.0) for h in self.history])
@@ -272,6 +330,7 @@ def train_tasks(
     run_seed: int,
     probe: EpochProbe | None = None,
     out_dir: str | Path | None = None,
+    extra_terms: Mapping[str, ExtraTerm] | None = None,
 ) -> tuple[TaskRun, nn.Module]:
     """Seed, build and train one method on the four tasks (`train.protocol.train_model`, Adam) and test it.
 
@@ -279,13 +338,14 @@ def train_tasks(
     returned on the host.
 
     The loss is `multitask_loss(settings.lam)` (given to train_model as its loss_wrapper, with the same
-    generator, so every method of a run seed sees the same mini-batches and draws). `probe` runs before
+    generator, so every method of a run seed sees the same mini-batches and draws), with `extra_terms`
+    (e.g. `regulariser_terms`) added. `probe` runs before
     training and after every epoch. With `out_dir`, the run is written to out_dir/runs/<name>.json.
     """
     device = default_device()
     generator = seed_everything(run_seed, device)
     model = factory().to(device)
-    loss = multitask_loss(settings.lam, generator)
+    loss = multitask_loss(settings.lam, generator, extra_terms)
     before = probe(model, generator) if probe is not None else {}
     history = train_model(
         model, train_batches, settings, generator,
@@ -338,3 +398,24 @@ def above_chance(
     """
     return {task: {name: run.metrics[task] for name, run in runs.items()
                    if beats_chance(run.metrics[task], chance[task], run.metrics["n"], z)} for task in tasks}
+
+
+def gains_over(
+    runs: Mapping[str, TaskRun], baseline: TaskRun, tasks: Sequence[str] = TASKS, z: float = 3.0
+) -> dict[str, dict[str, float]]:
+    """Task -> {method: accuracy gain} of the runs that beat `baseline` by more than z standard errors of the difference.
+
+    The standard error of a difference of two accuracies measured on n canvases each is
+    sqrt(se_a^2 + se_b^2), each se the binomial one of `chapters.results.chance_margin` (with its
+    floor of 1 / n). With z = 3 a run no better than the baseline passes about 0.1 % of the time.
+    """
+    out: dict[str, dict[str, float]] = {}
+    for task in tasks:
+        base, n0 = baseline.metrics[task], baseline.metrics["n"]
+        out[task] = {}
+        for name, run in runs.items():
+            acc, n = run.metrics[task], run.metrics["n"]
+            margin = math.hypot(chance_margin(acc, n, z), chance_margin(base, n0, z))
+            if acc - base > margin:
+                out[task][name] = acc - base
+    return out

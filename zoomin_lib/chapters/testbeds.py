@@ -18,12 +18,14 @@ What chapter 10 needs beyond the generic loop of `experiments`:
 - The reduced O2I canvases of the `cpu` profile (`o2i_noise_for`, `o2i_dataset`): a smaller canvas
   with the digits at their sizes and the noise count scaled with the canvas area (same density).
 - What Zoom-In's first stage sees of a needle (appendix J, figure 8): `plot_views`, `plot_needle_crops`.
+- How concentrated IPS's pooling attention is (the thesis's figure 13): `sorted_attention`,
+  `plot_attention_densities`.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -35,13 +37,16 @@ from torch import Tensor, nn
 from data_prep import o2i
 from data_prep.megapixel_mnist import write_dataset
 from data_prep.mnist_digits import DIGIT_SIZE, digit_pools
+from zoomin_lib.chapters.multitask import N_CLASSES, TASKS, TaskRun, pack_targets, train_tasks
 from zoomin_lib.geometry import view
 from zoomin_lib.infra.cache import stand_in
 from zoomin_lib.infra.config import default_device
 from zoomin_lib.ips import IPSNet
 from zoomin_lib.models import ZoomInNet
 from zoomin_lib.networks import AttentionLeNet
+from zoomin_lib.steps import ExtraTerm
 from zoomin_lib.train.loop import evaluating, seed_everything
+from zoomin_lib.train.protocol import TrainSettings, lazy_batches
 
 __all__ = [
     "CanvasSet",
@@ -63,8 +68,12 @@ __all__ = [
     "ips_with_encoder",
     "o2i_noise_for",
     "o2i_dataset",
+    "o2i_split",
+    "train_ips_tasks",
     "plot_views",
     "plot_needle_crops",
+    "sorted_attention",
+    "plot_attention_densities",
 ]
 
 NEEDLE = 3  # the digit NeedleMNIST asks about
@@ -386,11 +395,16 @@ def zoomin_with_encoder(
 
 def ips_with_encoder(
     *, in_channels: int = 1, n_classes: int | Sequence[int] = 2, patch_size: int, memory_size: int, iter_size: int,
-    dim: int = 32, n_heads: int = 8,
+    dim: int = 32, n_heads: int = 8, semantic: bool = False, mask_top_k: int = 0, mask_prob: float = 0.0,
 ) -> IPSNet:
-    """IPS (thesis sec. 2.7) with a layer-normalised PatchEncoder over non-overlapping full-resolution patches."""
+    """IPS (thesis sec. 2.7) with a layer-normalised PatchEncoder over non-overlapping full-resolution patches.
+
+    `semantic` gives every head its own MLP (thesis sec. 3.3), `mask_top_k` and `mask_prob` are STKIM's K and P
+    (sec. 3.4); off by default.
+    """
     encoder = PatchEncoder(in_channels, dim, layer_norm=True)
-    return IPSNet(encoder, n_classes, patch_size, memory_size, iter_size, n_heads=n_heads)
+    return IPSNet(encoder, n_classes, patch_size, memory_size, iter_size, n_heads=n_heads, semantic=semantic,
+                  mask_top_k=mask_top_k, mask_prob=mask_prob)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -422,6 +436,42 @@ def o2i_dataset(
     params = o2i.parameters(n_train, n_val, 0, seed, digit_size, noise, thickness, canvas_size)
     name = f"o2i_{canvas_size}px_digits{digit_size}_noise{noise}_t{thickness:g}"
     return stand_in(name, params, lambda root: write_dataset(root, params))
+
+
+def o2i_split(root: Path, n_train: int) -> tuple[CanvasSet, CanvasSet, np.ndarray, np.ndarray]:
+    """(the first n_train training canvases, the validation canvases, their [n, 13] task targets) of an O2I dataset.
+
+    The first n canvases, as the thesis's nested training-set sizes; canvases of up to 1000 px are
+    rendered once and held in memory (`CanvasSet`).
+    """
+    train, val = o2i.O2IMNIST(root, "train"), o2i.O2IMNIST(root, "val")
+    if n_train > len(train):
+        raise ValueError(f"the dataset holds {len(train)} training canvases, not {n_train}")
+    cache = train.canvas(0).shape[0] <= 1000
+    return (CanvasSet(train, range(n_train), cache=cache), CanvasSet(val, cache=cache),
+            pack_targets(train.targets)[:n_train], pack_targets(val.targets))
+
+
+def train_ips_tasks(
+    name: str, split: tuple[CanvasSet, CanvasSet, np.ndarray, np.ndarray], settings: TrainSettings, *,
+    memory_size: int, iter_size: int, seed: int, patch_size: int = 50, out_dir: str | Path | None = None,
+    extra_terms: Mapping[str, ExtraTerm] | None = None, **ips_kwargs: Any,
+) -> tuple[TaskRun, IPSNet]:
+    """IPS (`ips_with_encoder`, one head per task) trained on the four tasks of an `o2i_split` and validated on it.
+
+    Mini-batches of `settings.batch_size` in the order of `seed`, validation in batches of 16, run
+    seed `seed` (`multitask.train_tasks`, `extra_terms` added to its loss); `ips_kwargs` go to the
+    builder (`semantic`, `mask_top_k`, `mask_prob`). Without them it trains what chapter 10's Part 2 does.
+    """
+    train, val, y_train, y_val = split
+
+    def factory() -> IPSNet:
+        return ips_with_encoder(n_classes=[N_CLASSES] * len(TASKS), patch_size=patch_size, memory_size=memory_size,
+                                iter_size=iter_size, **ips_kwargs)
+
+    return train_tasks(name, factory, settings, lazy_batches(train.load, y_train, settings.batch_size, seed),
+                       lazy_batches(val.load, y_val, 16, seed, shuffle=False), run_seed=seed, out_dir=out_dir,
+                       extra_terms=extra_terms)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -472,4 +522,44 @@ def plot_needle_crops(x: Tensor, data: Any, k: int, center: tuple[int, int], sca
         ax.imshow(img, cmap="gray", interpolation="nearest")
         ax.set_title(name, fontsize=8)
         ax.axis("off")
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------------
+# How concentrated IPS's pooling attention is (thesis sec. 9.5, figure 13)
+# ----------------------------------------------------------------------------------------------------
+
+
+def sorted_attention(model: IPSNet, load: Callable[[list[int]], Tensor], indices: Sequence[int],
+                     batch_size: int = 50) -> Tensor:
+    """IPS's pooling attention over its M selected patches, per canvas, sorted in decreasing order: [n, M] on the host.
+
+    The weights are `IPSOutput.weights` (eq. 2's attention averaged over heads and task queries) in
+    eval mode, so STKIM masks nothing; each row sums to 1. `load(idx)` gives the canvases [b, C, H, W].
+    """
+    indices = list(indices)
+    if not indices:
+        raise ValueError("sorted_attention needs at least one canvas")
+    rows = []
+    with evaluating(model):  # eval mode, no gradients
+        for start in range(0, len(indices), batch_size):
+            rows.append(model(load(indices[start : start + batch_size])).weights.float().cpu())  # [b, M]
+    return torch.cat(rows).sort(dim=1, descending=True).values  # [n, M]
+
+
+def plot_attention_densities(curves: Mapping[str, np.ndarray], panels: Mapping[str, Sequence[str]]) -> Figure:
+    """Figure 13's layout: one panel per title in `panels`, one line per configuration named there.
+
+    `curves` maps a configuration to the sorted attention [M] of one canvas; the line plots it against
+    the patch's rank (1 = the most attended), so a line that falls steeply is attention held by a few patches.
+    """
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.6), sharey=True, squeeze=False)
+    for ax, (title, names) in zip(axes[0], panels.items()):
+        for name in names:
+            ax.plot(np.arange(1, len(curves[name]) + 1), curves[name], "o-", ms=3, label=name)
+        ax.set_xlabel("patch rank (1 = most attended)")
+        ax.set_title(title, fontsize=9)
+        ax.legend(fontsize=7)
+    axes[0, 0].set_ylabel("pooling attention")
+    fig.tight_layout()
     return fig
