@@ -293,8 +293,8 @@ print("extrapolated to a gigapixel (MiB): " + ", ".join(f"{k} {v:,.0f}" for k, v
 #
 # Here, on this chapter's geometry: tiles of 250 px chosen on $V(x, 0.1)$, cells of 50 px chosen on
 # $V(\text{tile}, 0.1)$, and two locations of $V(\text{cell}, 0.5)$ per drawn cell, each a 27x27 patch. It
-# reads as many patches as the two-level model with the same $N$ (half as many cells, two patches each), but
-# views each drawn tile at half the two-level scale. Both are measured as above (one training step, untrained
+# reads as many patches as the two-level model with the same $N$ (half as many cells, two patches each; one
+# patch fewer when $N$ is odd, as the table says), but views each drawn tile at half the two-level scale. Both are measured as above (one training step, untrained
 # networks, everything held at once), and the extended model is fitted to the three-level peaks.
 
 # %%
@@ -316,7 +316,7 @@ markdown_table(levels_table, digits=3)
 # %%
 assert err_l.max() < TOLERANCE, err_l.max()
 ratios = [r["three / two"] for r in levels_table]
-print(f"three levels against two, same patches read: peak ratio from {min(ratios):.2f} to {max(ratios):.2f}")
+print(f"three levels against two, same N: peak ratio from {min(ratios):.2f} to {max(ratios):.2f}")
 
 # %% [markdown]
 # Last, everything measured goes to `metrics.json` in the results folder.

@@ -160,8 +160,12 @@ def grid_positional_encoding(rows: Tensor, cols: Tensor, dim: int) -> Tensor:
 def top_k_mask(logits: Tensor, k: int, p: float, generator: torch.Generator | None = None) -> Tensor:
     """STKIM's mask [..., N] (bool): each of the k largest logits along the last dim is chosen with probability p.
 
-    Only the top min(k, N - 1) are candidates, so at least one instance of every row stays.
-    Ties are broken towards the lower index (a stable sort).
+    The thesis's reading ("sets the attention values of the Top-K instances to 0, with a probability
+    of P"): each of the top k is masked independently, so k p are masked on average, also when k p < 1
+    (Zhang et al.'s code masks exactly int(k p) of them, none when k p < 1). Only the top
+    min(k, N - 1) are candidates, so at least one instance of every row stays. Ties are broken
+    towards the lower index (a stable sort). Without a generator the uniforms are drawn on the
+    logits' device.
     """
     check_positive_int(k, "k")
     if not isinstance(p, (int, float)) or not 0 <= p <= 1:
@@ -171,7 +175,7 @@ def top_k_mask(logits: Tensor, k: int, p: float, generator: torch.Generator | No
     if k < 1 or p == 0:
         return mask
     top = torch.sort(logits.detach(), dim=-1, descending=True, stable=True).indices[..., :k]  # [..., k]
-    u = torch.rand(top.shape, generator=generator, device=generator.device if generator is not None else None)
+    u = torch.rand(top.shape, generator=generator, device=generator.device if generator is not None else top.device)
     return mask.scatter_(-1, top, (u < p).to(top.device))  # [..., N]
 
 
@@ -486,7 +490,8 @@ class IPSNet(nn.Module):
 def regulariser_terms(semantic: float = 1.0, diversity: float = 1.0) -> dict[str, ExtraTerm]:
     """`extra_terms` of `steps.sampling_loss` for eq. 13 of the thesis: `semantic` x L_p and `diversity` x L_d.
 
-    A zero weight leaves its term out. L_p needs an IPSNet built with `semantic=True` and one task.
+    A zero weight leaves its term out. L_p needs an IPSNet built with `semantic=True` and one task; it is
+    each head's unweighted cross-entropy (the thesis weights no class), also when L_b has class weights.
     """
     terms: dict[str, ExtraTerm] = {}
     if semantic:

@@ -143,3 +143,25 @@ def test_build_levels_uses_the_papers_networks_at_every_level():
     assert [type(m) for m in (model.attention_a, model.attention_b, *model.deeper)] == [AttentionLeNet] * 3
     assert isinstance(model.features, FeatureLeNet) and model.child_counts == [25, 625]
     assert model.deeper[0] is not model.attention_b  # each level its own weights
+
+
+def test_a_batch_of_different_images_matches_each_image_alone():
+    """Exact mode on two different images in one batch equals the per-path reference of each (no mixing of images)."""
+    model = make_model((2, 1), 4)
+    x = torch.rand(2, 1, 16, 16, dtype=torch.float64)
+    with torch.no_grad():
+        both = model(x, mode="exact").features  # [2, D]
+        for b in range(2):
+            torch.testing.assert_close(both[b], reference_exact(model, x[b : b + 1]))
+
+
+def test_a_node_without_enough_children_is_reported():
+    model = make_model((2,), 3)
+    with torch.no_grad():
+        model.deeper[0].weight.zero_()
+        model.deeper[0].bias.fill_(0.0)
+        model.deeper[0].weight[0, 0, 1, 1] = 1e4  # attention collapses on the brightest location of every cell
+    x = torch.zeros(1, 1, 16, 16, dtype=torch.float64)
+    x[..., ::4, ::4] = 1.0  # one bright pixel per level-2 cell: a single child of positive attention
+    with pytest.raises(ValueError, match="fewer than 2 children of positive attention"):
+        model(x, generator=torch.Generator().manual_seed(0))

@@ -106,5 +106,7 @@ def test_three_levels_read_as_many_patches_and_rows_pair_the_measurements():
     assert out.centers.shape == (1, 10, 2) and model.n_patches == 5
     rows = levels_rows([500, 750], [5, 10], [4 * 2**20, 8 * 2**20, 6 * 2**20, 10 * 2**20], [2 * 2**20, 8 * 2**20,
                                                                                         3 * 2**20, 20 * 2**20])
-    assert [(r["side (px)"], r["patches read"], r["three / two"]) for r in rows] == [
-        (500, 5, 0.5), (500, 10, 1.0), (750, 5, 0.5), (750, 10, 2.0)]
+    assert [(r["side (px)"], r["patches read (two levels)"], r["patches read (three levels)"], r["three / two"])
+            for r in rows] == [(500, 5, 4, 0.5), (500, 10, 10, 1.0), (750, 5, 4, 0.5), (750, 10, 10, 2.0)]
+    odd = three_levels(5)(torch.randn(1, 3, 500, 500), generator=torch.Generator().manual_seed(0))
+    assert odd.centers.shape == (1, 4, 2)  # 2 cells of 2 patches: one patch fewer than N = 5

@@ -46,8 +46,9 @@ image (`fresh_width`) and each image averages the first M_b of them under a mask
 which rounds an image ignores has no effect on its estimate. Host synchronisations: `choose_rounds` and
 `predictable_mean` none; `fresh_width` one (the largest M of the batch sets the size of what is drawn)
 unless a static width (the budget) is given; the two-stage rounds add `hierarchical.unique_draws`'s one
-per draw (pilot and fresh). `adaptive_with_replacement` therefore synchronises once (none with
-`static_width`), `adaptive_two_stage` three times (two with `static_width`), whatever B, N or the budget.
+per draw (pilot and fresh), and the input checks (`validate_probs`) one per distribution checked.
+`adaptive_with_replacement` therefore synchronises twice (once with `static_width`), `adaptive_two_stage`
+five times (four with `static_width`), whatever B, N or the budget.
 
 **What it buys.** The rule equalises the standard error over images (it bounds the worst image's); it
 does not lower the *average* variance at equal average cost: with M_b proportional to sigma_b^2 the mean
@@ -184,6 +185,9 @@ def adaptive_estimate(rounds: Tensor, pilot: int, tol: float, budget: int, *, mi
     For enumeration and simulation, where every round up to the budget is drawn in advance; a model
     draws only `fresh_width` fresh rounds (`adaptive_with_replacement`, `adaptive_two_stage`).
     """
+    if rounds.dim() != 3 or rounds.shape[1] < budget:
+        raise ValueError(f"rounds must be [B, W, D] with W >= budget = {budget} (the pilot and every fresh round "
+                         f"the rule may ask for), got {tuple(rounds.shape)}")
     m, s2 = choose_rounds(rounds[:, :pilot], tol, budget, min_rounds=min_rounds, project=project)  # [B], [B]
     value = predictable_mean(rounds[:, pilot:], m)  # [B, D]
     return AdaptiveEstimate(value, m, s2, round_size * (pilot + m))

@@ -50,16 +50,32 @@ from zoomin_lib.pixels import PixelSource, as_source
 from zoomin_lib.sampling import gumbel_top_k, sample_with_replacement, sequential_terms, validate_probs
 from zoomin_lib.syncs import Checks
 
-__all__ = ["sample_children", "expectation_levels", "full_levels_sum", "LevelsZoomIn", "build_levels"]
+__all__ = [
+    "sample_children", "children_support_ok", "expectation_levels", "full_levels_sum", "LevelsZoomIn", "build_levels",
+]
 
 
-def sample_children(probs: Tensor, n: int, generator: torch.Generator | None = None) -> Tensor:
-    """n distinct children of every node, drawn in sequence without replacement: probs [..., K] -> indices [..., n]."""
+def sample_children(
+    probs: Tensor, n: int, generator: torch.Generator | None = None, *, check: bool = True
+) -> Tensor:
+    """n distinct children of every node, drawn in sequence without replacement: probs [..., K] -> indices [..., n].
+
+    With `check=False` nothing is validated on the host (no synchronisation): the caller checks that
+    every node has at least n children of positive probability (`children_support_ok`).
+    """
     if n > probs.shape[-1]:
         raise ValueError(f"cannot draw {n} distinct children from {probs.shape[-1]}")
-    validate_probs(probs.detach().reshape(-1, probs.shape[-1]), "child attention")
+    if check:
+        validate_probs(probs.detach().reshape(-1, probs.shape[-1]), "child attention")
+        if not bool(children_support_ok(probs, n).all()):
+            raise ValueError(f"some node has fewer than {n} children of positive attention")
     lead = probs.shape[:-1]
     return gumbel_top_k(probs.reshape(-1, probs.shape[-1]), n, generator).reshape(*lead, n)  # [..., n]
+
+
+def children_support_ok(probs: Tensor, n: int) -> Tensor:
+    """bool [...]: each node (probs [..., K]) has at least n children of positive probability to draw from."""
+    return (probs.detach() > 0).sum(dim=-1) >= n
 
 
 def expectation_levels(
@@ -228,7 +244,10 @@ class LevelsZoomIn(ZoomInNet):
             for level in range(3, L + 1):  # nodes [B, N, n_3, ..., n_{level-1}]
                 cell = self._child_cell(level - 1, cell, child, size)
                 probs = self._children(src, level, batch, cell, checks)  # [*S, K_level]
-                child = sample_children(probs, self.n_children[level - 3], generator)  # [*S, n_level]
+                n_l = self.n_children[level - 3]
+                checks.add(children_support_ok(probs, n_l).all(), f"a level-{level - 1} node has fewer than {n_l} "
+                           f"children of positive attention at level {level}; lower n_children[{level - 3}]")
+                child = sample_children(probs, n_l, generator, check=False)  # [*S, n_level]
                 deeper.append(probs.gather(-1, child))
                 cell, batch = cell.unsqueeze(-1).expand_as(child), batch.unsqueeze(-1).expand_as(child)
             rows, cols = self._leaf_centers(cell, child, size)  # [B, N, n_3, ..., n_L]

@@ -38,7 +38,7 @@ __all__ = [
     "COMMON", "S1", "S2", "TILE", "PATCH", "zoom", "ats", "Config", "configs", "make_probe", "accuracy_text",
     "table3_rows", "table4_rows", "figure4", "unique_tile_bounds", "memory_model_points", "fit_rows", "fit_figure",
     "crossover_rows", "inference_sweep", "sweep_rows", "fit_lines", "line_crossings", "sweep_figure", "PAIRS",
-    "LEVEL_SCALES", "LEVEL_CELLS", "LEVEL_CHILDREN", "three_levels", "levels_memory_points", "levels_rows",
+    "LEVEL_SCALES", "LEVEL_CELLS", "LEVEL_CHILDREN", "three_levels", "three_level_patches", "levels_memory_points", "levels_rows",
 ]
 
 COMMON = dict(in_channels=3, n_classes=2)
@@ -369,9 +369,17 @@ LEVEL_SCALES, LEVEL_CELLS, LEVEL_CHILDREN = (S1, 0.1, 0.5), (TILE, 50), (2,)
 
 
 def three_levels(n_leaves: int) -> nn.Module:
-    """The three-level Zoom-In on the colon geometry that reads `n_leaves` patches (n_leaves / 2 cells, 2 patches each)."""
+    """The three-level Zoom-In on the colon geometry: n_leaves // 2 cells (at least 1), 2 patches each.
+
+    It reads `three_level_patches(n_leaves)` patches: n_leaves when that is even, one fewer when odd.
+    """
     return build_levels(**COMMON, scales=LEVEL_SCALES, cell_sizes=LEVEL_CELLS, patch_size=PATCH,
                         n_patches=max(1, n_leaves // LEVEL_CHILDREN[0]), n_children=LEVEL_CHILDREN)
+
+
+def three_level_patches(n_leaves: int) -> int:
+    """The patches `three_levels(n_leaves)` reads."""
+    return max(1, n_leaves // LEVEL_CHILDREN[0]) * LEVEL_CHILDREN[0]
 
 
 def levels_memory_points(sides: Sequence[int], ns: Sequence[int]) -> tuple[list[dict[str, float]], list[float]]:
@@ -397,9 +405,10 @@ def levels_memory_points(sides: Sequence[int], ns: Sequence[int]) -> tuple[list[
 
 def levels_rows(sides: Sequence[int], ns: Sequence[int], two_level_bytes: Sequence[float],
                 three_level_bytes: Sequence[float]) -> list[dict[str, Any]]:
-    """Per (side, patches read): the measured training-step peaks of two and three levels, and their ratio."""
+    """Per (side, N): the patches each model reads, their measured training-step peaks, and the peaks' ratio."""
     rows = []
     for (side, n), two, three in zip([(s, n) for s in sides for n in ns], two_level_bytes, three_level_bytes):
-        rows.append({"side (px)": side, "patches read": n, "two levels (MiB)": two / 2**20,
+        rows.append({"side (px)": side, "patches read (two levels)": n,
+                     "patches read (three levels)": three_level_patches(n), "two levels (MiB)": two / 2**20,
                      "three levels (MiB)": three / 2**20, "three / two": three / two})
     return rows

@@ -100,6 +100,8 @@ def box_term(weight: float) -> Callable[[nn.Module, ModelOutput, Tensor, Sequenc
     def term(model: nn.Module, out: ModelOutput, y: Tensor, extra: Sequence[Tensor]) -> Tensor:
         if not extra:
             raise ValueError("the box term needs batches (x, y, masks) with ROI masks [B, H, W]")
+        if out.alpha is None:
+            raise ValueError(f"the box term needs a model with attention (Zoom-In, ATS), not {type(model).__name__}")
         return weight * box_attention_loss(model, out, extra[0])
 
     return term
