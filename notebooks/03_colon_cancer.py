@@ -65,6 +65,7 @@ from zoomin_lib.chapters.colon import annotation_rows, attention_figure, example
 from zoomin_lib.chapters.results import result_rows
 from zoomin_lib.infra.io import write_json
 from zoomin_lib.book.paper_numbers import ATS_TABLE1_COLON, ZOOMIN_FIG5_STD, ZOOMIN_TABLE1_COLON, paper_rows
+from zoomin_lib.book.explorer import attention_explorer
 from zoomin_lib.book.plotting import error_bars, save_figure
 from zoomin_lib.book.report import markdown_table
 
@@ -247,6 +248,21 @@ if not test_pos:  # a small data set may leave the first fold's test set without
     print(f"no positive test image in the first fold: the attention is shown on training image {data.ids[test_pos[0]]}")
 fig = attention_figure(trained["Zoom-In"], trained["ATS-10"], data, x, test_pos, DATA_LABEL)
 save_figure(fig, out, "attention");
+
+# %% [markdown]
+# ### Explore it yourself
+#
+# The attention explorer (`zoomin_lib.book.explorer.attention_explorer`) shows one trained model on one
+# image: $\alpha$ over the low-resolution view with the tiles the prediction used, $\beta$ inside one of
+# them with its sub-tiles, the $N$ patches as read at full resolution, and the prediction. Run live
+# (`jupyter lab notebooks/`, then this chapter), it has controls to pick the image, the method, top-k or
+# sampling, $N$ and which used tile to open. The printed book shows its snapshot: each method on the first
+# of these test images, at its own $N$.
+
+# %%
+attention_explorer({name: trained[name] for name in ("Zoom-In", "ATS-10", "U-10")},
+                   {f"{data.ids[i]} (label {data.labels[i]})": x[i] for i in test_pos},
+                   classes=["no epithelial nuclei", "epithelial nuclei"], save_to=(out, "explorer"))
 
 # %% [markdown]
 # Everything measured goes to the chapter's `metrics.json`: the data and their problems, the accuracy summary,

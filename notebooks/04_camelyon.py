@@ -73,6 +73,7 @@ from zoomin_lib.book.paper_numbers import (
     ZOOMIN_TABLE2_CAMELYON,
     ZOOMIN_TABLE4_CAMELYON,
 )
+from zoomin_lib.book.explorer import attention_explorer
 from zoomin_lib.book.plotting import save_figure
 from zoomin_lib.book.report import markdown_table
 from zoomin_lib.chapters import camelyon
@@ -277,6 +278,20 @@ tumour_tests = [(r, p) for r, p in zip(test, predictions[main]) if r.label == 1]
 fig = camelyon.zoom_in_figure(model, tumour_tests, views, cfg["s2"], f"{main}: from slide to sub-tile ({DATA_LABEL})")
 save_figure(fig, out, "zoom_in_figure6e")
 plt.show()
+
+# %% [markdown]
+# ### Explore it yourself
+#
+# The attention explorer (`zoomin_lib.book.explorer.attention_explorer`) reads the test slides lazily, as
+# the models do: $\alpha$ over the tissue tiles with the tiles the prediction used, $\beta$ inside one of
+# them with its sub-tiles, the $N$ sub-tiles at level 0, and the prediction. Run live (`jupyter lab
+# notebooks/`, then this chapter), it has controls to pick the slide, the variant, top-k or sampling, $N$ and
+# which used tile to open. The printed book shows its snapshot: each variant on the first of these slides.
+
+# %%
+shown = [r for r, _ in tumour_tests] or test[:1]
+attention_explorer(models, {f"{r.slide_id} (label {r.label})": r.path for r in shown},
+                   classes=["normal", "tumour"], save_to=(out, "explorer"))
 
 # %% [markdown]
 # ## Does attention follow the metastases? (figure 7)

@@ -1,0 +1,67 @@
+"""The rendered-book check finds what a reader would see broken: run on a small site with one fault a page."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from zoomin_lib.book.page_check import CHROMEDRIVER, CHROMIUM, check_book, figures_in_notebook, pages
+
+PNG = base64.b64decode(  # a 1x1 PNG
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==")
+
+
+def page(body: str) -> str:
+    return f"<!doctype html><html><head><link rel='icon' href='data:,'></head><body><main>{body}</main></body></html>"
+
+
+def notebook(images: int) -> str:
+    outputs = [{"output_type": "display_data", "data": {"image/png": "x"}, "metadata": {}}] * images
+    cells = [{"cell_type": "code", "source": "", "metadata": {}, "outputs": outputs, "execution_count": 1}]
+    return json.dumps({"cells": cells, "metadata": {}, "nbformat": 4, "nbformat_minor": 5})
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Path:
+    html = tmp_path / "_build" / "html"
+    (html / "executed").mkdir(parents=True)
+    (html / "_static").mkdir()
+    (html / "fig.png").write_bytes(PNG)
+    (html / "index.html").write_text(page("<p>fine</p><img src='fig.png'>"))
+    (html / "broken.html").write_text(page("<img src='missing.png'>"))
+    (html / "maths.html").write_text(page("<span class='math'>\\(\\alpha_c\\)</span><p>and $\\beta^c$ as text</p>"))
+    (html / "console.html").write_text(page("<script>console.error('boom')</script>"))
+    (html / "chatter.html").write_text(page("<pre>IProgress not found. &lt;torch._C.Generator at 0x7f&gt;</pre>"))
+    (html / "executed" / "ch.html").write_text(page("<img src='../fig.png'>"))
+    (html / "genindex.html").write_text(page("<img src='nothing.png'>"))  # Sphinx's index: not a content page
+    executed = tmp_path / "executed"
+    executed.mkdir()
+    (executed / "ch.ipynb").write_text(notebook(2))
+    return html
+
+
+def test_pages_and_figures_are_counted_from_the_build(site):
+    assert [p.name for p in pages(site)] == ["broken.html", "chatter.html", "console.html", "ch.html", "index.html",
+                                             "maths.html"]
+    assert figures_in_notebook(site.parent.parent / "executed" / "ch.ipynb") == 2
+
+
+@pytest.mark.skipif(not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()) and shutil.which("chromium") is None,
+                    reason="Debian's chromium and chromium-driver are not installed (scripts/setup_browser.sh)")
+def test_each_fault_is_found_on_its_page_and_only_there(site, tmp_path):
+    reports = {r.page: r for r in check_book(site, out_dir=tmp_path / "check")}
+    assert reports["index.html"].problems == [] and reports["index.html"].figures == 1
+    assert any("broken image: missing.png" in p for p in reports["broken.html"].problems)
+    maths = reports["maths.html"].problems
+    assert any(p.startswith("unrendered formula") for p in maths)
+    assert any(p.startswith("formula left as text: $\\beta^c$") for p in maths)
+    assert any("console error" in p and "boom" in p for p in reports["console.html"].problems)
+    chatter = reports["chatter.html"].problems
+    assert any("'IProgress'" in p for p in chatter) and any("'<torch.'" in p for p in chatter)
+    assert reports["executed/ch.html"].problems == ["shows 1 figures of the 2 in ch.ipynb"]
+    assert (tmp_path / "check" / "screenshots" / "index.png").stat().st_size > 1000
+    assert len(json.loads((tmp_path / "check" / "report.json").read_text())) == 6
