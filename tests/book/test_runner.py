@@ -203,3 +203,15 @@ def test_budgets_are_read_per_profile(tmp_path: Path) -> None:
     (tmp_path / "book").mkdir()
     (tmp_path / "book" / "budgets.json").write_text(json.dumps({"cpu": {"03_x": 1.5}}))
     assert runner.budgets("cpu", tmp_path) == {"03_x": 90.0} and runner.budgets("smoke", tmp_path) == {}
+
+
+def test_two_at_once_start_with_the_longest_budgets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    names = ["01_a", "02_b", "03_c", "04_no_budget", "05_d"]
+    limits = {"01_a": 60.0, "02_b": 600.0, "03_c": 120.0, "05_d": 120.0}
+    assert [names[i] for i in runner.longest_first(names, limits)] == ["04_no_budget", "02_b", "03_c", "05_d", "01_a"]
+    monkeypatch.setattr(runner, "execute_notebook",
+                        lambda nb, out, profile, **kw: runner.NotebookResult(Path(nb).stem, str(nb), "ok"))
+    monkeypatch.setattr(runner, "budgets", lambda profile: limits)
+    results = runner.run_notebooks([tmp_path / f"{n}.ipynb" for n in names], tmp_path / "out", "smoke",
+                                   progress_bar=False, jobs=2)
+    assert [r.name for r in results] == names  # reported in the given order

@@ -30,7 +30,8 @@ Also:
   (`infra.progress`); `clean_outputs` then keeps each bar's last line, drops library chatter
   (profiler and allocator messages, widget hints) and stray object reprs (`<... at 0x...>`).
 - **Two at once.** `--jobs 2` runs two notebooks at a time, each kernel with one thread
-  (OMP/MKL/torch), which on two cores beats one notebook with two threads for these chapters.
+  (OMP/MKL/torch), which on two cores beats one notebook with two threads for these chapters;
+  the chapters with the longest budgets start first, so the build does not end on a long one alone.
 """
 
 from __future__ import annotations
@@ -265,6 +266,11 @@ def budgets(profile: str, root: str | os.PathLike | None = None) -> dict[str, fl
     return {name: 60.0 * float(minutes) for name, minutes in read_json(path).get(profile, {}).items()}
 
 
+def longest_first(names: list[str], limits: dict[str, float]) -> list[int]:
+    """Indices of `names` by decreasing budget (none: first), ties in the given order: the order to start them in."""
+    return sorted(range(len(names)), key=lambda i: -limits.get(names[i], float("inf")))
+
+
 _CHATTER = re.compile(r"IProgress not found|update jupyter and ipywidgets|USDT:|profiler_(start|stop)|"
                       r"CPUAllocator\.cpp|Memory block of unknown size|TqdmExperimentalWarning|"
                       r"from \.autonotebook import tqdm")
@@ -393,7 +399,7 @@ def run_notebooks(
     jobs: int = 1,
     use_cache: bool = True,
 ) -> list[NotebookResult]:
-    """Execute `notebooks` (`jobs` at a time, in order of their names); after a failure, go on unless `fail_fast`."""
+    """Execute `notebooks` (`jobs` at a time: the longest budgets first; results in the given order); after a failure, go on unless `fail_fast`."""
     check_profile(profile)
     env = {PROFILE_ENV: profile, BATCH_ENV: "1"}  # the kernels inherit them: get_profile() agrees, bars are text
     if jobs > 1:
@@ -425,8 +431,10 @@ def run_notebooks(
         paths = [Path(n).with_suffix(".ipynb") for n in notebooks]
         if jobs <= 1:
             return [one(p) for p in paths]
+        order = longest_first([p.stem for p in paths], limits)
         with ThreadPoolExecutor(jobs) as pool:
-            return list(pool.map(one, paths))
+            done = dict(zip(order, pool.map(one, [paths[i] for i in order])))
+        return [done[i] for i in range(len(paths))]
     finally:
         for k, v in previous.items():
             if v is None:
