@@ -20,9 +20,10 @@ cd "$root"
 
 profile="${ZOOMIN_PROFILE:-cpu}"
 book="${ZOOMIN_BOOK_DIR:-book}"
-if [ "$book" != "book" ]; then  # the sources of book/, without its executed chapters and build
+book="${book%/}"
+if [ "$(realpath -m "$book")" != "$root/book" ]; then  # the sources of book/, without its executed chapters and build
   mkdir -p "$book"
-  (cd book && tar --exclude=./_build --exclude=./executed --exclude=./page_check -cf - .) | (cd "$book" && tar -xf -)
+  (cd book && tar --exclude=./_build --exclude=./executed -cf - .) | (cd "$book" && tar -xf -)
 fi
 timings=()
 phase_start=$SECONDS
@@ -94,4 +95,4 @@ fi
 
 print_timings
 echo
-echo "The book is at: $root/$book/_build/html/index.html"
+echo "The book is at: $(realpath -m "$book")/_build/html/index.html"

@@ -16,6 +16,8 @@ bash scripts/setup_venv.sh
 echo "== setup: $((SECONDS - start))s"
 
 export ZOOMIN_PROFILE=smoke
+# unattended: progress bars are text and the attention explorer draws its snapshot, not widgets
+export ZOOMIN_BATCH=1
 # smoke results go beside the build outputs, never over the book's results/ (cpu profile)
 export ZOOMIN_RESULTS="${ZOOMIN_RESULTS:-$root/build/test-results}"
 # and the smoke profile's (smaller) generated data sets are cached apart from the book's data/

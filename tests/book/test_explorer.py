@@ -70,12 +70,17 @@ def test_a_sampled_look_is_repeatable_by_its_seed(nets, image):
 
 
 def test_defaults_and_refusals(nets, image):
-    assert explorer.look(nets["U"], image).mode == "sample"  # uniform sampling has no top-k
+    uniform = explorer.look(nets["U"], image)
+    assert uniform.mode == "sample" and uniform.attention is None  # uniform sampling: no top-k, no attention
     assert explorer.look(nets["ATS"], image).mode == "topk"
     with pytest.raises(ValueError, match="reads no patches"):
         explorer.look(builders.cnn(in_channels=3, n_classes=2, scale=0.2), image)
     with pytest.raises(ValueError, match="mode must be"):
         explorer.look(nets["ATS"], image, mode="exact")
+    zoom = nets["Zoom-In"].train()
+    with pytest.raises(ValueError):  # more sub-tiles than the image's tiles hold
+        explorer.look(zoom, image, n=10_000, mode="topk")
+    assert zoom.n_patches == 5 and zoom.training  # given back after the error too
     with pytest.raises(ValueError, match="one image at a time"):
         explorer.look(nets["ATS"], image.expand(2, -1, -1, -1))
 
@@ -101,14 +106,18 @@ def test_live_controls_redraw_with_what_they_name(nets, image, monkeypatch):
     controls = {w.description: w for box in ui.children[:2] for w in box.children}
     assert set(controls) == {"image", "method", "mode", "N", "tile rank", "seed"}
     controls["N"].value = 11
-    controls["method"].value = "ATS"
+    assert calls[-1]["n"] == 11 and calls[-1]["method"] == "Zoom-In"
+    controls["method"].value = "U"  # a new method starts at its own mode and N, in one redraw
+    assert len(calls) == 3 and calls[-1] == {**calls[-1], "method": "U", "mode": "sample", "n": 5}
+    controls["N"].value = 9
     controls["image"].value = "two"
-    assert [c["n"] for c in calls[-3:]] == [11, 11, 11]
-    assert calls[-1]["method"] == "ATS" and calls[-1]["image"] == "two"
-    controls["mode"].value = "sample"
-    controls["method"].value = "U"
+    assert calls[-1]["n"] == 9 and calls[-1]["image"] == "two" and calls[-1]["method"] == "U"
     controls["mode"].value = "topk"  # uniform has no top-k: the explorer says so instead of failing
     assert calls[-1]["mode"] == "topk" and calls[-1]["method"] == "U"
+    controls["tile rank"].value = 19  # past the last used tile: the last one, not a wrap-around
+    controls["method"].value = "Zoom-In"
+    lk = real(nets["Zoom-In"], image, n=5, mode="topk", rank=19)
+    assert lk.chosen == lk.used_tiles[-1]
 
 
 def test_on_a_slide_the_look_stays_in_the_tissue(tmp_path):
@@ -132,3 +141,26 @@ def test_on_a_slide_the_look_stays_in_the_tissue(tmp_path):
     np.testing.assert_array_equal(by_path.centers, lk.centers)
     with pytest.raises(ValueError, match="does not read slides"):
         explorer.look(zoom.net, path)
+
+
+def test_the_boxes_are_drawn_where_the_model_read(nets, image):
+    """Panel 1: each used tile's box at its top-left, each patch's box at centre - size // 2; panel 2: shifted by the tile."""
+    from matplotlib.patches import Rectangle
+
+    from zoomin_lib.geometry import tile_top_left
+
+    lk = explorer.look(nets["Zoom-In"], image, n=8, mode="sample", seed=2, rank=0)
+    fig = explorer.draw_look(lk)
+    boxes = [[tuple(map(float, r.get_xy())) + (r.get_width(), r.get_height()) for r in ax.patches
+              if isinstance(r, Rectangle)] for ax in fig.axes[:2]]
+    ph, pw = lk.patch_size
+    for t in lk.used_tiles:
+        top, left = tile_top_left(torch.tensor([int(t)]), lk.size, lk.tile_size)
+        assert (float(left), float(top), 100.0, 100.0) in boxes[0]
+    for r, c in lk.centers:
+        assert (float(c - pw // 2), float(r - ph // 2), float(pw), float(ph)) in boxes[0]
+    top, left = tile_top_left(torch.tensor([lk.chosen]), lk.size, lk.tile_size)
+    inside = lk.centers[lk.tiles == lk.chosen]
+    assert len(boxes[1]) == len(inside)
+    for r, c in inside:
+        assert (float(c - pw // 2 - int(left)), float(r - ph // 2 - int(top)), float(pw), float(ph)) in boxes[1]

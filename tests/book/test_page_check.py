@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -34,9 +33,12 @@ def site(tmp_path: Path) -> Path:
     (html / "index.html").write_text(page("<p>fine</p><img src='fig.png'>"))
     (html / "broken.html").write_text(page("<img src='missing.png'>"))
     (html / "maths.html").write_text(page("<span class='math'>\\(\\alpha_c\\)</span><p>and $\\beta^c$ as text</p>"))
+    (html / "code.html").write_text(page("<pre>ax.set_xlabel(r'$\\alpha_c$')</pre><p>prose</p>"))  # code: not a formula
     (html / "console.html").write_text(page("<script>console.error('boom')</script>"))
     (html / "chatter.html").write_text(page("<pre>IProgress not found. &lt;torch._C.Generator at 0x7f&gt;</pre>"))
-    (html / "executed" / "ch.html").write_text(page("<img src='../fig.png'>"))
+    (html / "executed" / "ch.html").write_text(page("<img src='../fig.png'><div class='cell_output'>"
+                                                    "<img src='../fig.png'></div>"))  # 1 output figure of 2
+    (html / "executed" / "lost.html").write_text(page("<p>no notebook behind it</p>"))
     (html / "genindex.html").write_text(page("<img src='nothing.png'>"))  # Sphinx's index: not a content page
     executed = tmp_path / "executed"
     executed.mkdir()
@@ -45,16 +47,16 @@ def site(tmp_path: Path) -> Path:
 
 
 def test_pages_and_figures_are_counted_from_the_build(site):
-    assert [p.name for p in pages(site)] == ["broken.html", "chatter.html", "console.html", "ch.html", "index.html",
-                                             "maths.html"]
+    assert [p.name for p in pages(site)] == ["broken.html", "chatter.html", "code.html", "console.html", "ch.html",
+                                             "lost.html", "index.html", "maths.html"]
     assert figures_in_notebook(site.parent.parent / "executed" / "ch.ipynb") == 2
 
 
-@pytest.mark.skipif(not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()) and shutil.which("chromium") is None,
+@pytest.mark.skipif(not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()),
                     reason="Debian's chromium and chromium-driver are not installed (scripts/setup_browser.sh)")
 def test_each_fault_is_found_on_its_page_and_only_there(site, tmp_path):
     reports = {r.page: r for r in check_book(site, out_dir=tmp_path / "check")}
-    assert reports["index.html"].problems == [] and reports["index.html"].figures == 1
+    assert reports["index.html"].problems == [] and reports["index.html"].figures == 0  # not an output figure
     assert any("broken image: missing.png" in p for p in reports["broken.html"].problems)
     maths = reports["maths.html"].problems
     assert any(p.startswith("unrendered formula") for p in maths)
@@ -63,5 +65,7 @@ def test_each_fault_is_found_on_its_page_and_only_there(site, tmp_path):
     chatter = reports["chatter.html"].problems
     assert any("'IProgress'" in p for p in chatter) and any("'<torch.'" in p for p in chatter)
     assert reports["executed/ch.html"].problems == ["shows 1 figures of the 2 in ch.ipynb"]
+    assert reports["code.html"].problems == []
+    assert any("no executed notebook" in p for p in reports["executed/lost.html"].problems)
     assert (tmp_path / "check" / "screenshots" / "index.png").stat().st_size > 1000
-    assert len(json.loads((tmp_path / "check" / "report.json").read_text())) == 6
+    assert len(json.loads((tmp_path / "check" / "report.json").read_text())) == 8

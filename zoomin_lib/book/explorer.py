@@ -6,7 +6,7 @@ For Zoom-In (Kong & Henao, sec. 2.1, eq. 5 and 9) one look shows:
    (N draws with replacement in "sample" mode, the tiles of the exact top N of alpha_c beta^c_c' in
    "topk" mode) and the chosen one among them;
 2. the chosen tile at a display scale with beta^c over its s2 grid and the sub-tiles read in it;
-3. the N sub-tiles as read at full resolution, each with its weight;
+3. the N sub-tiles as read at full resolution (with their weights in top-k mode, up to 25 of them);
 4. the class probabilities.
 
 A one-stage model (ATS, sec. 3.3) shows alpha over V(x, s), its N patches and the prediction. The same
@@ -14,8 +14,8 @@ look works on a tensor image and on a lazy slide (a slide's path or `SlideReader
 only the pixel source differs, as in the models themselves.
 
 `attention_explorer` is the one entry point: in a live Jupyter kernel it returns ipywidgets controls
-(image, method, mode, N, which used tile to open, seed); unattended ($ZOOMIN_BATCH, as the book's
-runner and CI set it) or without ipywidgets it returns the static snapshot, one row per method on the
+(image, method, mode, N, which used tile to open, seed); unattended ($ZOOMIN_BATCH, which the book's
+runner and scripts/test.sh set) or without ipywidgets it returns the static snapshot, one row per method on the
 first image. `save_to` writes that snapshot in both cases.
 """
 
@@ -138,7 +138,8 @@ def look(
     image: str = "",
     display_side: int = 640,
 ) -> Look:
-    """One look of `model` at `item` with `n` patches (default: the model's own) in `mode`, opening the `rank`-th used tile.
+    """One look of `model` at `item` with `n` patches (default: the model's own) in `mode`, opening the `rank`-th used tile
+    by alpha (0: the highest; past the last: the last).
 
     `mode` is "topk" or "sample" (default: the model's `eval_mode`, "sample" for uniform sampling).
     Runs the model once in eval mode without gradients (a seeded generator in "sample" mode), then
@@ -177,16 +178,16 @@ def look(
                 tiles = out.tiles[0].cpu().numpy()
                 uniq = np.unique(tiles)
                 used = uniq[np.argsort(-attention.reshape(-1)[uniq], kind="stable")]
-                chosen = int(used[rank % len(used)])
+                chosen = int(used[min(max(rank, 0), len(used) - 1)])  # past the last used tile: the last
                 c = torch.tensor([chosen], device=src.device)
                 b = torch.zeros_like(c)
                 u, v = net.subview_size
                 beta = net.second_stage(src, b, c)[0].reshape(u, v).float().cpu().numpy()
                 scale = min(1.0, 320 / max(net.tile_size))
                 tile_image = _display(src.tile_views(b, c, net.tile_size, scale)[0], lo, hi)
-            elif getattr(net, "attention", None) is not None:  # one stage with attention (ATS)
+            elif getattr(net, "attention", None) is not None and out.alpha is not None:  # ATS: alpha over V(x, s)
                 h, w = view_size((H, W), net.scale)
-                attention = torch.softmax(net.scores(src).float(), dim=-1).reshape(h, w).cpu().numpy()
+                attention = out.alpha[0].float().reshape(h, w).cpu().numpy()
             else:  # uniform sampling: no attention to show
                 attention = None
         return Look(
@@ -207,6 +208,21 @@ def _normalised(a: np.ndarray) -> np.ndarray:
     """Min-max normalised (ATS sec. 4.3), zeros where the values are all equal."""
     span = float(a.max() - a.min())
     return (a - a.min()) / span if span > 0 else np.zeros_like(a)
+
+
+def _grid_extent(cells: tuple[int, int], full: tuple[int, int]) -> tuple[float, float, float, float]:
+    """imshow extent (left, right, bottom, top) putting cell (i, j) of a [cells] map at `view_to_full`'s
+    centre floor(i (H-1)/(h-1)) of a region of `full` pixels (its middle when a side has one cell)."""
+    def side(n: int, N: int) -> tuple[float, float]:
+        if n == 1:
+            return 0.0, float(N)
+        d = (N - 1) / (n - 1)
+        return -d / 2, (n - 1) * d + d / 2
+
+    (h, w), (H, W) = cells, full
+    left, right = side(w, W)
+    top, bottom = side(h, H)
+    return left, right, bottom, top
 
 
 def _frame(ax: plt.Axes, title: str) -> None:
@@ -232,8 +248,8 @@ def draw_look(lk: Look, axes: Sequence[plt.Axes] | None = None, classes: Sequenc
             drawable = lk.attention > 0  # tiles alpha may not draw (a slide's glass) stay clear
             shown = np.full(lk.attention.shape, np.nan)
             shown[drawable] = _normalised(lk.attention[drawable])
-        else:
-            extent = (0, W, H, 0)
+        else:  # ATS: view location (i, j) is the patch centred at view_to_full((i, j))
+            extent = _grid_extent(lk.attention.shape, (H, W))
         ax.imshow(shown, cmap="inferno", alpha=0.45, extent=extent, interpolation="nearest")
     if lk.tile_size is not None:
         th, tw = lk.tile_size
@@ -254,7 +270,8 @@ def draw_look(lk: Look, axes: Sequence[plt.Axes] | None = None, classes: Sequenc
     if lk.tile_image is not None and lk.beta is not None and lk.tile_size is not None:
         th, tw = lk.tile_size
         ax.imshow(lk.tile_image, extent=(0, tw, th, 0))
-        ax.imshow(_normalised(lk.beta), cmap="inferno", alpha=0.45, extent=(0, tw, th, 0), interpolation="nearest")
+        ax.imshow(_normalised(lk.beta), cmap="inferno", alpha=0.45, extent=_grid_extent(lk.beta.shape, (th, tw)),
+                  interpolation="nearest")  # sub-tile (i', j') centred where Zoom-In reads it
         top, left = tile_top_left(torch.tensor([lk.chosen]), (H, W), (th, tw))
         inside = lk.tiles == lk.chosen
         for r, c in lk.centers[inside]:
@@ -262,7 +279,9 @@ def draw_look(lk: Look, axes: Sequence[plt.Axes] | None = None, classes: Sequenc
                                        ec="lime", lw=1.2))
         ax.set_xlim(0, tw)
         ax.set_ylim(th, 0)
-        _frame(ax, f"tile {lk.chosen}: beta, {int(inside.sum())} of the {lk.n} sub-tiles")
+        rank = int(np.flatnonzero(lk.used_tiles == lk.chosen)[0]) + 1
+        _frame(ax, f"tile {lk.chosen} (alpha rank {rank} of {len(lk.used_tiles)} used): beta, "
+                   f"{int(inside.sum())} of the {lk.n} sub-tiles")
     else:
         ax.axis("off")
         ax.text(0.5, 0.5, "one stage: no tiles", ha="center", va="center", transform=ax.transAxes, fontsize=9)
@@ -373,8 +392,20 @@ def attention_explorer(
             display(fig)
             plt.close(fig)
 
-    for w in (pick_image, pick_method, pick_mode, pick_n, pick_rank, pick_seed):
+    def follow_method(_: Any = None) -> None:  # a new method starts at its own mode and N (one redraw)
+        net = getattr(models[pick_method.value], "net", models[pick_method.value])
+        mode = getattr(net, "eval_mode", "topk")
+        pick_mode.unobserve(redraw, names="value")
+        pick_n.unobserve(redraw, names="value")
+        pick_mode.value = mode if mode in MODES else "topk"
+        pick_n.value = min(int(getattr(net, "n_patches", 1)), top_n)
+        pick_mode.observe(redraw, names="value")
+        pick_n.observe(redraw, names="value")
+        redraw()
+
+    for w in (pick_image, pick_mode, pick_n, pick_rank, pick_seed):
         w.observe(redraw, names="value")
+    pick_method.observe(follow_method, names="value")
     redraw()
     return widgets.VBox([widgets.HBox([pick_image, pick_method, pick_mode]), widgets.HBox([pick_n, pick_rank, pick_seed]),
                          shown])

@@ -5,9 +5,11 @@ every page in Debian's `chromium` (driven through `chromedriver` by Selenium), w
 typeset, scrolls to the end so that lazy images load, and fails (exit 1) on
 
 - a broken image (one that did not load or has no pixels),
-- an unrendered formula (a math element MathJax left as TeX, a MathJax error, or $...\\cmd...$ left as text),
+- an unrendered formula (a math element MathJax left as TeX, a MathJax error, or $...\\cmd...$ left as text
+  in the prose: code and outputs shown as code are not read for it),
 - an error in the browser's console,
-- a chapter page showing fewer figures than its executed notebook holds (`book/executed/NAME.ipynb`),
+- a chapter page showing fewer output figures than its executed notebook holds (`book/executed/NAME.ipynb`;
+  an output hidden on purpose with myst-nb's remove-output tag would count as missing: no chapter hides one),
 - output that is not content: "IProgress", "USDT", "profiler_start" or "<torch." in the page.
 
 A screenshot of every page goes to `<html>/../page_check/` with `report.json`, one entry a page.
@@ -49,16 +51,19 @@ settle.then(async () => {
   await Promise.race([Promise.all(pending.map(i => new Promise(r => { i.onload = r; i.onerror = r; }))),
                       new Promise(r => setTimeout(r, 5000))]);
   const main = document.querySelector('main') || document.body;
+  const prose = main.cloneNode(true);  // the text a reader reads as prose: no code, no typeset maths
+  prose.querySelectorAll('pre, code, .highlight, mjx-container, script, style').forEach(e => e.remove());
   const broken = Array.from(document.images).filter(i => !i.complete || i.naturalWidth === 0)
                       .map(i => (i.getAttribute('src') || '').slice(0, 120));
-  const figures = Array.from(main.querySelectorAll('img')).filter(i => i.complete && i.naturalWidth > 0).length;
+  const figures = Array.from(main.querySelectorAll('.cell_output img, .output img'))
+                       .filter(i => i.complete && i.naturalWidth > 0).length;
   const math = Array.from(document.querySelectorAll('.math'));
   const unrendered = math.filter(m => !m.querySelector('mjx-container') && !m.closest('mjx-container'))
                          .map(m => m.textContent.trim().slice(0, 80));
   const errors = Array.from(document.querySelectorAll('mjx-merror, [data-mjx-error]'))
                       .map(e => (e.getAttribute('data-mjx-error') || e.textContent).slice(0, 80));
   done({broken, figures, unrendered, mathErrors: errors, formulas: document.querySelectorAll('mjx-container').length,
-        text: main.innerText, height: document.body.scrollHeight});
+        text: main.innerText, prose: prose.textContent, height: document.body.scrollHeight});
 }).catch(e => done({fatal: String(e)}));
 """
 
@@ -153,15 +158,23 @@ def check_book(
     out_dir = Path(out_dir) if out_dir is not None else html_dir.parent / "page_check"
     shots = out_dir / "screenshots"
     shots.mkdir(parents=True, exist_ok=True)
+    from selenium.common.exceptions import TimeoutException, WebDriverException
+
     server, base = _serve(html_dir)
-    driver = _browser(chromium, chromedriver)
+    driver = None
     reports: list[PageReport] = []
     try:
+        driver = _browser(chromium, chromedriver)
         for page in pages(html_dir):
             rel = page.relative_to(html_dir).as_posix()
             report = PageReport(page=rel)
             driver.get_log("browser")  # drop what earlier pages left
-            seen = _inspect(driver, base + rel)
+            try:
+                seen = _inspect(driver, base + rel)
+            except (TimeoutException, WebDriverException) as err:  # this page, not the whole check
+                report.problems.append(f"the page did not finish loading: {type(err).__name__}: {str(err)[:200]}")
+                reports.append(report)
+                continue
             if "fatal" in seen:
                 report.problems.append(f"the page's script failed: {seen['fatal']}")
                 reports.append(report)
@@ -170,7 +183,7 @@ def check_book(
             report.problems += [f"broken image: {src}" for src in seen["broken"]]
             report.problems += [f"unrendered formula: {tex}" for tex in seen["unrendered"]]
             report.problems += [f"MathJax error: {err}" for err in seen["mathErrors"]]
-            report.problems += [f"formula left as text: {m.group(0)[:80]}" for m in RAW_TEX.finditer(seen["text"])]
+            report.problems += [f"formula left as text: {m.group(0)[:80]}" for m in RAW_TEX.finditer(seen["prose"])]
             report.problems += [f"console error: {e['message'][:200]}" for e in driver.get_log("browser")
                                 if e.get("level") == "SEVERE"]
             source = page.read_text(encoding="utf-8", errors="replace")
@@ -179,7 +192,9 @@ def check_book(
                     report.problems.append(f"output that is not content: {word!r} in the page")
             notebook = executed_dir / page.relative_to(html_dir / "executed").with_suffix(".ipynb") \
                 if page.parent == html_dir / "executed" else None
-            if notebook is not None and notebook.exists():
+            if notebook is not None and not notebook.exists():
+                report.problems.append(f"no executed notebook {notebook} to count this chapter's figures against")
+            elif notebook is not None:
                 report.figures_expected = figures_in_notebook(notebook)
                 if report.figures < report.figures_expected:
                     report.problems.append(f"shows {report.figures} figures of the {report.figures_expected} in "
@@ -191,7 +206,8 @@ def check_book(
             report.screenshot = str(shot.relative_to(out_dir))
             reports.append(report)
     finally:
-        driver.quit()
+        if driver is not None:
+            driver.quit()
         server.shutdown()
     write_json(out_dir / "report.json", [asdict(r) for r in reports])
     return reports

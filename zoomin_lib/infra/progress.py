@@ -1,7 +1,7 @@
 """Progress bars: a widget in Jupyter, one plain line of text when a notebook runs unattended.
 
 `tqdm` here is `tqdm.auto.tqdm` (an ipywidgets bar in a live notebook, text in a terminal), except
-when $ZOOMIN_BATCH is set (the book's runner and CI set it for the kernels they start): then a text
+when $ZOOMIN_BATCH is set (the book's runner and scripts/test.sh set it for the kernels they start): then a text
 bar, refreshed rarely, whose last state the runner keeps as the one line the rendered page shows
 (`zoomin_lib.book.runner.clean_outputs`). A widget's final state is not saved in an executed
 notebook, so a batch run must not draw widgets.
