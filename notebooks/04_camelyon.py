@@ -41,7 +41,7 @@
 # - draws the attention over each test slide with its annotation, tiles and sub-tiles (figures 1, 6);
 # - correlates attention with the metastasis-to-tile ratio (the paper's $\rho = 0.357$, figure 7);
 # - measures peak memory against slide size from $10^8$ to $10^{10}$ pixels for Zoom-In and for
-#   one-stage ATS at the sub-tile resolution, and asserts that Zoom-In's stays flat.
+#   one-stage ATS at the sub-tile resolution, and asserts that Zoom-In's does not grow with the slide.
 #
 # **Data.** With no `data_dir` the chapter runs on a **synthetic stand-in, not Camelyon16**
 # (`data_prep.synthetic_slides`): pyramidal TIFFs in the distributed Camelyon16 layout, tissue blobs
@@ -340,18 +340,24 @@ plt.show()
 markdown_table(camelyon.memory_rows_table(memory_rows, ats_line), digits=4)
 
 # %% [markdown]
-# The claim, checked: from the smallest to the largest slide Zoom-In's peak stays within 10 % (both the
-# tensors and the numpy buffers), while ATS's grows with the slide.
+# The claim, checked. Zoom-In's peak does not grow with the slide, ATS's grows with its pixels. "Does not grow"
+# is not "equal at every size": the exact top-k opens tiles in rounds, a chunk of tile views at a time (the
+# table's "tiles opened"), so a slide whose attention is spread over more tiles can hold a fuller chunk, up to
+# one chunk's worth and no more. The test is therefore the exponent $b$ of a fitted $\text{peak} \propto
+# \text{pixels}^b$: $b = 0$ for a bound that does not grow, $1/2$ for memory that grows with the slide's side
+# (a strip of the view), $1$ for memory that grows with its pixels (a whole view). Zoom-In must stay below
+# $0.1$ (a hundred times the pixels at most $1.6$ times the memory) for its tensors and its numpy buffers;
+# ATS's must grow at least half as fast as its pixels.
 
 # %%
-flat_t = zoom_t.max() / zoom_t.min() - 1
-flat_n = zoom_n.max() / zoom_n.min() - 1
+b_t, b_n, b_ats = curve.exponent(zoom_t), curve.exponent(zoom_n), curve.exponent(ats_t, ats_px)
 growth = ats_t[-1] / ats_t[0]
 print(f"Zoom-In from {pixels[0]:.1e} to {pixels[-1]:.1e} pixels: tensors {zoom_t.min():.2f}-{zoom_t.max():.2f} MiB "
-      f"(+{100 * flat_t:.1f} %), numpy {zoom_n.min():.2f}-{zoom_n.max():.2f} MiB (+{100 * flat_n:.1f} %)")
-print(f"ATS from {ats_px[0]:.1e} to {ats_px[-1]:.1e} pixels: {ats_t[0]:.1f} -> {ats_t[-1]:.1f} MiB (x{growth:.1f}); "
-      f"fitted {curve.slope * 1e9:.0f} MiB per gigapixel, so {ats_line[-1]:.0f} MiB at {pixels[-1]:.1e} pixels")
-assert flat_t <= 0.10 and flat_n <= 0.10, f"Zoom-In's peak should not grow with the slide: +{flat_t:.1%}, +{flat_n:.1%}"
+      f"(b = {b_t:.3f}), numpy {zoom_n.min():.2f}-{zoom_n.max():.2f} MiB (b = {b_n:.3f})")
+print(f"ATS from {ats_px[0]:.1e} to {ats_px[-1]:.1e} pixels: {ats_t[0]:.1f} -> {ats_t[-1]:.1f} MiB (x{growth:.1f}, "
+      f"b = {b_ats:.2f}); fitted {curve.slope * 1e9:.0f} MiB per gigapixel, so {ats_line[-1]:.0f} MiB at "
+      f"{pixels[-1]:.1e} pixels")
+assert b_t < 0.1 and b_n < 0.1, f"Zoom-In's peak should not grow with the slide: b = {b_t:.3f} (tensors), {b_n:.3f} (numpy)"
 assert growth > 0.5 * ats_px[-1] / ats_px[0], f"ATS's peak should grow with the slide's pixels, got x{growth:.2f}"
 assert zoom_t[-1] < ats_t[-1], "at the largest measured size Zoom-In should need less than ATS"
 

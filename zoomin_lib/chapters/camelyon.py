@@ -401,15 +401,25 @@ def memory_sweep(zoom_model: SlideZoomIn, stats: tuple[torch.Tensor, torch.Tenso
             synthetic_slides.write_large_slide(path, side, seed=seed, progress=False)
             print(f"wrote {path.name} ({side}^2 = {side * side / 1e9:.2f} gigapixels) in {time.perf_counter() - t0:.0f} s")
         row = {"side": side, "pixels": side * side}
+        last: dict[str, SlidePrediction] = {}
+
+        def predict_zoomin() -> None:
+            last.clear()  # the previous run's arrays are not counted in this run's peak
+            last["p"] = zoom_model.predict_one(path)
+
         with lean_inference(zoom_model.net):
-            row["zoomin"] = host_peak_memory(lambda: zoom_model.predict_one(path), module_device(zoom_model))
+            row["zoomin"] = host_peak_memory(predict_zoomin, module_device(zoom_model))
+        # the exact top-k opens tiles in rounds (a chunk of tile views at a time): how many it needed here
+        row["zoomin"]["opened"] = last["p"].opened
+        row["zoomin"]["tissue_tiles"] = int((last["p"].alpha > 0).sum())
         if side * side <= cfg["ats_max_pixels"]:
             with lean_inference(ats_model.net):
                 row["ats"] = host_peak_memory(lambda: ats_model.predict_one(path), module_device(ats_model))
         memory_rows.append(row)
         ats_text = f"ATS {row['ats']['torch_mb']:.1f} MiB tensors" if "ats" in row else "ATS not run (extrapolated below)"
         print(f"{side}^2 ({side * side:.1e} px): Zoom-In {row['zoomin']['torch_mb']:.2f} MiB tensors + "
-              f"{row['zoomin']['numpy_mb']:.2f} MiB numpy; {ats_text}")
+              f"{row['zoomin']['numpy_mb']:.2f} MiB numpy, {row['zoomin']['opened']} of "
+              f"{row['zoomin']['tissue_tiles']} tissue tiles opened; {ats_text}")
     return memory_rows
 
 
@@ -433,6 +443,12 @@ class MemoryCurve:
         slope, intercept = np.polyfit(ats_px, ats_t, 1)  # MiB per pixel, MiB: a line in the number of pixels
         return cls(np.array([r["pixels"] for r in rows], dtype=float), np.array([r["zoomin"]["torch_mb"] for r in rows]),
                    np.array([r["zoomin"]["numpy_mb"] for r in rows]), ats_px, ats_t, slope, intercept)
+
+    def exponent(self, peaks: np.ndarray, pixels: np.ndarray | None = None) -> float:
+        """b in peak ~ pixels^b, fitted by least squares on log-log: 0 for a peak that does not grow with the slide,
+        1/2 for one that grows with its side (a strip of the view), 1 for one that grows with its pixels (a whole view)."""
+        x = np.log(self.pixels if pixels is None else pixels)  # [S]
+        return float(np.polyfit(x, np.log(peaks), 1)[0])
 
     @property
     def ats_line(self) -> np.ndarray:
@@ -468,6 +484,7 @@ def memory_rows_table(rows: Sequence[Mapping[str, Any]], ats_line: np.ndarray) -
     """The sweep as a table: Zoom-In's and ATS's peaks and times per size, ATS's fitted line where it did not run."""
     return [{"pixels": f"{r['pixels']:.2e}", "Zoom-In tensors (MiB)": r["zoomin"]["torch_mb"],
              "Zoom-In numpy (MiB)": r["zoomin"]["numpy_mb"], "Zoom-In time (s)": r["zoomin"]["seconds"],
+             "Zoom-In tiles opened": f"{r['zoomin'].get('opened', '')} of {r['zoomin'].get('tissue_tiles', '')}",
              "ATS tensors (MiB)": r["ats"]["torch_mb"] if "ats" in r else f"{ats_line[k]:.4g} (extrapolated)",
              "ATS numpy (MiB)": r["ats"]["numpy_mb"] if "ats" in r else "",
              "ATS time (s)": r["ats"]["seconds"] if "ats" in r else ""}

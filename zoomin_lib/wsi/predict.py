@@ -49,6 +49,7 @@ class SlidePrediction:
     seconds: float = 0.0
     reads: dict[str, int] = field(default_factory=dict)
     subtiles: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # [N] sub-tile of each (row-major in its tile's s2 view)
+    opened: int = 0  # tiles whose second stage was computed (top-k: every tile the exact search opened)
 
     def joint(self, beta: np.ndarray, beta_tiles: np.ndarray) -> np.ndarray:
         """alpha_c beta^c_c' [N] of each sub-tile, given beta [U, K2] of the tiles `beta_tiles` [U] (Zoom-In eq. 5)."""
@@ -231,6 +232,7 @@ class SlideZoomIn(_SlideModel):
                 patch_size=self.net.patch_size, weights=None if out.weights is None else out.weights[0].cpu().numpy(),
                 alpha=out.alpha[0].reshape(n_rows, n_cols).cpu().numpy(), seconds=time.perf_counter() - began,
                 reads=dict(reader.reads), subtiles=out.subtiles[0].cpu().numpy(),
+                opened=0 if out.beta_tile is None else int(out.beta_tile.numel()),
             )
         finally:
             if opened:
