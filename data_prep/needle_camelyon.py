@@ -95,6 +95,7 @@ COLUMNS = ("file", "split", "label", "slide_id", "x", "y", "level", "size", "rat
 PROFILES: dict[str, dict[str, Any]] = {  # crop parameters per profile (the source comes from synthetic_slides)
     "smoke": dict(crop=256, per_metastasis=50),
     "cpu": dict(crop=1024, per_metastasis=50),
+    "gpu": dict(crop=1024, per_metastasis=50),  # cut from synthetic_slides' larger gpu stand-in
     "paper": dict(crop=1024, per_metastasis=50, max_positives=(3000, 1000, 1000)),
 }
 _FILLED = {"polygon", "spline", "rectangle"}  # ASAP types with an area, as annotation_mask

@@ -91,6 +91,10 @@ PROFILES: dict[str, dict[str, Any]] = {
     # are a few pixels of V(x, 1/32), as chapter 04 needs to learn anything; together well under 1 % of tissue
     "cpu": dict(n_train_normal=10, n_train_tumor=10, n_test_normal=5, n_test_tumor=5, side=16384,
                 metastases=(4, 8), metastasis_radius=(20.0, 150.0), spacing=1200.0, tile=512, compression="jpeg"),
+    # gpu: the cpu stand-in's slides, twice as many (20 + 20 training, 10 + 10 test), for chapters 04 and 05's
+    # gpu profile: more training slides and test slides (accuracy in steps of 5 points, not 10)
+    "gpu": dict(n_train_normal=20, n_train_tumor=20, n_test_normal=10, n_test_tumor=10, side=16384,
+                metastases=(4, 8), metastasis_radius=(20.0, 150.0), spacing=1200.0, tile=512, compression="jpeg"),
 }
 _KINDS = {"normal": 0, "tumor": 1, "test": 2}  # separate random streams per kind of slide
 

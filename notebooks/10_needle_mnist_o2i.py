@@ -45,7 +45,7 @@
 # %% tags=["parameters"]
 import os
 
-profile = os.environ.get("ZOOMIN_PROFILE", "cpu")  # smoke | cpu | paper
+profile = os.environ.get("ZOOMIN_PROFILE", "cpu")  # smoke | cpu | gpu | paper
 seed = 0
 resume = False  # continue interrupted NeedleMNIST runs from their checkpoints under results/10_needle_mnist_o2i/
 
@@ -148,6 +148,28 @@ CPU = dict(
 )
 
 # %% [markdown]
+# The `gpu` profile, for one H100-class GPU. NeedleMNIST: 800 training and 500 test canvases of 1024x1024 (not 2000
+# and 500), the paper's $s_2 = 0.5$ and batches of 5, 15 epochs (40 for the remedy's Zoom-In; not 150) at lr
+# $10^{-3}$, the contrastive loss from epoch 5, 20 epochs for the ROI detector. O2I: canvases of 600x600 (a fifth
+# of the thesis's side, not a tenth), 28 and 56 px digits, 800 and 1600 training canvases, 500 validation canvases,
+# 30 epochs of batch 16 with cosine decay, IPS keeping $M = 30$ of the 144 patches. The thickness sweep: three of
+# the six values (1.4, 2.0, 2.4), 1200 canvases, 30 epochs, one seed (not 3). Part 4: the 56 px cell with 800
+# canvases, the Diversity weights 0 to 3 of table 6, and four (K, P) of table 8 with K scaled to $M = 30$. These
+# settings are sized by estimate (from this chapter's `cpu` costs and one colon run timed by hand on an H200, issue
+# 16); this project has not yet run them on a GPU.
+
+# %%
+GPU = dict(
+    needle=dict(n_train=800, n_test=500, epochs=15, remedy_epochs=40, batch=5, lr=1e-3, warmup=5, n_patches=30,
+                scale2=0.5, memory=100, iters=256, windows=(60, 30), detector_epochs=20),
+    o2i=dict(canvas=600, digits=(28, 56), train_sizes=(800, 1600), n_val=500, epochs=30, batch=16, lr=1e-3,
+             cosine=True, memory=30, iters=144),
+    thick=dict(canvas=600, thicknesses=(1.4, 2.0, 2.4), n_train=1200, n_val=500, epochs=30, seeds=1),
+    reg=dict(digits=(56,), n_train=800, diversity=(0, 1, 2, 3), stkim_digit=56,
+             stkim=((3, 0.2), (3, 0.6), (6, 0.2), (12, 0.2))),
+)
+
+# %% [markdown]
 # The `paper` profile runs NeedleMNIST with Zoom-In's NeedleCamelyon settings (sec. 4: $s_2 = 0.5$, $N = 30$,
 # 32x32 sub-tiles; appendix G: lr $10^{-4}$, 150 epochs, the rest as colon cancer: batch 5, the contrastive
 # loss after 10 epochs), the thesis's O2I grid (sec. 3.1.4, table 10: 100 epochs), its thickness sweep
@@ -172,7 +194,8 @@ PAPER = dict(
 # random number generator; `metrics` collects what the four parts measure.
 
 # %%
-cfg, out, device = open_chapter("10_needle_mnist_o2i", {"smoke": SMOKE, "cpu": CPU, "paper": PAPER}, profile, seed)
+cfg, out, device = open_chapter("10_needle_mnist_o2i", {"smoke": SMOKE, "cpu": CPU, "gpu": GPU, "paper": PAPER},
+                                profile, seed)
 metrics = {"profile": profile, "seed": seed, "settings": cfg}
 
 # %% [markdown]

@@ -152,7 +152,7 @@ def test_cell_timeout_is_reported_as_a_timeout(tmp_path: Path) -> None:
 
 def test_unknown_profile_is_rejected(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown profile"):
-        runner.run_notebooks([], tmp_path, "gpu")
+        runner.run_notebooks([], tmp_path, "tpu")
 
 
 CHATTY_PY = '''# %% tags=["parameters"]

@@ -58,7 +58,7 @@ def parser() -> argparse.ArgumentParser:
 
     stand_in = sub.add_parser("stand-in", help="write the generated Camelyon16 stand-in (not Camelyon16)")
     stand_in.add_argument("out", type=Path)
-    stand_in.add_argument("--profile", default="smoke", choices=["smoke", "cpu"])
+    stand_in.add_argument("--profile", default="smoke", choices=["smoke", "cpu", "gpu"])
     stand_in.add_argument("--seed", type=int, default=0)
     return top
 

@@ -9,7 +9,7 @@ import torch
 
 from zoomin_lib.infra.io import remove_stale_temporaries
 
-PROFILES = ("smoke", "cpu", "paper")
+PROFILES = ("smoke", "cpu", "gpu", "paper")  # gpu: closer to the papers' scale, minutes a chapter on one GPU
 PROFILE_ENV = "ZOOMIN_PROFILE"
 RESULTS_ENV = "ZOOMIN_RESULTS"
 DATA_ENV = "ZOOMIN_DATA"
