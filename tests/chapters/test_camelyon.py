@@ -24,7 +24,7 @@ def _sweep() -> list[dict]:
     return [
         {"side": 1000, "pixels": 10**6, "zoomin": peak, "ats": {"torch_mb": 3.0, "numpy_mb": 1.0, "seconds": 1.0}},
         {"side": 2000, "pixels": 4 * 10**6, "zoomin": peak, "ats": {"torch_mb": 9.0, "numpy_mb": 1.5, "seconds": 2.0}},
-        {"side": 4000, "pixels": 16 * 10**6, "zoomin": {**peak, "torch_mb": 2.2}},
+        {"side": 4000, "pixels": 16 * 10**6, "zoomin": {**peak, "torch_mb": 2.2, "opened": 12, "tissue_tiles": 30}},
     ]
 
 
@@ -44,6 +44,17 @@ def test_memory_table_marks_the_extrapolated_sizes():
                         "Zoom-In time (s)": 0.5, "ATS tensors (MiB)": 3.0, "ATS numpy (MiB)": 1.0, "ATS time (s)": 1.0}
     assert table[2]["ATS tensors (MiB)"] == "33 (extrapolated)"
     assert table[2]["ATS numpy (MiB)"] == table[2]["ATS time (s)"] == ""
+    assert table[2]["Zoom-In tiles opened"] == "12 of 30"  # how many tissue tiles the exact top-k opened
+
+
+def test_memory_exponent_is_zero_for_a_flat_peak_and_one_for_a_linear_one():
+    curve = MemoryCurve.from_rows(_sweep())
+    assert curve.exponent(np.array([2.0, 2.0, 2.0])) == pytest.approx(0.0, abs=1e-12)
+    assert curve.exponent(curve.pixels * 3e-6) == pytest.approx(1.0)
+    assert curve.exponent(np.sqrt(curve.pixels)) == pytest.approx(0.5)
+    # Zoom-In's measured 2.0, 2.0, 2.2 over 16 times the pixels: log(1.1) / log(16) spread by the fit
+    assert 0 < curve.exponent(curve.zoom_t) < 0.05
+    assert curve.exponent(curve.ats_t, curve.ats_px) == pytest.approx(np.log(3) / np.log(4))
 
 
 def test_measured_rows_are_table_2_columns():

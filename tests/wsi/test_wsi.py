@@ -150,6 +150,8 @@ def test_predict_returns_locations_inside_tissue_tiles(blob_slide):
             tissue = reader.tissue((128, 128)).numpy().reshape(-1)
         assert 0 < tissue.sum() < tissue.size
         assert tissue[pred.tiles].all() and (pred.alpha.reshape(-1)[~tissue] == 0).all()
+        # the tiles whose second stage ran: at least those used, never a tile outside the tissue
+        assert len(np.unique(pred.tiles)) <= pred.opened <= tissue.sum(), (pred.opened, tissue.sum())
         tops, lefts = (pred.tiles // pred.alpha.shape[1]) * 128, (pred.tiles % pred.alpha.shape[1]) * 128
         assert ((pred.centers[:, 0] >= tops) & (pred.centers[:, 0] < tops + 128)).all()
         assert ((pred.centers[:, 1] >= lefts) & (pred.centers[:, 1] < lefts + 128)).all()

@@ -484,7 +484,8 @@ def memory_rows_table(rows: Sequence[Mapping[str, Any]], ats_line: np.ndarray) -
     """The sweep as a table: Zoom-In's and ATS's peaks and times per size, ATS's fitted line where it did not run."""
     return [{"pixels": f"{r['pixels']:.2e}", "Zoom-In tensors (MiB)": r["zoomin"]["torch_mb"],
              "Zoom-In numpy (MiB)": r["zoomin"]["numpy_mb"], "Zoom-In time (s)": r["zoomin"]["seconds"],
-             "Zoom-In tiles opened": f"{r['zoomin'].get('opened', '')} of {r['zoomin'].get('tissue_tiles', '')}",
+             **({"Zoom-In tiles opened": f"{r['zoomin']['opened']} of {r['zoomin']['tissue_tiles']}"}
+                if "opened" in r["zoomin"] else {}),
              "ATS tensors (MiB)": r["ats"]["torch_mb"] if "ats" in r else f"{ats_line[k]:.4g} (extrapolated)",
              "ATS numpy (MiB)": r["ats"]["numpy_mb"] if "ats" in r else "",
              "ATS time (s)": r["ats"]["seconds"] if "ats" in r else ""}
