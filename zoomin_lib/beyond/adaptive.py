@@ -61,8 +61,9 @@ is their mean with the predictable weights 1 / M_b. An image reads N_b = round_s
 Forced to one M (min_rounds = budget - P), it is the mean of M independent forwards with
 n_patches = round_size; `fixed_zoomin` is the forward itself (one round of N). With
 `mean_patches` the tolerance is set from the batch's pilots (`tolerance_for_cost`) so that the batch's
-average N is at most that number: tol is then a function of every pilot, still of F_P only, so the
-weights stay predictable and the estimate unbiased. `repeats` draws independent estimates of each image
+average N is at most that number; `zoomin_pilot` and `zoomin_fresh` split the two phases so that the
+pilots of several batches (slides, one at a time) set one tolerance. tol is then a function of every
+pilot, still of F_P only, so the weights stay predictable and the estimate unbiased. `repeats` draws independent estimates of each image
 from one alpha (each beta^c is computed once per image and tile and phase; the cost reported, `tile_views`,
 is what one estimate alone would open).
 
@@ -105,6 +106,9 @@ __all__ = [
     "logit_projection",
     "tolerance_for_cost",
     "zoomin_rounds",
+    "ZoomInPilot",
+    "zoomin_pilot",
+    "zoomin_fresh",
     "fixed_zoomin",
     "adaptive_zoomin",
 ]
@@ -439,6 +443,60 @@ def fixed_zoomin(model: ZoomInNet, x: Tensor | PixelSource, n: int, *, repeats: 
                            torch.full((b, r), math.nan, device=est.device), n * ones, distinct.view(b, r))
 
 
+@dataclass
+class ZoomInPilot:
+    """The pilot of `adaptive_zoomin` on one batch, kept so that the tolerance can be set from several batches'
+    pilots (a slide at a time) before any fresh round is drawn."""
+
+    src: PixelSource
+    alpha: Tensor  # [B, T]
+    image: Tensor  # [V] the image of each estimate (V = B * repeats, image-major)
+    rounds: Tensor  # [V, P, D] the pilot rounds
+    tile_views: Tensor  # [V] distinct tiles the pilot drew, per estimate
+    round_size: int
+    repeats: int
+
+
+def zoomin_pilot(model: ZoomInNet, x: Tensor | PixelSource, *, round_size: int, pilot: int, repeats: int = 1,
+                 generator: torch.Generator | None = None) -> ZoomInPilot:
+    """alpha once per image, then P pilot rounds of `round_size` two-stage draws per estimate. Five host syncs."""
+    if not isinstance(round_size, int) or round_size < 1:
+        raise ValueError(f"round_size must be a positive int, got {round_size!r}")
+    if not isinstance(pilot, int) or pilot < 2:
+        raise ValueError(f"the pilot needs at least two rounds to estimate a variance, got {pilot!r}")
+    src = as_source(x, module_device(model))
+    checks = Checks()
+    alpha = model.first_stage(src)  # [B, T]
+    image = _virtual(src.batch_size, repeats, alpha.device)  # [V]
+    v = image.numel()
+    owners = torch.arange(v, device=image.device).repeat_interleave(pilot)  # [V * P] the estimate of each pilot round
+    est, tiles = zoomin_rounds(model, src, alpha, image[owners], round_size, generator, checks)  # [V * P, D]
+    checks.resolve()
+    return ZoomInPilot(src, alpha, image, est.view(v, pilot, -1), _distinct_tiles(owners, tiles, v, alpha.shape[1]),
+                       round_size, repeats)
+
+
+def zoomin_fresh(model: ZoomInNet, pilot: ZoomInPilot, tol: float, budget: int, *, min_rounds: int = 1,
+                 project: Tensor | None = None, generator: torch.Generator | None = None) -> ZoomInEstimates:
+    """M = clip(ceil(s^2 / tol^2), min_rounds, budget - P) per estimate from its pilot, then exactly M fresh rounds
+    read per estimate, averaged with the predictable weights 1 / M. Five host syncs."""
+    checks = Checks()
+    src, alpha, image, r = pilot.src, pilot.alpha, pilot.image, pilot.round_size
+    v, p = pilot.rounds.shape[:2]
+    m, s2 = choose_rounds(pilot.rounds, tol, budget, min_rounds=min_rounds, project=project)  # [V], [V]
+    with host_sync("adaptive N: the fresh rounds of every image"):
+        rows = torch.arange(v, device=m.device).repeat_interleave(m)  # [sum M] the estimate of each fresh round
+    fresh, tiles = zoomin_rounds(model, src, alpha, image[rows], r, generator, checks)  # [sum M, D], [sum M, r]
+    weights = (1.0 / m.to(fresh.dtype))[rows].unsqueeze(1)  # [sum M, 1] predictable: 1 / M, no gradient
+    value = torch.zeros(v, fresh.shape[1], dtype=fresh.dtype, device=fresh.device).index_add(0, rows, weights * fresh)
+    checks.resolve()
+    views = pilot.tile_views + _distinct_tiles(rows, tiles, v, alpha.shape[1])  # [V]
+    b, reps = src.batch_size, pilot.repeats
+    return ZoomInEstimates(value.view(b, reps, -1), model.g(value).view(b, reps, -1), m.view(b, reps),
+                           s2.view(b, reps), (r * (p + m)).view(b, reps), views.view(b, reps),
+                           pilot.rounds.view(b, reps, p, -1), float(tol))
+
+
 def adaptive_zoomin(model: ZoomInNet, x: Tensor | PixelSource, *, round_size: int, pilot: int, budget: int,
                     tol: float | None = None, mean_patches: float | None = None, min_rounds: int = 1,
                     project: Tensor | None = None, repeats: int = 1,
@@ -448,41 +506,17 @@ def adaptive_zoomin(model: ZoomInNet, x: Tensor | PixelSource, *, round_size: in
 
     Give `tol`, or `mean_patches` (tol then set from the batch's pilots so that the mean of N = round_size (P + M)
     over the batch's images and repeats is at most that). `project` (e.g. `logit_projection(model)`) makes s^2 the
-    variance of the logits; None, of the features. Host synchronisations: nine with `tol` (ten with `mean_patches`),
-    whatever the batch, N or the budget: alpha's checks, three per phase (`zoomin_rounds`), the fresh rows, the
-    final checks (and the tolerance).
+    variance of the logits; None, of the features. `zoomin_pilot` then `zoomin_fresh`. Host synchronisations: ten
+    with `tol` (eleven with `mean_patches`), whatever the batch, N or the budget.
     """
     if (tol is None) == (mean_patches is None):
         raise ValueError("give exactly one of tol and mean_patches")
-    if not isinstance(round_size, int) or round_size < 1:
-        raise ValueError(f"round_size must be a positive int, got {round_size!r}")
-    if not isinstance(pilot, int) or pilot < 2:
-        raise ValueError(f"the pilot needs at least two rounds to estimate a variance, got {pilot!r}")
     if not isinstance(min_rounds, int) or min_rounds < 1 or budget - pilot < min_rounds:
         raise ValueError(f"need 1 <= min_rounds <= budget - pilot; got min_rounds={min_rounds}, budget={budget}, "
                          f"pilot={pilot}")
-    src = as_source(x, module_device(model))
-    checks = Checks()
-    alpha = model.first_stage(src)  # [B, T]
-    b, r = src.batch_size, repeats
-    image = _virtual(b, repeats, alpha.device)  # [V]
-    v = image.numel()
-    owners = torch.arange(v, device=image.device).repeat_interleave(pilot)  # [V * P] the estimate of each pilot round
-    est, pilot_tiles = zoomin_rounds(model, src, alpha, image[owners], round_size, generator, checks)
-    pilot_rounds = est.view(v, pilot, -1)  # [V, P, D]
+    first = zoomin_pilot(model, x, round_size=round_size, pilot=pilot, repeats=repeats, generator=generator)
     if tol is None:
         assert mean_patches is not None
-        tol = tolerance_for_cost(round_variance(pilot_rounds, project), mean_patches / round_size - pilot,
+        tol = tolerance_for_cost(round_variance(first.rounds, project), mean_patches / round_size - pilot,
                                  min_rounds, budget - pilot)
-    m, s2 = choose_rounds(pilot_rounds, tol, budget, min_rounds=min_rounds, project=project)  # [V], [V]
-    with host_sync("adaptive N: the fresh rounds of every image"):
-        rows = torch.arange(v, device=m.device).repeat_interleave(m)  # [sum M] the estimate of each fresh round
-    fresh, fresh_tiles = zoomin_rounds(model, src, alpha, image[rows], round_size, generator, checks)  # [sum M, D]
-    weights = (1.0 / m.to(fresh.dtype))[rows].unsqueeze(1)  # [sum M, 1] predictable: 1 / M, no gradient
-    value = torch.zeros(v, fresh.shape[1], dtype=fresh.dtype, device=fresh.device).index_add(0, rows, weights * fresh)
-    checks.resolve()
-    t = alpha.shape[1]
-    views = _distinct_tiles(owners, pilot_tiles, v, t) + _distinct_tiles(rows, fresh_tiles, v, t)  # [V]
-    return ZoomInEstimates(value.view(b, r, -1), model.g(value).view(b, r, -1), m.view(b, r), s2.view(b, r),
-                           (round_size * (pilot + m)).view(b, r), views.view(b, r),
-                           pilot_rounds.view(b, r, pilot, -1), float(tol))
+    return zoomin_fresh(model, first, tol, budget, min_rounds=min_rounds, project=project, generator=generator)
