@@ -62,6 +62,7 @@ from zoomin_lib import builders
 from zoomin_lib.train.protocol import TrainSettings, run_folds, standardize, summarize
 from zoomin_lib.train.profiling import profile_methods
 from zoomin_lib.chapters.colon import annotation_rows, attention_figure, examples_figure, memory_ratios, run_records
+from zoomin_lib.chapters import adaptive_n
 from zoomin_lib.chapters.results import result_rows
 from zoomin_lib.infra.io import write_json
 from zoomin_lib.book.paper_numbers import ATS_TABLE1_COLON, ZOOMIN_FIG5_STD, ZOOMIN_TABLE1_COLON, paper_rows
@@ -76,16 +77,19 @@ from zoomin_lib.book.report import markdown_table
 # accuracy; the CNN sees the image at scale 0.25.
 
 # %%
-SMOKE = dict(folds=2, repetitions=1, epochs=1, warmup=0, lr=1e-3, cosine=False, cnn_epochs=1, cnn_scale=0.25)
+SMOKE = dict(folds=2, repetitions=1, epochs=1, warmup=0, lr=1e-3, cosine=False, cnn_epochs=1, cnn_scale=0.25,
+             adaptive_ns=(10,), adaptive_repeats=3)
 
 # %% [markdown]
 # The `cpu` profile, the book's default on a 2-core CPU, runs three of the ten folds of one repetition for
 # 20 epochs, not 100. With fewer epochs it takes a larger learning rate ($3 \cdot 10^{-3}$, not $10^{-3}$),
 # decayed by a cosine, and starts the contrastive term after 6 epochs; the CNN trains for 6 epochs on
-# $V(x, 0.5)$, as in ATS table 1.
+# $V(x, 0.5)$, as in ATS table 1. "N from the data" (a section below) compares its rule with fixed $N = 10$ and
+# $N = 30$, each test image estimated 50 times.
 
 # %%
-CPU = dict(folds=3, repetitions=1, epochs=20, warmup=6, lr=3e-3, cosine=True, cnn_epochs=6, cnn_scale=0.5)
+CPU = dict(folds=3, repetitions=1, epochs=20, warmup=6, lr=3e-3, cosine=True, cnn_epochs=6, cnn_scale=0.5,
+           adaptive_ns=(10, 30), adaptive_repeats=50)
 
 # %% [markdown]
 # The `gpu` profile runs all ten folds of one repetition, so that every one of the 100 images is tested once (not
@@ -106,7 +110,8 @@ GPU = dict(folds=10, repetitions=1, epochs=50, warmup=10, lr=1e-3, cosine=True, 
 # with the contrastive term after 10, and the CNN at full resolution.
 
 # %%
-PAPER = dict(folds=10, repetitions=5, epochs=100, warmup=10, lr=1e-3, cosine=False, cnn_epochs=100, cnn_scale=1.0)
+PAPER = dict(folds=10, repetitions=5, epochs=100, warmup=10, lr=1e-3, cosine=False, cnn_epochs=100, cnn_scale=1.0,
+             adaptive_ns=(10, 30, 100), adaptive_repeats=200)
 
 # %% [markdown]
 # The opening picks the settings of the chosen profile, makes the chapter's results folder and seeds every
@@ -250,6 +255,69 @@ print("paper reports (" + ZOOMIN_FIG5_STD["source"] + "), accuracy std in %: "
       + ", ".join(f"{k} {v}" for k, v in ZOOMIN_FIG5_STD.items() if k != "source"))
 
 # %% [markdown]
+# ## Beyond the paper: N from the data
+#
+# Zoom-In reads the same $N$ sub-tiles of every image; its limitations section names the fixed $N$. Chapter 01
+# proves that a rule may choose $N$ per image from the estimator's own variance and stay exactly unbiased:
+# $P$ pilot rounds of $r$ two-stage draws (each an estimate of eq. 9) estimate the per-round variance $s^2$ of
+# the logit margin $\ell_1 - \ell_0$; the image then gets $M = \mathrm{clip}(\lceil s^2 / \mathrm{tol}^2 \rceil, 1,
+# B - P)$ fresh rounds, and the estimate is the mean of the fresh rounds only (the pilot only chooses $M$;
+# averaging it in would bias the estimate). An image reads $N = r (P + M)$ sub-tiles. Here the first fold's
+# trained Zoom-In uses the rule at inference (`zoomin_lib.beyond.adaptive.adaptive_zoomin`), with rounds of
+# $r = 2$, $P = 3$, at most $3N$ sub-tiles ($B = 3N / r$ rounds), and tol set from the test images' pilots so that the
+# **average $N$, pilot included, is at most the fixed $N$** it is compared with: equal average cost. Each test
+# image is estimated many times by both rules (from one $\alpha$), so that accuracy and AUC are means over
+# the repeats and each image's margin has a measured spread.
+#
+# **The claim tested.** The rule puts $N$ where the estimate varies: positive images, whose few epithelial
+# rings make a few sub-tiles heavy and unlike the rest, should get more than negatives. What it cannot do is
+# lower the *average* variance at equal cost: with $M_b \propto \sigma_b^2$ the mean of $\sigma_b^2 / M_b$ is
+# that of a fixed $N$ before the pilot is paid, and the pilot, which the estimate must discard, is paid by
+# every image. So the expectation is that adaptive $N$ does **not** improve accuracy here; the measurement says
+# by how much it costs.
+
+# %%
+test_idx = folds[0].test
+adaptive_runs = [adaptive_n.compare_on_images(
+    trained["Zoom-In"], x[test_idx], y[test_idx].tolist(), [data.ids[i] for i in test_idx], n, round_size=2, pilot=3,
+    budget=3 * n // 2, repeats=cfg["adaptive_repeats"], seed=seed) for n in cfg["adaptive_ns"]]
+adaptive_table = [row for c in adaptive_runs for row in adaptive_n.method_rows(c)]
+print(f"first fold's {len(test_idx)} test images ({DATA_LABEL}), {cfg['adaptive_repeats']} estimates of each per rule; "
+      f"both rules took {sum(c.cpu_seconds for c in adaptive_runs):.1f} s of CPU; tol: "
+      + ", ".join(f"{c.tol:.3g} (N = {c.n})" for c in adaptive_runs))
+markdown_table(adaptive_table, digits=3)
+
+# %% [markdown]
+# Where the rule put its sub-tiles, by class, at each $N$; then, at the largest $N$, the histogram of $N$ over
+# every estimate and each image's spread of the margin under both rules (below the diagonal: the adaptive rule
+# is the more precise on that image).
+
+# %%
+classes = ["negative", "positive"]
+display(markdown_table([{"fixed N": c.n, **row} for c in adaptive_runs for row in adaptive_n.class_rows(c, classes)],
+                     digits=3))
+save_figure(adaptive_n.n_figure(adaptive_runs[-1], classes, f"N from the data at the mean cost of N = "
+                                f"{adaptive_runs[-1].n} ({DATA_LABEL})"), out, "adaptive_n");
+
+# %% [markdown]
+# The claims, checked in the `cpu` profile (the smoke profile's one-epoch model only runs the code): the
+# average cost is the fixed $N$ (to within one round); positive images get more sub-tiles than negatives;
+# and the rule does not help: its margins vary more than fixed $N$'s on average, and its accuracy is not
+# above fixed $N$'s beyond two standard errors of the repeats.
+
+# %%
+for c in adaptive_runs:
+    rows, cost = adaptive_n.method_rows(c), c.patches[c.adaptive].mean()
+    assert c.n - c.round_size <= cost <= c.n, f"the adaptive rule's mean cost {cost} should be N = {c.n}"
+    by_class = [c.patches[c.adaptive][c.labels == k].mean() for k in (0, 1)]
+    print(f"N = {c.n}: adaptive N {by_class[0]:.1f} on negatives, {by_class[1]:.1f} on positives; margin variance "
+          f"{rows[1]['margin variance (mean over images)']:.3g} (adaptive) vs {rows[0]['margin variance (mean over images)']:.3g}")
+    if profile == "cpu":
+        assert by_class[1] > by_class[0], f"positives should get more sub-tiles than negatives: {by_class}"
+        assert rows[1]["margin variance (mean over images)"] > rows[0]["margin variance (mean over images)"], rows
+        assert rows[1]["accuracy %"] <= rows[0]["accuracy %"] + 2 * rows[1]["s.e. (repeats)"], rows
+
+# %% [markdown]
 # ## Where the models look (ATS figure 4, Zoom-In figure 6a)
 #
 # For positive test images of the first fold: the image with its epithelial nuclei (cyan), Zoom-In's
@@ -288,6 +356,7 @@ write_json(out / "metrics.json", {
     "profile": profile, "data": DATA_LABEL, "seed": seed, "folds": cfg["folds"], "repetitions": cfg["repetitions"],
     "problems": data.problems, "annotated_images_per_cell_type": annotated, "summary": summary, "costs": costs,
     "runs": run_records(results),
-    "memory_ratios": ratios,
+    "memory_ratios": ratios, "adaptive_n": {"methods": adaptive_table, "tol": [c.tol for c in adaptive_runs],
+                                            "cpu_seconds": sum(c.cpu_seconds for c in adaptive_runs)},
 })
 print("wrote", out / "metrics.json")

@@ -50,22 +50,44 @@ per draw (pilot and fresh), and the input checks (`validate_probs`) one per dist
 `adaptive_with_replacement` therefore synchronises twice (once with `static_width`), `adaptive_two_stage`
 five times (four with `static_width`), whatever B, N or the budget.
 
+**On a trained Zoom-In (`adaptive_zoomin`, `fixed_zoomin`).** The same rule drives a `ZoomInNet`'s sampled
+forward at inference, on a tensor or on a lazy `PixelSource` (a slide's `SlideSource`): alpha is computed
+once per image (`ZoomInNet.first_stage`); a round is one call of the forward's own two-stage estimator
+(tiles with replacement from alpha, sub-tiles without replacement from beta^c, eq. 9) with `round_size`
+draws; the P pilot rounds choose M by the rule above, of the features or, through `logit_projection`,
+of g's logits; then exactly M_b fresh rounds are drawn and read for image b (ragged rows: image b's
+rounds are rows of one flat batch, so no patch is read for a round an image ignores), and the estimate
+is their mean with the predictable weights 1 / M_b. An image reads N_b = round_size (P + M_b) patches.
+Forced to one M (min_rounds = budget - P), it is the mean of M independent forwards with
+n_patches = round_size; `fixed_zoomin` is the forward itself (one round of N). With
+`mean_patches` the tolerance is set from the batch's pilots (`tolerance_for_cost`) so that the batch's
+average N is at most that number; `zoomin_pilot` and `zoomin_fresh` split the two phases so that the
+pilots of several batches (slides, one at a time) set one tolerance. tol is then a function of every
+pilot, still of F_P only, so the weights stay predictable and the estimate unbiased. `repeats` draws independent estimates of each image
+from one alpha (each beta^c is computed once per image and tile and phase; the cost reported, `tile_views`,
+is what one estimate alone would open).
+
 **What it buys.** The rule equalises the standard error over images (it bounds the worst image's); it
 does not lower the *average* variance at equal average cost: with M_b proportional to sigma_b^2 the mean
 of sigma_b^2 / M_b equals mean(sigma^2) / mean(M), as for a fixed N, before the pilot's cost and the noise
-of s^2 are paid. Chapter 02 measures both.
+of s^2 are paid. Chapter 02 measures both on synthetic problems; chapters 03 and 04 on trained Zoom-In models
+(`zoomin_lib.chapters.adaptive_n`), where the pilot, which the estimate discards, is a large share of a small N.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from zoomin_lib.hierarchical import expectation_two_stage, sample_subtiles, unique_draws
+from zoomin_lib.hierarchical import expectation_two_stage, sample_subtiles, subtile_support_ok, unique_draws
+from zoomin_lib.models import ZoomInNet, module_device, per_chunk
+from zoomin_lib.pixels import PixelSource, as_source
 from zoomin_lib.sampling import expectation_with_replacement, sample_with_replacement, validate_probs
-from zoomin_lib.syncs import host_sync
+from zoomin_lib.syncs import Checks, host_sync
 
 __all__ = [
     "AdaptiveEstimate",
@@ -81,6 +103,15 @@ __all__ = [
     "draw_rounds_two_stage",
     "adaptive_with_replacement",
     "adaptive_two_stage",
+    "ZoomInEstimates",
+    "logit_projection",
+    "tolerance_for_cost",
+    "zoomin_rounds",
+    "ZoomInPilot",
+    "zoomin_pilot",
+    "zoomin_fresh",
+    "fixed_zoomin",
+    "adaptive_zoomin",
 ]
 
 
@@ -292,3 +323,201 @@ def adaptive_two_stage(alpha: Tensor, beta: Tensor, feats: Tensor, pilot: int, t
     m, s2, width = _plan(rounds_of(pilot), pilot, tol, budget, min_rounds, project, static_width)
     return AdaptiveEstimate(predictable_mean(rounds_of(width), m), m, s2, round_size * (pilot + m))
 
+
+
+# ------------------------------------------------------------------------------- on a trained Zoom-In
+@dataclass
+class ZoomInEstimates:
+    """`repeats` independent estimates of each image by a `ZoomInNet`, with what each cost."""
+
+    features: Tensor  # [B, R, D] the aggregate of eq. 9 (adaptive: the mean of the M fresh rounds)
+    logits: Tensor  # [B, R, C] g of it
+    rounds: Tensor  # [B, R] fresh rounds M averaged (1 for a fixed N)
+    variance: Tensor  # [B, R] the pilot's per-round variance s^2 that chose M (NaN for a fixed N)
+    patches: Tensor  # [B, R] patches read, pilot included: round_size (P + M) (N for a fixed N)
+    tile_views: Tensor  # [B, R] beta^c computed, distinct tiles of each phase summed, as one estimate alone opens them
+    pilot: Tensor | None = None  # [B, R, P, D] the pilot rounds (None for a fixed N)
+    tol: float = math.nan  # the tolerance used (set from the pilots when a mean cost was asked for)
+
+
+def logit_projection(model: ZoomInNet, margin: bool = False) -> Tensor:
+    """What the rule measures the variance of: g's weights [D, C] (every logit), or for two classes with `margin`
+    the direction of the logit difference w_1 - w_0 [D] (the decision's). Detached."""
+    w = model.g.weight.detach()  # [C, D]
+    if margin:
+        if w.shape[0] != 2:
+            raise ValueError(f"the logit margin needs two classes, got {w.shape[0]}")
+        return w[1] - w[0]  # [D]
+    return w.t()  # [D, C]
+
+
+def tolerance_for_cost(variance: Tensor, mean_rounds: float, min_rounds: int, max_rounds: int) -> float:
+    """The smallest tol with mean_b clip(ceil(s_b^2 / tol^2), min_rounds, max_rounds) <= mean_rounds (bisection).
+
+    variance [V] the pilots' s^2. One host synchronisation (the variances are read once).
+    """
+    if not min_rounds <= mean_rounds:
+        raise ValueError(f"a mean of {mean_rounds} fresh rounds is below min_rounds={min_rounds}")
+    with host_sync("adaptive N: the tolerance that meets the mean cost"):
+        s2 = variance.detach().double().cpu().numpy()  # [V]
+
+    def mean_m(tol: float) -> float:
+        return float(np.clip(np.ceil(s2 / tol**2), min_rounds, max_rounds).mean())
+
+    top = float(np.sqrt(max(s2.max(), 1e-300)))  # at tol = sqrt(max s^2) every image asks for one round
+    low = top * 1e-8
+    if mean_m(low) <= mean_rounds:
+        return low
+    for _ in range(200):  # mean_m is non-increasing in tol: keep mean_m(low) > mean_rounds >= mean_m(top)
+        mid = math.sqrt(low * top)
+        if mean_m(mid) <= mean_rounds:
+            top = mid
+        else:
+            low = mid
+        if top / low < 1 + 1e-12:
+            break
+    return top
+
+
+def zoomin_rounds(model: ZoomInNet, src: PixelSource, alpha: Tensor, image: Tensor, size: int,
+                  generator: torch.Generator | None, checks: Checks) -> tuple[Tensor, Tensor]:
+    """One eq. 9 estimate of `size` two-stage draws per row: rows of images `image` [K] of `src`, alpha [B, T].
+
+    Returns the estimates [K, D] and the tiles drawn [K, r]. It draws what
+    `ZoomInNet.forward(x[image], "sample")` with n_patches = size draws, from the same generator calls in the
+    same order; beta^c is computed once per (image, tile). Host synchronisations: three (the distinct tiles of the
+    rows, of the images, beta's checks).
+    """
+    n_tiles = alpha.shape[1]
+    k2 = model.subview_size[0] * model.subview_size[1]
+    p1 = alpha[image]  # [K, T]
+    tiles = sample_with_replacement(p1, size, generator, check=False)  # [K, r]
+    draws = unique_draws(tiles, n_tiles, check=False)  # [U] (row, tile) pairs
+    keys = image[draws.batch] * n_tiles + draws.tile  # [U] (image, tile)
+    with host_sync("adaptive N: the distinct (image, tile) pairs whose beta is computed"):
+        pairs, where = torch.unique(keys, return_inverse=True)  # [V'], [U]
+    betas = model.second_stage(src, pairs // n_tiles, pairs % n_tiles)  # [V', K2]
+    p2 = betas[where]  # [U, K2]
+    subtiles = sample_subtiles(p2, draws, generator, max_count=min(size, k2), check=False)  # [K, r]
+    checks.add(subtile_support_ok(p2, draws), f"a tile was drawn more often than it has sub-tiles of positive "
+               f"attention (round_size = {size}, {k2} sub-tiles a tile); lower round_size")
+    rows, cols = model.centers(tiles, subtiles, src.size)  # [K, r]
+    batch = image.repeat_interleave(size)  # [K * r]
+    ph, pw = model.patch_size
+    parts = [model.features(p) for p in src.patch_chunks(batch, rows.flatten(), cols.flatten(), model.patch_size,
+                                                          per_chunk(model.chunk_size, ph * pw))]
+    feats = torch.cat(parts).view(image.numel(), size, -1)  # [K, r, D]
+    est = expectation_two_stage(p1, tiles, p2[draws.inverse, subtiles], feats, check=False)  # [K, D]
+    return est, tiles
+
+
+def _distinct_tiles(owner: Tensor, tiles: Tensor, n_owners: int, n_tiles: int) -> Tensor:
+    """Distinct tiles among the draws tiles [K, r] of the rows of each owner (owner [K] in [0, V)): [V]."""
+    seen = torch.zeros(n_owners, n_tiles, dtype=torch.bool, device=tiles.device)  # [V, T]
+    seen[owner.unsqueeze(1).expand_as(tiles), tiles] = True
+    return seen.sum(dim=1)  # [V]
+
+
+def _virtual(batch: int, repeats: int, device: torch.device) -> Tensor:
+    """The image of each of the batch * repeats estimates (image-major): [V]."""
+    if not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"repeats must be a positive int, got {repeats!r}")
+    return torch.arange(batch, device=device).repeat_interleave(repeats)  # [V]
+
+
+def fixed_zoomin(model: ZoomInNet, x: Tensor | PixelSource, n: int, *, repeats: int = 1,
+                 generator: torch.Generator | None = None) -> ZoomInEstimates:
+    """The fixed-N estimator: `repeats` independent sampled forwards (eq. 9, n_patches = n) of each image, one alpha.
+
+    The same draws as `model(x.repeat_interleave(repeats, 0), "sample")` with n_patches = n and this generator.
+    """
+    src = as_source(x, module_device(model))
+    checks = Checks()
+    alpha = model.first_stage(src)  # [B, T]
+    image = _virtual(src.batch_size, repeats, alpha.device)  # [V]
+    est, tiles = zoomin_rounds(model, src, alpha, image, n, generator, checks)  # [V, D], [V, n]
+    checks.resolve()
+    b, r = src.batch_size, repeats
+    distinct = _distinct_tiles(torch.arange(b * r, device=tiles.device), tiles, b * r, alpha.shape[1])  # [V]
+    ones = torch.ones(b, r, dtype=torch.long, device=est.device)
+    return ZoomInEstimates(est.view(b, r, -1), model.g(est).view(b, r, -1), ones,
+                           torch.full((b, r), math.nan, device=est.device), n * ones, distinct.view(b, r))
+
+
+@dataclass
+class ZoomInPilot:
+    """The pilot of `adaptive_zoomin` on one batch, kept so that the tolerance can be set from several batches'
+    pilots (a slide at a time) before any fresh round is drawn."""
+
+    src: PixelSource
+    alpha: Tensor  # [B, T]
+    image: Tensor  # [V] the image of each estimate (V = B * repeats, image-major)
+    rounds: Tensor  # [V, P, D] the pilot rounds
+    tile_views: Tensor  # [V] distinct tiles the pilot drew, per estimate
+    round_size: int
+    repeats: int
+
+
+def zoomin_pilot(model: ZoomInNet, x: Tensor | PixelSource, *, round_size: int, pilot: int, repeats: int = 1,
+                 generator: torch.Generator | None = None) -> ZoomInPilot:
+    """alpha once per image, then P pilot rounds of `round_size` two-stage draws per estimate. Five host syncs."""
+    if not isinstance(round_size, int) or round_size < 1:
+        raise ValueError(f"round_size must be a positive int, got {round_size!r}")
+    if not isinstance(pilot, int) or pilot < 2:
+        raise ValueError(f"the pilot needs at least two rounds to estimate a variance, got {pilot!r}")
+    src = as_source(x, module_device(model))
+    checks = Checks()
+    alpha = model.first_stage(src)  # [B, T]
+    image = _virtual(src.batch_size, repeats, alpha.device)  # [V]
+    v = image.numel()
+    owners = torch.arange(v, device=image.device).repeat_interleave(pilot)  # [V * P] the estimate of each pilot round
+    est, tiles = zoomin_rounds(model, src, alpha, image[owners], round_size, generator, checks)  # [V * P, D]
+    checks.resolve()
+    return ZoomInPilot(src, alpha, image, est.view(v, pilot, -1), _distinct_tiles(owners, tiles, v, alpha.shape[1]),
+                       round_size, repeats)
+
+
+def zoomin_fresh(model: ZoomInNet, pilot: ZoomInPilot, tol: float, budget: int, *, min_rounds: int = 1,
+                 project: Tensor | None = None, generator: torch.Generator | None = None) -> ZoomInEstimates:
+    """M = clip(ceil(s^2 / tol^2), min_rounds, budget - P) per estimate from its pilot, then exactly M fresh rounds
+    read per estimate, averaged with the predictable weights 1 / M. Five host syncs."""
+    checks = Checks()
+    src, alpha, image, r = pilot.src, pilot.alpha, pilot.image, pilot.round_size
+    v, p = pilot.rounds.shape[:2]
+    m, s2 = choose_rounds(pilot.rounds, tol, budget, min_rounds=min_rounds, project=project)  # [V], [V]
+    with host_sync("adaptive N: the fresh rounds of every image"):
+        rows = torch.arange(v, device=m.device).repeat_interleave(m)  # [sum M] the estimate of each fresh round
+    fresh, tiles = zoomin_rounds(model, src, alpha, image[rows], r, generator, checks)  # [sum M, D], [sum M, r]
+    weights = (1.0 / m.to(fresh.dtype))[rows].unsqueeze(1)  # [sum M, 1] predictable: 1 / M, no gradient
+    value = torch.zeros(v, fresh.shape[1], dtype=fresh.dtype, device=fresh.device).index_add(0, rows, weights * fresh)
+    checks.resolve()
+    views = pilot.tile_views + _distinct_tiles(rows, tiles, v, alpha.shape[1])  # [V]
+    b, reps = src.batch_size, pilot.repeats
+    return ZoomInEstimates(value.view(b, reps, -1), model.g(value).view(b, reps, -1), m.view(b, reps),
+                           s2.view(b, reps), (r * (p + m)).view(b, reps), views.view(b, reps),
+                           pilot.rounds.view(b, reps, p, -1), float(tol))
+
+
+def adaptive_zoomin(model: ZoomInNet, x: Tensor | PixelSource, *, round_size: int, pilot: int, budget: int,
+                    tol: float | None = None, mean_patches: float | None = None, min_rounds: int = 1,
+                    project: Tensor | None = None, repeats: int = 1,
+                    generator: torch.Generator | None = None) -> ZoomInEstimates:
+    """N from the data on a trained Zoom-In: P pilot rounds, M = clip(ceil(s^2 / tol^2), min_rounds, budget - P) fresh
+    rounds of `round_size` two-stage draws, the estimate the mean of the fresh rounds (unbiased; module docstring).
+
+    Give `tol`, or `mean_patches` (tol then set from the batch's pilots so that the mean of N = round_size (P + M)
+    over the batch's images and repeats is at most that). `project` (e.g. `logit_projection(model)`) makes s^2 the
+    variance of the logits; None, of the features. `zoomin_pilot` then `zoomin_fresh`. Host synchronisations: ten
+    with `tol` (eleven with `mean_patches`), whatever the batch, N or the budget.
+    """
+    if (tol is None) == (mean_patches is None):
+        raise ValueError("give exactly one of tol and mean_patches")
+    if not isinstance(min_rounds, int) or min_rounds < 1 or budget - pilot < min_rounds:
+        raise ValueError(f"need 1 <= min_rounds <= budget - pilot; got min_rounds={min_rounds}, budget={budget}, "
+                         f"pilot={pilot}")
+    first = zoomin_pilot(model, x, round_size=round_size, pilot=pilot, repeats=repeats, generator=generator)
+    if tol is None:
+        assert mean_patches is not None
+        tol = tolerance_for_cost(round_variance(first.rounds, project), mean_patches / round_size - pilot,
+                                 min_rounds, budget - pilot)
+    return zoomin_fresh(model, first, tol, budget, min_rounds=min_rounds, project=project, generator=generator)
