@@ -215,9 +215,15 @@ def test_ips_verdicts_by_the_books_rules():
     assert v["stkim gains"] == {} and v["stkim losses"] == {"IPS-5 + STKIM (K=10, P=0.1)": pytest.approx(0.25)}
     # 90 % at 20 px against 50 % (hypot(0.09, 0.15) = 0.175 < 0.40) and 55 % (hypot(0.09, 0.149) = 0.174 < 0.35)
     assert v["patch accuracy"] == {20: 0.9, 50: 0.5, 100: 0.55}
-    assert v["small patches win"] == [20] and v["best patch"] == 20
+    assert v["small patches win"] == [20] and v["best patches"] == [20]
     close = _runs(dict(zip(NAMES, [0.5, 0.6, 0.4, 0.6, 0.55])))  # 60 vs 55 %: within the margin
     w = signs.ips_verdicts(close, VARIANTS, 5, labels, smallest=20.0)
     assert w["learned"] == {} and w["diversity gains"] == {} and w["stkim losses"] == {}
-    assert w["small patches win"] == [] and w["best patch"] == 20
+    assert w["small patches win"] == [] and w["best patches"] == [20]
+    assert v["one class for every image"] == {}  # these runs have no confusion matrix
+    tied = _runs(dict(zip(NAMES, [0.22] * 5)))  # nothing learned: every patch size the same
+    tied["IPS-5"][0].confusion = [[0, 0, 54, 0], [0, 0, 14, 0], [0, 0, 22, 0], [0, 0, 10, 0]]  # always 70 km/h
+    tied["IPS-5 (20x20)"][0].confusion = [[1, 0, 53, 0], [0, 0, 14, 0], [0, 0, 22, 0], [0, 0, 10, 0]]
+    t = signs.ips_verdicts(tied, VARIANTS, 5, labels, smallest=20.0)
+    assert t["best patches"] == [20, 50, 100] and t["one class for every image"] == {"IPS-5": 2}
     assert signs.ips_verdicts(close, VARIANTS, 5, labels, smallest=10.0)["small patches win"] == []  # none that small

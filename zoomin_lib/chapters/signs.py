@@ -354,7 +354,8 @@ def ips_verdicts(results: Mapping[str, Sequence[FoldResult]], variants: Sequence
       difference (`results.beats`); "stkim losses": those the baseline beats so.
     - "patch accuracy": accuracy per measured patch side; "small patches win": the sides at most the
       smallest sign's that beat every larger measured side by 3 standard errors (empty when none do);
-      "best patch": the side of highest accuracy (the smallest of ties).
+      "best patches": the sides of highest accuracy (more than one when they tie).
+    - "one class for every image": the runs that predicted the same class (its index) for every test image.
     """
     labels = np.asarray(test_labels)
     n = labels.size
@@ -376,5 +377,14 @@ def ips_verdicts(results: Mapping[str, Sequence[FoldResult]], variants: Sequence
         "patch accuracy": dict(sorted(by_patch.items())),
         "small patches win": [q for q in small if larger and all(beats(by_patch[q], n, by_patch[r], n)
                                                                   for r in larger)],
-        "best patch": min(by_patch, key=lambda q: (-by_patch[q], q)),
+        "best patches": [q for q in sorted(by_patch) if by_patch[q] == max(by_patch.values())],
+        "one class for every image": {name[v]: int(np.flatnonzero(cols)[0]) for v in variants
+                                      if (cols := _predicted(results[name[v]][0])) is not None
+                                      and np.count_nonzero(cols) == 1},
     }
+
+
+def _predicted(run: FoldResult) -> np.ndarray | None:
+    """How many test images the run assigned to each class (the column sums of its confusion), or None without one."""
+    confusion = getattr(run, "confusion", None)
+    return np.asarray(confusion).sum(axis=0) if confusion else None
