@@ -10,16 +10,20 @@
 - ATS-N (ATS sec. 3.3, supp. H.2): attention on V(x, s) with unbounded scores, and the same f.
 - U-N (ATS table 1): uniform sampling with the same f.
 - CNN (Zoom-In sec. 4, "a ResNet with 8 convolutional layers and 32 channels") on V(x, s).
+- IPS (the IPS thesis, file 003, sec. 2.7): the top M of the non-overlapping full-resolution patches,
+  cross-attention pooling; its Semantic heads and STKIM (sec. 3.3-3.4) as options. The patch encoder
+  is table 5's or table 6's f unless one is given (the thesis's is a ResNet-18, which needs torchvision).
 """
 
 from __future__ import annotations
 
 from torch import nn
 
+from zoomin_lib.ips import IPSNet
 from zoomin_lib.models import ATSNet, CNNBaseline, UniformNet, ZoomInNet
 from zoomin_lib.networks import AttentionLeNet, AttentionResNet16, FeatureLeNet, FeatureResNet16, ResNetCNN
 
-__all__ = ["BACKBONES", "networks", "zoomin", "ats", "uniform", "cnn"]
+__all__ = ["BACKBONES", "networks", "zoomin", "ats", "uniform", "cnn", "ips"]
 
 BACKBONES = ("lenet", "resnet16")
 
@@ -73,3 +77,21 @@ def cnn(
 ) -> CNNBaseline:
     """The ResNet baseline (n_conv 3x3 convolutions, `channels` wide) on V(x, s), or on x resized to `size`."""
     return CNNBaseline(ResNetCNN(in_channels, n_classes, channels, n_conv), scale, size)
+
+
+def ips(
+    *, in_channels: int, n_classes: int | list[int], patch_size: int | tuple[int, int], memory_size: int,
+    iter_size: int, backbone: str = "lenet", encoder: nn.Module | None = None, n_heads: int = 8,
+    dim_head: int | None = None, dropout: float = 0.0, attn_dropout: float = 0.0, pos_enc: bool = False,
+    semantic: bool = False, mask_top_k: int = 0, mask_prob: float = 0.0,
+) -> IPSNet:
+    """IPS keeping the top `memory_size` (M) patches, read `iter_size` (I) at a time; f is `encoder`, else the backbone's.
+
+    `semantic` gives every attention head its own MLP (thesis eq. 12), `mask_top_k` and `mask_prob` are
+    STKIM's K and P (sec. 3.4); the transformer options go to `ips.IPSNet` unchanged.
+    """
+    if encoder is None:
+        encoder = networks(backbone, in_channels)[2]
+    return IPSNet(encoder, n_classes, patch_size, memory_size, iter_size, n_heads=n_heads, dim_head=dim_head,
+                  dropout=dropout, attn_dropout=attn_dropout, pos_enc=pos_enc, semantic=semantic,
+                  mask_top_k=mask_top_k, mask_prob=mask_prob)

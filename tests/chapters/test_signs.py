@@ -105,3 +105,125 @@ def test_examples_figure_shows_the_classes_present_with_their_sign():
     (box,) = axes[1].patches
     assert (box.get_x(), box.get_y(), box.get_width(), box.get_height()) == (10, 20, 20, 30)
     assert "absent from the training set: 50_SIGN, 80_SIGN" in fig._suptitle.get_text()
+
+
+# ----------------------------------------------------------------------------------------------------
+# IPS and the thesis's studies on traffic signs
+# ----------------------------------------------------------------------------------------------------
+
+
+def test_train_methods_gives_each_method_its_own_extra_terms(monkeypatch, tmp_path):
+    seen = {}
+    monkeypatch.setattr(signs, "lazy_batches", lambda *a, **k: (lambda epoch: ()))
+
+    def fake_run(name, factory, settings, train, test, **kw):
+        seen[name] = kw["extra_terms"]
+        return SimpleNamespace(accuracy=0.5), None
+
+    monkeypatch.setattr(signs, "run_method", fake_run)
+    term = {"t": lambda *a: torch.tensor(0.0)}
+    signs.train_methods({"A": None, "B": None}, {"A": 1, "B": 1}, load_train=None, train_labels=np.zeros(2),
+                        load_test=None, test_labels=np.zeros(2), batch=2, seed=0, out=tmp_path, extra_terms={"B": term})
+    assert seen == {"A": None, "B": term}
+
+
+def test_ips_variants_put_the_baseline_first_and_one_setting_changed_in_each_other():
+    V = signs.IPSVariant
+    variants = signs.ips_variants(50, diversity=[0, 0.1, 0.1], stkim=[(0, 0.1), (10, 0.0), (10, 0.1)], patches=[20, 50, 100])
+    assert variants == [V(50), V(50, diversity=0.1), V(50, mask_top_k=10, mask_prob=0.1), V(20), V(100)]
+    assert [v.study for v in variants] == ["patch", "diversity", "stkim", "patch", "patch"]
+    assert [v.name(5, 50) for v in variants] == ["IPS-5", "IPS-5 + L_p + 0.1 L_d", "IPS-5 + STKIM (K=10, P=0.1)",
+                                                 "IPS-5 (20x20)", "IPS-5 (100x100)"]
+    assert variants[0].extra_terms() == {} and set(variants[1].extra_terms()) == {"semantic", "diversity"}
+    assert variants[2].extra_terms() == {}
+
+
+def test_ips_factory_builds_the_variant_with_the_strided_encoder():
+    from zoomin_lib.chapters.megapixel import StridedLeNet
+
+    model = signs.ips_factory(signs.IPSVariant(20, diversity=0.5), in_channels=3, n_classes=4, memory=5, iter_size=32)()
+    assert isinstance(model.encoder, StridedLeNet) and model.encoder.in_channels == 3
+    assert (model.patch_size, model.memory_size, model.iter_size, model.n_classes) == ((20, 20), 5, 32, [4])
+    assert (model.pool.n_heads, model.pool.dim_head, model.pos_enc, model.head_mlps is not None) == (8, 16, False, True)
+    masked = signs.ips_factory(signs.IPSVariant(50, mask_top_k=10, mask_prob=0.1), in_channels=3, n_classes=4,
+                               memory=5, iter_size=32)()
+    assert (masked.pool.mask_top_k, masked.pool.mask_prob, masked.head_mlps) == (10, 0.1, None)
+
+
+def test_sign_sides_take_the_longer_side_of_every_box():
+    sides = signs.sign_sides([[(0, 0, 10, 20)], [], [(5, 5, 35, 25), (0, 0, 4, 4)]])
+    assert sides.tolist() == [20.0, 30.0, 4.0]
+    assert signs.sign_sides([]).size == 0
+
+
+def _runs(accuracies: dict, history: dict | None = None) -> dict:
+    """name -> [a fold result] with that accuracy and a one-epoch history."""
+    return {n: [SimpleNamespace(accuracy=a, history=[(history or {}).get(n, {"seconds": 1.0})])]
+            for n, a in accuracies.items()}
+
+
+VARIANTS = signs.ips_variants(50, diversity=[0.1], stkim=[(10, 0.1)], patches=[20, 100])
+NAMES = ["IPS-5", "IPS-5 + L_p + 0.1 L_d", "IPS-5 + STKIM (K=10, P=0.1)", "IPS-5 (20x20)", "IPS-5 (100x100)"]
+RUNS = _runs(dict(zip(NAMES, [0.5, 0.8, 0.25, 0.9, 0.55])),
+             {"IPS-5 + L_p + 0.1 L_d": {"semantic": 1.25, "diversity": 0.0875}})
+
+
+def test_diversity_rows_put_measured_and_quoted_weights_side_by_side():
+    thesis = {"rows": {0.0: {"val_mean": 79.75, "val_std": 5.18}, 0.5: {"val_mean": 74.9, "val_std": 17.54}}}
+    rows = signs.diversity_rows(RUNS, VARIANTS, 5, thesis)
+    assert [r["weight of L_d"] for r in rows] == ["0xD (IPS, L_p off)", "0.1xD", "0.5xD"]
+    assert rows[0] == {"weight of L_d": "0xD (IPS, L_p off)", "accuracy % here": 50.0, "L_p here (last epoch)": "",
+                       "w L_d here (last epoch)": "", "thesis: mean %": 79.75, "thesis: std %": 5.18}
+    assert (rows[1]["accuracy % here"], rows[1]["L_p here (last epoch)"], rows[1]["w L_d here (last epoch)"]) == (
+        80.0, 1.25, 0.0875)
+    assert rows[1]["thesis: mean %"] == "" and rows[2]["accuracy % here"] == "" and rows[2]["thesis: std %"] == 17.54
+
+
+def test_stkim_rows_count_the_masking_candidates():
+    thesis = {"rows": {(0, 0.0): {"val_mean": 79.74, "val_std": 5.17}, (30, 0.05): {"val_mean": 53.6, "val_std": 10.06}}}
+    rows = signs.stkim_rows(RUNS, VARIANTS, 5, thesis)
+    assert [(r["K"], r["P"]) for r in rows] == [(0, 0.0), (10, 0.1), (30, 0.05)]
+    assert [r["candidates here: min(K, M - 1)"] for r in rows] == [0, 4, 4]
+    assert [r["accuracy % here"] for r in rows] == [50.0, 25.0, ""]
+    assert [r["thesis: mean %"] for r in rows] == [79.74, "", 53.6]
+
+
+def test_patch_rows_relate_each_patch_to_the_smallest_sign():
+    thesis = {"smallest_sign_px": 25, "rows": {25: {"val_mean": 71.12, "val_std": 12.74, "train_mean": 99.02,
+                                                    "ms_per_batch": 449.72, "peak_gb": 0.97},
+                                               100: {"val_mean": 79.29, "val_std": 3.07, "train_mean": 100.0,
+                                                     "ms_per_batch": 322.67, "peak_gb": 1.65}}}
+    costs = {"IPS-5 (20x20)": {"peak_memory_mb": 1.5, "ms_per_sample": 90.0}}
+    rows = signs.patch_rows(RUNS, VARIANTS, 5, 20.0, thesis, costs)
+    assert [r["patch (px)"] for r in rows] == [20, 25, 50, 100]
+    assert [r["patch / smallest sign here"] for r in rows] == [1.0, "", 2.5, 5.0]
+    assert [r["accuracy % here"] for r in rows] == [90.0, "", 50.0, pytest.approx(55.0)]
+    assert [r["peak memory (MiB) here"] for r in rows] == [1.5, "", "", ""] and rows[0]["time (ms) here"] == 90.0
+    assert [r["patch / smallest sign (thesis)"] for r in rows] == ["", 1.0, "", 4.0]
+    assert rows[1]["thesis: val mean ± std %"] == "71.1 ± 12.7" and rows[3]["thesis: peak GB"] == 1.65
+
+
+def test_ips_verdicts_by_the_books_rules():
+    labels = np.array([0] * 54 + [1] * 14 + [2] * 22 + [3] * 10)  # always-EMPTY: 54 %
+    v = signs.ips_verdicts(RUNS, VARIANTS, 5, labels, smallest=20.0)
+    assert v["majority"] == 0.54
+    # 2 standard errors above 54 % on 100 images: 54 + 2 sqrt(0.54 * 0.46 / 100) = 64.0 %
+    assert v["learned"] == {"IPS-5 + L_p + 0.1 L_d": 0.8, "IPS-5 (20x20)": 0.9}
+    # 80 vs 50 %: 3 sqrt(0.16 / 100) = 0.12 and 3 sqrt(0.25 / 100) = 0.15, hypot 0.19 < 0.30
+    assert v["diversity gains"] == {"IPS-5 + L_p + 0.1 L_d": pytest.approx(0.3)}
+    # 25 vs 50 %: 3 sqrt(0.1875 / 100) = 0.130, hypot with 0.15 = 0.198 < 0.25
+    assert v["stkim gains"] == {} and v["stkim losses"] == {"IPS-5 + STKIM (K=10, P=0.1)": pytest.approx(0.25)}
+    # 90 % at 20 px against 50 % (hypot(0.09, 0.15) = 0.175 < 0.40) and 55 % (hypot(0.09, 0.149) = 0.174 < 0.35)
+    assert v["patch accuracy"] == {20: 0.9, 50: 0.5, 100: 0.55}
+    assert v["small patches win"] == [20] and v["best patches"] == [20]
+    close = _runs(dict(zip(NAMES, [0.5, 0.6, 0.4, 0.6, 0.55])))  # 60 vs 55 %: within the margin
+    w = signs.ips_verdicts(close, VARIANTS, 5, labels, smallest=20.0)
+    assert w["learned"] == {} and w["diversity gains"] == {} and w["stkim losses"] == {}
+    assert w["small patches win"] == [] and w["best patches"] == [20]
+    assert v["one class for every image"] == {}  # these runs have no confusion matrix
+    tied = _runs(dict(zip(NAMES, [0.22] * 5)))  # nothing learned: every patch size the same
+    tied["IPS-5"][0].confusion = [[0, 0, 54, 0], [0, 0, 14, 0], [0, 0, 22, 0], [0, 0, 10, 0]]  # always 70 km/h
+    tied["IPS-5 (20x20)"][0].confusion = [[1, 0, 53, 0], [0, 0, 14, 0], [0, 0, 22, 0], [0, 0, 10, 0]]
+    t = signs.ips_verdicts(tied, VARIANTS, 5, labels, smallest=20.0)
+    assert t["best patches"] == [20, 50, 100] and t["one class for every image"] == {"IPS-5": 2}
+    assert signs.ips_verdicts(close, VARIANTS, 5, labels, smallest=10.0)["small patches win"] == []  # none that small

@@ -160,3 +160,25 @@ def test_fingerprint_tells_data_apart():
     moved = big.copy()
     moved[1] = 1.0  # off the strided sample: the sum still tells them apart
     assert fingerprint(big) != fingerprint(moved)
+
+
+def test_extra_terms_enter_the_objective_and_the_record(tmp_path):
+    """A constant extra term of 2 adds 2 to every batch's objective (its gradient is 0, so the weights are those
+    of the run without it); a checkpoint trained with it is not resumed without it."""
+    x, y = _data()
+    settings = TrainSettings(epochs=2, batch_size=4, lr=3e-3, contrastive=False)
+    two = {"two": lambda model, out, y, extra: torch.tensor(2.0)}
+    plain, model_plain = _run(tmp_path / "plain", settings, resume=False)
+    result, model = run_method("CNN", _cnn, settings, tensor_batches(x, y, 4, seed=0), [(x, y)], run_seed=0,
+                               tag="CNN_r0_f0", out_dir=tmp_path / "two", extra_terms=two,
+                               record={"data": fingerprint(x, y)})
+    for with_term, without in zip(result.history, plain.history):
+        assert with_term["two"] == 2.0 and with_term["total"] == pytest.approx(without["total"] + 2.0)
+    for a, b in zip(model_plain.state_dict().values(), model.state_dict().values()):
+        assert torch.equal(a, b)
+    with pytest.raises(CheckpointMismatchError, match="extra_terms"):
+        _run(tmp_path / "two", settings, resume=True)
+    boxed = TrainSettings(epochs=1, batch_size=4, lr=3e-3, contrastive=False, box_weight=1.0)
+    with pytest.raises(ValueError, match="box_attention"):
+        run_method("CNN", _cnn, boxed, tensor_batches(x, y, 4, seed=0), [(x, y)], run_seed=0, tag="CNN_r0_f0",
+                   extra_terms={"box_attention": two["two"]})

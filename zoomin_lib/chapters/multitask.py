@@ -32,7 +32,6 @@ same labels.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -43,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from zoomin_lib.chapters.results import beats_chance, chance_margin
+from zoomin_lib.chapters.results import beats, beats_chance
 from zoomin_lib.infra.config import default_device
 from zoomin_lib.infra.io import write_json
 from zoomin_lib.ips import regulariser_terms as ips_regulariser_terms
@@ -406,16 +405,12 @@ def gains_over(
     """Task -> {method: accuracy gain} of the runs that beat `baseline` by more than z standard errors of the difference.
 
     The standard error of a difference of two accuracies measured on n canvases each is
-    sqrt(se_a^2 + se_b^2), each se the binomial one of `chapters.results.chance_margin` (with its
+    sqrt(se_a^2 + se_b^2), each se the binomial one of `chapters.results.chance_margin` (`results.beats`; with its
     floor of 1 / n). With z = 3 a run no better than the baseline passes about 0.1 % of the time.
     """
     out: dict[str, dict[str, float]] = {}
     for task in tasks:
         base, n0 = baseline.metrics[task], baseline.metrics["n"]
-        out[task] = {}
-        for name, run in runs.items():
-            acc, n = run.metrics[task], run.metrics["n"]
-            margin = math.hypot(chance_margin(acc, n, z), chance_margin(base, n0, z))
-            if acc - base > margin:
-                out[task][name] = acc - base
+        out[task] = {name: run.metrics[task] - base for name, run in runs.items()
+                     if beats(run.metrics[task], run.metrics["n"], base, n0, z)}
     return out

@@ -3,7 +3,8 @@
 `result_rows` puts accuracy (mean +- standard deviation over runs, `train.protocol.summarize`) beside
 peak memory, FLOPs/MACs and time (`train.profiling.profile_methods`); `above_majority` and
 `report_above_majority` say which methods beat the majority class by more than z binomial standard
-errors (`beats_chance`, the one rule every chapter uses).
+errors (`beats_chance`, the one rule every chapter uses); `beats` says whether one accuracy beats
+another by more than z standard errors of their difference.
 """
 
 from __future__ import annotations
@@ -59,6 +60,16 @@ def beats_chance(accuracy: float, p: float, n: int, z: float = 2.0) -> bool:
     With z = 2, a guesser passes about 2 % of the time.
     """
     return accuracy > p + chance_margin(p, n, z)
+
+
+def beats(accuracy: float, n: int, baseline: float, n_baseline: int, z: float = 3.0) -> bool:
+    """Accuracy (on n test items) beats a baseline's (on n_baseline) by more than z standard errors of the difference.
+
+    The standard error of the difference is sqrt(se^2 + se_baseline^2), each the binomial one of
+    `chance_margin` (with its floor of 1 / n). With z = 3 a run no better than the baseline passes
+    about 0.1 % of the time.
+    """
+    return accuracy - baseline > math.hypot(chance_margin(accuracy, n, z), chance_margin(baseline, n_baseline, z))
 
 
 def above_majority(

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from zoomin_lib.infra.config import default_device
 from zoomin_lib.infra.io import write_json
 from zoomin_lib.infra.progress import tqdm
-from zoomin_lib.steps import predictor, sampling_loss
+from zoomin_lib.steps import ExtraTerm, predictor, sampling_loss
 from zoomin_lib.train.fingerprint import fingerprint
 from zoomin_lib.train.loop import evaluate, fit, seed_everything
 from zoomin_lib.train.supervision import box_term
@@ -121,18 +121,27 @@ def train_model(
     loss_wrapper: Callable[[Callable], Callable] | None = None,
     device: str | torch.device | None = None,
     record: Mapping[str, Any] | None = None,
+    extra_terms: Mapping[str, ExtraTerm] | None = None,
 ) -> list[dict[str, Any]]:
     """Adam on the eq. 12 objective (contrastive after the warm-up) for `settings.epochs` epochs on `device`; the history.
 
-    The checkpoint records `settings` (as "training") and `record` (method, data fingerprint,
-    profile, seed, ...) beside what `fit` sees itself; resuming with other ones is refused.
+    `extra_terms` (name -> term, as `steps.sampling_loss` takes them; e.g. `ips.regulariser_terms`)
+    are added to the objective beside the box term of `settings.box_weight`, and their names to the
+    checkpoint's record. The checkpoint records `settings` (as "training") and `record` (method,
+    data fingerprint, profile, seed, ...) beside what `fit` sees itself; resuming with other ones is refused.
     """
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
+    terms = dict(extra_terms or {})
+    if settings.box_weight > 0:
+        if "box_attention" in terms:
+            raise ValueError("extra_terms may not name 'box_attention': settings.box_weight adds that term")
+        terms["box_attention"] = box_term(settings.box_weight)
     loss_fn = sampling_loss(
         warmup_epochs=settings.warmup_epochs, lam=settings.lam, class_weights=settings.class_weights,
-        contrastive=settings.contrastive, generator=generator,
-        extra_terms={"box_attention": box_term(settings.box_weight)} if settings.box_weight > 0 else None,
+        contrastive=settings.contrastive, generator=generator, extra_terms=terms or None,
     )
+    if extra_terms:
+        record = {**(record or {}), "extra_terms": sorted(extra_terms)}
     if loss_wrapper is not None:
         loss_fn = loss_wrapper(loss_fn)
     scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(settings.epochs, 1))
@@ -180,6 +189,7 @@ def run_method(
     predict_fn: Callable | None = None,
     device: str | torch.device | None = None,
     record: Mapping[str, Any] | None = None,
+    extra_terms: Mapping[str, ExtraTerm] | None = None,
 ) -> tuple[FoldResult, nn.Module]:
     """Seed, build, train and test one method; its result (written to out_dir/runs/<tag>.json) and the model.
 
@@ -187,7 +197,7 @@ def run_method(
     is one), with a generator there, the data moving batch by batch; it is returned on the host,
     for the chapters' figures. `loss_wrapper` adapts the per-batch loss (e.g. `per_image` for
     batches of images of different sizes) and `predict_fn` the evaluation (default:
-    `steps.predictor` in the model's eval mode). The checkpoint out_dir/checkpoints/<tag>.pt
+    `steps.predictor` in the model's eval mode); `extra_terms` go to `train_model`. The checkpoint out_dir/checkpoints/<tag>.pt
     records the method, `run_seed`, `settings` and `record` (e.g. {"data": fingerprint(...),
     "profile": profile}); `resume=True` with other ones stops naming each difference
     (`train.checkpoints.CheckpointMismatchError`), `resume=False` starts afresh.
@@ -200,7 +210,7 @@ def run_method(
         model, train_batches, settings, generator,
         eval_fn=(lambda m: probe(m, generator)) if probe is not None else None,
         checkpoint_path=checkpoint, resume=resume, progress=False, loss_wrapper=loss_wrapper, device=device,
-        record={"method": name, "seed": run_seed, **(record or {})},
+        record={"method": name, "seed": run_seed, **(record or {})}, extra_terms=extra_terms,
     )
     metrics = evaluate(model, test_batches, predict_fn or predictor(generator=generator))
     rep, fold = (int(v) for v in re.findall(r"_r(\d+)_f(\d+)$", tag)[0]) if re.search(r"_r\d+_f\d+$", tag) else (0, 0)
