@@ -99,11 +99,13 @@ CPU = dict(folds=3, repetitions=1, epochs=20, warmup=6, lr=3e-3, cosine=True, cn
 # the paper's lr $10^{-3}$ with cosine decay, the contrastive term after 10 epochs as in the paper, and the CNN for
 # 50 epochs at full resolution ($s = 1$, as `paper`). Estimate: on an H200 the paper's 100 epochs took 45 s
 # (Zoom-In), 20 s (ATS-10) and 17 s (CNN) per fold; at 50 epochs, with U-10 besides, about a minute per fold, some
-# ten minutes in all on one H100-class GPU. These settings are sized by estimate (from this chapter's `cpu` costs
+# ten minutes in all on one H100-class GPU. N from the data is compared at N = 10, 30 and 100, 100 estimates of each
+# test image per rule. These settings are sized by estimate (from this chapter's `cpu` costs
 # and one colon run timed by hand on an H200, issue 16); this project has not yet run them on a GPU.
 
 # %%
-GPU = dict(folds=10, repetitions=1, epochs=50, warmup=10, lr=1e-3, cosine=True, cnn_epochs=50, cnn_scale=1.0)
+GPU = dict(folds=10, repetitions=1, epochs=50, warmup=10, lr=1e-3, cosine=True, cnn_epochs=50, cnn_scale=1.0,
+           adaptive_ns=(10, 30, 100), adaptive_repeats=100)
 
 # %% [markdown]
 # The `paper` profile is the papers' protocol: 10 folds repeated 5 times, 100 epochs at a fixed lr $10^{-3}$

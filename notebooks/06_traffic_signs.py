@@ -128,14 +128,17 @@ CPU = dict(synthetic=dict(n_train=200, n_test=100), train_subset=None, test_subs
 # The `gpu` profile, for one H100-class GPU: the `paper` profile's stand-in (600 training and 300 test images,
 # three times `cpu`'s) and appendix G's $N = 10$ sub-tiles of 100x100, batch 16 (not 32), 40 epochs (not 150) at lr
 # $10^{-3}$ with cosine decay and 10 warm-up epochs; the CNN at scale 0.5 for 20 epochs; Zoom-In + boxes
-# pre-trained twice as long as in `cpu` and trained for 20 epochs at lr $10^{-4}$. These settings are sized by
+# pre-trained twice as long as in `cpu` and trained for 20 epochs at lr $10^{-4}$; IPS and its studies train the
+# other methods' 40 epochs (not `cpu`'s 2), with two Diversity weights, two STKIM settings and the thesis's four
+# patch sizes. These settings are sized by
 # estimate (from this chapter's `cpu` costs and one colon run timed by hand on an H200, issue 16); this project has
 # not yet run them on a GPU.
 
 # %%
 GPU = dict(synthetic=dict(n_train=600, n_test=300), train_subset=None, test_subset=None, n_patches=10, patch=100,
            batch=16, epochs=40, lr=1e-3, warmup=10, cosine=True, cnn_scales=[0.5], cnn_epochs=20, timing=0.3,
-           boxes=dict(pretrain={"a": 60, "b": 40, "f": 60}, epochs=20, lr=1e-4))
+           boxes=dict(pretrain={"a": 60, "b": 40, "f": 60}, epochs=20, lr=1e-4),
+           ips=dict(epochs=40, iter=32, diversity=[0.1, 0.5], stkim=[(10, 0.1), (10, 0.05)], patches=[25, 50, 75, 100]))
 
 # %% [markdown]
 # The `paper` profile holds Zoom-In's appendix G: $N = 10$ sub-tiles of 100x100, batch 32, 150 epochs at lr
