@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from zoomin_lib.chapters.levels_slides import NAME, SlideRun, comparison_rows, slide_levels, three_level_settings, view_terms
+from zoomin_lib.chapters.levels_slides import (
+    NAME, SlideRun, comparison_rows, largest_views, slide_levels, three_level_settings, view_terms,
+)
 
 CFG = dict(tile=1024, s1=1 / 32, s2=1 / 8, patch=50, n=16, strip_pixels=2**16)
 
@@ -36,3 +38,7 @@ def test_view_terms_are_the_memory_models_and_the_table_has_both_models():
     assert [r["model"] for r in rows] == ["Zoom-In", NAME]
     assert rows[0]["accuracy % (top-k)"] == 75.0 and rows[0]["AUC (top-k)"] == "" and rows[1]["accuracy % (top-k)"] == ""
     assert rows[1]["read, tile and cell views (KiB)"] == 3.0 and rows[1]["patches on a metastasis %"] == 12.5
+
+
+def test_largest_views_after_the_first_stage():
+    assert largest_views(CFG) == {"two": 128**2, "three": 64**2}  # a tile at 1/8; a tile at 1/16 (a cell at 1/8: 32^2)

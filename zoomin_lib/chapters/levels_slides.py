@@ -15,7 +15,9 @@ readers with the same epochs, lr, batch, warm-up and lambda as the two-level mod
 - `compare_on_slides`: both models on the test slides, sampled with the same fixed seed per slide: accuracy,
   AUC, the fraction of patches on a metastasis, bytes read by kind, CPU and wall seconds, peak host memory;
 - `comparison_rows`, `learning_figure`, `view_terms`: the table, the learning curves, the memory model's
-  view terms beside the bytes read.
+  view terms beside the bytes read;
+- `largest_views`, `peak_against_strip`: when the third level lowers the peak, measured against the height
+  of the first stage's strips.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from zoomin_lib.wsi.reader import SlideReader
 from zoomin_lib.wsi.train import fit_slides
 
 __all__ = ["NAME", "three_level_settings", "slide_levels", "train_three_levels", "SlideRun", "compare_on_slides",
-           "comparison_rows", "learning_figure", "view_terms"]
+           "comparison_rows", "learning_figure", "view_terms", "largest_views", "peak_against_strip"]
 
 NAME = "Zoom-In, 3 levels"
 CELLS_PER_SIDE, LEAVES = 4, 2  # a drawn tile is cut into 4 x 4 cells; 2 leaves are drawn in each drawn cell
@@ -187,3 +189,38 @@ def learning_figure(histories: Mapping[str, Sequence[Mapping[str, Any]]], title:
     ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def largest_views(cfg: Mapping[str, Any]) -> dict[str, int]:
+    """View pixels of the largest single view after the first stage: a tile at s2 (two levels), the larger of a tile at
+    s2 / 2 and a cell at s2 (three levels)."""
+    geo = three_level_settings(cfg)
+    (tile, cell), (_, s2h, s3) = geo["cells"], geo["scales"]
+    side = lambda c, s: int(c * s) ** 2  # noqa: E731 (floor(c s)^2, as `geometry.view_size`)
+    return {"two": side(cfg["tile"], cfg["s2"]), "three": max(side(tile, s2h), side(cell, s3))}
+
+
+def peak_against_strip(
+    models: Mapping[str, SlideZoomIn], path: str | Path, strips: Sequence[int], *, seed: int,
+) -> list[dict[str, Any]]:
+    """Peak host tensors (MiB) of one sampled prediction of `path` by each model, with first-stage strips of each size.
+
+    The strip bounds the first stage's activations (`strip_pixels` view pixels through a); below the largest view
+    of the later stages, that view bounds the peak instead. Tiles, cells and patches are read one at a time.
+    """
+    rows = []
+    for strip in strips:
+        row: dict[str, Any] = {"strip (view pixels)": int(strip)}
+        for name, model in models.items():
+            saved = model.strip_pixels
+            model.strip_pixels = int(strip)
+            try:
+                with lean_inference(model.net):
+                    peak = host_peak_memory(lambda: model.predict_one(path, mode="sample",
+                                                                      generator=torch.Generator().manual_seed(seed)),
+                                            module_device(model))
+            finally:
+                model.strip_pixels = saved
+            row[f"{name}: peak tensors (MiB)"] = peak["torch_mb"]
+        rows.append(row)
+    return rows
