@@ -39,17 +39,36 @@ def make_model(n_children=(2,), levels: int = 3, n_patches: int = 3) -> LevelsZo
     return LevelsZoomIn(nets, PatchFeatures(), 2, scales, cells, PATCH, n_patches, list(n_children)).double()
 
 
-def reference_exact(model: LevelsZoomIn, x: Tensor) -> Tensor:
-    """sum over every path of the product of its attentions times f(patch), one path at a time, from crops ([D])."""
+def reference_exact(model: LevelsZoomIn, x: Tensor, contrastive: bool = False) -> Tensor:
+    """sum over every path of the product of its attentions times f(patch), one path at a time, from crops ([D]).
+
+    Any image size: crops of the image zero-padded to whole tiles; a child cell whose top-left, or a leaf
+    location whose centre, lies beyond the image has no attention (and, with `contrastive`, no complement).
+    """
     L, sizes, scales = len(model.scales), model.cell_sizes, model.scales
+    H, W = x.shape[-2:]
+    tile = sizes[0]
+    padded = F.pad(x, (0, -W % tile, 0, -H % tile))  # zero beyond the border
 
     def attention(level: int, top: int, left: int, side: int) -> Tensor:
-        crop = x[:, :, top:top + side, left:left + side]  # [1, C, side, side]
+        crop = padded[:, :, top:top + side, left:left + side]  # [1, C, side, side]
         s = model._network(level)(view(crop, scales[level - 1]))[0, 0]  # [u, v]
         if level < L:
             k = side // sizes[level - 1]
             s = F.adaptive_avg_pool2d(s[None], (k, k))[0]  # the child cells' mean scores
-        return torch.softmax(s.flatten(), 0)
+            offs = torch.arange(k) * sizes[level - 1]
+            inside = ((top + offs)[:, None] < H) & ((left + offs)[None, :] < W)
+        else:
+            u, v = s.shape
+            rr = view_to_full(torch.arange(u), torch.zeros(u, dtype=torch.long), (u, v), (side, side))[0]
+            cc = view_to_full(torch.zeros(v, dtype=torch.long), torch.arange(v), (u, v), (side, side))[1]
+            inside = ((top + rr)[:, None] < H) & ((left + cc)[None, :] < W)
+        inside = inside.flatten() if inside.any() else torch.ones(inside.numel(), dtype=torch.bool)
+        p = torch.softmax(s.flatten().masked_fill(~inside, float("-inf")), 0)
+        if contrastive:  # the complement; a single child inside keeps its whole mass (nothing else to draw)
+            comp = (1 - p) * inside
+            p = comp / comp.sum() if comp.sum() > 0 else inside / inside.sum()
+        return p
 
     total = torch.zeros(model.features.out_features, dtype=x.dtype)
 
@@ -69,7 +88,9 @@ def reference_exact(model: LevelsZoomIn, x: Tensor) -> Tensor:
             walk(level + 1, top + (child // k) * small, left + (child % k) * small, weight * probs[child])
 
     alpha = model.first_stage(x)[0]
-    tile, n_cols = sizes[0], x.shape[-1] // sizes[0]
+    if contrastive:
+        alpha = (1 - alpha) / (alpha.numel() - 1)
+    n_cols = -(-W // tile)
     for t in range(alpha.numel()):
         walk(2, (t // n_cols) * tile, (t % n_cols) * tile, alpha[t])
     return total
@@ -84,14 +105,28 @@ def test_exact_mode_is_the_sum_over_every_path(levels, n_children):
         torch.testing.assert_close(out.features[0], reference_exact(model, x))
 
 
-def test_sampled_estimate_is_unbiased_for_the_exact_aggregate():
-    """R copies of one image in one batched forward: the mean estimate is within 4 standard errors of the exact one."""
+@pytest.mark.parametrize("levels, n_children, shape", [(3, (2,), (20, 16)), (4, (2, 1), (13, 22))])
+@pytest.mark.parametrize("contrastive", [False, True])
+def test_exact_mode_on_sides_that_are_not_multiples_of_the_tile(levels, n_children, shape, contrastive):
+    """Partial edge tiles padded with zeros; cells and leaves beyond the border get no attention (nor complement)."""
+    model = make_model(n_children, levels)
+    x = torch.rand(1, 1, *shape, dtype=torch.float64)
+    with torch.no_grad():
+        out = model(x, mode="exact", contrastive=contrastive)
+        torch.testing.assert_close(out.features[0], reference_exact(model, x, contrastive))
+
+
+@pytest.mark.parametrize("shape, contrastive", [((16, 16), False), ((22, 14), False), ((22, 14), True)])
+def test_sampled_estimate_is_unbiased_for_the_exact_aggregate(shape, contrastive):
+    """R copies of one image in one batched forward: the mean estimate is within 4 standard errors of the exact one;
+    also on a side that is not a multiple of the tile, and for the contrastive sample (every level's complement)."""
     model = make_model((2,), 3, n_patches=3)
-    x = torch.rand(1, 1, 16, 16, dtype=torch.float64)
+    x = torch.rand(1, 1, *shape, dtype=torch.float64)
     R = 4000
     with torch.no_grad():
-        exact = model(x, mode="exact").features[0]  # [D]
-        est = model(x.expand(R, -1, -1, -1), mode="sample", generator=torch.Generator().manual_seed(0)).features
+        exact = model(x, mode="exact", contrastive=contrastive).features[0]  # [D]
+        est = model(x.expand(R, -1, -1, -1), mode="sample", generator=torch.Generator().manual_seed(0),
+                    contrastive=contrastive).features
     se = est.std(dim=0) / R**0.5  # [D]
     assert ((est.mean(dim=0) - exact).abs() < 4 * se + 1e-12).all(), (est.mean(dim=0), exact, se)
 
@@ -107,6 +142,16 @@ def test_deeper_attention_runs_only_inside_drawn_cells():
     assert out.centers.shape == (B, 3 * 2, 2)  # N x n_3 patches
 
 
+def test_draws_on_a_partial_edge_tile_stay_inside_the_image():
+    """15 x 23 pixels (tiles of 8: a 2 x 3 grid, the last row and column partial): every drawn centre is inside."""
+    model = make_model((2, 1), 4, n_patches=3)
+    with torch.no_grad():
+        out = model(torch.rand(64, 1, 15, 23, dtype=torch.float64), generator=torch.Generator().manual_seed(2))
+    rows, cols = out.centers[..., 0], out.centers[..., 1]  # [B, N * 2]
+    assert (rows < 15).all() and (cols < 23).all() and (rows >= 0).all() and (cols >= 0).all()
+    assert (rows >= 8).any() and (cols >= 16).any()  # the partial tiles were drawn
+
+
 def test_trains_through_the_generic_step():
     model = make_model((2,), 3)
     x, y = torch.rand(4, 1, 16, 16, dtype=torch.float64), torch.tensor([0, 1, 1, 0])
@@ -115,7 +160,7 @@ def test_trains_through_the_generic_step():
     for name, net in [("a", model.attention_a), ("b", model.attention_b), ("level 3", model.deeper[0]),
                       ("f", model.features)]:
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters()), name
-    assert parts["contrastive"] == 0.0  # no contrastive samples for more levels
+    assert parts["contrastive"] > 0.0  # the contrastive sample (every level from its complement) joins after warm-up
 
 
 def test_bad_configurations_raise_clear_errors():
@@ -127,8 +172,6 @@ def test_bad_configurations_raise_clear_errors():
     with pytest.raises(ValueError, match="only 4"):
         LevelsZoomIn(nets, PatchFeatures(), 2, [0.5, 0.5, 0.5], [8, 4], PATCH, 3, [5])
     model = make_model()
-    with pytest.raises(ValueError, match="multiples of the tile size"):
-        model(torch.rand(1, 1, 20, 16, dtype=torch.float64))
     with pytest.raises(ValueError, match="no top-k"):
         model(torch.rand(1, 1, 16, 16, dtype=torch.float64), mode="topk")
     assert list(itertools.chain(model.child_counts)) == [4, 16]

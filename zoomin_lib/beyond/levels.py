@@ -14,6 +14,11 @@ each level's estimator is linear in the features it weights, and the draws below
 independent of the draws above it. At level 2 the two-stage estimator of eq. 9 takes these
 estimates as its features. `full_levels_sum` is the exact target; `theory.enumeration.levels_bias`
 checks value and gradients by enumerating every draw sequence.
+
+Any image size (a slide's included): the cell grids nest in the tile grid of appendix F, whose partial last
+row and column are tiles zero-padded beyond the border (sec. 2.1 iii); a cell wholly beyond the border, and a
+leaf location whose centre lies beyond it, get no attention, so nothing drawn lies outside the image. The
+contrastive sample of sec. 2.2 draws every level from the complement of its attention (`models.complement`).
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from zoomin_lib.builders import networks
-from zoomin_lib.geometry import tile_pool, view_size, view_to_full
+from zoomin_lib.geometry import tile_grid, tile_pool, view_size, view_to_full
 from zoomin_lib.hierarchical import (
     expectation_two_stage,
     full_two_stage_sum,
@@ -38,6 +43,7 @@ from zoomin_lib.models import (
     Source,
     ZoomInNet,
     attention_distribution,
+    complement,
     check_patch,
     check_positive_int,
     check_scale,
@@ -134,13 +140,15 @@ class LevelsZoomIn(ZoomInNet):
     nodes drawn at level l - 1, not with the image. The estimate is `expectation_levels`.
 
     Modes: "sample" (training and inference) and "exact" (every path, for small images); the exact
-    top-k search of ZoomInNet is not generalised here, nor contrastive samples. Every image side
-    must be a multiple of the tile size, and every cell size a divisor of the one above.
+    top-k search of ZoomInNet is not generalised here. Every cell size divides the one above. Any
+    image size: the level-l cells nest in the tile grid (`cell_grid`), partial edge tiles padded with
+    zeros; a cell wholly beyond the border and a leaf location centred beyond it get no attention.
+    With `contrastive=True` every level draws from the complement of its attention (sec. 2.2).
     """
 
     train_mode = "sample"
     eval_mode = "sample"
-    supports_contrastive = False
+    supports_contrastive = True
 
     def __init__(
         self,
@@ -183,67 +191,120 @@ class LevelsZoomIn(ZoomInNet):
         """The attention network of `level` (1-based)."""
         return (self.attention_a, self.attention_b, *self.deeper)[level - 1]
 
-    def _children(self, src: PixelSource, level: int, batch: Tensor, cell: Tensor, checks: Checks) -> Tensor:
-        """Attention [*S, K_level] over the children of level-(level - 1) cells `cell` [*S] of images `batch` [*S]."""
+    def cell_grid(self, size: tuple[int, int], level: int) -> tuple[int, int]:
+        """(rows, cols) of the level-`level` cell grid (level 1: the tiles), nested in the tile grid (edge tiles padded)."""
+        n_rows, n_cols = tile_grid(size, self.tile_size)
+        k = self.cell_sizes[0] // self.cell_sizes[level - 1]
+        return n_rows * k, n_cols * k
+
+    def _top_left(self, level: int, cell: Tensor, size: tuple[int, int]) -> tuple[Tensor, Tensor]:
+        """Full-resolution (top, left) of level-`level` cells `cell` (indices in `cell_grid`; same shapes)."""
+        side, cols = self.cell_sizes[level - 1], self.cell_grid(size, level)[1]
+        return torch.div(cell, cols, rounding_mode="floor") * side, (cell % cols) * side
+
+    def _source_cells(self, level: int, cell: Tensor, size: tuple[int, int]) -> Tensor:
+        """Level-`level` cells as indices of the source's grid of cells of that size (`geometry.tile_grid`, ceil).
+
+        The two grids differ only beyond the border; a cell wholly beyond it (never drawn; enumerated with
+        weight 0 in "exact" mode) is clamped onto the last row or column so that nothing outside is read.
+        """
+        side = self.cell_sizes[level - 1]
+        cols = self.cell_grid(size, level)[1]
+        n_rows, n_cols = tile_grid(size, (side, side))
+        r = torch.div(cell, cols, rounding_mode="floor").clamp(max=n_rows - 1)
+        return r * n_cols + (cell % cols).clamp(max=n_cols - 1)
+
+    def _inside(self, level: int, cell: Tensor, size: tuple[int, int]) -> Tensor:
+        """bool [M, K_level]: which children of level-(level - 1) cells `cell` [M] lie inside the image.
+
+        A child cell is inside when its top-left pixel is (it overlaps the image); a leaf location when
+        its full-resolution centre is. A parent wholly beyond the border keeps all its children (its own
+        weight is 0), so that its distribution is defined.
+        """
         parent = self.cell_sizes[level - 2]
+        top, left = self._top_left(level - 1, cell, size)  # [M]
+        dev = cell.device
+        if level < len(self.scales):
+            small = self.cell_sizes[level - 1]
+            offsets = torch.arange(parent // small, device=dev) * small  # [k]
+            dr = dc = offsets
+        else:
+            u, v = view_size((parent, parent), self.scales[-1])
+            dr, _ = view_to_full(torch.arange(u, device=dev), torch.zeros(u, dtype=torch.long, device=dev), (u, v),
+                                 (parent, parent), check=False)  # [u]
+            _, dc = view_to_full(torch.zeros(v, dtype=torch.long, device=dev), torch.arange(v, device=dev), (u, v),
+                                 (parent, parent), check=False)  # [v]
+        rows_in = (top[:, None] + dr[None]) < size[0]  # [M, k or u]
+        cols_in = (left[:, None] + dc[None]) < size[1]  # [M, k or v]
+        inside = (rows_in[:, :, None] & cols_in[:, None, :]).flatten(1)  # [M, K_level]
+        return inside | ~inside.any(dim=1, keepdim=True)
+
+    def _children(
+        self, src: PixelSource, level: int, batch: Tensor, cell: Tensor, checks: Checks, contrastive: bool = False
+    ) -> tuple[Tensor, Tensor]:
+        """(attention [*S, K_level] over the children of level-(level - 1) cells `cell` [*S] of images `batch` [*S],
+        the distribution the children are drawn from: the attention, or its complement when `contrastive`)."""
+        parent = self.cell_sizes[level - 2]
+        size = src.size
         shape, flat_b, flat_c = batch.shape, batch.reshape(-1), cell.reshape(-1)
         u, v = view_size((parent, parent), self.scales[level - 1])
         net = self._network(level)
+        read = self._source_cells(level - 1, flat_c, size)  # [M] in the source's grid
         parts = [score_map(net, tv, f"the attention of level {level}")[:, 0]  # [c, u, v]
-                 for tv in src.tile_view_chunks(flat_b, flat_c, (parent, parent), self.scales[level - 1],
+                 for tv in src.tile_view_chunks(flat_b, read, (parent, parent), self.scales[level - 1],
                                                 per_chunk(self.tile_chunk, u * v))]
         scores = torch.cat(parts) if parts else torch.zeros(0, u, v, dtype=src.dtype, device=src.device)  # [M, u, v]
         if level < len(self.scales):  # a cell level: average over the nested child cells
-            size = self.cell_sizes[level - 1]
-            scores = tile_pool(scores, (parent, parent), (size, size))  # [M, k, k]
-        probs = attention_distribution(scores.flatten(1), f"level-{level} attention", checks)  # [M, K_level]
-        return probs.view(*shape, probs.shape[-1])
+            small = self.cell_sizes[level - 1]
+            scores = tile_pool(scores, (parent, parent), (small, small))  # [M, k, k]
+        inside = self._inside(level, flat_c, size)  # [M, K_level]
+        probs = attention_distribution(scores.flatten(1), f"level-{level} attention", checks, inside)  # [M, K_level]
+        draw = complement(probs, inside) if contrastive else probs
+        return probs.view(*shape, probs.shape[-1]), draw.view(*shape, probs.shape[-1])
 
     def _child_cell(self, level: int, cell: Tensor, child: Tensor, size: tuple[int, int]) -> Tensor:
-        """Index in the level-`level` cell grid of child `child` of level-(level - 1) cells `cell` (same shapes)."""
+        """Index in the level-`level` `cell_grid` of child `child` of level-(level - 1) cells `cell` (same shapes)."""
         parent, small = self.cell_sizes[level - 2], self.cell_sizes[level - 1]
-        k, cols_parent, cols = parent // small, size[1] // parent, size[1] // small
-        r, c = cell // cols_parent, cell % cols_parent
-        return (r * k + child // k) * cols + c * k + child % k
+        k, cols_parent, cols = parent // small, self.cell_grid(size, level - 1)[1], self.cell_grid(size, level)[1]
+        r, c = torch.div(cell, cols_parent, rounding_mode="floor"), cell % cols_parent
+        return (r * k + torch.div(child, k, rounding_mode="floor")) * cols + c * k + child % k
 
     def _leaf_centers(self, cell: Tensor, loc: Tensor, size: tuple[int, int]) -> tuple[Tensor, Tensor]:
         """Full-resolution centres of view locations `loc` of the deepest cells `cell` (same shapes)."""
         side = self.cell_sizes[-1]
         u, v = view_size((side, side), self.scales[-1])
-        cols = size[1] // side
-        dr, dc = view_to_full(loc // v, loc % v, (u, v), (side, side), check=False)
-        return (cell // cols) * side + dr, (cell % cols) * side + dc
+        dr, dc = view_to_full(torch.div(loc, v, rounding_mode="floor"), loc % v, (u, v), (side, side), check=False)
+        top, left = self._top_left(len(self.scales) - 1, cell, size)
+        return top + dr, left + dc
 
     def forward(self, x: Source, mode: str = "sample", generator: Gen = None, contrastive: bool = False) -> ModelOutput:
-        """Classify x [B, C, H, W] (or a PixelSource) by L-level sampling ("sample") or over every path ("exact")."""
+        """Classify x [B, C, H, W] (or a PixelSource) by L-level sampling ("sample") or over every path ("exact");
+        `contrastive`: every level drawn from (summed over) the complement of its attention (sec. 2.2)."""
         if mode not in ("sample", "exact"):
             raise ValueError(f"LevelsZoomIn has modes 'sample' and 'exact' (no top-k search), got {mode!r}")
-        if contrastive:
-            raise ValueError("LevelsZoomIn has no contrastive samples")
         src = as_source(x, module_device(self))
-        size, tile = src.size, self.cell_sizes[0]
-        if size[0] % tile or size[1] % tile:
-            raise ValueError(f"LevelsZoomIn needs image sides that are multiples of the tile size {tile}, got {size}")
+        size = src.size
         check_patch(self.patch_size, size)
         checks = Checks()
         B, dev, L = src.batch_size, src.device, len(self.scales)
         T = src.tile_count(self.tile_size)
-        alpha = attention_distribution(self.tile_scores(src), "first-stage attention", checks,
-                              src.allowed_tiles(self.tile_size))  # [B, T]
+        allowed = src.allowed_tiles(self.tile_size)  # [B, T] (a slide's tissue) or None
+        alpha = attention_distribution(self.tile_scores(src), "first-stage attention", checks, allowed)  # [B, T]
+        p1 = complement(alpha, allowed) if contrastive else alpha  # what level 1 draws from
         if mode == "sample":
             N, K2 = self.n_patches, self.child_counts[0]
-            tiles = sample_with_replacement(alpha, N, generator, check=False)  # [B, N]
+            tiles = sample_with_replacement(p1, N, generator, check=False)  # [B, N]
             draws = unique_draws(tiles, T, check=False)  # one synchronisation: N'
-            beta = self._children(src, 2, draws.batch, draws.tile, checks)  # [U, K2]
-            sub = sample_subtiles(beta, draws, generator, max_count=min(N, K2), check=False)  # [B, N]
-            checks.add(subtile_support_ok(beta, draws), f"a tile was drawn more often than it has cells of positive "
-                                                        f"attention (N = {N}, {K2} cells a tile); lower N")
-            beta_drawn = beta[draws.inverse, sub]  # [B, N]
+            beta, p2 = self._children(src, 2, draws.batch, draws.tile, checks, contrastive)  # [U, K2] each
+            sub = sample_subtiles(p2, draws, generator, max_count=min(N, K2), check=False)  # [B, N]
+            checks.add(subtile_support_ok(p2, draws), f"a tile was drawn more often than it has cells of positive "
+                                                      f"attention (N = {N}, {K2} cells a tile); lower N")
+            beta_drawn = p2[draws.inverse, sub]  # [B, N]
             batch = torch.arange(B, device=dev).view(B, 1).expand(B, N)  # [B, N]
             cell, child, deeper = tiles, sub, []
             for level in range(3, L + 1):  # nodes [B, N, n_3, ..., n_{level-1}]
                 cell = self._child_cell(level - 1, cell, child, size)
-                probs = self._children(src, level, batch, cell, checks)  # [*S, K_level]
+                _, probs = self._children(src, level, batch, cell, checks, contrastive)  # [*S, K_level]
                 n_l = self.n_children[level - 3]
                 checks.add(children_support_ok(probs, n_l).all(), f"a level-{level - 1} node has fewer than {n_l} "
                            f"children of positive attention at level {level}; lower n_children[{level - 3}]")
@@ -253,30 +314,30 @@ class LevelsZoomIn(ZoomInNet):
             rows, cols = self._leaf_centers(cell, child, size)  # [B, N, n_3, ..., n_L]
             feats = patch_features(self.features, src, rows.flatten(1), cols.flatten(1), self.patch_size,
                                     self.chunk_size).view(*rows.shape, -1)  # [B, N, n_3, ..., n_L, D]
-            agg = expectation_levels(alpha, tiles, beta_drawn, deeper, feats, check=False)  # [B, D]
+            agg = expectation_levels(p1, tiles, beta_drawn, deeper, feats, check=False)  # [B, D]
             weights, drawn = None, (tiles, sub)
         else:  # every path: level l's nodes [B, T, K2, ..., K_{l-1}]
             batch = torch.arange(B, device=dev).view(B, 1).expand(B, T)  # [B, T]
             cell = torch.arange(T, device=dev).expand(B, T)  # [B, T]
-            beta = self._children(src, 2, batch, cell, checks)  # [B, T, K2]
-            probs, deeper = beta, []
+            beta, p2 = self._children(src, 2, batch, cell, checks, contrastive)  # [B, T, K2] each
+            probs, deeper = p2, []
             for level in range(3, L + 2):
                 child = torch.arange(probs.shape[-1], device=dev).expand_as(probs)  # every child
                 cell, batch = cell.unsqueeze(-1).expand_as(child), batch.unsqueeze(-1).expand_as(child)
                 if level == L + 1:
                     break
                 cell = self._child_cell(level - 1, cell, child, size)
-                probs = self._children(src, level, batch, cell, checks)
+                _, probs = self._children(src, level, batch, cell, checks, contrastive)
                 deeper.append(probs)
             rows, cols = self._leaf_centers(cell, child, size)  # [B, T, K2, ..., K_L]
             feats = patch_features(self.features, src, rows.flatten(1), cols.flatten(1), self.patch_size,
                                     self.chunk_size).view(*rows.shape, -1)  # [B, T, K2, ..., K_L, D]
-            agg = full_levels_sum(alpha, beta, deeper, feats)  # [B, D]
+            agg = full_levels_sum(p1, p2, deeper, feats)  # [B, D]
             weights, beta, drawn = None, beta.flatten(0, 1), (None, None)
         checks.resolve()
         return ModelOutput(logits=self.g(agg), features=agg, alpha=alpha, betas=beta, tiles=drawn[0],
                            subtiles=drawn[1], centers=torch.stack((rows, cols), dim=-1).flatten(1, -2),
-                           weights=weights, mode=mode)
+                           weights=weights, mode=mode, contrastive=contrastive)
 
 
 def build_levels(
