@@ -76,7 +76,7 @@ from zoomin_lib.book.paper_numbers import (
 from zoomin_lib.book.explorer import attention_explorer
 from zoomin_lib.book.plotting import save_figure
 from zoomin_lib.book.report import markdown_table
-from zoomin_lib.chapters import camelyon
+from zoomin_lib.chapters import adaptive_n, camelyon, levels_slides
 from zoomin_lib.chapters.opening import open_chapter
 from zoomin_lib.infra.io import write_json
 from zoomin_lib.train.loop import seed_everything
@@ -91,7 +91,7 @@ from zoomin_lib.train.loop import seed_everything
 SMOKE = dict(synthetic="smoke", tile=512, s1=1 / 16, s2=1 / 4, patch=32, n=8, epochs=1, warmup=0, lr=1e-3, batch=2,
              val_fraction=0.0, variants=("lenet",), pixel=True, pretrain_steps={"a": 5, "b": 2, "f": 2},
              pretrain_lr=1e-2, pretrain_windows={"a": 8, "b": 16}, strip_pixels=2**12, memory_slides=1,
-             memory_sides=(2048, 3072, 4096), ats_max_pixels=2e7)
+             memory_sides=(2048, 3072, 4096), ats_max_pixels=2e7, adaptive_repeats=2)
 
 # %% [markdown]
 # **cpu**, the book's default, fits a 2-core CPU. It reads the cpu stand-in (slides of 16384 x 16384 pixels)
@@ -105,7 +105,7 @@ SMOKE = dict(synthetic="smoke", tile=512, s1=1 / 16, s2=1 / 4, patch=32, n=8, ep
 CPU = dict(synthetic="cpu", tile=1024, s1=1 / 32, s2=1 / 8, patch=50, n=16, epochs=20, warmup=5, lr=1e-3, batch=2,
            val_fraction=0.0, variants=("lenet",), pixel=True, pretrain_steps={"a": 300, "b": 150, "f": 40},
            pretrain_lr=1e-2, pretrain_windows={"a": 8, "b": 16}, strip_pixels=2**16, memory_slides=2,
-           memory_sides=(10_000, 17_321, 31_623, 100_000), ats_max_pixels=1.1e9)
+           memory_sides=(10_000, 17_321, 31_623, 100_000), ats_max_pixels=1.1e9, adaptive_repeats=10)
 
 # %% [markdown]
 # **gpu** is for one H100-class GPU: the larger gpu stand-in (the cpu stand-in's slides of 16384 x 16384, twice as
@@ -121,7 +121,7 @@ CPU = dict(synthetic="cpu", tile=1024, s1=1 / 32, s2=1 / 8, patch=50, n=16, epoc
 GPU = dict(synthetic="gpu", tile=1024, s1=1 / 32, s2=1 / 8, patch=50, n=50, epochs=40, warmup=10, lr=1e-3, batch=5,
            val_fraction=0.0, variants=("lenet",), pixel=True, pretrain_steps={"a": 1000, "b": 500, "f": 200},
            pretrain_lr=1e-2, pretrain_windows={"a": 8, "b": 16}, strip_pixels=2**16, memory_slides=4,
-           memory_sides=(10_000, 17_321, 31_623, 100_000), ats_max_pixels=1.1e9)
+           memory_sides=(10_000, 17_321, 31_623, 100_000), ats_max_pixels=1.1e9, adaptive_repeats=20)
 
 # %% [markdown]
 # **paper** is the paper's setting (sec. 4, appendices F, G, L) on the real data, on a GPU-sized budget:
@@ -132,7 +132,8 @@ GPU = dict(synthetic="gpu", tile=1024, s1=1 / 32, s2=1 / 8, patch=50, n=50, epoc
 PAPER = dict(synthetic=None, tile=3200, s1=0.03125, s2=0.125, patch=50, n=100, epochs=200, warmup=10, lr=1e-4,
              batch=5, val_fraction=0.2, variants=("lenet", "resnet16"), pixel=True,
              pretrain_steps={"a": 2000, "b": 2000, "f": 2000}, pretrain_lr=1e-3, pretrain_windows=None,
-             strip_pixels=2**16, memory_slides=10, memory_sides=(10_000, 31_623, 100_000), ats_max_pixels=1.1e9)
+             strip_pixels=2**16, memory_slides=10, memory_sides=(10_000, 31_623, 100_000), ats_max_pixels=1.1e9,
+             adaptive_repeats=50)
 
 # %% [markdown]
 # The chapter opens with the profile's settings: it checks the profile, makes the results folder, seeds
@@ -338,26 +339,21 @@ markdown_table(rho_rows) if rho_rows else None
 # `zoomin_fresh`): $\alpha$ strip by strip once, then only the drawn tiles and sub-tiles. Every test slide's
 # pilot is drawn first, and one tol is set from all of them so that the **average $N$, pilot included, is at
 # most the profile's fixed $N$**: equal average cost. Both rules estimate each slide several times (this
-# profile's number below), from one $\alpha$; accuracy and AUC are means over the repeats.
+# profile's `adaptive_repeats`), from one $\alpha$; accuracy and AUC are means over the repeats.
 #
 # **The claim tested**, as in chapter 03: the rule spends its sub-tiles where the margin varies (tumour slides,
 # whose rare metastases make a few sub-tiles heavy, are the candidates), but it cannot lower the average
 # variance at equal cost (with $M \propto \sigma^2$ the mean of $\sigma^2 / M$ is a fixed $N$'s before the
 # pilot, and the pilot is discarded), so adaptive $N$ is not expected to help here.
 
-# %%
-ADAPTIVE_N = {"smoke": dict(repeats=2), "cpu": dict(repeats=10), "paper": dict(repeats=50)}[profile]
-
 # %% [markdown]
 # The rule and fixed $N$ on the test slides with the model of the figures above.
 
 # %%
-from zoomin_lib.chapters import adaptive_n
-
 slide_n = adaptive_n.compare_on_slides(models[main], [r.path for r in test], [r.label for r in test],
                                        [r.slide_id for r in test], cfg["n"], round_size=2, pilot=3,
-                                       budget=3 * cfg["n"] // 2, repeats=ADAPTIVE_N["repeats"], seed=seed)
-print(f"{main} on {len(test)} test slides ({DATA_LABEL}), {ADAPTIVE_N['repeats']} estimates of each per rule, "
+                                       budget=3 * cfg["n"] // 2, repeats=cfg["adaptive_repeats"], seed=seed)
+print(f"{main} on {len(test)} test slides ({DATA_LABEL}), {cfg['adaptive_repeats']} estimates of each per rule, "
       f"tol {slide_n.tol:.3g}; both rules took {slide_n.cpu_seconds:.1f} s of CPU")
 markdown_table(adaptive_n.method_rows(slide_n), digits=3)
 
@@ -384,7 +380,7 @@ if profile == "cpu":
     assert rows[1]["margin variance (mean over images)"] > rows[0]["margin variance (mean over images)"], rows
 write_json(out / "adaptive_n.json", {"methods": rows, "classes": adaptive_n.class_rows(slide_n, ["normal", "tumour"]),
                                      "slides": adaptive_n.image_rows(slide_n), "tol": slide_n.tol,
-                                     "cpu_seconds": slide_n.cpu_seconds, "repeats": ADAPTIVE_N["repeats"]});
+                                     "cpu_seconds": slide_n.cpu_seconds, "repeats": cfg["adaptive_repeats"]});
 
 # %% [markdown]
 # ## Beyond the paper: a third level of zoom on the slides
@@ -412,8 +408,6 @@ write_json(out / "adaptive_n.json", {"methods": rows, "classes": adaptive_n.clas
 # and AUC from the table above are repeated beside it.
 
 # %%
-from zoomin_lib.chapters import levels_slides
-
 levels_cpu0 = time.process_time()  # the CPU time this section adds to the chapter
 geo3 = levels_slides.three_level_settings(cfg)
 print(f"two levels: scales ({cfg['s1']:.4g}, {cfg['s2']:.4g}), tiles of {cfg['tile']} px, N = {cfg['n']} sub-tiles; "

@@ -113,3 +113,28 @@ def test_command_line_takes_the_gpu_profile() -> None:
     args = cli_parser().parse_args(["train", "--data-dir", "d", "--out", "o", "--profile", "gpu"])
     assert args.profile == "gpu" and resolve("gpu")["n"] == 100
     assert cli_parser().parse_args(["stand-in", "out", "--profile", "gpu"]).profile == "gpu"
+
+
+def profile_lookups(source: str) -> list[str]:
+    """Per-profile values chosen outside the settings cells: a subscript `X[profile]` (or `X.get(profile)`)."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Subscript) and getattr(node.slice, "id", None) == "profile":
+            found.append(ast.unparse(node)[:60])
+        if (isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "get" and node.args
+                and getattr(node.args[0], "id", None) == "profile"):
+            found.append(ast.unparse(node)[:60])
+    return found
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
+def test_settings_live_only_in_the_settings_cells(path: Path) -> None:
+    """A value chosen by profile later in a chapter (e.g. `{"smoke": ..., "cpu": ...}[profile]`) can miss a profile
+    that the settings cells have, and fails only halfway through a run: every such value belongs in SMOKE ... PAPER."""
+    lookups = [hit for cell in code_cells(path) for hit in profile_lookups(cell)]
+    assert not lookups, f"{path.name} picks values by profile outside its settings cells: {lookups}"
+
+
+def test_profile_lookups_are_found() -> None:
+    assert profile_lookups('A = {"smoke": 1, "cpu": 2}[profile]') == ["{'smoke': 1, 'cpu': 2}[profile]"]
+    assert profile_lookups("b = table.get(profile, 3)") and not profile_lookups("c = cfg['n'] + len(profile)")
