@@ -18,6 +18,8 @@ from zoomin_lib.beyond.adaptive import (
     fixed_zoomin,
     logit_projection,
     tolerance_for_cost,
+    round_variance,
+    choose_rounds,
 )
 from zoomin_lib.models import ZoomInNet
 from zoomin_lib.syncs import record_syncs
@@ -127,6 +129,22 @@ def test_a_mean_cost_is_met_with_the_smallest_tolerance():
     assert tolerance_for_cost(torch.tensor([1.0, 4.0]), 27, 1, 27) < 1e-6  # any tol meets a budget no image exceeds
     with pytest.raises(ValueError, match="min_rounds"):
         tolerance_for_cost(torch.tensor([1.0]), 0.5, 1, 5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_tolerance_keeps_its_mean_cost_through_rounding(dtype):
+    """tol found on the pilots' variances gives choose_rounds' M a mean within the cost asked, whatever the rounding
+    of s^2 / tol^2 near a whole number (a tol on a jump of the ceiling, or sqrt(s)^2 just below s)."""
+    s2 = torch.tensor([0.1, 3.0], dtype=dtype)
+    tol = tolerance_for_cost(s2, 1, 1, 10)
+    assert float(torch.ceil(s2 / tol**2).clamp(1, 10).double().mean()) <= 1
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(200):
+        pilot = torch.randn(6, 3, 4, generator=generator, dtype=dtype) * torch.rand(6, 1, 1, generator=generator, dtype=dtype)
+        s2 = round_variance(pilot)  # [6]
+        tol = tolerance_for_cost(s2, 5, 1, 20)
+        rounds, _ = choose_rounds(pilot, tol, budget=23)  # budget - P = 20 fresh rounds at most
+        assert float(rounds.double().mean()) <= 5, (s2, tol, rounds)
 
 
 def test_host_synchronisations_do_not_grow_with_the_batch():

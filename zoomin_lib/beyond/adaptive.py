@@ -79,7 +79,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -359,12 +358,16 @@ def tolerance_for_cost(variance: Tensor, mean_rounds: float, min_rounds: int, ma
     if not min_rounds <= mean_rounds:
         raise ValueError(f"a mean of {mean_rounds} fresh rounds is below min_rounds={min_rounds}")
     with host_sync("adaptive N: the tolerance that meets the mean cost"):
-        s2 = variance.detach().double().cpu().numpy()  # [V]
+        s2 = variance.detach().cpu()  # [V] in the pilots' own dtype: M is computed here exactly as choose_rounds does
 
     def mean_m(tol: float) -> float:
-        return float(np.clip(np.ceil(s2 / tol**2), min_rounds, max_rounds).mean())
+        return float(torch.ceil(s2 / tol**2).clamp(min_rounds, max_rounds).mean(dtype=torch.float64))
 
-    top = float(np.sqrt(max(s2.max(), 1e-300)))  # at tol = sqrt(max s^2) every image asks for one round
+    top = math.sqrt(max(float(s2.max()), 1e-300))  # about where every image asks for one round
+    for _ in range(64):  # rounding can leave ceil(s^2 / top^2) = 2: widen until the mean cost holds at top
+        if mean_m(top) <= mean_rounds:
+            break
+        top *= 2
     low = top * 1e-8
     if mean_m(low) <= mean_rounds:
         return low
@@ -376,7 +379,7 @@ def tolerance_for_cost(variance: Tensor, mean_rounds: float, min_rounds: int, ma
             low = mid
         if top / low < 1 + 1e-12:
             break
-    return top
+    return top  # mean_m(top) <= mean_rounds, computed as choose_rounds will compute M
 
 
 def zoomin_rounds(model: ZoomInNet, src: PixelSource, alpha: Tensor, image: Tensor, size: int,
