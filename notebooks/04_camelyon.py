@@ -462,7 +462,7 @@ markdown_table(strip_rows, digits=3)
 # The answer, checked on what was measured. **Reads:** the views of tiles and cells cost exactly what the memory
 # model counts, 3 bytes a view pixel of $N' s_2^2 c_1^2$ (two levels) or $N' s_2^2 c_1^2 / 4 + M_2 s_2^2 c_1^2 / 16$
 # (three), with $N'$ the distinct tiles measured; in the `cpu` run the third level cut them more than fourfold and all
-# reads of a slide by about a fifth (the thumbnail and the strips of $V(x, s_1)$, the same for both, are the rest),
+# reads of a slide by about a fifth (the ratios are printed below) (the thumbnail and the strips of $V(x, s_1)$, the same for both, are the rest),
 # and a slide's CPU time a little. **Memory:** at the chapter's strips the two peaks are within a few per cent: the
 # strip bounds the three-level model's, the second stage the two-level model's (its peak does not move with the
 # strip), and here they happen to be about the same size. With shorter strips the three-level peak falls to about a
@@ -485,10 +485,13 @@ for key, m in (("two", m2), ("three", m3)):  # 3 bytes a view pixel when a pyram
 last_ce = {"Zoom-In": histories["Zoom-In"][-1]["ce"], levels_slides.NAME: history3[-1]["ce"]}
 print(f"peak tensors {m2['torch_mb']:.2f} -> {m3['torch_mb']:.2f} MiB; all reads {m2['bytes_mean'] / 2**20:.2f} -> "
       f"{m3['bytes_mean'] / 2**20:.2f} MiB; last training cross-entropy {last_ce} (log 2 = 0.693)")
+two_peaks, three_peaks = ([r[f"{n}: peak tensors (MiB)"] for r in strip_rows] for n in ("Zoom-In", levels_slides.NAME))
+print(f"three levels / two: views of tiles and cells read x{m3['bytes_by_kind_mean']['tile'] / m2['bytes_by_kind_mean']['tile']:.2f}, "
+      f"all reads x{m3['bytes_mean'] / m2['bytes_mean']:.2f}; peak x{m3['torch_mb'] / m2['torch_mb']:.2f} at the chapter's "
+      f"strips, x{three_peaks[-1] / two_peaks[-1]:.2f} at the shortest")
 if profile == "cpu":
     assert m3["bytes_by_kind_mean"]["tile"] < m2["bytes_by_kind_mean"]["tile"] / 3 and m3["bytes_mean"] < m2["bytes_mean"]
     assert abs(m3["torch_mb"] / m2["torch_mb"] - 1) < 0.1, "at the chapter's strips the peaks should be about equal"
-    two_peaks, three_peaks = ([r[f"{n}: peak tensors (MiB)"] for r in strip_rows] for n in ("Zoom-In", levels_slides.NAME))
     assert max(two_peaks) < 1.1 * min(two_peaks) and three_peaks[-1] < 0.5 * two_peaks[-1], (two_peaks, three_peaks)
     assert all(abs(ce - 0.6931) < 0.02 for ce in last_ce.values()), f"neither model learned in this budget: {last_ce}"
     assert m2["patch_hit_fraction"] == m3["patch_hit_fraction"] == 0.0
