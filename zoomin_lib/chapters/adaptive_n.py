@@ -38,7 +38,7 @@ from zoomin_lib.beyond.adaptive import (
     zoomin_fresh,
     zoomin_pilot,
 )
-from zoomin_lib.models import ZoomInNet
+from zoomin_lib.models import ZoomInNet, module_device
 from zoomin_lib.train.loop import binary_auc, evaluating
 from zoomin_lib.wsi.predict import SlideZoomIn
 
@@ -110,7 +110,7 @@ def compare_on_images(model: ZoomInNet, x: Tensor, labels: Sequence[int], names:
     With `exact`, also the exact margin of eq. 5 (every sub-tile of every tile: only for small images).
     """
     began = time.process_time()
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator(device=module_device(model)).manual_seed(seed)  # draws where the probabilities are
     with evaluating(model):
         fixed = fixed_zoomin(model, x, n, repeats=repeats, generator=gen)
         adaptive = adaptive_zoomin(model, x, round_size=round_size, pilot=pilot, budget=budget, mean_patches=n,
@@ -133,7 +133,7 @@ def compare_on_slides(model: SlideZoomIn, paths: Sequence[Any], labels: Sequence
     is set from all of them, then each slide's fresh rounds and its fixed-N estimates are drawn.
     """
     began = time.process_time()
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator(device=module_device(model)).manual_seed(seed)  # draws where the probabilities are
     net = model.net
     project = logit_projection(net, margin=True)
     readers = [model.open(p) for p in paths]

@@ -123,9 +123,10 @@ def compare_on_slides(
                     for kind, _, _, _, w, h in reader.read_log:
                         by_kind[kind] += 3 * w * h  # RGB uint8
                     kinds.append(by_kind)
-            peaks = [host_peak_memory(lambda p=r.path: model.predict_one(p, mode="sample",
-                                                                        generator=torch.Generator().manual_seed(seed)),
-                                      module_device(model)) for r in test[:memory_slides]]
+            device = module_device(model)  # the memory runs draw as the scored predictions do
+            peaks = [host_peak_memory(lambda p=r.path: model.predict_one(
+                         p, mode="sample", generator=torch.Generator(device=device).manual_seed(seed)), device)
+                     for r in test[:memory_slides]]
         y = np.array([r.label for r in test])
         p1 = np.array([p.probs[1] for p in preds])
         hits = [_hit_fraction(p, roi_of(r)) for r, p in zip(test, preds) if r.label == 1 and r.annotation is not None]
@@ -216,9 +217,9 @@ def peak_against_strip(
             model.strip_pixels = int(strip)
             try:
                 with lean_inference(model.net):
-                    peak = host_peak_memory(lambda: model.predict_one(path, mode="sample",
-                                                                      generator=torch.Generator().manual_seed(seed)),
-                                            module_device(model))
+                    device = module_device(model)
+                    peak = host_peak_memory(lambda: model.predict_one(
+                        path, mode="sample", generator=torch.Generator(device=device).manual_seed(seed)), device)
             finally:
                 model.strip_pixels = saved
             row[f"{name}: peak tensors (MiB)"] = peak["torch_mb"]
