@@ -309,9 +309,9 @@ save_figure(adaptive_n.n_figure(adaptive_runs[-1], classes, f"N from the data at
 
 # %%
 for c in adaptive_runs:
-    rows, cost = adaptive_n.method_rows(c), c.patches[c.adaptive].mean()
+    rows, cost = adaptive_n.method_rows(c), c.mean_patches()
     assert c.n - c.round_size <= cost <= c.n, f"the adaptive rule's mean cost {cost} should be N = {c.n}"
-    by_class = [c.patches[c.adaptive][c.labels == k].mean() for k in (0, 1)]
+    by_class = [c.mean_patches(label=k) for k in (0, 1)]
     print(f"N = {c.n}: adaptive N {by_class[0]:.1f} on negatives, {by_class[1]:.1f} on positives; margin variance "
           f"{rows[1]['margin variance (mean over images)']:.3g} (adaptive) vs {rows[0]['margin variance (mean over images)']:.3g}")
     if profile == "cpu":

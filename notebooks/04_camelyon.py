@@ -374,7 +374,7 @@ markdown_table(adaptive_n.image_rows(slide_n), digits=3)
 # than the allocation gains). The numbers go to `adaptive_n.json` in the results folder.
 
 # %%
-rows, cost = adaptive_n.method_rows(slide_n), slide_n.patches[slide_n.adaptive].mean()
+rows, cost = adaptive_n.method_rows(slide_n), slide_n.mean_patches()
 assert cfg["n"] - 2 <= cost <= cfg["n"], f"the adaptive rule's mean cost {cost} should be N = {cfg['n']}"
 if profile == "cpu":
     assert rows[1]["margin variance (mean over images)"] > rows[0]["margin variance (mean over images)"], rows

@@ -49,3 +49,13 @@ def test_comparison_tables_match_a_per_item_reference():
     assert math.isclose(by_class[1]["adaptive N (mean)"], c.patches[adaptive][y == 1].mean())
     assert len(image_rows(c)) == 6
     n_figure(c, ["a", "b"], "t")
+
+
+def test_mean_patches_by_rule_and_class():
+    from zoomin_lib.chapters.adaptive_n import NComparison
+
+    c = NComparison(n=10, round_size=2, pilot=3, budget=15, tol=1.0, labels=np.array([0, 1]), names=["a", "b"],
+                    margin={}, patches={"fixed": np.full((2, 2), 10.0), "adaptive": np.array([[6.0, 8.0], [12.0, 14.0]])},
+                    tile_views={}, cpu_seconds=0.0, rules=["fixed", "adaptive"])
+    assert c.mean_patches() == 10.0 and c.mean_patches("fixed") == 10.0
+    assert c.mean_patches(label=0) == 7.0 and c.mean_patches(label=1) == 13.0

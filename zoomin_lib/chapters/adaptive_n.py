@@ -72,6 +72,12 @@ class NComparison:
     def adaptive(self) -> str:
         return self.rules[1]
 
+    def mean_patches(self, rule: str | None = None, label: int | None = None) -> float:
+        """Patches read per estimate, pilot included, by `rule` (default: the adaptive one), averaged over every
+        image and repeat, or over the images of class `label` only."""
+        patches = self.patches[self.adaptive if rule is None else rule]  # [I, R]
+        return float(patches.mean() if label is None else patches[self.labels == label].mean())
+
 
 def _rule_names(n: int, round_size: int, pilot: int) -> list[str]:
     return [f"fixed N = {n}", f"adaptive N (rounds of {round_size}, pilot {pilot})"]
