@@ -54,6 +54,7 @@ import torch
 from PIL import Image
 
 from data_prep.problems import DataFileError, DataSetError, describe, read_rgb, report, summarize_problems
+from data_prep.statistics import NOT_REPORTED, MeasuredStatistics, Quoted, RealStatistics, spread
 from data_prep.textures import blurred_noise, ihc_stains, stain_vectors
 from zoomin_lib.infra.cache import stand_in
 from zoomin_lib.infra.io import atomic_dir, read_json, write_json
@@ -66,6 +67,7 @@ MARKER_TEXT = "synthetic stand-in, not the CRCHistoPhenotypes data"
 GENERATOR_VERSION = 3
 GLANDS = (3, 8)  # epithelial rings per positive image (fewer cells than the real data's hundreds)
 CLUSTER_RADIUS = 80  # px: a positive's glands lie within this of one hub (a square of 160 px, under a 250 px tile)
+EPITHELIAL_SEMI_AXES = ((4.0, 5.0), (2.5, 3.2))  # px: a drawn epithelial nucleus's semi-axes (long, short) range
 EXPECTED_LAYOUT = (
     "<root>/Classification/imgN/imgN.bmp with imgN_{epithelial,fibroblast,inflammatory,others}.mat"
 )
@@ -433,7 +435,8 @@ def _epithelium(rng: np.random.Generator, sites: np.ndarray, radii: np.ndarray) 
     centres = np.concatenate([np.zeros((0, 2))] + [p[0] for p in parts])  # [K, 2]
     angles = np.concatenate([np.zeros(0)] + [p[1] for p in parts])  # [K]
     m = len(centres)
-    axes = np.stack([rng.uniform(4.0, 5.0, m), rng.uniform(2.5, 3.2, m)], axis=1)  # [K, 2] long axis radial
+    (long_lo, long_hi), (short_lo, short_hi) = EPITHELIAL_SEMI_AXES
+    axes = np.stack([rng.uniform(long_lo, long_hi, m), rng.uniform(short_lo, short_hi, m)], axis=1)  # [K, 2] radial
     return _Cells(centres, axes, angles, rng.uniform(0.88, 1.0, m))
 
 
@@ -581,3 +584,54 @@ def default_dataset(n_images: int = 100, seed: int = 0) -> Path:
     root = stand_in("colon_cancer_synthetic", params,
                     lambda folder: write_synthetic(folder, n_images=n_images, size=500, seed=seed, progress=True))
     return root
+
+
+# ---------------------------------------------------------------- the real data's statistics, and the stand-in's
+
+
+REAL_STATISTICS = RealStatistics(
+    dataset="colon cancer",
+    object_name="epithelial nucleus",
+    image_size=Quoted("500 x 500, 100 images", "ATS sec. 4.3; Zoom-In sec. 4 (i)"),
+    object_side=Quoted(NOT_REPORTED, "ATS sec. 4.3 and Zoom-In sec. 4 give no nucleus size"),
+    object_fraction=Quoted(NOT_REPORTED),
+    objects_per_image=Quoted(
+        "positives: 'hundreds of regions of interest, namely epithelial cells'; all types: approximately "
+        "22,000 annotated cells over the 100 images", "ATS sec. 4.3"),
+    extra=(("epithelial nuclei: extent (px, side of the box round a positive's detections)",
+            Quoted(NOT_REPORTED, "ATS fig. 4b draws them for one image; no number is given")),),
+)
+
+
+def drawn_nucleus_side() -> float:
+    """Side (px, sqrt of area) of the stand-in's mean epithelial nucleus: an ellipse of the mid semi-axes."""
+    (long_lo, long_hi), (short_lo, short_hi) = EPITHELIAL_SEMI_AXES
+    return float(np.sqrt(np.pi * (long_lo + long_hi) / 2 * (short_lo + short_hi) / 2))
+
+
+def measure_stand_in(data: ColonCancerData) -> MeasuredStatistics:
+    """REAL_STATISTICS's statistics measured on a loaded stand-in, from its epithelial detections (no pixels drawn).
+
+    The detections are centres without a size, so every nucleus gets the stand-in's drawn mean size
+    (`drawn_nucleus_side`, a property of the generator, stated as such in the table); their number per
+    image and their extent (the box round a positive's detections) are measured. On the real data the
+    detections carry no size either: call it only on a stand-in (`data.synthetic`).
+    """
+    if not data.synthetic:
+        raise ValueError(f"{data.root}: the real detections carry no nucleus size; measure_stand_in needs the stand-in")
+    hw = np.array([im.shape[:2] for im in data.images], dtype=np.int64).reshape(-1, 2)  # [M, 2]
+    counts = np.array([len(c.get(POSITIVE_TYPE, np.zeros((0, 2)))) for c in data.cells], dtype=np.int64)  # [M]
+    side = drawn_nucleus_side()
+    sides = np.full(int(counts.sum()), side)  # [K]
+    fractions = np.concatenate([np.zeros(0)] + [np.full(n, side ** 2 / (h * w)) for (h, w), n in zip(hw, counts)])
+    extents = [np.sqrt(np.prod(np.ptp(c[POSITIVE_TYPE], axis=0) + 1.0))
+               for c in data.cells if len(c.get(POSITIVE_TYPE, ())) > 0]  # side of each positive's box, px
+    (long_lo, long_hi), (short_lo, short_hi) = EPITHELIAL_SEMI_AXES
+    extra = (
+        ("epithelial nuclei: extent (px, side of the box round a positive's detections)",
+         spread(np.array(extents), "{:.0f}")),
+        ("epithelial nucleus: drawn size (generator, not annotations)",
+         f"ellipse, semi-axes {long_lo:g}-{long_hi:g} x {short_lo:g}-{short_hi:g} px; side {side:.1f} px at the mid values"),
+    )
+    return MeasuredStatistics(REAL_STATISTICS.dataset, REAL_STATISTICS.object_name, hw, sides, fractions, counts, extra)
+

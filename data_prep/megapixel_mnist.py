@@ -52,6 +52,7 @@ from data_prep.mnist_digits import (
     CanvasSplit,
     boxes_disjoint,
     by_class,
+    canvas_statistics,
     check_count,
     compose,
     digit_pools,
@@ -62,6 +63,7 @@ from data_prep.mnist_digits import (
     scatter_avoiding,
     stroke_patch,
 )
+from data_prep.statistics import MeasuredStatistics, Quoted, RealStatistics
 from zoomin_lib.infra.cache import stand_in
 from zoomin_lib.infra.io import atomic_dir, write_json
 
@@ -368,3 +370,24 @@ class MegapixelMNIST(CanvasSplit):
     def __getitem__(self, i: int) -> tuple[np.ndarray, dict[str, int | np.ndarray]]:
         """(canvas uint8 [S, S], labels) of canvas i."""
         return self.canvas(i), self.labels(i)
+
+
+REAL_STATISTICS = RealStatistics(
+    dataset="megapixel MNIST",
+    object_name="digit",
+    image_size=Quoted("1500 x 1500; 5000 training and 1000 test images", "ATS sec. 4.2"),
+    object_side=Quoted("28 (MNIST digits; the thesis scales 'the original megapixel MNIST' digits up from 28 x 28)",
+                       "ATS sec. 4.2; thesis sec. 3.1.4"),
+    object_fraction=Quoted("0.035 (28^2 / 1500^2, from the two sizes above)", "ATS sec. 4.2"),
+    objects_per_image=Quoted("5 digits: 3 of one class, 2 of other classes", "ATS sec. 4.2; thesis sec. 3.1.3"),
+    object_side_px=(28.0, 28.0),
+    object_side_source="28 px",
+    extra=(("noise patches per image", Quoted("50, each the size of an MNIST digit", "ATS sec. 4.2")),),
+)
+
+
+def measure_stand_in(split: MegapixelMNIST) -> MeasuredStatistics:
+    """REAL_STATISTICS's statistics measured on a generated split, from its digit corners and parameters."""
+    noise = split.parameters["noise"]["count"]
+    return canvas_statistics(split, REAL_STATISTICS.dataset, REAL_STATISTICS.object_name,
+                             extra=(("noise patches per image", f"{noise}, each the size of a digit"),))

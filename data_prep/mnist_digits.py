@@ -36,6 +36,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from data_prep.problems import DataFileError, describe
+from data_prep.statistics import MeasuredStatistics, measured_from_boxes
 from zoomin_lib.infra.io import read_json
 
 DIGIT_SIZE = 28  # MNIST's native side, pixels
@@ -448,3 +449,20 @@ class CanvasSplit:
             raise IndexError(f"canvas {i} out of range for {len(self)} canvases")
         return int(i)
 
+
+def canvas_statistics(
+    split: CanvasSplit, dataset: str, object_name: str, objects: np.ndarray | None = None,
+    extra: tuple[tuple[str, str], ...] = (),
+) -> MeasuredStatistics:
+    """Image and object statistics of a split of canvases, from its digit corners (no canvas is rendered).
+
+    `objects` [N, D] bool picks which digits count as objects (default: all); each is a square of the
+    split's digit size (`parameters["digit_size"]`, MNIST's 28 when absent) on a square canvas.
+    """
+    n, size = len(split), split.canvas_size
+    digit = int(split.parameters.get("digit_size", DIGIT_SIZE))
+    chosen = np.ones(split.classes.shape, dtype=bool) if objects is None else np.asarray(objects, dtype=bool)
+    if chosen.shape != split.classes.shape:
+        raise ValueError(f"objects must be [N, D] = {split.classes.shape}, got {chosen.shape}")
+    boxes = [np.full((int(k), 2), digit) for k in chosen.sum(axis=1)]  # per canvas [K_i, 2] (width, height)
+    return measured_from_boxes(dataset, object_name, np.full((n, 2), size), boxes, extra)

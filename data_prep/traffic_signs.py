@@ -51,6 +51,7 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from data_prep.problems import DataSetError, check_image, report, summarize_problems
 from data_prep.problems import read_rgb as _read_rgb
+from data_prep.statistics import NOT_REPORTED, MeasuredStatistics, Quoted, RealStatistics, measured_from_boxes
 from data_prep.textures import coarse_noise
 from zoomin_lib.infra.cache import stand_in
 from zoomin_lib.infra.io import atomic_dir, write_json
@@ -1049,3 +1050,36 @@ def default_dataset(n_train: int, n_test: int, seed: int = 0) -> Path:
     """The synthetic stand-in cached under data_dir('traffic_signs_synthetic'), written once per parameters."""
     return stand_in("traffic_signs_synthetic", _synthetic_parameters(n_train, n_test, seed),
                     lambda folder: write_synthetic(folder, n_train, n_test, seed))
+
+
+# ----------------------------------------------------------------------------------------------------
+# The real data's statistics, and the stand-in's
+# ----------------------------------------------------------------------------------------------------
+
+REAL_STATISTICS = RealStatistics(
+    dataset="Swedish traffic signs (speed-limit subset)",
+    object_name="speed-limit sign",
+    image_size=Quoted("960 x 1280 ('1.3 megapixels'); 747 training, 684 test images", "ATS sec. 4.4; Zoom-In sec. 4 (iii)"),
+    object_side=Quoted(NOT_REPORTED, "ATS sec. 4.4, Zoom-In sec. 4 and the thesis sec. 3.2 give no sign size"),
+    object_fraction=Quoted(NOT_REPORTED),
+    objects_per_image=Quoted("not reported; 'approximately 100 images for each speed limit sign and 400 for the "
+                             "background class' (ATS fig. 5 shows an image with two signs)", "ATS sec. 4.4, fig. 5"),
+    extra=(("what the low-resolution view shows",
+            Quoted("'one can deduce the existence of a speed limit sign, without being able to identify the number "
+                   "of kilometers written on it'", "ATS sec. 4.4, fig. 1")),),
+)
+
+
+def measure_stand_in(data: TrafficSigns) -> MeasuredStatistics:
+    """REAL_STATISTICS's statistics on a loaded split, from its annotation boxes and image headers (no decoding).
+
+    The objects are each image's 50/70/80 signs as the subset keeps them (`Sample.signs`, visible or not);
+    EMPTY images count with none.
+    """
+    hw = []
+    for sample in data.samples:
+        with Image.open(sample.path) as im:  # reads the header only
+            hw.append((im.height, im.width))
+    boxes = [np.array([[x1 - x0, y1 - y0] for x0, y0, x1, y1 in (s.box for s in sample.signs)], dtype=np.float64)
+             for sample in data.samples]  # per image [K_i, 2] (width, height)
+    return measured_from_boxes(REAL_STATISTICS.dataset, REAL_STATISTICS.object_name, np.array(hw).reshape(-1, 2), boxes)

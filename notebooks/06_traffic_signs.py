@@ -190,6 +190,23 @@ print(f"data: {DATA_LABEL}; train {train_set.class_counts()} ({len(train_idx)} u
 print(CLASSES_ABSENT)
 
 # %% [markdown]
+# **The real data beside the stand-in.** The table quotes what the papers say about the real images and signs
+# beside the same statistics measured on this split's annotation boxes (the training images; a sign's side is the
+# square root of its box's area), then a sign's side in pixels at each method's first view: Zoom-In's $s_1$ and
+# $s_2$, ATS's $s$, the CNN's $s$ (IPS scores full-resolution patches). The stand-in keeps the real image size.
+# The papers give no sign size and no number of signs per image, so the stand-in's signs (drawn a few tens of
+# pixels wide by its camera model) cannot be checked against the real ones; ATS (sec. 4.4) says only that at low
+# resolution a sign can be seen but its number cannot be read, which is what the rows per method let one check
+# here. The stand-in has fewer images than the real subset, for the budget (see the settings).
+
+# %%
+from zoomin_lib.chapters.standin import standin_table
+
+VIEWS = {"Zoom-In's first stage": 0.125, "Zoom-In's second stage": 0.3, "ATS": 0.3,
+         **{f"the CNN at s = {s}": s for s in cfg["cnn_scales"]}}
+standin_table(traffic_signs.REAL_STATISTICS, traffic_signs.measure_stand_in(train_set), VIEWS)
+
+# %% [markdown]
 # The checkpoints record which images they were trained and tested on, so that a run on another subset or
 # other files is never resumed from them. Every image is standardized with the colour statistics of a few
 # training images, and read from disk only when its mini-batch is.

@@ -207,6 +207,24 @@ print(f"{DATA_LABEL}; {len(train_set)} training and {len(test_set)} test canvase
 print("chance on this test set (%): " + ", ".join(f"{k} {100 * v:.1f}" for k, v in chance.items() if k != "maj_error"))
 
 # %% [markdown]
+# **The real data beside the generated canvases.** The table quotes the paper's megapixel MNIST beside the same
+# statistics measured on this profile's training canvases (from their digit corners), then gives a digit's side in
+# pixels at each method's first view: Zoom-In's $s_1$ and $s_2$, ATS's $s$ and the CNN's $s$, this profile's
+# scales for the canvases here and the paper's for the real data (IPS has no low-resolution view: it scores
+# full-resolution patches). The digits keep their 28 pixels; what changes below `paper` is the canvas, shrunk for
+# the budget (see the settings), so a digit is a larger fraction of it and there are fewer noise patches. The
+# scales grow as the canvas shrinks, so a digit is larger at each view here than at the paper's scales, and the
+# task is easier where each method looks first: the rows say by how much.
+
+# %%
+from zoomin_lib.chapters.standin import standin_table
+
+VIEWS = {"Zoom-In's first stage": (setup.zoom_scale1, PAPER_SETUP.zoom_scale1),
+         "Zoom-In's second stage": (setup.zoom_scale2, PAPER_SETUP.zoom_scale2),
+         "ATS": (setup.ats_scale, PAPER_SETUP.ats_scale), "the CNN": (setup.cnn_scale, PAPER_SETUP.cnn_scale)}
+standin_table(mp.REAL_STATISTICS, mp.measure_stand_in(train_set), VIEWS)
+
+# %% [markdown]
 # Left: a canvas of this profile with its digits (cyan) and noise (orange), and its four labels. Middle and
 # right: a canvas of the paper's size and the 180x180 view that ATS's attention network sees; the digits
 # there are smudges of a few pixels, indistinguishable by shape from the noise.
