@@ -34,6 +34,7 @@ from data_prep.mnist_digits import (
     SPLIT_INDEX,
     SPLITS,
     CanvasSplit,
+    canvas_statistics,
     check_count,
     compose,
     digit_pools,
@@ -42,6 +43,7 @@ from data_prep.mnist_digits import (
     pools_checksum,
     save_npz,
 )
+from data_prep.statistics import MeasuredStatistics, Quoted, RealStatistics
 from zoomin_lib.infra.cache import stand_in
 from zoomin_lib.infra.io import atomic_dir, write_json
 
@@ -194,3 +196,26 @@ class NeedleMNIST(CanvasSplit):
     def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
         """(canvas uint8 [S, S], label) of canvas i."""
         return self.canvas(i), self.label(i)
+
+
+REAL_STATISTICS = RealStatistics(
+    dataset="NeedleMNIST",
+    object_name="needle (the digit 3)",
+    image_size=Quoted("1024 x 1024", "Zoom-In appendix J"),
+    object_side=Quoted("28 ('maintaining the digits at 28x28 pixels')", "thesis sec. 3.1.2, after Pawlowski et al."),
+    object_fraction=Quoted("0.075 at 1024 x 1024 (19.1, 4.8, 1.2, 0.3 at 64 to 512)", "thesis sec. 3.1.2"),
+    objects_per_image=Quoted("positives: one 3 among 401 digits; negatives: none, 401 other digits", "Zoom-In appendix J"),
+    object_side_px=(28.0, 28.0),
+    object_side_source="28 px",
+    extra=(("digits per image", Quoted("401", "Zoom-In appendix J")),
+           ("what the low-resolution view shows",
+            Quoted("'we can hardly recognize the ROI of the downsampled view ... at scale s1 = 0.25'",
+                   "Zoom-In appendix J, fig. 8")),),
+)
+
+
+def measure_stand_in(split: NeedleMNIST) -> MeasuredStatistics:
+    """REAL_STATISTICS's statistics measured on a generated split, from its digit classes and corners."""
+    digits = split.classes.shape[1]
+    return canvas_statistics(split, REAL_STATISTICS.dataset, REAL_STATISTICS.object_name,
+                             objects=split.classes == NEEDLE, extra=(("digits per image", str(digits)),))

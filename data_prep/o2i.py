@@ -45,11 +45,13 @@ from scipy.special import comb
 from data_prep.megapixel_mnist import MegapixelMNIST, base_parameters, write_dataset
 from data_prep.mnist_digits import (
     DIGIT_SIZE,
+    canvas_statistics,
     check_count,
     resize_patches,
     scatter_avoiding,
     stroke_patch,
 )
+from data_prep.statistics import MeasuredStatistics, Quoted, RealStatistics
 from zoomin_lib.infra.cache import stand_in
 
 TESTBED = "o2i"
@@ -195,3 +197,24 @@ class O2IMNIST(MegapixelMNIST):
         patches = np.array([bezier_patch(noise.controls(j), thickness) for j in range(len(noise.counts))],
                            dtype=np.uint8).reshape(-1, DIGIT_SIZE, DIGIT_SIZE)
         return resize_patches(patches, self.digit_size), noise.positions
+
+
+REAL_STATISTICS = RealStatistics(
+    dataset="O2I megapixel MNIST",
+    object_name="digit",
+    image_size=Quoted("3000 x 3000 (fixed)", "thesis sec. 3.1.4"),
+    object_side=Quoted("28, 56, 84 or 112 (one size per data set)", "thesis sec. 3.1.4"),
+    object_fraction=Quoted("0.01, 0.034, 0.078, 0.13 for the four sizes", "thesis sec. 3.1.4"),
+    objects_per_image=Quoted("5 digits: 3 of one class, 2 of other classes", "thesis sec. 3.1.3"),
+    object_side_px=(28.0, 112.0),
+    object_side_source="28-112 px",
+    extra=(("noise patches per image",
+            Quoted("digit size x (-7.14) + 1000: 800 at 28 px, 200 at 112 px (Bezier curves)", "thesis sec. 3.1.4-3.1.5")),),
+)
+
+
+def measure_stand_in(split: O2IMNIST) -> MeasuredStatistics:
+    """REAL_STATISTICS's statistics measured on a generated split, from its digit corners and parameters."""
+    noise = split.parameters["noise"]["count"]
+    return canvas_statistics(split, REAL_STATISTICS.dataset, REAL_STATISTICS.object_name,
+                             extra=(("noise patches per image", f"{noise} (Bezier curves)"),))
