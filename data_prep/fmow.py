@@ -72,6 +72,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from data_prep.problems import DataFileError, DataSetError, check_image, describe, read_rgb, report, summarize_problems
+from data_prep.statistics import NOT_REPORTED, MeasuredStatistics, Quoted, RealStatistics, measured_from_boxes
 from data_prep.textures import coarse_noise
 from zoomin_lib.infra.cache import stand_in
 from zoomin_lib.infra.io import atomic_dir, read_json, write_json
@@ -875,3 +876,26 @@ def default_dataset(n_train_per_class: int = 20, n_test_per_class: int = 10, min
     return stand_in("fmow_synthetic", _marker(n_train_per_class, n_test_per_class, min_size, max_size, seed),
                      lambda folder: write_synthetic(folder, n_train_per_class, n_test_per_class, min_size, max_size,
                                                     seed=seed, progress=True))
+
+
+# ---------------------------------------------------------------- the real data's statistics, and the stand-in's
+
+
+REAL_STATISTICS = RealStatistics(
+    dataset="fMoW (10-category subset)",
+    object_name="object box",
+    image_size=Quoted("about 500 x 500 to 9,000 x 9,000", "Zoom-In sec. 4 (iv) and 'Functional Map of the World'"),
+    object_side=Quoted(NOT_REPORTED, "Zoom-In sec. 4 and appendix E give no box size"),
+    object_fraction=Quoted(NOT_REPORTED),
+    objects_per_image=Quoted(NOT_REPORTED),
+    extra=(("images", Quoted(f"{PAPER_N_TRAIN:,} training, {PAPER_N_TEST:,} test, 10 categories", "Zoom-In sec. 4 (iv)")),
+           ("the CNN's input", Quoted("EfficientNet-B0 on images resized to 896 x 896",
+                                      "Zoom-In sec. 4, 'Functional Map of the World'"))),
+)
+
+
+def measure_stand_in(data: FMoW) -> MeasuredStatistics:
+    """REAL_STATISTICS's statistics measured on a loaded split, from its JSON metadata (sizes and boxes; no pixels)."""
+    boxes = [np.asarray(m.boxes, dtype=np.float64).reshape(-1, 4)[:, 2:4] for m in data.items]  # [K_i, 2] (w, h)
+    extra = (("images", f"{len(data)} ({data.split} split)"),)
+    return measured_from_boxes(REAL_STATISTICS.dataset, REAL_STATISTICS.object_name, data.sizes, boxes, extra)

@@ -150,6 +150,21 @@ print(f"data: {DATA_LABEL}; {len(train_set)} training images, {len(test_idx)} te
 print(CLASSES_ABSENT)
 
 # %% [markdown]
+# **The real data beside the stand-in.** The table quotes what the paper says about the real images beside the
+# same statistics measured on the training split's JSON metadata (image sizes and object boxes; a box's side is
+# the square root of its area), then an object's side in pixels at Zoom-In's two views ($s_1 = 0.25$ and
+# $s_2 = 0.5$, the paper's). The CNN has no single scale (it resizes every image to one size), so it has no row.
+# The paper gives the range of image sizes but neither box sizes nor boxes per image, so only the image sizes
+# can be compared: the stand-in's largest images are smaller than the real ones, for the budget (see the
+# settings), and its objects were drawn to cover a small part of each image.
+
+# %%
+from zoomin_lib.chapters.standin import standin_table
+
+VIEWS = {"Zoom-In's first stage": 0.25, "Zoom-In's second stage": 0.5}
+standin_table(fmow.REAL_STATISTICS, fmow.measure_stand_in(train_set), VIEWS)
+
+# %% [markdown]
 # The checkpoints record which images they were trained and tested on, so that another selection or other
 # files are never resumed from them. Every image is standardized with the colours of a few training images
 # and read, at its own size, only when its mini-batch is.
