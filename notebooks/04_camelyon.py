@@ -159,6 +159,23 @@ train, validation, test, problems, DATA_LABEL = data.train, data.validation, dat
 print(data.summary())
 
 # %% [markdown]
+# **The real data beside the stand-in.** The table quotes what the paper says about the real slides beside the
+# same statistics measured on this profile's slides (level-0 sizes from the files' headers; each tumour polygon of
+# the XMLs one metastasis, its side the square root of its area), then a metastasis's side in pixels at Zoom-In's
+# two views, this profile's $s_1$ and $s_2$ for the slides here and the paper's for the real data. The stand-in's
+# slides are far smaller than the real ones, for the budget (see the settings); the paper gives no metastasis size
+# and no count per slide, so these cannot be compared, and what the table shows is whether the stand-in's
+# metastases are visible at each view of this profile.
+
+# %%
+from data_prep import camelyon16
+from zoomin_lib.chapters.standin import standin_table
+
+VIEWS = {"Zoom-In's first stage": (cfg["s1"], ZOOMIN_CAMELYON_SETTINGS["scale1"]),
+         "Zoom-In's second stage": (cfg["s2"], ZOOMIN_CAMELYON_SETTINGS["scale2"])}
+standin_table(camelyon16.REAL_STATISTICS, camelyon16.measure_stand_in(train + validation + test), VIEWS)
+
+# %% [markdown]
 # What one slide of this profile looks like to the model: its size and pyramid, the two views, the tile grid
 # and the sub-tiles, next to the paper's settings.
 

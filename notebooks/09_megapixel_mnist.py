@@ -210,8 +210,9 @@ print("chance on this test set (%): " + ", ".join(f"{k} {100 * v:.1f}" for k, v 
 # **The real data beside the generated canvases.** The table quotes the paper's megapixel MNIST beside the same
 # statistics measured on this profile's training canvases (from their digit corners), then gives a digit's side in
 # pixels at each method's first view: Zoom-In's $s_1$ and $s_2$, ATS's $s$ and the CNN's $s$, this profile's
-# scales for the canvases here and the paper's for the real data (IPS has no low-resolution view: it scores
-# full-resolution patches). The digits keep their 28 pixels; what changes below `paper` is the canvas, shrunk for
+# scales for the canvases here and the `paper` profile's for the real data (ATS's and the CNN's are ATS's;
+# Zoom-In's are this chapter's choice, see the settings). IPS has no low-resolution view: it scores
+# full-resolution patches. The digits keep their 28 pixels; what changes below `paper` is the canvas, shrunk for
 # the budget (see the settings), so a digit is a larger fraction of it and there are fewer noise patches. The
 # scales grow as the canvas shrinks, so a digit is larger at each view here than at the paper's scales, and the
 # task is easier where each method looks first: the rows say by how much.

@@ -37,8 +37,8 @@ def test_rows_statistics_and_views() -> None:
     first = by["box side at first view (s = 0.1)"]
     assert first["real data (source)"] == "1.0-2.0 px (10-20 px x 0.1)"
     assert first["stand-in (measured here)"] == "median 2.0 (1.0-3.0) px; 50% of objects >= 2 px"
-    second = by["box side at second view (s = 0.2 here, 0.5 in the paper)"]
-    assert second["real data (source)"] == "5.0-10.0 px (10-20 px x 0.5)"  # the paper's scale on the real data
+    second = by["box side at second view (s = 0.2 here, 0.5 on the real data)"]
+    assert second["real data (source)"] == "5.0-10.0 px (10-20 px x 0.5)"  # the real data's scale
     assert second["stand-in (measured here)"].endswith("100% of objects >= 2 px")  # this run's scale on the stand-in
 
 

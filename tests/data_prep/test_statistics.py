@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from data_prep import colon_cancer, megapixel_mnist, needle_mnist, o2i, traffic_signs
+from data_prep import camelyon16, colon_cancer, fmow, megapixel_mnist, needle_camelyon, needle_mnist, o2i, traffic_signs
 from data_prep.mnist_digits import canvas_statistics
 from data_prep.statistics import NOT_REPORTED, MeasuredStatistics, measured_from_boxes, spread
+from slide_fixtures import write_camelyon16
 
 
 def test_measured_from_boxes_sides_fractions_and_counts() -> None:
@@ -104,7 +106,8 @@ def test_traffic_signs_measure_stand_in(tmp_path: Path) -> None:
     np.testing.assert_array_equal(m.objects_per_image, [2, 0])
 
 
-@pytest.mark.parametrize("module", [colon_cancer, megapixel_mnist, traffic_signs, needle_mnist, o2i])
+@pytest.mark.parametrize("module", [colon_cancer, megapixel_mnist, traffic_signs, needle_mnist, o2i, fmow,
+                                    needle_camelyon, camelyon16])
 def test_real_statistics_name_a_source_or_say_not_reported(module) -> None:
     """Every quoted value names its source, unless it is NOT_REPORTED."""
     real = module.REAL_STATISTICS
@@ -113,3 +116,47 @@ def test_real_statistics_name_a_source_or_say_not_reported(module) -> None:
         assert q.value.startswith(NOT_REPORTED) or q.source, q
     if real.object_side_px is not None:
         assert real.object_side_source and real.object_side_px[0] <= real.object_side_px[1]
+
+
+def test_needle_camelyon_measure_stand_in() -> None:
+    """From the index alone: a positive of ratio 1 % in a 1024 crop is a metastasis of side 102.4 px; a negative none."""
+    rows = [{"size": "1024", "label": "1", "ratio": "0.01"}, {"size": "1024", "label": "0", "ratio": "0"},
+            {"size": "512", "label": "1", "ratio": "0.0025"}]
+    m = needle_camelyon.measure_stand_in(SimpleNamespace(rows=rows))
+    np.testing.assert_allclose(m.object_side, [102.4, 25.6])
+    np.testing.assert_allclose(m.object_fraction, [0.01, 0.0025])
+    np.testing.assert_array_equal(m.objects_per_image, [1, 0, 1])
+    np.testing.assert_array_equal(m.image_hw, [[1024, 1024], [1024, 1024], [512, 512]])
+
+
+def test_polygon_area() -> None:
+    """The shoelace area of a 40 x 30 rectangle (either orientation) and of a right triangle; degenerate: 0."""
+    rect = np.array([[0, 0], [40, 0], [40, 30], [0, 30]])
+    assert camelyon16.polygon_area(rect) == 1200.0
+    assert camelyon16.polygon_area(rect[::-1]) == 1200.0
+    assert camelyon16.polygon_area(np.array([[0, 0], [4, 0], [0, 3]])) == 6.0
+    assert camelyon16.polygon_area(np.array([[0, 0], [1, 1]])) == 0.0
+
+
+def test_camelyon16_measure_stand_in(tmp_path: Path) -> None:
+    """Tiny slides of 320 x 288; each training tumour slide holds one 40 x 40 square metastasis, the others none."""
+    root = write_camelyon16(tmp_path / "c16", normal=1, tumour=2, test={"test_001": "Normal"})
+    data = camelyon16.load_camelyon16(root)
+    m = camelyon16.measure_stand_in(list(data))
+    np.testing.assert_array_equal(m.image_hw, np.tile([320, 288], (len(data), 1)))
+    np.testing.assert_array_equal(m.objects_per_image, [1 if r.annotation is not None else 0 for r in data])
+    np.testing.assert_allclose(m.object_side, [40.0, 40.0])
+    np.testing.assert_allclose(m.object_fraction, [1600 / (320 * 288)] * 2)
+
+
+def test_fmow_measure_stand_in() -> None:
+    """From the metadata alone: a 600 x 800 image with boxes 20 x 5 and 30 x 30, a 1000 x 1000 one with one 100 x 100."""
+    items = [fmow.ImageMeta(Path("a.jpg"), "airport", np.array([[0, 0, 20, 5], [5, 5, 30, 30]]), ("airport",) * 2,
+                            0.5, 800, 600),
+             fmow.ImageMeta(Path("b.jpg"), "barn", np.array([[1, 1, 100, 100]]), ("barn",), 0.5, 1000, 1000)]
+    data = fmow.FMoW(Path("."), "train", items, np.array([0, 4]), synthetic=True)
+    m = fmow.measure_stand_in(data)
+    np.testing.assert_array_equal(m.image_hw, [[600, 800], [1000, 1000]])
+    np.testing.assert_allclose(m.object_side, [10.0, 30.0, 100.0])
+    np.testing.assert_allclose(m.object_fraction, [100 / 480000, 900 / 480000, 0.01])
+    np.testing.assert_array_equal(m.objects_per_image, [2, 1])

@@ -69,9 +69,10 @@ def standin_rows(
 ) -> list[dict[str, str]]:
     """Rows of the table: image size, object side and area fraction, objects per image, extra rows, then one per view.
 
-    `views` maps a label (e.g. "Zoom-In's first stage") to the scale of that view, or to (scale here, scale the
-    paper uses on the real data) where the two differ; each gives the object's side at that view, for the real
-    data at the paper's scale (from `real.object_side_px`, or NOT_REPORTED) and for the stand-in at this run's.
+    `views` maps a label (e.g. "Zoom-In's first stage") to the scale of that view, or to (scale here, scale on
+    the real data: the paper's, or the `paper` profile's) where the two differ; each gives the object's side at
+    that view, for the real data at its scale (from `real.object_side_px`, or NOT_REPORTED) and for the stand-in
+    at this run's.
     """
     if real.dataset != measured.dataset:
         raise ValueError(f"real statistics of {real.dataset!r} beside a stand-in of {measured.dataset!r}")
@@ -91,7 +92,7 @@ def standin_rows(
         here, paper = (scales, scales) if isinstance(scales, (int, float)) else scales
         if not (here > 0 and paper > 0):
             raise ValueError(f"view {label!r}: scales must be positive, got {scales}")
-        at = f"s = {here:g}" if here == paper else f"s = {here:g} here, {paper:g} in the paper"
+        at = f"s = {here:g}" if here == paper else f"s = {here:g} here, {paper:g} on the real data"
         rows.append((f"{name} side at {label} ({at})", _at_view_real(real, paper),
                      _at_view_measured(measured, here, visible_px)))
     return [dict(zip(COLUMNS, r)) for r in rows]
