@@ -203,7 +203,7 @@ print(CLASSES_ABSENT)
 from zoomin_lib.chapters.standin import standin_table
 
 VIEWS = {"Zoom-In's first stage": 0.125, "Zoom-In's second stage": 0.3, "ATS": 0.3,
-         **{f"the CNN at s = {s}": s for s in cfg["cnn_scales"]}}
+         **{"the CNN" + (f" #{k + 1}" if len(cfg["cnn_scales"]) > 1 else ""): s for k, s in enumerate(cfg["cnn_scales"])}}
 standin_table(traffic_signs.REAL_STATISTICS, traffic_signs.measure_stand_in(train_set), VIEWS)
 
 # %% [markdown]
