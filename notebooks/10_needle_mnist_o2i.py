@@ -476,6 +476,9 @@ for digit in cfg["o2i"]["digits"]:
     print(f"digits of {digit} px:")
     display(standin_table(o2i.REAL_STATISTICS, o2i.measure_stand_in(o2i.O2IMNIST(o2i_root, "train")), {}))
 
+# %% [markdown]
+# The grid: IPS trained on each digit size and training-set size, and evaluated on the validation canvases.
+
 # %%
 O = cfg["o2i"]
 o2i_settings = TrainSettings(epochs=O["epochs"], batch_size=O["batch"], lr=O["lr"], cosine_decay=O["cosine"])
