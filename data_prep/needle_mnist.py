@@ -200,7 +200,7 @@ class NeedleMNIST(CanvasSplit):
 
 REAL_STATISTICS = RealStatistics(
     dataset="NeedleMNIST",
-    object_name="needle (the digit 3)",
+    object_name="needle digit 3",
     image_size=Quoted("1024 x 1024", "Zoom-In appendix J"),
     object_side=Quoted("28 ('maintaining the digits at 28x28 pixels')", "thesis sec. 3.1.2, after Pawlowski et al."),
     object_fraction=Quoted("0.075 at 1024 x 1024 (19.1, 4.8, 1.2, 0.3 at 64 to 512)", "thesis sec. 3.1.2"),
