@@ -452,8 +452,8 @@ REAL_STATISTICS = RealStatistics(
     object_side=Quoted(NOT_REPORTED, "the papers give no metastasis size; Zoom-In sec. 1 (fig. 1): annotated ROIs "
                        "'constitute a small proportion of the whole slide image'"),
     object_fraction=Quoted(NOT_REPORTED),
-    objects_per_image=Quoted(NOT_REPORTED, "Zoom-In appendix D counts 204 metastases (122 / 41 / 41) with a "
-                             "0.1-1 % ratio in 1,024 x 1,024 crops, not per slide"),
+    objects_per_image=Quoted(NOT_REPORTED, "Zoom-In appendix D counts 122 / 41 / 41 unique metastases in "
+                             "NeedleCamelyon's splits, not per slide"),
 )
 
 
