@@ -157,7 +157,9 @@ markdown_table(annotation_rows(annotated, len(data)))
 # (hundreds, ATS sec. 4.3): it draws tens, crowded round one spot, so that most tiles hold none and the first
 # stage has somewhere to look; this is a choice of the stand-in, not of the budget. The papers give no nucleus
 # size, so the stand-in's drawn size (a property of its generator, not of its annotations) cannot be checked
-# against the real one. The table is shown for the stand-in only (the real detections carry no size).
+# against the real one. Where a row per method puts a nucleus below a pixel or two, what that view can show is
+# not a nucleus but a crowd of them: the extent row gives the size of a positive's crowd at full resolution.
+# The table is shown for the stand-in only (the real detections carry no size).
 
 # %%
 VIEWS = {"Zoom-In's first stage": 0.1, "Zoom-In's second stage": 0.2, "ATS-10": 0.2, "the CNN": (cfg["cnn_scale"], 1.0)}
