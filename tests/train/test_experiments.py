@@ -9,7 +9,7 @@ import torch
 from zoomin_lib import builders
 from zoomin_lib.chapters.attention import attention_map, unique_tiles
 from zoomin_lib.train.profiling import lean_inference, profile_methods, training_step_peak_mb
-from zoomin_lib.train.protocol import TrainSettings, run_folds, summarize, tensor_batches
+from zoomin_lib.train.protocol import FoldResult, TrainSettings, run_folds, summarize, tensor_batches
 
 
 def _zoomin(n_patches: int = 4):
@@ -228,3 +228,27 @@ def test_zoomin_first_stage_scores_are_unbounded_unless_table_5s_tanh_is_asked_f
             conv.weight.mul_(20)
         assert free.attention_a(x).abs().max() > 1
         assert bounded.attention_a(x).abs().max() <= 1
+
+
+def test_pooled_accuracy_weights_runs_by_their_test_items():
+    from zoomin_lib.chapters.results import pooled_accuracy
+
+    runs = [FoldResult("m", 0, 0, 1.0, None, 10, 0.1), FoldResult("m", 0, 1, 0.5, None, 30, 0.1)]
+    acc, n = pooled_accuracy(runs)
+    assert n == 40 and acc == pytest.approx((10 + 15) / 40)
+    with pytest.raises(ValueError):
+        pooled_accuracy([])
+
+
+def test_difference_text_compares_the_papers_difference_with_the_standard_error():
+    import math
+
+    from zoomin_lib.chapters.results import difference_text
+
+    a = [FoldResult("a", 0, 0, 0.9, None, 100, 0.1)]
+    b = [FoldResult("b", 0, 0, 0.8, None, 100, 0.1)]
+    se = 100 * math.hypot(math.sqrt(0.09 / 100), math.sqrt(0.16 / 100))  # 5.0 points
+    text = difference_text("a", a, "b", b, paper_difference=6.0)
+    assert "+10.0 points over 100 and 100" in text and f"{se:.1f} points" in text and "is larger" in text
+    assert "is not larger" in difference_text("a", a, "b", b, paper_difference=4.0)
+    assert "paper" not in difference_text("a", a, "b", b)

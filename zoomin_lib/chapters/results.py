@@ -4,7 +4,8 @@
 peak memory, FLOPs/MACs and time (`train.profiling.profile_methods`); `above_majority` and
 `report_above_majority` say which methods beat the majority class by more than z binomial standard
 errors (`beats_chance`, the one rule every chapter uses); `beats` says whether one accuracy beats
-another by more than z standard errors of their difference.
+another by more than z standard errors of their difference; `pooled_accuracy` and `difference_text` put
+a measured difference beside its standard error and the paper's difference.
 """
 
 from __future__ import annotations
@@ -70,6 +71,29 @@ def beats(accuracy: float, n: int, baseline: float, n_baseline: int, z: float = 
     about 0.1 % of the time.
     """
     return accuracy - baseline > math.hypot(chance_margin(accuracy, n, z), chance_margin(baseline, n_baseline, z))
+
+
+def pooled_accuracy(runs: Sequence[FoldResult]) -> tuple[float, int]:
+    """The accuracy over every test item of the runs (each run's accuracy weighted by its n_test), and their number."""
+    n = sum(int(r.n_test) for r in runs)
+    if n < 1:
+        raise ValueError("no test items in these runs")
+    return sum(r.accuracy * r.n_test for r in runs) / n, n
+
+
+def difference_text(name: str, runs: Sequence[FoldResult], other: str, other_runs: Sequence[FoldResult],
+                    paper_difference: float | None = None) -> str:
+    """'A - B = d points, s.e. e (n and m test items)', and whether a paper-sized difference exceeds that s.e."""
+    a, n = pooled_accuracy(runs)
+    b, m = pooled_accuracy(other_runs)
+    se = math.hypot(chance_margin(a, n, 1.0), chance_margin(b, m, 1.0))
+    text = (f"{name} - {other} = {100 * (a - b):+.1f} points over {n} and {m} test items; standard error of the "
+            f"difference {100 * se:.1f} points")
+    if paper_difference is not None:
+        verdict = "larger" if abs(paper_difference) > 100 * se else "not larger"
+        text += (f"; the paper's difference ({paper_difference:+.1f} points) is {verdict} than this standard error, so "
+                 f"this test set {'can' if verdict == 'larger' else 'cannot'} resolve a difference of that size")
+    return text
 
 
 def above_majority(
