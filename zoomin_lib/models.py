@@ -199,11 +199,17 @@ def attention_distribution(scores: Tensor, name: str, checks: Checks, allowed: T
 
 
 def patch_features(
-    features: nn.Module, src: PixelSource, rows: Tensor, cols: Tensor, size: tuple[int, int], chunk: int | None
+    features: nn.Module, src: PixelSource, rows: Tensor, cols: Tensor, size: tuple[int, int], chunk: int | None,
+    image: Tensor | None = None,
 ) -> Tensor:
-    """f of the patches centred at (rows, cols) [B, N] of each image: [B, N, D], `chunk` patches at a time."""
+    """f of the patches centred at (rows, cols) [B, N] of each row's image: [B, N, D], `chunk` patches at a time.
+
+    Row b reads image b of `src`, or image[b] when `image` [B] is given (several rows of one image: estimates
+    drawn more than once per image).
+    """
     B, N = rows.shape
-    batch = torch.arange(B, device=rows.device).repeat_interleave(N)  # [B*N]
+    owner = torch.arange(B, device=rows.device) if image is None else image  # [B]
+    batch = owner.repeat_interleave(N)  # [B*N]
     parts = [features(p) for p in src.patch_chunks(batch, rows.flatten(), cols.flatten(), size,
                                                     per_chunk(chunk, size[0] * size[1]))]
     return torch.cat(parts).reshape(B, N, -1)  # [B, N, D]

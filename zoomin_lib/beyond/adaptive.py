@@ -83,7 +83,7 @@ import torch
 from torch import Tensor
 
 from zoomin_lib.hierarchical import expectation_two_stage, sample_subtiles, subtile_support_ok, unique_draws
-from zoomin_lib.models import ZoomInNet, module_device, per_chunk
+from zoomin_lib.models import ZoomInNet, module_device, patch_features
 from zoomin_lib.pixels import PixelSource, as_source
 from zoomin_lib.sampling import expectation_with_replacement, sample_with_replacement, validate_probs
 from zoomin_lib.syncs import Checks, host_sync
@@ -405,11 +405,7 @@ def zoomin_rounds(model: ZoomInNet, src: PixelSource, alpha: Tensor, image: Tens
     checks.add(subtile_support_ok(p2, draws), f"a tile was drawn more often than it has sub-tiles of positive "
                f"attention (round_size = {size}, {k2} sub-tiles a tile); lower round_size")
     rows, cols = model.centers(tiles, subtiles, src.size)  # [K, r]
-    batch = image.repeat_interleave(size)  # [K * r]
-    ph, pw = model.patch_size
-    parts = [model.features(p) for p in src.patch_chunks(batch, rows.flatten(), cols.flatten(), model.patch_size,
-                                                          per_chunk(model.chunk_size, ph * pw))]
-    feats = torch.cat(parts).view(image.numel(), size, -1)  # [K, r, D]
+    feats = patch_features(model.features, src, rows, cols, model.patch_size, model.chunk_size, image=image)  # [K, r, D]
     est = expectation_two_stage(p1, tiles, p2[draws.inverse, subtiles], feats, check=False)  # [K, D]
     return est, tiles
 
