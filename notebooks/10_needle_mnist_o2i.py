@@ -254,7 +254,7 @@ save_figure(plot_needle_crops(x, test_set, k, (r, c)), out, "needle_at_two_scale
 # - (iii) changes what the model trains on, not what its first stage sees at test time: a 1024x1024 test
 #   canvas is still viewed at $s_1 = 0.25$.
 # - (ii) adds one pass of a small network over each canvas, once (the maps are computed before training and
-#   kept), and a pre-training on labelled digits that takes under a minute. Zoom-In itself is unchanged.
+#   kept), and a pre-training on labelled digits, a minute or two of one CPU core. Zoom-In itself is unchanged.
 #
 # The pre-trained network (`testbeds.RoiDetector`) classifies 32x32 windows into the ten digits and "no digit
 # centred here". It learns from the labels the generator records for every digit of the *training* canvases:
@@ -799,12 +799,12 @@ for name, v in verdicts.items():
 # What the `cpu` profile measured (the lines above), read against the thesis:
 #
 # - **No gain from the Diversity loss: true, but not decidable at this scale.** With 200 canvases and 20 epochs
-#   the baseline learns no task (Maj about 15 % against a best constant guess of 13 %, inside two standard
-#   errors). No weight beats it by three standard errors of the difference (about 10 points here); 1xD's Maj
-#   gains some 2 points (just enough to clear the chance rule, not enough to be a gain), 3xD's none. Where nothing was learned there was nothing to gain on, so this agrees
-#   with table 6 without testing it.
+#   the baseline learns no task (Maj about 11 % against a best constant guess of 13 %). No weight beats it by
+#   three standard errors of the difference (about 10 points here); 1xD's Maj gains some 4 points (neither
+#   above the chance rule nor a gain), 3xD's about 1. Where nothing was learned there was nothing to gain on,
+#   so this agrees with table 6 without testing it.
 # - **Slower convergence: does not hold here.** The training loss $L_b$ falls *faster* with the regularisers
-#   (at the last epoch about 1.63 for 0xD, 1.28 for 1xD and 1.34 for 3xD). A likely reason is $L_p$, which
+#   (at the last epoch about 1.65 for 0xD, 1.25 for 1xD and 1.36 for 3xD). A likely reason is $L_p$, which
 #   gives every head a supervised signal of its own, more gradient for the shared encoder early in training;
 #   1xD and 3xD have it and 0xD does not, as in the thesis. The faster fall has not become validation accuracy
 #   in 20 epochs. Figure 12's slower convergence is of the validation accuracy over 100 epochs on 3000 px
