@@ -95,6 +95,29 @@ def test_batch_loader_reads_through_the_index_and_standardizes():
     assert x.shape == (2, 3, 2, 2) and x[:, 0, 0, 0].tolist() == [4.0, 2.0]  # (9 - 1) / 2, (5 - 1) / 2
 
 
+def test_cached_batch_loader_gives_the_uncached_batches_and_decodes_each_image_once():
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (4, 5, 3), dtype=np.uint8) for _ in range(4)]
+    reads = []
+
+    def read_image(k):
+        reads.append(k)
+        return images[k]
+
+    def load_batch(keys):
+        batch = torch.from_numpy(np.stack([images[k] for k in keys]))
+        return batch.permute(0, 3, 1, 2).float().div_(255.0)
+
+    data = SimpleNamespace(read_image=read_image, load_batch=load_batch)
+    stats = (torch.tensor([0.2, 0.5, 0.7]).view(1, 3, 1, 1), torch.tensor([0.3, 0.1, 0.9]).view(1, 3, 1, 1))
+    index = np.array([3, 1, 0, 2])
+    plain = signs.batch_loader(data, index, stats)
+    cached = signs.batch_loader(data, index, stats, cache_bytes=2 * 4 * 5 * 3)  # room for two images
+    for idx in ([0, 2], [2, 1, 3], [0, 2, 1]):
+        assert torch.equal(cached(idx), plain(idx))
+    assert reads == [3, 0, 1, 2, 1]  # 3 and 0 kept (read once); 1 and 2, over the cap, read each time
+
+
 def test_examples_figure_shows_the_classes_present_with_their_sign():
     sign = SimpleNamespace(box=(10, 20, 30, 50))
     data = SimpleNamespace(labels=np.array([0, 2, 2]), read_image=lambda i: np.zeros((60, 80, 3), np.uint8),

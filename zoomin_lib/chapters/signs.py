@@ -186,9 +186,39 @@ def save_zoom_figures(
 # ----------------------------------------------------------------------------------------------------
 
 
-def batch_loader(data: traffic_signs.TrafficSigns, index: np.ndarray, stats: tuple[Tensor, Tensor]) -> Loader:
-    """positions -> images data[index[positions]] read from disk and standardized with `stats`, [b, 3, H, W]."""
-    return lambda idx: standardize(data.load_batch([int(index[i]) for i in idx]), stats)
+def batch_loader(data: traffic_signs.TrafficSigns, index: np.ndarray, stats: tuple[Tensor, Tensor],
+                 cache_bytes: int = 0) -> Loader:
+    """positions -> images data[index[positions]] read from disk and standardized with `stats`, [b, 3, H, W].
+
+    With `cache_bytes` > 0 each image is decoded once, when first asked for, and kept in memory as
+    uint8 [3, H, W] while the kept images stay within `cache_bytes` (the rest are read from disk each
+    time): the epochs after the first decode nothing. The batch is the same either way
+    (`data.load_batch`'s uint8 / 255, then `standardize`).
+    """
+    kept: dict[int, Tensor] = {}
+    used = [0]
+
+    def image(k: int) -> Tensor:  # uint8 [3, H, W]
+        if k in kept:
+            return kept[k]
+        u = torch.from_numpy(np.ascontiguousarray(data.read_image(k).transpose(2, 0, 1)))
+        if used[0] + u.numel() <= cache_bytes:
+            kept[k] = u
+            used[0] += u.numel()
+        return u
+
+    def load(idx: Sequence[int]) -> Tensor:
+        keys = [int(index[i]) for i in idx]
+        if cache_bytes <= 0:
+            return standardize(data.load_batch(keys), stats)
+        images = [image(k) for k in keys]
+        shapes = {tuple(u.shape) for u in images}
+        if len(shapes) > 1:
+            raise ValueError(f"images of different sizes cannot be batched: {sorted(shapes)}")
+        mean, std = stats
+        return torch.stack(images).float().div_(255.0).sub_(mean).div_(std)  # [b, 3, H, W], as standardize
+
+    return load
 
 
 def examples_figure(data: traffic_signs.TrafficSigns, data_label: str) -> Figure:
