@@ -66,6 +66,15 @@ def test_region_masks_partition_the_view_and_find_every_digit(data):
     assert int(masks["digits"].sum()) >= 5  # at least one view location on each of the five 28x28 digits
 
 
+def test_canvas_loader_cache_gives_the_rendered_pixels(data):
+    for indices in (None, [2, 0]):
+        lazy, cached = mm.canvas_loader(data, indices), mm.canvas_loader(data, indices, max_cache_mb=64)
+        idx = [1, 0, 1]
+        assert torch.equal(cached(idx), lazy(idx))
+    tiny = mm.canvas_loader(data, max_cache_mb=1e-6)  # too small to cache: rendered on demand, the same pixels
+    assert torch.equal(tiny([0]), mm.canvas_loader(data)([0]))
+
+
 def test_picks_returns_the_patches_a_model_reads():
     x = torch.rand(1, 1, 100, 100)
     for name, factory in mm.methods(SMALL, include=("ats", "ips")).items():

@@ -82,6 +82,16 @@ def test_time_per_sample_reports_runs():
         time_per_sample(lambda: None, batch_size=0)
 
 
+def test_time_per_sample_warmup_is_one_untimed_call():
+    """warmup=False (a caller that has just run fn) saves exactly the one untimed call."""
+    calls = {True: [], False: []}
+    for warm in (True, False):
+        report = time_per_sample(lambda w=warm: calls[w].append(1), min_run_time=0.01, warmup=warm)
+        assert len(calls[warm]) >= report.runs + (1 if warm else 0)
+    # the timed loop is the same; only the warm-up call differs (counts vary with autorange's blocks)
+    assert len(calls[True]) >= 2 and len(calls[False]) >= 1
+
+
 def test_time_per_sample_times_with_all_threads():
     """The timed calls see torch.get_num_threads() threads (benchmark.Timer defaults to one)."""
     previous = torch.get_num_threads()

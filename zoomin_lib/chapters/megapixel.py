@@ -178,12 +178,25 @@ def dataset_root(canvas: int, n_noise: int, n_train: int, n_test: int, seed: int
     return stand_in(name, params, lambda root: mp.write_dataset(root, params))
 
 
-def canvas_loader(data: mp.MegapixelMNIST, indices: Sequence[int] | None = None) -> Callable[[Sequence[int]], Tensor]:
-    """idx -> canvases [b, 1, S, S] in [0, 1], rendered on demand; idx counts within `indices` (default: all)."""
+def canvas_loader(
+    data: mp.MegapixelMNIST, indices: Sequence[int] | None = None, max_cache_mb: float = 0.0
+) -> Callable[[Sequence[int]], Tensor]:
+    """idx -> canvases [b, 1, S, S] in [0, 1]; idx counts within `indices` (default: all).
+
+    Rendered on demand, or, when all the chosen canvases fit in `max_cache_mb` MiB as uint8, rendered once here
+    and kept (the same pixels: a canvas is rendered deterministically from its stored digits and noise seed), so
+    that training does not render every canvas again every epoch.
+    """
     chosen = np.arange(len(data)) if indices is None else np.asarray(indices)
+    cache = None
+    if len(chosen) * data.canvas_size**2 <= max_cache_mb * 2**20:
+        cache = np.stack([data.canvas(int(i)) for i in chosen]) if len(chosen) else None  # [n, S, S] uint8
 
     def load(idx: Sequence[int]) -> Tensor:
-        canvases = np.stack([data.canvas(int(chosen[i])) for i in idx])  # [b, S, S] uint8
+        if cache is not None:
+            canvases = cache[np.asarray(idx, dtype=np.int64)]  # [b, S, S] uint8
+        else:
+            canvases = np.stack([data.canvas(int(chosen[i])) for i in idx])  # [b, S, S] uint8
         return torch.from_numpy(canvases).unsqueeze(1).float().div_(255)  # [b, 1, S, S]
 
     return load

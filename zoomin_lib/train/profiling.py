@@ -180,9 +180,12 @@ def count_flops(fn: Callable[[], Any]) -> FlopReport:
 
 
 def time_per_sample(
-    fn: Callable[[], Any], batch_size: int = 1, min_run_time: float = 0.2
+    fn: Callable[[], Any], batch_size: int = 1, min_run_time: float = 0.2, *, warmup: bool = True
 ) -> TimeReport:
     """Median seconds per sample of `fn()` (which processes `batch_size` samples), by torch.utils.benchmark.Timer.
+
+    With `warmup`, `fn` runs once untimed first; a caller that has just run it (as `profile_inference`
+    does, for memory and FLOPs) passes False and saves that call.
 
     The timer runs with torch.get_num_threads() threads, as the code runs outside the timer
     (benchmark.Timer would otherwise use one thread); the count is recorded in the report.
@@ -191,7 +194,8 @@ def time_per_sample(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if min_run_time <= 0:
         raise ValueError(f"min_run_time must be positive, got {min_run_time}")
-    fn()  # warm-up
+    if warmup:
+        fn()
     threads = torch.get_num_threads()
     timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads)
     measurement = timer.blocked_autorange(min_run_time=min_run_time)
@@ -251,7 +255,8 @@ def profile_inference(
         with evaluating(model):
             memory = peak_memory(forward, dev)
             flops = count_flops(forward)
-            timing = time_per_sample(forward, batch or 1, min_run_time)
+            # forward has run three times above (peak_memory's warm-up and measurement, count_flops): warm
+            timing = time_per_sample(forward, batch or 1, min_run_time, warmup=False)
     finally:
         if home is not None:
             model.to(home)  # back where it was
