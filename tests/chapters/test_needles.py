@@ -44,6 +44,11 @@ def test_crop_loader_standardizes_with_the_given_stats(in_memory: bool):
     x = crop_loader(_Crops(), in_memory, stats)([3, 1])
     assert x.shape == (2, 3, 2, 2)
     torch.testing.assert_close(x[:, 0, 0, 0], torch.tensor([10 / 255, 0.0]))  # (30 - 10) / 255 / 2, (10 - 10) / 255 / 2
+    from zoomin_lib.train.protocol import image_tensor, standardize
+
+    crops = _Crops()
+    want = standardize(torch.cat([image_tensor(crops.image(i)) for i in (3, 1)]), stats)  # the out-of-place reference
+    assert torch.equal(x, want) and x.stride() == want.stride()
 
 
 def test_methods_and_settings():

@@ -191,6 +191,17 @@ def test_image_stats_and_image_tensor():
     assert t.shape == (1, 3, 8, 24) and float(t.max()) == 1.0
 
 
+def test_standardized_image_is_standardize_of_image_tensor_bit_for_bit():
+    import numpy as np
+
+    from zoomin_lib.train.protocol import image_stats, image_tensor, standardize, standardized_image
+
+    image = np.random.default_rng(0).integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    stats = image_stats([image], step=3)
+    want, got = standardize(image_tensor(image), stats), standardized_image(image, stats)
+    assert torch.equal(got, want) and got.stride() == want.stride()
+
+
 def test_above_majority_names_only_methods_beating_the_majority_rate():
     from zoomin_lib.chapters.results import above_majority
     from zoomin_lib.train.protocol import FoldResult

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from data_prep import fmow
 from zoomin_lib.chapters.per_class import present_classes
-from zoomin_lib.train.protocol import image_tensor, standardize
+from zoomin_lib.train.protocol import standardized_image
 
 __all__ = ["image_loader", "examples_figure"]
 
@@ -25,7 +25,7 @@ def image_loader(
     data: fmow.FMoW, index: np.ndarray, stats: tuple[Tensor, Tensor]
 ) -> Callable[[Sequence[int]], list[Tensor]]:
     """positions -> images data[index[positions]] as a list of standardized [1, 3, H_i, W_i] tensors, each at its own size."""
-    return lambda idx: [standardize(image_tensor(data.read_image(int(index[i]))), stats) for i in idx]
+    return lambda idx: [standardized_image(data.read_image(int(index[i])), stats) for i in idx]
 
 
 def examples_figure(data: fmow.FMoW, data_label: str, columns: int = 5) -> Figure:

@@ -5,7 +5,7 @@ rate per data set, the eq. 12 objective (entropy weight lambda), the contrastive
 warm-up of 10 epochs, and for colon cancer 10-fold cross-validation repeated five times, reported
 as mean +- standard deviation over the runs (`run_folds`, `run_method`, `summarize`). Images are
 standardised per channel with statistics that use no labels (`channel_stats`, `image_stats`,
-`standardize`); mini-batches are drawn lazily in an order fixed by (seed, epoch) (`lazy_batches`,
+`standardize`, `standardized_image`); mini-batches are drawn lazily in an order fixed by (seed, epoch) (`lazy_batches`,
 `tensor_batches`), and batches of images of different sizes go image by image (`per_image`).
 Every method trains on `infra.config.default_device()` (a GPU when there is one); checkpoints
 record the settings that shape training (`train.checkpoints`).
@@ -70,6 +70,16 @@ def standardize(x: Tensor, stats: tuple[Tensor, Tensor] | None = None) -> Tensor
     """x [N, C, H, W] with each channel shifted and scaled by `stats` (default: x's own, no labels used) to mean 0, std 1."""
     mean, std = channel_stats(x) if stats is None else stats
     return (x - mean) / std
+
+
+def standardized_image(image: np.ndarray, stats: tuple[Tensor, Tensor]) -> Tensor:
+    """`standardize(image_tensor(image), stats)`, the same values, computed in place on the fresh tensor.
+
+    For images of megapixels read again every epoch: the out-of-place version allocates two more
+    float copies of the image and cost about three times the decoding (chapter 07).
+    """
+    mean, std = stats
+    return image_tensor(image).sub_(mean).div_(std)  # [1, C, H, W]
 
 
 def lazy_batches(
