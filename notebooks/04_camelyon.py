@@ -173,7 +173,7 @@ from zoomin_lib.chapters.standin import standin_table
 
 VIEWS = {"Zoom-In's first stage": (cfg["s1"], ZOOMIN_CAMELYON_SETTINGS["scale1"]),
          "Zoom-In's second stage": (cfg["s2"], ZOOMIN_CAMELYON_SETTINGS["scale2"])}
-standin_table(camelyon16.REAL_STATISTICS, camelyon16.measure_stand_in(train + validation + test), VIEWS)
+standin_table(camelyon16.REAL_STATISTICS, camelyon16.measure_stand_in(train + validation + test), VIEWS, data_label=None if data_dir is None else DATA_LABEL)
 
 # %% [markdown]
 # What one slide of this profile looks like to the model: its size and pyramid, the two views, the tile grid

@@ -174,7 +174,7 @@ from zoomin_lib.chapters.standin import standin_table
 
 VIEWS = {"Zoom-In's first stage": 0.25, "Zoom-In's second stage": 0.5, "ATS": 0.5,
          "the BagNet": (cfg["bagnet"]["scale"], 1.0)}
-standin_table(needle_camelyon_data.REAL_STATISTICS, needle_camelyon_data.measure_stand_in(train_set), VIEWS)
+standin_table(needle_camelyon_data.REAL_STATISTICS, needle_camelyon_data.measure_stand_in(train_set), VIEWS, data_label=None if train_set.synthetic else DATA_LABEL)
 
 # %% [markdown]
 # The models see standardized crops: each channel shifted and scaled by the statistics of about 20 training

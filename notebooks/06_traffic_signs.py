@@ -209,7 +209,7 @@ from zoomin_lib.chapters.standin import standin_table
 
 VIEWS = {"Zoom-In's first stage": 0.125, "Zoom-In's second stage": 0.3, "ATS": 0.3,
          **{"the CNN" + (f" #{k + 1}" if len(cfg["cnn_scales"]) > 1 else ""): s for k, s in enumerate(cfg["cnn_scales"])}}
-standin_table(traffic_signs.REAL_STATISTICS, traffic_signs.measure_stand_in(train_set), VIEWS)
+standin_table(traffic_signs.REAL_STATISTICS, traffic_signs.measure_stand_in(train_set), VIEWS, data_label=None if train_set.synthetic else DATA_LABEL)
 
 # %% [markdown]
 # The checkpoints record which images they were trained and tested on, so that a run on another subset or

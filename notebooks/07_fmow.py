@@ -168,7 +168,7 @@ print(CLASSES_ABSENT)
 from zoomin_lib.chapters.standin import standin_table
 
 VIEWS = {"Zoom-In's first stage": 0.25, "Zoom-In's second stage": 0.5}
-standin_table(fmow.REAL_STATISTICS, fmow.measure_stand_in(train_set), VIEWS)
+standin_table(fmow.REAL_STATISTICS, fmow.measure_stand_in(train_set), VIEWS, data_label=None if train_set.synthetic else DATA_LABEL)
 
 # %% [markdown]
 # The checkpoints record which images they were trained and tested on, so that another selection or other

@@ -59,3 +59,10 @@ def test_not_reported_sizes_and_mismatch() -> None:
 def test_image_sizes_range() -> None:
     """Several sizes: the smallest and the largest by area."""
     assert image_sizes(np.array([[500, 600], [100, 100], [900, 900]])) == "100 x 100 to 900 x 900 (3 images)"
+
+
+def test_standin_table_names_real_measurements_by_their_data_label() -> None:
+    """Run on the real data, the measured column is named by the data's label, never "stand-in"."""
+    text = str(standin_table(REAL, _measured(), {"v": 0.5}, data_label="fMoW (/data/fmow)"))
+    assert "| statistic | real data (source) | fMoW (/data/fmow) (measured here) |" in text
+    assert "stand-in" not in text and "median 20.0 (10.0-30.0)" in text

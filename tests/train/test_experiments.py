@@ -249,6 +249,9 @@ def test_pooled_accuracy_weights_runs_by_their_test_items():
     assert n == 40 and acc == pytest.approx((10 + 15) / 40)
     with pytest.raises(ValueError):
         pooled_accuracy([])
+    repeated = runs + [FoldResult("m", 1, 0, 0.0, None, 10, 0.1), FoldResult("m", 1, 1, 0.5, None, 30, 0.1)]
+    acc, n = pooled_accuracy(repeated)  # two repetitions of the same 40 images: 40 distinct items, not 80
+    assert n == 40 and acc == pytest.approx((10 + 15 + 0 + 15) / 80)
 
 
 def test_difference_text_compares_the_papers_difference_with_the_standard_error():

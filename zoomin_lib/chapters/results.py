@@ -74,11 +74,14 @@ def beats(accuracy: float, n: int, baseline: float, n_baseline: int, z: float = 
 
 
 def pooled_accuracy(runs: Sequence[FoldResult]) -> tuple[float, int]:
-    """The accuracy over every test item of the runs (each run's accuracy weighted by its n_test), and their number."""
-    n = sum(int(r.n_test) for r in runs)
-    if n < 1:
+    """The accuracy over every test evaluation of the runs (each run's weighted by its n_test), and the number of
+    distinct test items: the evaluations divided by the repetitions (a repeated cross-validation tests each image
+    once per repetition; counting the repeats as new images would understate the standard error)."""
+    evaluations = sum(int(r.n_test) for r in runs)
+    if evaluations < 1:
         raise ValueError("no test items in these runs")
-    return sum(r.accuracy * r.n_test for r in runs) / n, n
+    repetitions = len({int(r.repetition) for r in runs})
+    return sum(r.accuracy * r.n_test for r in runs) / evaluations, evaluations // repetitions
 
 
 def difference_text(name: str, runs: Sequence[FoldResult], other: str, other_runs: Sequence[FoldResult],

@@ -100,7 +100,16 @@ def standin_rows(
 
 def standin_table(
     real: RealStatistics, measured: MeasuredStatistics, views: Mapping[str, float | tuple[float, float]],
-    visible_px: float = VISIBLE_PX,
+    visible_px: float = VISIBLE_PX, data_label: str | None = None,
 ) -> MarkdownTable:
-    """`standin_rows` as a Markdown table (displays as a table in Jupyter and the book)."""
-    return markdown_table(standin_rows(real, measured, views, visible_px), list(COLUMNS))
+    """`standin_rows` as a Markdown table (displays as a table in Jupyter and the book).
+
+    `data_label` names what was measured when it is not a stand-in (a chapter run on the real data): the third
+    column is then "<data_label> (measured here)", so that real measurements are never labelled a stand-in.
+    """
+    rows = standin_rows(real, measured, views, visible_px)
+    if data_label is None:
+        return markdown_table(rows, list(COLUMNS))
+    column = f"{data_label} (measured here)"
+    return markdown_table([{**{k: v for k, v in r.items() if k != COLUMNS[2]}, column: r[COLUMNS[2]]} for r in rows],
+                          [*COLUMNS[:2], column])
