@@ -66,3 +66,9 @@ def test_standin_table_names_real_measurements_by_their_data_label() -> None:
     text = str(standin_table(REAL, _measured(), {"v": 0.5}, data_label="fMoW (/data/fmow)"))
     assert "| statistic | real data (source) | fMoW (/data/fmow) (measured here) |" in text
     assert "stand-in" not in text and "median 20.0 (10.0-30.0)" in text
+
+
+def test_a_numpy_scale_is_one_scale() -> None:
+    """A view's scale may be a numpy scalar (e.g. read from a config array), not only a Python float."""
+    rows = standin_rows(REAL, _measured(), {"v": np.float32(0.5)})
+    assert rows[-1]["statistic"] == "box side at v (s = 0.5)"

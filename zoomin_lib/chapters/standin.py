@@ -13,6 +13,7 @@ says so, multiplied by a scale), a stand-in value only ever measured.
 
 from __future__ import annotations
 
+import numbers
 from typing import Mapping
 
 import numpy as np
@@ -89,7 +90,7 @@ def standin_rows(
         rows.append((statistic, quoted.text(), measured_extra.pop(statistic, "-")))
     rows += [(statistic, "-", value) for statistic, value in measured_extra.items()]
     for label, scales in views.items():
-        here, paper = (scales, scales) if isinstance(scales, (int, float)) else scales
+        here, paper = (scales, scales) if isinstance(scales, numbers.Real) else scales
         if not (here > 0 and paper > 0):
             raise ValueError(f"view {label!r}: scales must be positive, got {scales}")
         at = f"s = {here:g}" if here == paper else f"s = {here:g} here, {paper:g} on the real data"
