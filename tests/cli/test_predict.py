@@ -153,7 +153,10 @@ def test_a_killed_process_leaves_whole_files_and_the_rerun_completes(slides, che
     cmd = [sys.executable, "-m", "zoomin_lib", "predict", "--checkpoint", str(checkpoint), "--out", str(out),
            "--device", "cpu", str(folder)]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    # SIGINT at its default in the child: a shell's background job (`cmd &`) starts with it ignored, and Python
+    # would then never raise KeyboardInterrupt (the run would finish with 0 whatever the test sends)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while not (out / "records" / "slide_0.json").exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
