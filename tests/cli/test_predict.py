@@ -142,16 +142,9 @@ def test_an_interrupted_run_then_a_rerun_predicts_every_slide_once(slides, check
 
 
 def test_a_killed_process_leaves_whole_files_and_the_rerun_completes(slides, checkpoint, tmp_path):
-    # twelve slides (links to the three), so that plenty of work is left when the first record appears: with
-    # three tiny slides the process could finish before the interrupt reached it (a race CI once lost)
-    folder = tmp_path / "in"
-    folder.mkdir()
-    names = [f"slide_{k}" for k in range(12)]
-    for k, name in enumerate(names):
-        (folder / f"{name}.tif").symlink_to(slides / f"slide_{k % 3}.tif")
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "zoomin_lib", "predict", "--checkpoint", str(checkpoint), "--out", str(out),
-           "--device", "cpu", str(folder)]
+           "--device", "cpu", str(slides)]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     # SIGINT at its default in the child: a shell's background job (`cmd &`) starts with it ignored, and Python
     # would then never raise KeyboardInterrupt (the run would finish with 0 whatever the test sends)
@@ -168,7 +161,7 @@ def test_a_killed_process_leaves_whole_files_and_the_rerun_completes(slides, che
         json.loads(path.read_text())  # whole
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert sorted(r["slide"] for r in rows(out)) == sorted(names)
+    assert sorted(r["slide"] for r in rows(out)) == ["slide_0", "slide_1", "slide_2"]
     assert "slide_0: done before, skipped" in done.stdout
 
 
