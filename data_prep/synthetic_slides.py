@@ -343,13 +343,24 @@ class SyntheticSlide:
         out[:] = GLASS
         if h == 0 or w == 0 or not self.may_hold_tissue(y, x, h, w):
             return out
-        rr, cc = np.nonzero(self.field(y, x, h, w) > THRESHOLD)  # tissue pixels, window-relative
-        if len(rr):
-            blob = self._blob(y, x, h, w)[rr, cc].astype(np.intp)
+        tissue = self.field(y, x, h, w) > THRESHOLD  # [h, w] tissue pixels, window-relative
+        if tissue.any():
+            half = self.step // 2
+            n0, n1 = (y + half) // self.step, (y + h - 1 + half) // self.step  # nearest-node rows and columns
+            m0, m1 = (x + half) // self.step, (x + w - 1 + half) // self.step
+            blobs = np.unique(self._labels[n0 : n1 + 1, m0 : m1 + 1])  # a window meets a blob or two
+            whole = len(blobs) == 1 and bool(tissue.all())  # one blob's texture fills the window
+            blob = None if whole else self._blob(y, x, h, w)  # [h, w] which blob's texture each pixel takes
             mirror = _mirror_index(TEXTURE)
-            ty = mirror[(rr + y + self._offsets[blob, 0]) % (2 * TEXTURE)]
-            tx = mirror[(cc + x + self._offsets[blob, 1]) % (2 * TEXTURE)]
-            out[rr, cc] = self._textures[blob, ty, tx]
+            rows, cols = y + np.arange(h), x + np.arange(w)  # [h], [w] level-0 coordinates
+            for b in blobs:  # one separable gather per blob
+                ty = mirror[(rows + self._offsets[b, 0]) % (2 * TEXTURE)]  # [h] texture row of each row
+                tx = mirror[(cols + self._offsets[b, 1]) % (2 * TEXTURE)]  # [w]
+                texture = self._textures[b].take(ty, axis=0).take(tx, axis=1)  # [h, w, 3]
+                if whole:
+                    out = texture
+                else:
+                    np.copyto(out, texture, where=(tissue & (blob == b))[..., None])
         if self.polygons:
             mr, mc = np.nonzero(self.metastasis_mask(y, x, h, w))
             if len(mr):
@@ -395,6 +406,7 @@ class SyntheticSlide:
                 return self.region(y, x, h, w)
             if (h, w) not in glass:
                 glass[(h, w)] = self.region(y, x, h, w)
+                glass[(h, w)].flags.writeable = False  # shared: the writer may trust it unchanged
             return glass[(h, w)]
 
         try:

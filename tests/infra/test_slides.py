@@ -162,6 +162,46 @@ def test_writer_inputs_agree_and_jpeg_is_read(tmp_path: Path, source: list[np.nd
         write_pyramid_tiff(tmp_path / "c.tif", (small[y : y + 37] for y in range(0, 592, 37)), shape=(600, 700))
 
 
+def test_uniform_tiles_short_cut_gives_the_2x2_means(tmp_path: Path, source: list[np.ndarray]) -> None:
+    """Glass tiles skip the read-back past level 0, yet every level is exactly the 2x2 mean of the one below.
+
+    An odd-sized image with a content patch off the tile grid on two glass colours (so some tiles mix
+    colours); written losslessly from a tile function that reuses one writable buffer (the writer must
+    not trust an array object it saw before) and from read-only shared glass tiles (it may).
+    """
+    H2, W2 = 1100, 1300
+    image = np.full((H2, W2, 3), 241, np.uint8)
+    image[:, 900:] = (200, 210, 220)  # a second uniform colour, starting inside a tile
+    image[300:700, 250:640] = source[0][:400, :390]  # content across tile borders
+    levels = [image]
+    while max(levels[-1].shape[:2]) > 256:
+        levels.append(downsample2(levels[-1]))
+    buffers: dict[tuple[int, int], np.ndarray] = {}
+    shared: dict[tuple[int, int, tuple[int, ...]], np.ndarray] = {}
+
+    def reused(y: int, x: int, h: int, w: int) -> np.ndarray:
+        view = buffers.setdefault((h, w), np.empty((h, w, 3), np.uint8))  # the same object each time
+        view[:] = image[y : y + h, x : x + w]
+        return view
+
+    def sharing(y: int, x: int, h: int, w: int) -> np.ndarray:
+        block = image[y : y + h, x : x + w]
+        colour = tuple(int(v) for v in block[0, 0])
+        if (block == block[0, 0]).all():
+            if (h, w, colour) not in shared:
+                shared[(h, w, colour)] = np.full((h, w, 3), colour, np.uint8)
+                shared[(h, w, colour)].flags.writeable = False
+            return shared[(h, w, colour)]
+        return block
+
+    for name, fn in (("reused", reused), ("sharing", sharing)):
+        path = write_pyramid_tiff(tmp_path / f"{name}.tif", fn, shape=(H2, W2))
+        with tifffile.TiffFile(path) as tif:
+            assert len(tif.pages) == len(levels)
+            for k, page in enumerate(tif.pages):
+                np.testing.assert_array_equal(page.asarray(), levels[k], err_msg=f"{name}: level {k}")
+
+
 def test_writer_is_atomic(tmp_path: Path, source: list[np.ndarray]) -> None:
     """A failing tile function leaves neither the file nor a temporary behind."""
 

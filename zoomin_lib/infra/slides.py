@@ -681,12 +681,57 @@ def _tiles_from_strips(strips: Iterable[np.ndarray], H: int, W: int, t: int) -> 
         yield from emit(np.concatenate(pending))
 
 
-def _half_tiles(src: Any, h: int, w: int, t: int) -> Iterator[np.ndarray]:
-    """Row-major tiles of the level below `src` ([2h.., 2w.., 3], read lazily): 2x2 means."""
+def _fill(block: np.ndarray) -> tuple[int, ...] | None:
+    """The colour of a tile whose pixels all share one, else None (three probes first, so tissue exits early)."""
+    first = block[0, 0]
+    h, w = block.shape[:2]
+    if not (np.array_equal(block[-1, -1], first) and np.array_equal(block[h // 2, w // 2], first)):
+        return None
+    return tuple(int(v) for v in first) if bool((block == first).all()) else None
+
+
+def _noting_fills(tiles: Iterable[np.ndarray], fills: list[tuple[int, ...] | None]) -> Iterator[np.ndarray]:
+    """Pass the tiles through, appending each one's `_fill` to `fills` (row-major).
+
+    A tile that is the very read-only array object of the one before (a writer's shared glass tile)
+    reuses its fill; a writable one is checked each time, as a reused buffer may have changed.
+    """
+    last: tuple[np.ndarray | None, tuple[int, ...] | None] = (None, None)
+    for block in tiles:
+        if block is not last[0] or block.flags.writeable:
+            last = (block, _fill(block))
+        fills.append(last[1])
+        yield block
+
+
+def _half_tiles(
+    src: Any, h: int, w: int, t: int, below: list[tuple[int, ...] | None], fills: list[tuple[int, ...] | None]
+) -> Iterator[np.ndarray]:
+    """Row-major tiles of the level below `src` ([2h.., 2w.., 3], read lazily): 2x2 means.
+
+    `below` holds the fill colour (or None) of each tile of `src`, row-major; a tile whose source
+    tiles all share one colour is that colour (its 2x2 mean) and is neither read nor averaged:
+    a slide's glass costs nothing past level 0. Each tile's own fill is appended to `fills`.
+    """
+    cols_below = -(-src.shape[1] // t)  # tiles per row of the level below
+    constant: dict[tuple[int, int, tuple[int, ...]], np.ndarray] = {}
     for y in range(0, h, t):
         for x in range(0, w, t):
             th, tw = min(t, h - y), min(t, w - x)
-            yield downsample2(np.asarray(src[2 * y : 2 * (y + th), 2 * x : 2 * (x + tw)]))  # [th, tw, 3]
+            rows = range(2 * y // t, (2 * (y + th) - 1) // t + 1)  # the tiles of src under this one
+            cols = range(2 * x // t, (2 * (x + tw) - 1) // t + 1)
+            under = {below[r * cols_below + c] for r in rows for c in cols}
+            colour = under.pop() if len(under) == 1 else None
+            if colour is not None:
+                key = (th, tw, colour)
+                if key not in constant:
+                    constant[key] = np.full((th, tw, 3), colour, np.uint8)
+                fills.append(colour)
+                yield constant[key]  # [th, tw, 3], shared read-only
+            else:
+                block = downsample2(np.asarray(src[2 * y : 2 * (y + th), 2 * x : 2 * (x + tw)]))  # [th, tw, 3]
+                fills.append(_fill(block))
+                yield block
 
 
 def write_pyramid_tiff(
@@ -707,7 +752,10 @@ def write_pyramid_tiff(
     loaded whole), a function `tile(y, x, h, w) -> uint8 [h, w, 3]` (rows y.., columns x.., at most
     `tile` each), or an iterable of row strips [rows_i, W, 3]; `shape` = (H, W) is needed for the
     last two. Level k + 1 is `downsample2` of level k as written (read back tile by tile), with
-    size floor(h_k / 2) x floor(w_k / 2); by default levels are added until one fits a tile.
+    size floor(h_k / 2) x floor(w_k / 2); by default levels are added until one fits a tile. A tile
+    whose source tiles are all one colour (glass) is that colour without being read back or averaged,
+    so past level 0 a slide's glass costs nothing (with JPEG, where the read-back glass would carry
+    its compression error of a unit or two, it keeps its exact colour instead).
     Each level is a main IFD, levels > 0 with NewSubfileType = 1 (reduced image): OpenSlide ignores
     SubIFDs and unflagged pages. `compression` is 'zlib' (lossless, the default) or 'jpeg'
     (`quality`); `mpp` (micrometres per pixel) sets the resolution tags (OpenSlide's mpp).
@@ -752,14 +800,16 @@ def write_pyramid_tiff(
 
     def write(tmp: str) -> None:
         """Stream level 0, then each reduced level from the one just written."""
+        fills: list[tuple[int, ...] | None] = []  # per tile of the level just written: its one colour, or None
         with open(tmp, "wb") as fh, tifffile.TiffWriter(fh, bigtiff=bigtiff) as tw:
-            tw.write(tiles(), shape=(H, W, 3), subfiletype=0, **options)
+            tw.write(_noting_fills(tiles(), fills), shape=(H, W, 3), subfiletype=0, **options)
             for k in range(1, len(sizes)):
                 fh.flush()
+                below, fills = fills, []
                 with tifffile.TiffFile(tmp) as back:
                     src = zarr.open(back.pages[k - 1].aszarr(), mode="r")  # level k - 1, lazily
                     h, w = sizes[k]
-                    tw.write(_half_tiles(src, h, w, tile), shape=(h, w, 3), subfiletype=1, **options)
+                    tw.write(_half_tiles(src, h, w, tile, below, fills), shape=(h, w, 3), subfiletype=1, **options)
 
     return atomic_write(path, write)
 
