@@ -27,7 +27,7 @@ from zoomin_lib.book.plotting import show_attention
 from zoomin_lib.chapters.attention import attention_map
 from zoomin_lib.chapters.bagnet import bagnet, evidence_map
 from zoomin_lib.models import CNNBaseline
-from zoomin_lib.train.protocol import TrainSettings, channel_stats, image_tensor, lazy_batches, run_method
+from zoomin_lib.train.protocol import TrainSettings, channel_stats, image_tensor, lazy_batches, run_method, standardized_image
 
 __all__ = [
     "C", "PAPER_SIDE", "PAPER_RUN", "FULL_BAGNET", "crop_stats", "crop_loader", "metastasis_outline",
@@ -53,9 +53,7 @@ def crop_loader(dataset: NeedleCamelyon, in_memory: bool,
     """load(indices) -> standardized crops [b, 3, S, S]; uint8 crops held in memory when `in_memory`."""
     held = [dataset.image(i) for i in range(len(dataset))] if in_memory else None  # [S, S, 3] uint8 each
     read = (lambda i: held[i]) if in_memory else dataset.image
-    mean, std = stats
-    # standardize(batch, stats) in place on the fresh batch: the same values, without two more float copies of it
-    return lambda idx: torch.cat([image_tensor(read(int(i))) for i in idx]).sub_(mean).div_(std)
+    return lambda idx: torch.cat([standardized_image(read(int(i)), stats) for i in idx])  # [b, 3, S, S]
 
 
 def metastasis_outline(ax: Any, mask: np.ndarray) -> None:
