@@ -113,3 +113,61 @@ def test_paper_rows_and_cost_rows():
     costs = {"A": {"peak_memory_mb": 1.0, "mflops": 2e3, "mmacs": 1e3, "ms_per_sample": 3.0, "mode": "topk"}}
     row = mm.cost_rows(costs, {"A": 5.0})[0]
     assert (row["GFLOPs"], row["GMACs"], row["training step peak memory (MiB)"]) == (2.0, 1.0, 5.0)
+
+
+class _PeakedAttention(torch.nn.Module):
+    """An ATS-like stand-in whose scores are `peak` on the view locations of the digits of given canvases, 0 elsewhere."""
+
+    def __init__(self, masks: list[torch.Tensor], peak: float) -> None:
+        super().__init__()
+        self.attention, self.scale = True, 0.2  # attention_map's ATS branch: softmax(scores) on V(x, 0.2)
+        self.weight = torch.nn.Parameter(torch.zeros(1))  # a parameter, so the model has a device
+        self.masks, self.peak = masks, peak
+
+    def scores(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m.flatten().float() * self.peak for m in self.masks[: x.shape[0]]])  # [B, h*w]
+
+
+def test_attention_masses_match_a_per_canvas_reference_and_find_peaked_attention(data):
+    indices = [2, 0, 3]
+    load = mm.canvas_loader(data, indices)
+    digit_masks = [mm.region_masks(data, i, (40, 40))["digits"] for i in indices]
+    setup = mm.Setup(canvas=200, ats_scale=0.2, patch=20, ns=(3,), n=3, zoom_scale1=0.1, zoom_scale2=0.2,
+                     zoom_tile=100, ips_memory=3, ips_iter=5, cnn_scale=0.3)
+    torch.manual_seed(0)
+    models = {n: f() for n, f in mm.methods(setup, include=("ats", "zoom")).items()}
+    models["peaked"] = _PeakedAttention(digit_masks, peak=40.0)
+    models["flat"] = _PeakedAttention(digit_masks, peak=0.0)
+    rows = {r["method"]: r for r in mm.attention_masses(models, load, data, indices)}
+    assert set(rows) == {"ATS-3", "Zoom-In-3", "peaked", "flat"}
+    for name, model in models.items():  # against a simple per-canvas computation
+        masses = []
+        for k, i in enumerate(indices):
+            if isinstance(model, _PeakedAttention):
+                model.masks = [digit_masks[k]]  # the stub scores one canvas at a time here
+            att = mm.canvas_attention(model.eval(), load([k]))  # [40, 40], one canvas at a time
+            masses.append(float(att[mm.region_masks(data, i, tuple(att.shape))["digits"]].sum()))
+        assert rows[name]["mass on digits"] == pytest.approx(float(np.mean(masses)), abs=1e-5), name
+        assert sum(rows[name][f"mass on {r}"] for r in ("digits", "noise", "empty")) == pytest.approx(1, abs=1e-4)
+        assert sum(rows[name][f"uniform on {r}"] for r in ("digits", "noise", "empty")) == pytest.approx(1, abs=1e-6)
+    share = float(np.mean([m.float().mean() for m in digit_masks]))
+    assert rows["flat"]["mass on digits"] == pytest.approx(share, abs=1e-6) == rows["flat"]["uniform on digits"]
+    assert rows["peaked"]["mass on digits"] > 0.99
+
+
+def test_plot_learning_draws_mass_only_for_runs_that_followed_a_canvas():
+    class Run:  # TaskRun.curve's contract: (seconds, values) per epoch, epoch 0 first; NaN where not recorded
+        def __init__(self, error, mass):
+            self.values = {"maj_error": np.array(error), "mass_digits": np.array(mass)}
+
+        def curve(self, key):
+            return np.arange(len(self.values[key])), self.values[key]
+
+    runs = {"ATS-10": Run([0.9, 0.6, 0.5], [0.1, 0.3, 0.5]), "U-10": Run([0.9, 0.9, 0.9], [np.nan] * 3)}
+    fig = mm.plot_learning(runs, chance_error=0.86, title="t")
+    left, right = fig.axes
+    assert len(left.lines) == 3 and len(right.lines) == 1  # two error curves and chance; one mass curve
+    np.testing.assert_allclose(right.lines[0].get_ydata(), [0.1, 0.3, 0.5])
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)

@@ -58,7 +58,8 @@ __all__ = [
     "canvas_loader",
     "split_targets",
     "region_masks",
-    "ats_attention",
+    "canvas_attention",
+    "attention_masses",
     "picks",
     "example_canvas",
     "memory_scan",
@@ -67,6 +68,7 @@ __all__ = [
     "show_canvas",
     "plot_error_vs_n",
     "plot_attention_evolution",
+    "plot_learning",
     "plot_memory_scan",
     "plot_picks",
 ]
@@ -234,9 +236,55 @@ def region_masks(data: mp.MegapixelMNIST, i: int, view_hw: tuple[int, int]) -> d
     return {"digits": digits, "noise": noise, "empty": ~(digits | noise)}
 
 
-def ats_attention(model: nn.Module, x: Tensor) -> Tensor:
-    """ATS's attention distribution over its view [h, w] for one canvas x [1, C, H, W]."""
+def canvas_attention(model: nn.Module, x: Tensor) -> Tensor:
+    """The attention distribution [h, w] over one canvas x [1, C, H, W]: ATS's on its view, Zoom-In's alpha beta on the s2 grid."""
     return attention_map(model, x)[0]
+
+
+def attention_masses(
+    models: Mapping[str, nn.Module], load: Callable[[Sequence[int]], Tensor], data: mp.MegapixelMNIST,
+    indices: Sequence[int],
+) -> list[dict[str, Any]]:
+    """Where each trained attention lands, a row per model: its mean mass on digits, noise and empty space.
+
+    The attention is `attention_map` (ATS: alpha on V(x, s); Zoom-In: alpha_c beta^c_c' over the s2 grid of
+    every tile) on the canvases `indices` of `data` (loaded by `load`, positions within it), and each
+    location counts for the region its full-resolution centre lies in (`region_masks`). The row also has the
+    share of the locations in each region, the mass a uniform attention would put there.
+    """
+    x = load(list(range(len(indices))))  # [S, 1, H, W]
+    rows = []
+    for name, model in models.items():
+        with evaluating(model):
+            maps = attention_map(model, x.to(next(model.parameters()).device)).float().cpu()  # [S, h, w], sums 1
+        masks = [region_masks(data, int(i), tuple(maps.shape[-2:])) for i in indices]
+        row: dict[str, Any] = {"method": name}
+        for region in ("digits", "noise", "empty"):
+            row[f"mass on {region}"] = float(np.mean([float(m[k[region]].sum()) for m, k in zip(maps, masks)]))
+            row[f"uniform on {region}"] = float(np.mean([float(k[region].float().mean()) for k in masks]))
+        rows.append(row)
+    return rows
+
+
+def plot_learning(runs: Mapping[str, TaskRun], chance_error: float, title: str = "") -> Figure:
+    """Maj test error and the attention mass on the digits of the probe canvas after each epoch, one line per run.
+
+    Runs without attention snapshots (no `mass_digits` in their history) get only the error curve.
+    """
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.4))
+    for k, (name, run) in enumerate(runs.items()):
+        _, error = run.curve("maj_error")
+        left.plot(np.arange(len(error)), error, "o-", ms=3, color=f"C{k}", label=name)
+        _, mass = run.curve("mass_digits")
+        if np.isfinite(mass).any():
+            right.plot(np.arange(len(mass)), mass, "o-", ms=3, color=f"C{k}", label=name)
+    left.axhline(chance_error, color="grey", ls="--", lw=0.8, label="best constant prediction")
+    left.set_xlabel("epoch (0: before training)")
+    left.set_ylabel("Maj test error")
+    left.set_ylim(0, 1)
+    left.legend(fontsize=7)
+    right.set_xlabel("epoch (0: before training)")
+    return _finish(fig, right, "attention mass on the digits (probe canvas)", title)
 
 
 def picks(model: nn.Module, x: Tensor, generator: torch.Generator | None = None) -> tuple[np.ndarray, tuple[int, int]]:

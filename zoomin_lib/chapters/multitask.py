@@ -290,7 +290,8 @@ class EpochProbe:
             record.update(evaluate_tasks(model, self.batches, generator))
         if self.snapshot is not None:
             with evaluating(model):
-                att = self.attention(model, self.snapshot).detach().float().cpu()  # [h, w]
+                device = next(model.parameters()).device
+                att = self.attention(model, self.snapshot.to(device)).detach().float().cpu()  # [h, w]
             self.maps.append(att.numpy())
             for name, mask in self.masks.items():
                 record[f"mass_{name}"] = float(att[mask.to(torch.bool)].sum())
