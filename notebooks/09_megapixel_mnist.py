@@ -272,16 +272,15 @@ SNAPSHOT = 0  # the training canvas whose attention is followed over training
 ats_names = [setup.ats_name(n) for n in setup.ns]
 first_ats = ats_names[0]
 snapshot_masks = mm.region_masks(train_set, SNAPSHOT, setup.view_size())
+snap = dict(snapshot=load_train([SNAPSHOT]), attention=mm.canvas_attention, masks=snapshot_masks)
 runs, trained, probes = {}, {}, {}
 for name, factory in factories.items():
     if name in ats_names or name == setup.zoom_name:  # test error after every epoch (figures 2, 3b)
-        snap = dict(snapshot=load_train([SNAPSHOT]), attention=mm.canvas_attention, masks=snapshot_masks)
-        followed = name in (first_ats, setup.zoom_name)  # and the attention over one canvas (figures 3, 3b)
-        probes[name] = mt.EpochProbe(test_batches, **snap) if followed else mt.EpochProbe(test_batches)
-    runs[name], trained[name] = mt.train_tasks(
-        name, factory, settings[name], lazy_batches(load_train, y_train, settings[name].batch_size, seed), test_batches,
-        run_seed=seed, probe=probes.get(name), out_dir=out,
-    )
+        followed = snap if name in (first_ats, setup.zoom_name) else {}  # and one canvas's attention (figures 3, 3b)
+        probes[name] = mt.EpochProbe(test_batches, **followed)
+    batches = lazy_batches(load_train, y_train, settings[name].batch_size, seed)
+    runs[name], trained[name] = mt.train_tasks(name, factory, settings[name], batches, test_batches, run_seed=seed,
+                                               probe=probes.get(name), out_dir=out)
     m = runs[name].metrics
     print(f"{name}: Maj {100 * m['maj']:.1f} %, Max {100 * m['max']:.1f} %, Top {100 * m['top']:.1f} %, "
           f"Multi {100 * m['multi']:.1f} % ({runs[name].train_seconds:.0f} s of training)")
@@ -391,6 +390,10 @@ MASS_CANVASES = list(range(min(32, len(test_set))))
 mass_rows = mm.attention_masses(attended, lambda idx: load_test([MASS_CANVASES[i] for i in idx]), test_set,
                                 MASS_CANVASES)
 markdown_table(mass_rows, digits=3)
+
+# %% [markdown]
+# The same in numbers: the error and the mass on the probe canvas after each epoch, and which models have found
+# the digits (more than half their attention on them over the 32 test canvases).
 
 # %%
 zoom_mass, ats_mass = (next(r for r in mass_rows if r["method"] == n) for n in (setup.zoom_name, first_ats))
