@@ -266,3 +266,39 @@ def test_difference_text_compares_the_papers_difference_with_the_standard_error(
     assert "+10.0 points over 100 and 100" in text and f"{se:.1f} points" in text and "is larger" in text
     assert "is not larger" in difference_text("a", a, "b", b, paper_difference=4.0)
     assert "paper" not in difference_text("a", a, "b", b)
+
+
+def test_run_folds_tests_every_run_on_the_shared_extra_images_as_a_direct_evaluation_would(tmp_path):
+    from zoomin_lib.steps import predictor
+    from zoomin_lib.train.loop import evaluate
+
+    gen = torch.Generator().manual_seed(1)
+    x, y = torch.rand(8, 1, 32, 32, generator=gen), torch.arange(8) % 2
+    xe, ye = torch.rand(5, 1, 32, 32, generator=gen), torch.tensor([0, 1, 1, 0, 1])
+    folds = [SimpleNamespace(repetition=0, fold=k, train=[i for i in range(8) if i // 4 != k],
+                             test=[i for i in range(8) if i // 4 == k]) for k in range(2)]
+    methods = {"cnn": lambda: builders.cnn(in_channels=1, n_classes=2, channels=4, n_conv=2)}
+    settings = {"cnn": TrainSettings(epochs=1, batch_size=2, lr=1e-2)}
+    results, models = run_folds(methods, settings, x, y, folds, out_dir=tmp_path, progress=False, extra_test=(xe, ye))
+    plain, _ = run_folds(methods, settings, x, y, folds, progress=False)
+    for with_extra, without in zip(results["cnn"], plain["cnn"]):
+        assert with_extra.accuracy == without.accuracy and without.extra_test is None  # the folds' test is unchanged
+        assert with_extra.extra_test["n"] == 5 and len(with_extra.extra_test["confusion"]) == 2
+    direct = evaluate(models["cnn"], [(xe, ye)], predictor())  # the first fold's model, on the host
+    assert results["cnn"][0].extra_test["accuracy"] == pytest.approx(direct["accuracy"])
+    assert results["cnn"][0].extra_test["loss"] == pytest.approx(direct["loss"], abs=1e-5)
+
+
+def test_extra_test_results_count_the_shared_images_once():
+    from zoomin_lib.chapters.results import extra_test_results, pooled_accuracy
+
+    extra = lambda acc: {"accuracy": acc, "auc": None, "n": 200, "loss": 0.5, "confusion": [[1, 0], [0, 1]]}
+    runs = {"a": [FoldResult("a", 0, k, 0.9, None, 10, 0.1, extra_test=extra(acc)) for k, acc in enumerate((0.8, 0.9))],
+            "b": [FoldResult("b", 0, 0, 0.5, None, 10, 0.1)]}
+    shared = extra_test_results(runs)
+    assert set(shared) == {"a"} and [r.accuracy for r in shared["a"]] == [0.8, 0.9]
+    acc, n = pooled_accuracy(shared["a"], shared_test_set=True)
+    assert n == 200 and acc == pytest.approx(0.85)  # two models on the same 200 images: 200 items, not 400
+    assert pooled_accuracy(shared["a"])[1] == 400  # as separate folds they would count twice
+    with pytest.raises(ValueError, match="one n_test"):
+        pooled_accuracy([shared["a"][0], FoldResult("a", 0, 2, 0.5, None, 50, 0.1)], shared_test_set=True)

@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 
 from zoomin_lib.infra.io import atomic_write
 
-__all__ = ["save_figure", "relative_error_bars", "log_floor", "lift_zeros", "show_attention", "error_bars", "show_zoom", "zoom_grid"]
+__all__ = ["save_figure", "relative_error_bars", "log_floor", "lift_zeros", "show_attention", "error_bars", "show_zoom", "zoom_grid", "plot_curves"]
 
 
 def save_figure(fig: Figure, folder: str | os.PathLike, name: str, dpi: int = 120) -> Path:
@@ -152,5 +152,27 @@ def zoom_grid(
             row[0].add_patch(plt.Rectangle((x0, y0), w, h, fill=False, ec="cyan", lw=1))
     if suptitle:
         fig.suptitle(suptitle, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def plot_curves(
+    curves: Mapping[str, Sequence[float]],
+    reference: float | None = None,
+    reference_label: str = "",
+    xlabel: str = "epoch",
+    ylabel: str = "",
+    title: str = "",
+) -> Figure:
+    """One line per named curve (x = 1, 2, ...), with an optional dashed horizontal reference line."""
+    fig, ax = plt.subplots(figsize=(6.4, 3.4))
+    for k, (name, values) in enumerate(curves.items()):
+        ax.plot(np.arange(1, len(values) + 1), values, "o-", ms=3, color=f"C{k % 10}", label=name)
+    if reference is not None:
+        ax.axhline(reference, color="grey", ls="--", lw=0.9, label=reference_label or None)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     return fig

@@ -38,9 +38,9 @@ from data_prep import megapixel_mnist as mp
 from data_prep.mnist_digits import DIGIT_SIZE
 from zoomin_lib.book.plotting import show_attention
 from zoomin_lib.builders import cnn
-from zoomin_lib.chapters.attention import attention_map
+from zoomin_lib.chapters.attention import attention_map, view_box_mask
 from zoomin_lib.chapters.multitask import N_CLASSES, N_OUTPUTS, TASKS, TaskRun, pack_targets
-from zoomin_lib.geometry import view_size, view_to_full
+from zoomin_lib.geometry import view_size
 from zoomin_lib.infra.cache import stand_in
 from zoomin_lib.ips import IPSNet
 from zoomin_lib.models import ATSNet, UniformNet, ZoomInNet
@@ -216,23 +216,13 @@ def example_canvas(canvas: int = mp.CANVAS_SIZE, n_noise: int = mp.N_NOISE, seed
         return mp.MegapixelMNIST(mp.generate(Path(folder) / "example", 1, 0, 0, seed, canvas, n_noise), "train")
 
 
-def _inside(rows: Tensor, cols: Tensor, boxes: np.ndarray) -> Tensor:
-    """bool [h, w]: the full-resolution point (rows, cols) lies in one of the boxes [k, 4] (top, left, bottom, right)."""
-    hit = torch.zeros(rows.shape, dtype=torch.bool)
-    for top, left, bottom, right in np.asarray(boxes).reshape(-1, 4).tolist():
-        hit |= (rows >= top) & (rows < bottom) & (cols >= left) & (cols < right)
-    return hit
-
-
 def region_masks(data: mp.MegapixelMNIST, i: int, view_hw: tuple[int, int]) -> dict[str, Tensor]:
     """bool [h, w] masks of the view locations whose full-resolution centre lies on a digit, on noise, or on neither."""
-    h, w = view_hw
-    rows, cols = view_to_full(torch.arange(h).view(-1, 1).expand(h, w), torch.arange(w).view(1, -1).expand(h, w),
-                              (h, w), (data.canvas_size, data.canvas_size))
+    full = (data.canvas_size, data.canvas_size)
     corners = data.noise(i).positions  # [n, 2]
     noise_boxes = np.concatenate([corners, corners + DIGIT_SIZE], axis=1)  # [n, 4]
-    digits = _inside(rows, cols, data.digit_boxes(i))
-    noise = _inside(rows, cols, noise_boxes) & ~digits
+    digits = view_box_mask(view_hw, full, data.digit_boxes(i))
+    noise = view_box_mask(view_hw, full, noise_boxes) & ~digits
     return {"digits": digits, "noise": noise, "empty": ~(digits | noise)}
 
 

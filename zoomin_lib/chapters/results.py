@@ -5,7 +5,10 @@ peak memory, FLOPs/MACs and time (`train.profiling.profile_methods`); `above_maj
 `report_above_majority` say which methods beat the majority class by more than z binomial standard
 errors (`beats_chance`, the one rule every chapter uses); `beats` says whether one accuracy beats
 another by more than z standard errors of their difference; `pooled_accuracy` and `difference_text` put
-a measured difference beside its standard error and the paper's difference.
+a measured difference beside its standard error and the paper's difference (`extra_test_results`: the
+same on a test set every run shared); `training_curves` and
+`constant_loss` give each method's training cross-entropy per epoch beside the loss of the best constant
+prediction (a method whose loss stays there has learned nothing from the images).
 """
 
 from __future__ import annotations
@@ -73,22 +76,42 @@ def beats(accuracy: float, n: int, baseline: float, n_baseline: int, z: float = 
     return accuracy - baseline > math.hypot(chance_margin(accuracy, n, z), chance_margin(baseline, n_baseline, z))
 
 
-def pooled_accuracy(runs: Sequence[FoldResult]) -> tuple[float, int]:
+def pooled_accuracy(runs: Sequence[FoldResult], shared_test_set: bool = False) -> tuple[float, int]:
     """The accuracy over every test evaluation of the runs (each run's weighted by its n_test), and the number of
     distinct test items: the evaluations divided by the repetitions (a repeated cross-validation tests each image
-    once per repetition; counting the repeats as new images would understate the standard error)."""
+    once per repetition; counting the repeats as new images would understate the standard error). With
+    `shared_test_set` every run was tested on the same items (`extra_test_results`): they count once."""
     evaluations = sum(int(r.n_test) for r in runs)
     if evaluations < 1:
         raise ValueError("no test items in these runs")
+    accuracy = sum(r.accuracy * r.n_test for r in runs) / evaluations
+    if shared_test_set:
+        if len({int(r.n_test) for r in runs}) != 1:
+            raise ValueError(f"runs on one shared test set must have one n_test, got {sorted({r.n_test for r in runs})}")
+        return accuracy, int(runs[0].n_test)
     repetitions = len({int(r.repetition) for r in runs})
-    return sum(r.accuracy * r.n_test for r in runs) / evaluations, evaluations // repetitions
+    return accuracy, evaluations // repetitions
+
+
+def extra_test_results(results: Mapping[str, Sequence[FoldResult]]) -> dict[str, list[FoldResult]]:
+    """name -> each run's result on the extra test set that every run shared (`run_folds(extra_test=)`), as FoldResults.
+
+    Methods whose runs carry no extra test are left out. Pool them with `shared_test_set=True`.
+    """
+    out = {}
+    for name, runs in results.items():
+        if runs and all(r.extra_test is not None for r in runs):
+            out[name] = [FoldResult(r.method, r.repetition, r.fold, r.extra_test["accuracy"], r.extra_test["auc"],
+                                    r.extra_test["n"], r.extra_test["loss"], [], r.extra_test["confusion"])
+                         for r in runs]
+    return out
 
 
 def difference_text(name: str, runs: Sequence[FoldResult], other: str, other_runs: Sequence[FoldResult],
-                    paper_difference: float | None = None) -> str:
+                    paper_difference: float | None = None, shared_test_set: bool = False) -> str:
     """'A - B = d points, s.e. e (n and m test items)', and whether a paper-sized difference exceeds that s.e."""
-    a, n = pooled_accuracy(runs)
-    b, m = pooled_accuracy(other_runs)
+    a, n = pooled_accuracy(runs, shared_test_set)
+    b, m = pooled_accuracy(other_runs, shared_test_set)
     se = math.hypot(chance_margin(a, n, 1.0), chance_margin(b, m, 1.0))
     text = (f"{name} - {other} = {100 * (a - b):+.1f} points over {n} and {m} test items; standard error of the "
             f"difference {100 * se:.1f} points")
@@ -126,3 +149,35 @@ def report_above_majority(
     if rest:
         print(f"not above it within {budget}: {', '.join(rest)}")
     return learned
+
+
+def training_curves(results: Mapping[str, Sequence[FoldResult]], key: str = "ce") -> dict[str, list[float]]:
+    """name -> the per-epoch mean of `key` (the classification cross-entropy) in each method's first run's history.
+
+    Methods whose history lacks `key` (e.g. a run resumed from an older record) are left out.
+    """
+    curves = {}
+    for name, runs in results.items():
+        history = runs[0].history if runs else []
+        if history and all(key in h for h in history):
+            curves[name] = [float(h[key]) for h in history]
+    return curves
+
+
+def constant_loss(labels: Sequence[int] | np.ndarray, n_classes: int,
+                  class_weights: Sequence[float] | np.ndarray | None = None) -> float:
+    """The training cross-entropy of the best constant prediction on `labels`: the entropy of q, q_k ∝ w_k n_k.
+
+    The weighted cross-entropy of a constant p is sum_i w_{y_i} (-log p_{y_i}) / sum_i w_{y_i}
+    (PyTorch's weighted mean), the cross-entropy of q and p; it is smallest, H(q), at p = q. Without
+    weights, q is the label frequencies (ln K for K balanced classes).
+    """
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=n_classes).astype(np.float64)  # [K]
+    w = np.ones(n_classes) if class_weights is None else np.asarray(class_weights, dtype=np.float64)
+    if counts.size != n_classes or w.shape != (n_classes,):
+        raise ValueError(f"labels must lie in [0, {n_classes}) and class_weights have {n_classes} entries")
+    q = w * counts
+    if q.sum() <= 0:
+        raise ValueError("no labelled item carries weight")
+    q = q[q > 0] / q.sum()
+    return float(-(q * np.log(q)).sum())

@@ -176,6 +176,9 @@ class FoldResult:
     loss: float
     history: list[dict[str, Any]] = field(default_factory=list)
     confusion: list[list[int]] = field(default_factory=list)  # [true class][predicted class]
+    # the same model tested on a fixed extra test set shared by every run (run_folds' extra_test): its
+    # accuracy, auc, n, loss and confusion; None when there is none
+    extra_test: dict[str, Any] | None = None
 
 
 def _as_loader(x: Tensor, y: Tensor, batch_size: int = 16) -> list[tuple[Tensor, Tensor]]:
@@ -200,6 +203,7 @@ def run_method(
     device: str | torch.device | None = None,
     record: Mapping[str, Any] | None = None,
     extra_terms: Mapping[str, ExtraTerm] | None = None,
+    extra_test: Sequence[Any] | None = None,
 ) -> tuple[FoldResult, nn.Module]:
     """Seed, build, train and test one method; its result (written to out_dir/runs/<tag>.json) and the model.
 
@@ -210,7 +214,9 @@ def run_method(
     `steps.predictor` in the model's eval mode); `extra_terms` go to `train_model`. The checkpoint out_dir/checkpoints/<tag>.pt
     records the method, `run_seed`, `settings` and `record` (e.g. {"data": fingerprint(...),
     "profile": profile}); `resume=True` with other ones stops naming each difference
-    (`train.checkpoints.CheckpointMismatchError`), `resume=False` starts afresh.
+    (`train.checkpoints.CheckpointMismatchError`), `resume=False` starts afresh. `extra_test` batches
+    (like `test_batches`) test the trained model once more, with the same predictor; their metrics go to
+    the result's `extra_test`.
     """
     device = default_device() if device is None else torch.device(device)
     generator = seed_everything(run_seed, device)
@@ -223,9 +229,13 @@ def run_method(
         record={"method": name, "seed": run_seed, **(record or {})}, extra_terms=extra_terms,
     )
     metrics = evaluate(model, test_batches, predict_fn or predictor(generator=generator))
+    extra = None
+    if extra_test is not None:
+        m = evaluate(model, extra_test, predict_fn or predictor(generator=generator))
+        extra = {k: m[k] for k in ("accuracy", "auc", "n", "loss", "confusion")}
     rep, fold = (int(v) for v in re.findall(r"_r(\d+)_f(\d+)$", tag)[0]) if re.search(r"_r\d+_f\d+$", tag) else (0, 0)
     result = FoldResult(name, rep, fold, metrics["accuracy"], metrics["auc"], metrics["n"], metrics["loss"], history,
-                        metrics["confusion"])
+                        metrics["confusion"], extra)
     if out_dir is not None:
         write_json(Path(out_dir) / "runs" / f"{tag}.json", asdict(result))
     return result, model.cpu()
@@ -244,6 +254,7 @@ def run_folds(
     probe: Callable[[nn.Module, torch.Generator], dict[str, Any]] | None = None,
     progress: bool = True,
     record: Mapping[str, Any] | None = None,
+    extra_test: tuple[Tensor, Tensor] | None = None,
 ) -> tuple[dict[str, list[FoldResult]], dict[str, nn.Module]]:
     """Train every method on every fold (objects with .repetition, .fold, .train, .test); test metrics per run.
 
@@ -252,8 +263,10 @@ def run_folds(
     val_<key>). With `out_dir`, each run's checkpoint and result are written there atomically,
     and `resume=True` continues an interrupted run from them; a checkpoint records the data
     (`fingerprint` of x, y and the fold's indices) and `record` (e.g. the profile), and one written
-    with other settings is not resumed but refused. Returns the results per method and the models
-    trained on the first fold (for the figures).
+    with other settings is not resumed but refused. With `extra_test` (x [M, C, H, W], y [M]), every run's
+    model is also tested on those images, the same for every run (e.g. more images of a stand-in's
+    generator than the folds hold), in its result's `extra_test`. Returns the results per method and the
+    models trained on the first fold (for the figures).
     """
     data_id = fingerprint(x, y) if out_dir is not None else None
     results: dict[str, list[FoldResult]] = {name: [] for name in methods}
@@ -270,6 +283,7 @@ def run_folds(
             run_seed=run_seed, tag=f"{name}_r{int(f.repetition)}_f{int(f.fold)}",
             out_dir=out_dir, resume=resume, probe=probe,
             record={"data": fingerprint(data_id, f.train, f.test), **(record or {})},
+            extra_test=_as_loader(*extra_test) if extra_test is not None else None,
         )
         results[name].append(result)
         first_models.setdefault(name, model)
