@@ -63,13 +63,15 @@ from zoomin_lib.train.supervision import box_mask
 from zoomin_lib.train.protocol import TrainSettings, image_stats, image_tensor, standardize
 from zoomin_lib.train.fingerprint import fingerprint
 from zoomin_lib.train.profiling import profile_methods
-from zoomin_lib.chapters.results import report_above_majority, result_rows
-from zoomin_lib.chapters.signs import BOXES, add_box_method, box_fit_text, budget_text, save_zoom_figures, train_methods
+from zoomin_lib.chapters.attention import attention_on_objects
+from zoomin_lib.chapters.results import constant_loss, report_above_majority, result_rows, training_curves
+from zoomin_lib.chapters.signs import (BOXES, add_box_method, box_fit_text, budget_text,
+                                       save_zoom_figures, train_methods)
 from zoomin_lib.chapters.fmow import examples_figure, image_loader
 from zoomin_lib.infra.io import write_json
 from zoomin_lib.book.paper_numbers import ZOOMIN_TABLE1_FMOW, paper_rows
 from zoomin_lib.chapters.per_class import absent_note, per_class_rows
-from zoomin_lib.book.plotting import save_figure
+from zoomin_lib.book.plotting import plot_curves, save_figure
 from zoomin_lib.book.report import markdown_table
 
 # %% [markdown]
@@ -303,6 +305,51 @@ save_zoom_figures(trained, {"Zoom-In": "top_tile_subtile", BOXES: "top_tile_subt
                   [test_set.labels[k] for k in keys], fmow.CATEGORIES, DATA_LABEL, out)
 
 # %% [markdown]
+# ## Why plain Zoom-In stays at chance, measured
+#
+# Two measurements say where training stopped. First, each method's training cross-entropy per epoch (the
+# classification term alone) beside the loss of the best constant prediction, the entropy of the training labels
+# ($\ln 10$ for ten balanced classes): a curve on that line has learned nothing from the pixels.
+
+# %%
+curves = training_curves(results)
+flat = constant_loss(train_set.labels, len(fmow.CATEGORIES))
+save_figure(plot_curves(curves, flat, "best constant prediction", ylabel="training cross-entropy",
+                        title=f"training loss per epoch ({DATA_LABEL}, profile {profile!r})"), out, "training_loss")
+print(f"best constant prediction {flat:.3f}; last epoch: "
+      + ", ".join(f"{name} {c[-1]:.3f}" for name, c in curves.items()))
+
+# %% [markdown]
+# Second, where Zoom-In's attention $\alpha_c \beta^c_{c'}$ (over the sub-tiles of every tile) lands on the test
+# images (`attention.attention_on_objects`): its mass on the object's box, the box's share of the map (the mass a
+# uniform attention would put there), their ratio, and how often the map's highest location lies on the object.
+
+# %%
+attending = {name: trained[name] for name in ("Zoom-In", BOXES)}
+on_object = attention_on_objects(attending, [load_test([i])[0] for i in range(len(test_idx))],
+                                 [test_set.roi_boxes(int(k)) for k in test_idx])
+print(f"Measured here: {DATA_LABEL}, profile {profile!r}, {len(test_idx)} test images, each at its own size")
+markdown_table(on_object, digits=3)
+
+# %% [markdown]
+# How to read the two. A training loss on the constant's line says that the classifier $f$ has learned nothing it
+# can use from the sub-tiles it is given; an attention mass near the uniform one (ratio about 1, the peak rarely on
+# the object) says that $a$ and $b$ have not found the object either, so the sub-tiles $f$ is given rarely hold it.
+# Each stage waits on the other: the plateau that chapter 09 measures on megapixel MNIST, where ATS leaves it after a
+# few epochs and Zoom-In within that budget does not. The boxes break the loop from outside by telling $a$ and $b$
+# where the object is. The check, in the `cpu` profile on the stand-in: the plain Zoom-In's last-epoch loss lies
+# within 0.05 of the constant's, and its attention on the object is less than twice the uniform one.
+
+# %%
+plain = next(r for r in on_object if r["method"] == "Zoom-In")
+print(f"plain Zoom-In: last-epoch training loss {curves['Zoom-In'][-1]:.3f} (best constant {flat:.3f}); attention "
+      f"on the object {plain['mass / uniform']:.2f} times the uniform mass, peak on it in "
+      f"{plain['peak on the object %']:.0f} % of the test images")
+if profile == "cpu" and train_set.synthetic:
+    assert abs(curves["Zoom-In"][-1] - flat) < 0.05, f"plain Zoom-In's loss left the constant's: {curves['Zoom-In']}"
+    assert plain["mass / uniform"] < 2.0, f"plain Zoom-In's attention found the object: {plain}"
+
+# %% [markdown]
 # Everything measured here goes to `metrics.json`: the settings, the data's problems, accuracy and confusion
 # per method, per-class recall, the cost table, the example's size and how the box pre-training went.
 
@@ -312,5 +359,6 @@ write_json(out / "metrics.json", {
     "classes_absent": CLASSES_ABSENT, "per_class": per_class,
     "results": {n: {"accuracy": r[0].accuracy, "confusion": r[0].confusion} for n, r in results.items()},
     "costs": costs, "example_size": list(example.shape[-2:]), "box_pretraining": trained[BOXES].box_pretraining,
+    "training_ce": curves, "constant_loss": flat, "attention_on_object": on_object,
 })
 print("wrote", out / "metrics.json")
