@@ -429,7 +429,8 @@ save_zoom_figures(trained, {"Zoom-In": "figure3_top_tile_subtile", BOXES: "figur
 curves = training_curves(results)
 flat = constant_loss(train_set.labels[train_idx], len(traffic_signs.CLASSES), traffic_signs.CLASS_WEIGHTS)
 save_figure(plot_curves(curves, flat, "best constant prediction", ylabel="training cross-entropy (weighted)",
-                        title=f"training loss per epoch ({DATA_LABEL}, profile {profile!r})"), out, "training_loss")
+                        title=f"training loss per epoch ({DATA_LABEL}, profile {profile!r})", ylim=(0, 2 * flat)),
+            out, "training_loss")
 print(f"best constant prediction {flat:.3f}; last epoch: "
       + ", ".join(f"{name} {c[-1]:.3f}" for name, c in curves.items()))
 

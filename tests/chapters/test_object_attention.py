@@ -124,3 +124,10 @@ def test_training_curves_read_each_first_run_and_skip_histories_without_the_key(
     lines = fig.axes[0].get_lines()
     assert [list(line.get_ydata()) for line in lines[:1]] == [[2.3, 2.1]]
     assert list(lines[1].get_ydata()) == [2.302, 2.302]  # the reference line
+
+
+def test_plot_curves_names_a_curve_that_leaves_the_range():
+    fig = plot_curves({"near": [1.3, 1.2], "far": [7.4, 5.9]}, 1.3, "constant", ylim=(0, 2.6))
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert labels[0] == "near" and labels[1] == "far (leaves the plot: 5.9 to 7.4)"
+    assert fig.axes[0].get_ylim() == (0, 2.6)

@@ -163,16 +163,28 @@ def plot_curves(
     xlabel: str = "epoch",
     ylabel: str = "",
     title: str = "",
+    ylim: tuple[float, float] | None = None,
 ) -> Figure:
-    """One line per named curve (x = 1, 2, ...), with an optional dashed horizontal reference line."""
+    """One line per named curve (x = 1, 2, ...), with an optional dashed horizontal reference line.
+
+    With `ylim`, a curve that leaves that range is named in the legend with its range of values, so that
+    one far-off curve does not flatten the others.
+    """
     fig, ax = plt.subplots(figsize=(6.4, 3.4))
     for k, (name, values) in enumerate(curves.items()):
-        ax.plot(np.arange(1, len(values) + 1), values, "o-", ms=3, color=f"C{k % 10}", label=name)
+        v = np.asarray(values, dtype=float)
+        label = name
+        if ylim is not None and v.size and (v.min() < ylim[0] or v.max() > ylim[1]):
+            label += f" (leaves the plot: {v.min():.3g} to {v.max():.3g})"
+        ax.plot(np.arange(1, v.size + 1), v, "o-", ms=3, color=f"C{k % 10}", label=label)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    if ylim is not None:
+        ax.set_ylim(*ylim)
     if reference is not None:
         ax.axhline(reference, color="grey", ls="--", lw=0.9, label=reference_label or None)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
     fig.tight_layout()
     return fig
