@@ -63,7 +63,7 @@ from zoomin_lib.train.protocol import TrainSettings, channel_stats, run_folds, s
 from zoomin_lib.train.profiling import profile_methods
 from zoomin_lib.chapters.colon import annotation_rows, attention_figure, examples_figure, memory_ratios, run_records
 from zoomin_lib.chapters import adaptive_n
-from zoomin_lib.chapters.results import (beats, chance_margin, difference_text, extra_test_results, pooled_accuracy,
+from zoomin_lib.chapters.results import (beats, difference_text, extra_test_results, extra_test_rows, pooled_accuracy,
                                          result_rows)
 from zoomin_lib.infra.io import write_json
 from zoomin_lib.book.paper_numbers import ATS_TABLE1_COLON, ZOOMIN_FIG5_STD, ZOOMIN_TABLE1_COLON, paper_rows
@@ -296,12 +296,7 @@ print("paper reports (" + ZOOMIN_FIG5_STD["source"] + "), accuracy std in %: "
 # (all tested on the same images), with the binomial standard error of that many images.
 
 # %%
-extra_rows = []
-for name, runs in extra_test_results(results).items():
-    acc, n = pooled_accuracy(runs, shared_test_set=True)
-    extra_rows.append({"method": name, "test images": n, "accuracy %": 100 * acc, "s.e. %": 100 * chance_margin(acc, n, 1.0),
-                       "per fold %": ", ".join(f"{100 * r.accuracy:.1f}" for r in runs),
-                       "std over folds %": 100 * summarize(runs)["accuracy_std"]})
+extra_rows = extra_test_rows(results)
 print(f"Measured here: {DATA_LABEL} (extra images, seed {seed + 1}), profile {profile!r}" if extra_rows else
       "no extra test images (real data, or this profile has none)")
 markdown_table(extra_rows, digits=3) if extra_rows else None

@@ -302,3 +302,15 @@ def test_extra_test_results_count_the_shared_images_once():
     assert pooled_accuracy(shared["a"])[1] == 400  # as separate folds they would count twice
     with pytest.raises(ValueError, match="one n_test"):
         pooled_accuracy([shared["a"][0], FoldResult("a", 0, 2, 0.5, None, 50, 0.1)], shared_test_set=True)
+
+
+def test_extra_test_rows_pool_each_method_over_its_folds():
+    from zoomin_lib.chapters.results import extra_test_rows
+
+    extra = lambda acc: {"accuracy": acc, "auc": None, "n": 100, "loss": 0.5, "confusion": [[1, 0], [0, 1]]}
+    runs = {"a": [FoldResult("a", 0, k, 0.9, None, 10, 0.1, extra_test=extra(acc)) for k, acc in enumerate((0.8, 0.6))],
+            "b": [FoldResult("b", 0, 0, 0.5, None, 10, 0.1)]}
+    (row,) = extra_test_rows(runs)
+    assert row["method"] == "a" and row["test images"] == 100 and row["accuracy %"] == pytest.approx(70.0)
+    assert row["s.e. %"] == pytest.approx(100 * math.sqrt(0.21 / 100))
+    assert row["per fold %"] == "80.0, 60.0" and row["std over folds %"] == pytest.approx(100 * 0.2 / math.sqrt(2))

@@ -107,6 +107,17 @@ def extra_test_results(results: Mapping[str, Sequence[FoldResult]]) -> dict[str,
     return out
 
 
+def extra_test_rows(results: Mapping[str, Sequence[FoldResult]]) -> list[dict[str, Any]]:
+    """A row per method with an extra test set: pooled accuracy on it, its binomial s.e., each fold's accuracy, their std."""
+    rows = []
+    for name, runs in extra_test_results(results).items():
+        acc, n = pooled_accuracy(runs, shared_test_set=True)
+        rows.append({"method": name, "test images": n, "accuracy %": 100 * acc, "s.e. %": 100 * chance_margin(acc, n, 1.0),
+                     "per fold %": ", ".join(f"{100 * r.accuracy:.1f}" for r in runs),
+                     "std over folds %": 100 * summarize(runs)["accuracy_std"]})
+    return rows
+
+
 def difference_text(name: str, runs: Sequence[FoldResult], other: str, other_runs: Sequence[FoldResult],
                     paper_difference: float | None = None, shared_test_set: bool = False) -> str:
     """'A - B = d points, s.e. e (n and m test items)', and whether a paper-sized difference exceeds that s.e."""
