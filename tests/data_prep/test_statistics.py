@@ -59,6 +59,13 @@ def test_colon_measure_stand_in_counts_detections() -> None:
     np.testing.assert_allclose(m.object_fraction, [side ** 2 / 500 ** 2] * 3)
     extent = dict(m.extra)["epithelial nuclei: extent (px, side of the box round a positive's detections)"]
     assert extent == f"{np.sqrt(21 * 41):.0f}"  # the box spans 20 x 40 px between centres, 21 x 41 pixels
+    assert dict(m.extra)["annotated nuclei of all types per image"] == "mean 2; median 2 (0-3)"  # epithelial only here
+    # patches of 27 centred within 13 px: the three nuclei's squares (clipped at the border) cover
+    # 24 x 27 + 27 x 27 - 7 x 27 (the first two overlap) + 24 x 27 = 1836 centres of 500^2; one of two images positive
+    f = 1836 / 500 ** 2
+    for n in (10, 50):
+        row = dict(m.extra)[f"images whose epithelium {n} uniform 27x27 patches all miss (share of all images)"]
+        assert row.startswith(f"{100 * 0.5 * (1 - f) ** n:.1f} % ")
     with pytest.raises(ValueError, match="no nucleus size"):
         colon_cancer.measure_stand_in(dataclasses.replace(data, synthetic=False))
 
