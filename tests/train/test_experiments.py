@@ -314,3 +314,19 @@ def test_extra_test_rows_pool_each_method_over_its_folds():
     assert row["method"] == "a" and row["test images"] == 100 and row["accuracy %"] == pytest.approx(70.0)
     assert row["s.e. %"] == pytest.approx(100 * math.sqrt(0.21 / 100))
     assert row["per fold %"] == "80.0, 60.0" and row["std over folds %"] == pytest.approx(100 * 0.2 / math.sqrt(2))
+
+
+def test_error_rows_read_each_runs_confusion_and_last_loss():
+    from zoomin_lib.chapters.results import error_rows
+
+    hist = [{"ce": 0.7}, {"ce": 0.01}]
+    extra = {"accuracy": 0.75, "auc": 1.0, "n": 8, "loss": 0.9, "confusion": [[2, 2], [0, 4]]}
+    runs = {"a": [FoldResult("a", 0, 3, 0.5, None, 4, 0.1, hist, [[1, 1], [1, 1]], extra_test=extra)]}
+    (row,) = error_rows(runs)
+    assert row == {"method": "a", "fold": 3, "last training loss": 0.01, "accuracy %": 50.0, "AUC": None,
+                   "false positives": 1, "false negatives": 1, "test images": 4}
+    (row,) = error_rows(runs, extra=True)
+    assert (row["accuracy %"], row["AUC"], row["false positives"], row["false negatives"], row["test images"],
+            row["last training loss"]) == (75.0, 1.0, 2, 0, 8, 0.01)
+    with pytest.raises(ValueError, match="binary confusion"):
+        error_rows({"b": [FoldResult("b", 0, 0, 0.5, None, 9, 0.1, [], [[1, 0, 0], [0, 1, 0], [0, 0, 1]])]})

@@ -118,6 +118,30 @@ def extra_test_rows(results: Mapping[str, Sequence[FoldResult]]) -> list[dict[st
     return rows
 
 
+def error_rows(results: Mapping[str, Sequence[FoldResult]], extra: bool = False,
+               key: str = "ce") -> list[dict[str, Any]]:
+    """A row per run of a binary task: where its errors lie, beside how far training went and how well it ranks.
+
+    Each row gives the run's last-epoch training `key` (the classification cross-entropy), its test
+    accuracy, AUC (None where undefined), false positives (true class 0 called 1) and false negatives,
+    from the run's confusion matrix [true][predicted]. With `extra`, the test set is the extra one
+    every run shared (`extra_test_results`). A run with AUC near 1 and only false positives ranks the
+    images well and errs at the decision threshold.
+    """
+    source = extra_test_results(results) if extra else results
+    rows = []
+    for name, runs in source.items():
+        for run, trained in zip(runs, results[name]):
+            c = np.asarray(run.confusion, dtype=np.int64)  # [2, 2] true x predicted
+            if c.shape != (2, 2):
+                raise ValueError(f"{name} fold {run.fold}: error_rows needs a binary confusion matrix, got {run.confusion}")
+            last = trained.history[-1].get(key) if trained.history else None
+            rows.append({"method": name, "fold": run.fold, "last training loss": last, "accuracy %": 100 * run.accuracy,
+                         "AUC": run.auc, "false positives": int(c[0, 1]), "false negatives": int(c[1, 0]),
+                         "test images": int(c.sum())})
+    return rows
+
+
 def difference_text(name: str, runs: Sequence[FoldResult], other: str, other_runs: Sequence[FoldResult],
                     paper_difference: float | None = None, shared_test_set: bool = False) -> str:
     """'A - B = d points, s.e. e (n and m test items)', and whether a paper-sized difference exceeds that s.e."""
