@@ -341,6 +341,8 @@ def test_uniform_patch_misses_against_enumeration(patch: int):
                    for row in range(h) for col in range(w))
         assert g == pytest.approx((1 - hits / (h * w)) ** 7, rel=1e-12)
     assert got[1] == 1.0
+    with pytest.raises(ValueError, match="odd"):
+        uniform_patch_misses(cells, (h, w), draws=7, patch=4)
 
 
 def test_synthetic_positives_hold_hundreds_and_uniform_patches_find_them(synthetic_root: Path):
