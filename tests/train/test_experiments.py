@@ -287,6 +287,16 @@ def test_run_folds_tests_every_run_on_the_shared_extra_images_as_a_direct_evalua
     direct = evaluate(models["cnn"], [(xe, ye)], predictor())  # the first fold's model, on the host
     assert results["cnn"][0].extra_test["accuracy"] == pytest.approx(direct["accuracy"])
     assert results["cnn"][0].extra_test["loss"] == pytest.approx(direct["loss"], abs=1e-5)
+    for f, run in zip(folds, results["cnn"]):  # each run's model, rebuilt from its checkpoint, tests as it did
+        from zoomin_lib.train.protocol import load_run_model
+
+        again = evaluate(load_run_model(methods["cnn"], tmp_path, "cnn", f.repetition, f.fold), [(xe, ye)], predictor())
+        assert again["loss"] == pytest.approx(run.extra_test["loss"], abs=1e-5)
+    first = load_run_model(methods["cnn"], tmp_path, "cnn", 0, 0)
+    for p, q in zip(first.parameters(), models["cnn"].parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+    with pytest.raises(FileNotFoundError, match="cnn_r0_f7.pt: no checkpoint of 'cnn', repetition 0, fold 7"):
+        load_run_model(methods["cnn"], tmp_path, "cnn", 0, 7)
 
 
 def test_extra_test_results_count_the_shared_images_once():
@@ -323,7 +333,7 @@ def test_error_rows_read_each_runs_confusion_and_last_loss():
     extra = {"accuracy": 0.75, "auc": 1.0, "n": 8, "loss": 0.9, "confusion": [[2, 2], [0, 4]]}
     runs = {"a": [FoldResult("a", 0, 3, 0.5, None, 4, 0.1, hist, [[1, 1], [1, 1]], extra_test=extra)]}
     (row,) = error_rows(runs)
-    assert row == {"method": "a", "fold": 3, "last training loss": 0.01, "accuracy %": 50.0, "AUC": None,
+    assert row == {"method": "a", "repetition": 0, "fold": 3, "last training loss": 0.01, "accuracy %": 50.0, "AUC": None,
                    "false positives": 1, "false negatives": 1, "test images": 4}
     (row,) = error_rows(runs, extra=True)
     assert (row["accuracy %"], row["AUC"], row["false positives"], row["false negatives"], row["test images"],

@@ -136,7 +136,7 @@ def error_rows(results: Mapping[str, Sequence[FoldResult]], extra: bool = False,
             if c.shape != (2, 2):
                 raise ValueError(f"{name} fold {run.fold}: error_rows needs a binary confusion matrix, got {run.confusion}")
             last = trained.history[-1].get(key) if trained.history else None
-            rows.append({"method": name, "fold": run.fold, "last training loss": last, "accuracy %": 100 * run.accuracy,
+            rows.append({"method": name, "repetition": run.repetition, "fold": run.fold, "last training loss": last, "accuracy %": 100 * run.accuracy,
                          "AUC": run.auc, "false positives": int(c[0, 1]), "false negatives": int(c[1, 0]),
                          "test images": int(c.sum())})
     return rows

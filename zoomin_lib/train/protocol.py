@@ -241,6 +241,26 @@ def run_method(
     return result, model.cpu()
 
 
+def run_tag(name: str, repetition: int, fold: int) -> str:
+    """The name of one run's files under out_dir/checkpoints and out_dir/runs: <method>_r<repetition>_f<fold>."""
+    return f"{name}_r{int(repetition)}_f{int(fold)}"
+
+
+def load_run_model(factory: Factory, out_dir: str | Path, name: str, repetition: int, fold: int) -> nn.Module:
+    """The model that `run_folds` trained for one run, rebuilt by `factory` with its checkpoint's weights, on the host.
+
+    The checkpoint is the one `run_method` wrote (out_dir/checkpoints/<run_tag>.pt, the weights after
+    its last epoch). A missing file stops with its path.
+    """
+    path = Path(out_dir) / "checkpoints" / f"{run_tag(name, repetition, fold)}.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no checkpoint of {name!r}, repetition {repetition}, fold {fold} (was it trained "
+                                f"with out_dir={str(out_dir)!r}?)")
+    model = factory()
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True)["model"])
+    return model.eval()
+
+
 def run_folds(
     methods: Mapping[str, Factory],
     settings: Mapping[str, TrainSettings],
@@ -280,7 +300,7 @@ def run_folds(
             name, methods[name], settings[name],
             tensor_batches(x[train_idx], y[train_idx], settings[name].batch_size, run_seed),
             _as_loader(x[test_idx], y[test_idx]),
-            run_seed=run_seed, tag=f"{name}_r{int(f.repetition)}_f{int(f.fold)}",
+            run_seed=run_seed, tag=run_tag(name, f.repetition, f.fold),
             out_dir=out_dir, resume=resume, probe=probe,
             record={"data": fingerprint(data_id, f.train, f.test), **(record or {})},
             extra_test=_as_loader(*extra_test) if extra_test is not None else None,
