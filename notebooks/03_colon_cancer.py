@@ -34,8 +34,8 @@
 #
 # **Data.** With no `data_dir`, the notebook runs on a **synthetic stand-in** generated here in the real
 # on-disk format (`data_prep.colon_cancer`): real tissue texture (scikit-image's `ihc.png`) with drawn
-# nuclei, and in positives 3-8 small rings of epithelial-like nuclei crowded round one spot. It is not the CRCHistoPhenotypes
-# data, its positives hold far fewer epithelial cells than the real ones, and no accuracy below is
+# nuclei, and in positives up to 30 small rings of epithelial-like nuclei (hundreds of nuclei, as in the real
+# positives) crowded round one spot. It is not the CRCHistoPhenotypes data, and no accuracy below is
 # comparable to the paper's. With `-p data_dir /path/to/CRCHistoPhenotypes_2016_04_28` the same
 # notebook runs on the real data set.
 
@@ -59,12 +59,14 @@ import torch
 from data_prep import colon_cancer
 from zoomin_lib.chapters.opening import open_chapter
 from zoomin_lib import builders
-from zoomin_lib.train.protocol import TrainSettings, channel_stats, run_folds, standardize, summarize
+from zoomin_lib.train.protocol import (TrainSettings, channel_stats, load_run_model, run_folds, standardize,
+                                      summarize)
 from zoomin_lib.train.profiling import profile_methods
 from zoomin_lib.chapters.colon import annotation_rows, attention_figure, examples_figure, memory_ratios, run_records
 from zoomin_lib.chapters import adaptive_n
-from zoomin_lib.chapters.results import (beats, difference_text, extra_test_results, extra_test_rows, pooled_accuracy,
-                                         result_rows)
+from zoomin_lib.chapters.attention import attention_on_objects
+from zoomin_lib.chapters.results import (beats, difference_text, error_rows, extra_test_results, extra_test_rows,
+                                         pooled_accuracy, result_rows)
 from zoomin_lib.infra.io import write_json
 from zoomin_lib.book.paper_numbers import ATS_TABLE1_COLON, ZOOMIN_FIG5_STD, ZOOMIN_TABLE1_COLON, paper_rows
 from zoomin_lib.book.explorer import attention_explorer
@@ -88,7 +90,7 @@ SMOKE = dict(folds=2, repetitions=1, epochs=1, warmup=0, lr=1e-3, cosine=False, 
 # decayed by a cosine, and starts the contrastive term after 6 epochs; the CNN trains for 6 epochs on
 # $V(x, 0.5)$, as in ATS table 1. "N from the data" (a section below) compares its rule with fixed $N = 10$ and
 # $N = 30$, each test image estimated 50 times. Three folds test only 30 images, too few to resolve a
-# difference of the paper's size; so on the stand-in every fold's models are also tested on 200 more images
+# difference of the paper's size; so on the stand-in every fold's models are also tested on 300 more images
 # drawn by the same generator with another seed (`extra_test`), the same 300 for every model.
 
 # %%
@@ -170,9 +172,16 @@ if data.synthetic and cfg["extra_test"]:
 # looks first. The table quotes what the papers say about the real images and their epithelial nuclei beside
 # the same statistics measured on the stand-in's annotations, then gives a nucleus's side in pixels at each
 # method's first view (its side times the view's scale: Zoom-In's $s_1$ and $s_2$, ATS's $s$, the CNN's $s$).
-# The stand-in keeps the real image size. It does not keep the real positives' number of epithelial nuclei
-# (hundreds, ATS sec. 4.3): it draws tens, crowded round one spot, so that most tiles hold none and the first
-# stage has somewhere to look; this is a choice of the stand-in, not of the budget. The papers give no nucleus
+# The stand-in keeps the real image size, the real positives' "hundreds" of epithelial nuclei (ATS sec. 4.3)
+# and about the real number of nuclei of all types. Two rows check what a sampler meets rather than what the
+# generator drew: how often all of 10 (or 50) uniformly drawn 27x27 patches miss every epithelial centre. The
+# papers give no such number; what they give is the test error of ATS's uniform baselines U-10 and U-50 on the real
+# images, 15.6 % and 12.4 % (ATS table 1). Our reading, not the papers': if the epithelium is what tells a positive,
+# a positive none of whose patches shows it looks like a negative, so U-N errs on about that share of the images at
+# least, and the stand-in's share should not be larger than U-N's error. (An earlier stand-in drew tens of nuclei in
+# a 160 px square, and 10 uniform patches missed about 31 % of its images: a harder problem than the papers'.)
+# The glands crowd round one spot, but that spot is now a large part of the image: the first stage still has
+# tiles without epithelium to tell from tiles with it in most positives, not in all. The papers give no nucleus
 # size, so the stand-in's drawn size (a property of its generator, not of its annotations) cannot be checked
 # against the real one. Where a row per method puts a nucleus below a pixel or two, what that view can show is
 # not a nucleus but a crowd of them: the extent row gives the size of a positive's crowd at full resolution.
@@ -335,6 +344,70 @@ if profile != "smoke":
         f"ATS-10 {ats_acc:.3f} beats Zoom-In {zoom_acc:.3f} by more than two standard errors"
 
 # %% [markdown]
+# ## What the attention finds, and where the errors lie
+#
+# ATS's table 1 puts the learned samplers above uniform sampling on the real data: 9.3 % test error for ATS-10
+# against 15.6 % for U-10 ("attention sampling learns to focus only on informative parts of the image"). Two
+# measurements say what the learned attention does here. First, where it lands on positive test images: its mass on
+# the locations whose 27x27 patch (or sub-tile) holds an annotated epithelial nucleus's centre, that region's share
+# of the map (the mass a uniform attention puts there, as U-10's does), their ratio, and how often the map's highest
+# location lies in it (`attention.attention_on_objects`; Zoom-In's map is $\alpha_c \beta^c_{c'}$ over the
+# sub-tiles of every tile, ATS's its $\alpha$). Every run's model is rebuilt from its checkpoint
+# (`protocol.load_run_model`) and looks at the same positives: up to 50 of the extra test images where there are
+# any, else of the first fold's test images.
+
+# %%
+if extra_test is not None:
+    cells, images, labels = extra.cells, extra_test[0], extra_test[1].tolist()
+else:
+    cells, images, labels = [data.cells[i] for i in folds[0].test], x[folds[0].test], y[folds[0].test].tolist()
+positives = [i for i, label in enumerate(labels) if label == 1][:50]
+half = 27 / 2  # a patch centred within half a patch of a nucleus's centre holds that centre
+boxes = [[(cx - half, cy - half, cx + half, cy + half) for cx, cy in cells[i]["epithelial"]] for i in positives]
+on_epithelium = []
+for f in folds:
+    fold_models = {k: load_run_model(methods[k], out, k, f.repetition, f.fold) for k in ("Zoom-In", "ATS-10")}
+    rows = attention_on_objects(fold_models, [images[i:i + 1] for i in positives], boxes)
+    on_epithelium += [{"repetition": f.repetition, "fold": f.fold, **r} for r in rows]
+print(f"Measured here: {DATA_LABEL}, profile {profile!r}, every run's model, {len(positives)} positive test images")
+markdown_table(on_epithelium, digits=3)
+
+# %% [markdown]
+# Second, where each run's errors lie on the test images of the claim above (the extra ones on the stand-in):
+# false positives (a negative called positive) and false negatives, beside the run's AUC (how well its scores rank
+# the images, whatever the threshold) and its last epoch's training cross-entropy ($\ln 2 \approx 0.693$: nothing
+# learned; near 0: the 90 training images are fitted). How to read them together: a run whose attention is on the
+# epithelium, whose AUC is near 1 and whose errors are false positives ranks the images well and errs at the 0.5
+# threshold, calling the negatives that score highest positive; a run at $\ln 2$ with AUC near 0.5 learned
+# nothing. The lines below give each method's sums and the comparison ATS's table 1 makes.
+
+# %%
+errors = error_rows(results, extra=extra_test is not None)
+markdown_table(errors, digits=3)
+for name in results:
+    mine = [r for r in errors if r["method"] == name]
+    seen = [r["mass / uniform"] for r in on_epithelium if r["method"] == name]
+    print(f"{name}: {sum(r['false positives'] for r in mine)} false positives and "
+          f"{sum(r['false negatives'] for r in mine)} false negatives over {len(mine)} runs; AUC "
+          + ", ".join("-" if r["AUC"] is None else f"{r['AUC']:.3f}" for r in mine)
+          + (f"; attention on the epithelium " + ", ".join(f"{v:.2f}" for v in seen) + " x uniform" if seen else ""))
+ats_error = {k: float(v["test_error"].split()[0]) for k, v in ATS_TABLE1_COLON["rows"].items()}
+print(difference_text("ATS-10", checked["ATS-10"], "U-10", checked["U-10"],
+                      100 * (ats_error["U-10"] - ats_error["ATS-10"]), shared))
+
+# %% [markdown]
+# The check, in the `cpu` profile on the stand-in: Zoom-In's attention has found the epithelium, with more than
+# twice the uniform mass on it on average over the runs (what ATS's figure 4 and Zoom-In's figure 6 show: the
+# attention localises the informative parts without per-patch labels). Whether the learned samplers then beat U-10,
+# as in ATS's table 1, is printed above, not asserted: the tables above show which runs learned and where their
+# errors are.
+
+# %%
+zoom_seen = [r["mass / uniform"] for r in on_epithelium if r["method"] == "Zoom-In"]
+if profile == "cpu" and data.synthetic:
+    assert np.mean(zoom_seen) > 2.0, f"Zoom-In's attention did not find the epithelium: {zoom_seen} x uniform"
+
+# %% [markdown]
 # ## Beyond the paper: N from the data
 #
 # Zoom-In reads the same $N$ sub-tiles of every image; its limitations section names the fixed $N$. Chapter 01
@@ -349,8 +422,8 @@ if profile != "smoke":
 # image is estimated many times by both rules (from one $\alpha$), so that accuracy and AUC are means over
 # the repeats and each image's margin has a measured spread.
 #
-# **The claim tested.** The rule puts $N$ where the estimate varies: positive images, whose few epithelial
-# rings make a few sub-tiles heavy and unlike the rest, should get more than negatives. What it cannot do is
+# **The claim tested.** The rule puts $N$ where the estimate varies: positive images, whose epithelial rings
+# make some sub-tiles heavy and unlike the rest, should get more than negatives. What it cannot do is
 # lower the *average* variance at equal cost: with $M_b \propto \sigma_b^2$ the mean of $\sigma_b^2 / M_b$ is
 # that of a fixed $N$ before the pilot is paid, and the pilot, which the estimate must discard, is paid by
 # every image. So the expectation is that adaptive $N$ does **not** improve accuracy here; the measurement says

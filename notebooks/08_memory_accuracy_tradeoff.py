@@ -218,7 +218,7 @@ if profile != "smoke":  # one epoch cannot show a trend
 # assertion above checks a fall of more than half a tile and a rank correlation below -0.7). With table 5's
 # tanh the fall is capped at the bound printed above and, in our runs, hardly starts: a tile's logit is the
 # mean of bounded scores over its whole area, and the glands of a stand-in positive, clustered round one
-# hub, cover a small part of it. The accuracy of both versions is in table 4's companion line below.
+# hub, cover only part of it. The accuracy of both versions is in table 4's companion line below.
 
 # %%
 name = "Zoom-In N=10 tanh on a"
