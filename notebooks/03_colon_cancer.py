@@ -383,7 +383,7 @@ markdown_table(on_epithelium, digits=3) if on_epithelium else None
 
 # %%
 errors = error_rows(results, extra=extra_test is not None)
-markdown_table(errors, digits=3)
+display(markdown_table(errors, digits=3))
 for name in results:
     mine = [r for r in errors if r["method"] == name]
     seen = [r["mass / uniform"] for r in on_epithelium if r["method"] == name]
