@@ -366,7 +366,7 @@ half = 27 / 2  # a patch centred within half a patch of a nucleus's centre holds
 boxes = [[(cx - half, cy - half, cx + half, cy + half) for cx, cy in cells[i]["epithelial"]] for i in positives]
 on_epithelium = []
 for f in folds if positives else []:  # no positive test image: nothing to measure
-    fold_models = {k: load_run_model(methods[k], out, k, f.repetition, f.fold) for k in ("Zoom-In", "ATS-10")}
+    fold_models = {k: load_run_model(methods[k], out, k, f.repetition, f.fold).to(device) for k in ("Zoom-In", "ATS-10")}
     rows = attention_on_objects(fold_models, [images[i:i + 1] for i in positives], boxes)
     on_epithelium += [{"repetition": f.repetition, "fold": f.fold, **r} for r in rows]
 print(f"Measured here: {DATA_LABEL}, profile {profile!r}, every run's model, {len(positives)} positive test images")
