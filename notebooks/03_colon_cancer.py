@@ -59,12 +59,11 @@ import torch
 from data_prep import colon_cancer
 from zoomin_lib.chapters.opening import open_chapter
 from zoomin_lib import builders
-from zoomin_lib.train.protocol import (TrainSettings, channel_stats, load_run_model, run_folds, standardize,
-                                      summarize)
+from zoomin_lib.train.protocol import TrainSettings, channel_stats, run_folds, standardize, summarize
 from zoomin_lib.train.profiling import profile_methods
-from zoomin_lib.chapters.colon import annotation_rows, attention_figure, examples_figure, memory_ratios, run_records
+from zoomin_lib.chapters.colon import (annotation_rows, attention_figure, attention_on_epithelium, examples_figure,
+                                      memory_ratios, run_records)
 from zoomin_lib.chapters import adaptive_n
-from zoomin_lib.chapters.attention import attention_on_objects
 from zoomin_lib.chapters.results import (beats, difference_text, error_rows, extra_test_results, extra_test_rows,
                                          pooled_accuracy, result_rows)
 from zoomin_lib.infra.io import write_json
@@ -362,13 +361,8 @@ if extra_test is not None:
 else:
     cells, images, labels = [data.cells[i] for i in folds[0].test], x[folds[0].test], y[folds[0].test].tolist()
 positives = [i for i, label in enumerate(labels) if label == 1][:50]
-half = 27 / 2  # a patch centred within half a patch of a nucleus's centre holds that centre
-boxes = [[(cx - half, cy - half, cx + half, cy + half) for cx, cy in cells[i]["epithelial"]] for i in positives]
-on_epithelium = []
-for f in folds if positives else []:  # no positive test image: nothing to measure
-    fold_models = {k: load_run_model(methods[k], out, k, f.repetition, f.fold).to(device) for k in ("Zoom-In", "ATS-10")}
-    rows = attention_on_objects(fold_models, [images[i:i + 1] for i in positives], boxes)
-    on_epithelium += [{"repetition": f.repetition, "fold": f.fold, **r} for r in rows]
+on_epithelium = attention_on_epithelium({k: methods[k] for k in ("Zoom-In", "ATS-10")}, out, folds, images[positives],
+                                        [cells[i] for i in positives], device)
 print(f"Measured here: {DATA_LABEL}, profile {profile!r}, every run's model, {len(positives)} positive test images")
 markdown_table(on_epithelium, digits=3) if on_epithelium else None
 

@@ -131,3 +131,26 @@ def test_plot_curves_names_a_curve_that_leaves_the_range():
     labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert labels[0] == "near" and labels[1] == "far (leaves the plot: 5.9 to 7.4)"
     assert fig.axes[0].get_ylim() == (0, 2.6)
+
+
+def test_attention_on_epithelium_is_attention_on_objects_of_each_runs_rebuilt_model(tmp_path):
+    """Every run's checkpoint, rebuilt, measured on one-patch boxes round the epithelial centres, as a direct call gives."""
+    from types import SimpleNamespace
+
+    from zoomin_lib.chapters.colon import attention_on_epithelium
+    from zoomin_lib.train.protocol import TrainSettings, run_folds
+
+    gen = torch.Generator().manual_seed(2)
+    x, y = torch.rand(8, 1, 32, 32, generator=gen), torch.arange(8) % 2
+    folds = [SimpleNamespace(repetition=0, fold=k, train=[i for i in range(8) if i // 4 != k],
+                             test=[i for i in range(8) if i // 4 == k]) for k in range(2)]
+    methods = {"ats": lambda: builders.ats(in_channels=1, n_classes=2, scale=0.25, patch_size=5, n_patches=2)}
+    _, first = run_folds(methods, {"ats": TrainSettings(epochs=1, batch_size=2, lr=1e-2)}, x, y, folds,
+                         out_dir=tmp_path, progress=False)
+    cells = [{"epithelial": np.array([[3.0, 4.0], [20.0, 25.0]])}, {"epithelial": np.array([[30.0, 1.0]])}]
+    rows = attention_on_epithelium(methods, tmp_path, folds, x[:2], cells, patch=5)
+    assert [(r["fold"], r["method"]) for r in rows] == [(0, "ats"), (1, "ats")]
+    boxes = [[(0.5, 1.5, 5.5, 6.5), (17.5, 22.5, 22.5, 27.5)], [(27.5, -1.5, 32.5, 3.5)]]  # (x0, y0, x1, y1)
+    (direct,) = attention_on_objects(first, [x[:1], x[1:2]], boxes)
+    assert {k: v for k, v in rows[0].items() if k not in ("repetition", "fold")} == pytest.approx(direct)
+    assert attention_on_epithelium(methods, tmp_path, folds, x[:0], [], patch=5) == []

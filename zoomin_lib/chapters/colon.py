@@ -6,11 +6,14 @@
   ATS (alpha over V(x, 0.2), ATS fig. 4) look on a few images, with their top-k patches;
 * `memory_ratios`: Zoom-In's peak inference memory over ATS-10's and the CNN's, measured and in
   Zoom-In table 1;
-* `run_records`: each fold's accuracy and AUC per method, for the chapter's metrics.
+* `run_records`: each fold's accuracy and AUC per method, for the chapter's metrics;
+* `attention_on_epithelium`: every run's attention mass on the epithelium of some positive images,
+  against the uniform share (`attention.attention_on_objects` on each run's rebuilt model).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import matplotlib.pyplot as plt
@@ -19,13 +22,14 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor, nn
 
-from data_prep.colon_cancer import POSITIVE_TYPE, ColonCancerData
+from data_prep.colon_cancer import POSITIVE_TYPE, UNIFORM_PATCH, ColonCancerData
 from zoomin_lib.book.paper_numbers import ZOOMIN_TABLE1_COLON
 from zoomin_lib.book.plotting import show_attention
-from zoomin_lib.chapters.attention import attention_map
-from zoomin_lib.train.protocol import FoldResult
+from zoomin_lib.chapters.attention import attention_map, attention_on_objects
+from zoomin_lib.train.protocol import Factory, FoldResult, load_run_model
 
-__all__ = ["examples_figure", "annotation_rows", "attention_figure", "memory_ratios", "run_records"]
+__all__ = ["examples_figure", "annotation_rows", "attention_figure", "memory_ratios", "run_records",
+           "attention_on_epithelium"]
 
 
 def examples_figure(data: ColonCancerData, data_label: str, per_class: int = 2) -> Figure:
@@ -87,3 +91,26 @@ def run_records(results: Mapping[str, Sequence[FoldResult]]) -> dict[str, list[d
     """Per method, one record per run: its repetition, fold, test accuracy and AUC (None where undefined)."""
     return {n: [{"repetition": r.repetition, "fold": r.fold, "accuracy": r.accuracy, "auc": r.auc} for r in rs]
             for n, rs in results.items()}
+
+
+def attention_on_epithelium(
+    methods: Mapping[str, Factory], out_dir: str | Path, folds: Sequence[Any], images: Tensor,
+    cells: Sequence[Mapping[str, np.ndarray]], device: torch.device | str = "cpu", patch: int = UNIFORM_PATCH,
+) -> list[dict[str, Any]]:
+    """Per run of `folds` and per method: `attention_on_objects` on the images [M, C, H, W] with their epithelial cells.
+
+    The object is every location whose `patch` x `patch` patch (or sub-tile) holds an epithelial
+    detection's centre: a box of one patch centred on each centre. Each run's model is rebuilt from its
+    checkpoint under `out_dir` (`protocol.load_run_model`) on `device`. Rows carry the repetition and
+    fold; no image: no row.
+    """
+    if len(images) == 0:
+        return []
+    half = patch / 2
+    boxes = [[(cx - half, cy - half, cx + half, cy + half) for cx, cy in c[POSITIVE_TYPE]] for c in cells]
+    rows = []
+    for f in folds:
+        models = {k: load_run_model(build, out_dir, k, f.repetition, f.fold).to(device) for k, build in methods.items()}
+        rows += [{"repetition": f.repetition, "fold": f.fold, **r}
+                 for r in attention_on_objects(models, [images[i:i + 1] for i in range(len(images))], boxes)]
+    return rows
