@@ -85,13 +85,24 @@ def sampling_loss(
 
 
 def predictor(
-    mode: str | None = None, generator: torch.Generator | None = None
+    mode: str | None = None, generator: torch.Generator | None = None, draws: int = 1
 ) -> Callable[[nn.Module, Batch], tuple[Tensor, Tensor]]:
-    """The predict_fn(model, (x, y)) for `train.loop.evaluate`: logits in `mode`, by default the model's `eval_mode`."""
+    """The predict_fn(model, (x, y)) for `train.loop.evaluate`: logits in `mode`, by default the model's `eval_mode`.
+
+    With `draws` > 1 the model runs `draws` times and the prediction is the mean of its class
+    probabilities, returned as their logarithm (logits whose softmax is that mean): for "sample", a
+    Monte Carlo estimate of the prediction the training loss was taken on, with less variance than one
+    draw. A deterministic mode gives the same pass each time.
+    """
+    if not isinstance(draws, int) or draws < 1:
+        raise ValueError(f"draws must be a positive int, got {draws!r}")
 
     def predict_fn(model: nn.Module, batch: Batch) -> tuple[Tensor, Tensor]:
         x, y, *_ = batch
         chosen = mode or getattr(model, "eval_mode", "topk")
-        return model(x, mode=chosen, generator=generator).logits, y
+        if draws == 1:
+            return model(x, mode=chosen, generator=generator).logits, y
+        probs = sum(model(x, mode=chosen, generator=generator).logits.softmax(dim=1) for _ in range(draws))  # [B, C]
+        return (probs / draws).clamp_min(torch.finfo(probs.dtype).tiny).log(), y
 
     return predict_fn

@@ -6,6 +6,7 @@ needle's tile rises from uniform), which only happens if the score-function grad
 tile draws reaches the attention network a.
 """
 
+import pytest
 import torch
 
 from zoomin_lib.models import ZoomInNet
@@ -77,3 +78,25 @@ def test_steps_follow_each_models_modes():
     _, parts = loss_fn(uniform, (x, y), epoch=3)
     assert parts["contrastive"] == 0
     assert predictor(generator=gen)(uniform, (x, y))[0].shape == (4, 2)  # evaluates by sampling
+
+
+def test_predictor_with_draws_is_the_mean_of_each_draws_probabilities():
+    from zoomin_lib import builders
+
+    model = builders.ats(in_channels=1, n_classes=3, scale=0.25, patch_size=5, n_patches=2).eval()
+    x, y = torch.rand(4, 1, 32, 32, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 1, 2, 0])
+    with torch.no_grad():
+        logits, target = predictor("sample", torch.Generator().manual_seed(5), draws=3)(model, (x, y))
+        g = torch.Generator().manual_seed(5)  # the reference: three draws in a row from the same generator
+        each = [model(x, mode="sample", generator=g).logits.softmax(1) for _ in range(3)]  # 3 x [B, C]
+        one, _ = predictor("sample", torch.Generator().manual_seed(5))(model, (x, y))
+    torch.testing.assert_close(logits.softmax(1), sum(each) / 3)
+    assert not torch.allclose(each[0], each[1])  # the draws differ: the mean is not one draw
+    torch.testing.assert_close(one, model(x, mode="sample", generator=torch.Generator().manual_seed(5)).logits)
+    assert target is y
+    with torch.no_grad():  # a deterministic mode gives the same pass each time
+        top, _ = predictor("topk", draws=4)(model, (x, y))
+        torch.testing.assert_close(top.softmax(1), model(x, mode="topk").logits.softmax(1))
+    for bad in (0, -1, 1.5):
+        with pytest.raises(ValueError, match="draws must be a positive int"):
+            predictor(draws=bad)

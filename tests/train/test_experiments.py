@@ -340,3 +340,47 @@ def test_error_rows_read_each_runs_confusion_and_last_loss():
             row["last training loss"]) == (75.0, 1.0, 2, 0, 8, 0.01)
     with pytest.raises(ValueError, match="binary confusion"):
         error_rows({"b": [FoldResult("b", 0, 0, 0.5, None, 9, 0.1, [], [[1, 0, 0], [0, 1, 0], [0, 0, 1]])]})
+
+
+def test_retest_runs_rebuild_every_run_and_test_it_as_a_direct_evaluation_would(tmp_path):
+    from zoomin_lib.steps import predictor
+    from zoomin_lib.train.loop import evaluate
+    from zoomin_lib.train.protocol import load_run_model, retest_runs
+
+    gen = torch.Generator().manual_seed(3)
+    x, y = torch.rand(8, 1, 32, 32, generator=gen), torch.arange(8) % 2
+    xe, ye = torch.rand(5, 1, 32, 32, generator=gen), torch.tensor([0, 1, 1, 0, 1])
+    folds = [SimpleNamespace(repetition=0, fold=k, train=[i for i in range(8) if i // 4 != k],
+                             test=[i for i in range(8) if i // 4 == k]) for k in range(2)]
+    methods = {"ats": lambda: builders.ats(in_channels=1, n_classes=2, scale=0.25, patch_size=5, n_patches=2),
+               "cnn": lambda: builders.cnn(in_channels=1, n_classes=2, channels=4, n_conv=2)}
+    settings = {k: TrainSettings(epochs=1, batch_size=2, lr=1e-2) for k in methods}
+    results, _ = run_folds(methods, settings, x, y, folds, out_dir=tmp_path, progress=False, extra_test=(xe, ye))
+    same = retest_runs(methods, tmp_path, folds, xe, ye, predictor())  # the runs' own predictor: what run_folds found
+    for name in methods:
+        assert [(r.repetition, r.fold, r.n_test, r.history) for r in same[name]] == [(0, 0, 5, []), (0, 1, 5, [])]
+        for again, run in zip(same[name], results[name]):
+            assert again.confusion == run.extra_test["confusion"] and again.loss == pytest.approx(run.extra_test["loss"], abs=1e-5)
+    sampled = retest_runs(methods, tmp_path, folds, xe, ye, predictor("sample", torch.Generator().manual_seed(4), draws=3))
+    reference = predictor("sample", torch.Generator().manual_seed(4), draws=3)  # one generator, runs in order
+    for f in folds:  # another predictor: as evaluating each rebuilt model with it directly
+        for name in methods:
+            model = load_run_model(methods[name], tmp_path, name, f.repetition, f.fold)
+            direct, run = evaluate(model, [(xe, ye)], reference), sampled[name][f.fold]
+            assert run.confusion == direct["confusion"] and run.loss == pytest.approx(direct["loss"], abs=1e-5)
+    with pytest.raises(FileNotFoundError, match="ats_r0_f5.pt"):
+        retest_runs(methods, tmp_path, [SimpleNamespace(repetition=0, fold=5)], xe, ye, predictor())
+
+
+def test_predictor_rows_pool_the_shared_images_and_sum_each_runs_errors():
+    from zoomin_lib.chapters.results import chance_margin, predictor_rows
+
+    run = lambda fold, acc, confusion: FoldResult("a", 0, fold, acc, None, 8, 0.1, [], confusion)
+    rows = predictor_rows({"top-k": {"a": [run(0, 0.75, [[2, 2], [0, 4]]), run(1, 0.5, [[0, 4], [0, 4]])]},
+                           "one draw": {"a": [run(0, 1.0, [[4, 0], [0, 4]]), run(1, 0.875, [[4, 0], [1, 3]])]}})
+    assert [(r["predictor"], r["method"], r["test images"], r["false positives"], r["false negatives"], r["per run %"])
+            for r in rows] == [("top-k", "a", 8, 6, 0, "75.0, 50.0"), ("one draw", "a", 8, 0, 1, "100.0, 87.5")]
+    assert rows[0]["accuracy %"] == pytest.approx(62.5) and rows[1]["accuracy %"] == pytest.approx(93.75)
+    assert rows[0]["s.e. %"] == pytest.approx(100 * chance_margin(0.625, 8, 1.0))
+    with pytest.raises(ValueError, match="binary confusion"):
+        predictor_rows({"p": {"b": [FoldResult("b", 0, 0, 0.5, None, 9, 0.1, [], [[1, 0, 0], [0, 1, 0], [0, 0, 1]])]}})

@@ -6,7 +6,8 @@ peak memory, FLOPs/MACs and time (`train.profiling.profile_methods`); `above_maj
 errors (`beats_chance`, the one rule every chapter uses); `beats` says whether one accuracy beats
 another by more than z standard errors of their difference; `pooled_accuracy` and `difference_text` put
 a measured difference beside its standard error and the paper's difference (`extra_test_results`: the
-same on a test set every run shared); `training_curves` and
+same on a test set every run shared; `error_rows` and `predictor_rows`: where the errors lie, per run or per
+predictor); `training_curves` and
 `constant_loss` give each method's training cross-entropy per epoch beside the loss of the best constant
 prediction (a method whose loss stays there has learned nothing from the images).
 """
@@ -139,6 +140,29 @@ def error_rows(results: Mapping[str, Sequence[FoldResult]], extra: bool = False,
             rows.append({"method": name, "repetition": run.repetition, "fold": run.fold, "last training loss": last, "accuracy %": 100 * run.accuracy,
                          "AUC": run.auc, "false positives": int(c[0, 1]), "false negatives": int(c[1, 0]),
                          "test images": int(c.sum())})
+    return rows
+
+
+def predictor_rows(by_predictor: Mapping[str, Mapping[str, Sequence[FoldResult]]],
+                   shared_test_set: bool = True) -> list[dict[str, Any]]:
+    """A row per predictor and method of a binary task (runs retested by `protocol.retest_runs`).
+
+    `by_predictor` maps a predictor's name to each method's runs. Each row gives the pooled accuracy
+    with its binomial s.e. (`pooled_accuracy`: with `shared_test_set`, every run was tested on the same
+    images, counted once; without, on its own fold's), each run's accuracy, and the false positives
+    and false negatives summed over the runs, from their confusion matrices [true][predicted].
+    """
+    rows = []
+    for label, results in by_predictor.items():
+        for name, runs in results.items():
+            c = np.asarray([r.confusion for r in runs], dtype=np.int64)  # [R, 2, 2] true x predicted
+            if c.ndim != 3 or c.shape[1:] != (2, 2):
+                raise ValueError(f"{label} / {name}: predictor_rows needs binary confusion matrices, got {c.shape}")
+            acc, n = pooled_accuracy(runs, shared_test_set)
+            rows.append({"predictor": label, "method": name, "test images": n, "accuracy %": 100 * acc,
+                         "s.e. %": 100 * chance_margin(acc, n, 1.0),
+                         "per run %": ", ".join(f"{100 * r.accuracy:.1f}" for r in runs),
+                         "false positives": int(c[:, 0, 1].sum()), "false negatives": int(c[:, 1, 0].sum())})
     return rows
 
 

@@ -7,6 +7,8 @@ as mean +- standard deviation over the runs (`run_folds`, `run_method`, `summari
 standardised per channel with statistics that use no labels (`channel_stats`, `image_stats`,
 `standardize`, `standardized_image`); mini-batches are drawn lazily in an order fixed by (seed, epoch) (`lazy_batches`,
 `tensor_batches`), and batches of images of different sizes go image by image (`per_image`).
+A run's model is rebuilt from its checkpoint
+(`load_run_model`) and all of them can be tested again, e.g. with another predictor (`retest_runs`).
 Every method trains on `infra.config.default_device()` (a GPU when there is one); checkpoints
 record the settings that shape training (`train.checkpoints`).
 """
@@ -259,6 +261,41 @@ def load_run_model(factory: Factory, out_dir: str | Path, name: str, repetition:
     model = factory()
     model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True)["model"])
     return model.eval()
+
+
+def retest_runs(
+    methods: Mapping[str, Factory],
+    out_dir: str | Path,
+    folds: Sequence[Any],
+    x: Tensor,
+    y: Tensor,
+    predict_fn: Callable[[nn.Module, Any], tuple[Tensor, Tensor]],
+    device: str | torch.device = "cpu",
+    own_fold: bool = False,
+) -> dict[str, list[FoldResult]]:
+    """Every run of `run_folds` (`folds` x `methods`) rebuilt from its checkpoint and tested on x [M, C, H, W], y [M].
+
+    By default every run is tested on all of x, y (e.g. `run_folds`' extra test images; pool the results
+    with `shared_test_set=True`); with `own_fold`, each run on its own fold's held-out images x[f.test]
+    (x, y: the data `run_folds` split). Predictions come from `predict_fn` (e.g. `steps.predictor` in
+    another mode than the one the runs were tested in) on `device`, run after run in the order of
+    `folds`, then `methods`. Results carry each run's repetition and fold and no history. A missing
+    checkpoint stops with its path.
+    """
+    shared = _as_loader(x, y)
+    out: dict[str, list[FoldResult]] = {name: [] for name in methods}
+    for f in folds:
+        if own_fold:
+            test_idx = torch.as_tensor(np.asarray(f.test), dtype=torch.long)
+            batches = _as_loader(x[test_idx], y[test_idx])
+        else:
+            batches = shared
+        for name, build in methods.items():
+            model = load_run_model(build, out_dir, name, f.repetition, f.fold).to(device)
+            m = evaluate(model, batches, predict_fn)
+            out[name].append(FoldResult(name, int(f.repetition), int(f.fold), m["accuracy"], m["auc"], m["n"], m["loss"],
+                                        [], m["confusion"]))
+    return out
 
 
 def run_folds(
