@@ -59,13 +59,14 @@ import torch
 from data_prep import colon_cancer
 from zoomin_lib.chapters.opening import open_chapter
 from zoomin_lib import builders
-from zoomin_lib.train.protocol import TrainSettings, channel_stats, run_folds, standardize, summarize
+from zoomin_lib.train.protocol import TrainSettings, channel_stats, retest_runs, run_folds, standardize, summarize
+from zoomin_lib.steps import predictor
 from zoomin_lib.train.profiling import profile_methods
 from zoomin_lib.chapters.colon import (annotation_rows, attention_figure, attention_on_epithelium, examples_figure,
                                       memory_ratios, run_records)
 from zoomin_lib.chapters import adaptive_n
 from zoomin_lib.chapters.results import (beats, difference_text, error_rows, extra_test_results, extra_test_rows,
-                                         pooled_accuracy, result_rows)
+                                         pooled_accuracy, predictor_rows, result_rows)
 from zoomin_lib.infra.io import write_json
 from zoomin_lib.book.paper_numbers import ATS_TABLE1_COLON, ZOOMIN_FIG5_STD, ZOOMIN_TABLE1_COLON, paper_rows
 from zoomin_lib.book.explorer import attention_explorer
@@ -81,7 +82,7 @@ from zoomin_lib.chapters.standin import standin_table
 
 # %%
 SMOKE = dict(folds=2, repetitions=1, epochs=1, warmup=0, lr=1e-3, cosine=False, cnn_epochs=1, cnn_scale=0.25,
-             adaptive_ns=(10,), adaptive_repeats=3, extra_test=6)
+             adaptive_ns=(10,), adaptive_repeats=3, extra_test=6, predictor_draws=2)
 
 # %% [markdown]
 # The `cpu` profile, the book's default on a 2-core CPU, runs three of the ten folds of one repetition for
@@ -90,11 +91,12 @@ SMOKE = dict(folds=2, repetitions=1, epochs=1, warmup=0, lr=1e-3, cosine=False, 
 # $V(x, 0.5)$, as in ATS table 1. "N from the data" (a section below) compares its rule with fixed $N = 10$ and
 # $N = 30$, each test image estimated 50 times. Three folds test only 30 images, too few to resolve a
 # difference of the paper's size; so on the stand-in every fold's models are also tested on 300 more images
-# drawn by the same generator with another seed (`extra_test`), the same 300 for every model.
+# drawn by the same generator with another seed (`extra_test`), the same 300 for every model. The check of the
+# predictor (a section below) averages 5 draws per image.
 
 # %%
 CPU = dict(folds=3, repetitions=1, epochs=20, warmup=6, lr=3e-3, cosine=True, cnn_epochs=6, cnn_scale=0.5,
-           adaptive_ns=(10, 30), adaptive_repeats=50, extra_test=300)
+           adaptive_ns=(10, 30), adaptive_repeats=50, extra_test=300, predictor_draws=5)
 
 # %% [markdown]
 # The `gpu` profile runs all ten folds of one repetition, so that every one of the 100 images is tested once (not
@@ -105,13 +107,15 @@ CPU = dict(folds=3, repetitions=1, epochs=20, warmup=6, lr=3e-3, cosine=True, cn
 # 50 epochs at full resolution ($s = 1$, as `paper`). Estimate: on an H200 the paper's 100 epochs took 45 s
 # (Zoom-In), 20 s (ATS-10) and 17 s (CNN) per fold; at 50 epochs, with U-10 besides, about a minute per fold, some
 # ten minutes in all on one H100-class GPU. N from the data is compared at N = 10, 30 and 100, 100 estimates of each
-# test image per rule, and every model is also tested on 300 more stand-in images. These settings are sized by
+# test image per rule, and every model is also tested on 300 more stand-in images (the predictor check averaging
+# 20 draws). These settings are sized by
 # estimate (from this chapter's `cpu` costs and one colon run timed by hand on an H200, issue 16); this project
 # has not yet run them on a GPU.
 
 # %%
 GPU = dict(folds=10, repetitions=1, epochs=50, warmup=10, lr=1e-3, cosine=True, cnn_epochs=50, cnn_scale=1.0,
-           adaptive_ns=(10, 30, 100), adaptive_repeats=100, extra_test=300)
+           adaptive_ns=(10, 30, 100), adaptive_repeats=100, extra_test=300,
+           predictor_draws=20)
 
 # %% [markdown]
 # The `paper` profile is the papers' protocol: 10 folds repeated 5 times, 100 epochs at a fixed lr $10^{-3}$
@@ -119,7 +123,8 @@ GPU = dict(folds=10, repetitions=1, epochs=50, warmup=10, lr=1e-3, cosine=True, 
 
 # %%
 PAPER = dict(folds=10, repetitions=5, epochs=100, warmup=10, lr=1e-3, cosine=False, cnn_epochs=100, cnn_scale=1.0,
-             adaptive_ns=(10, 30, 100), adaptive_repeats=200, extra_test=0)
+             adaptive_ns=(10, 30, 100), adaptive_repeats=200, extra_test=0,
+             predictor_draws=20)
 
 # %% [markdown]
 # The opening picks the settings of the chosen profile, makes the chapter's results folder and seeds every
@@ -244,7 +249,8 @@ if one_class:
 #
 # One 500x500 image, batch 1, after training (first fold's models). Every sampling model reads its
 # patches and tiles one at a time (`train.profiling.lean_inference`): the same result, the smallest peak.
-# Zoom-In and ATS predict deterministically from their top-k locations, U-10 by sampling.
+# Zoom-In and ATS predict deterministically from their top-k locations, U-10 by sampling (a section below
+# measures what the choice of predictor does to the accuracy).
 # The CNN is also profiled at full resolution, the paper's setting, whatever scale it was trained at.
 
 # %%
@@ -325,7 +331,7 @@ markdown_table(extra_rows, digits=3) if extra_rows else None
 # exceed its standard error; with the folds' 30 test images it is not (at 90 % accuracy that takes about 100). On
 # the stand-in the same models are also tested on the extra images; there every fold's model saw the same images,
 # so they count once in the standard error (`pooled_accuracy(shared_test_set=True)`), and the claim is checked on
-# them.
+# them. These runs predict with top-k; a section below checks the same claims with the predictor training uses.
 
 # %%
 paper_acc = {k: float(v["accuracy"].split()[0]) for k, v in ZOOMIN_TABLE1_COLON["rows"].items()}
@@ -373,7 +379,8 @@ markdown_table(on_epithelium, digits=3) if on_epithelium else None
 # learned; near 0: the 90 training images are fitted). How to read them together: a run whose attention is on the
 # epithelium, whose AUC is near 1 and whose errors are false positives ranks the images well and errs at the 0.5
 # threshold, calling the negatives that score highest positive; a run at $\ln 2$ with AUC near 0.5 learned
-# nothing. The lines below give each method's sums and the comparison ATS's table 1 makes.
+# nothing. The lines below give each method's sums and the comparison ATS's table 1 makes; the next section
+# measures where such false positives come from.
 
 # %%
 errors = error_rows(results, extra=extra_test is not None)
@@ -400,6 +407,88 @@ print(difference_text("ATS-10", checked["ATS-10"], "U-10", checked["U-10"],
 zoom_seen = [r["mass / uniform"] for r in on_epithelium if r["method"] == "Zoom-In"]
 if profile == "cpu" and data.synthetic:
     assert np.mean(zoom_seen) > 2.0, f"Zoom-In's attention did not find the epithelium: {zoom_seen} x uniform"
+
+# %% [markdown]
+# ## Where the false positives come from: the predictor
+#
+# Every run above was tested with the predictor the chapter fixed before any training: Zoom-In and ATS predict
+# deterministically from their top-k locations (the $N$ of highest attention, their features averaged with the
+# renormalised weights), U-10 from one uniform draw. Training never took its loss on that prediction. The loss of
+# eq. 12 is taken on $N$ locations *drawn* from the attention, whose feature average is an unbiased estimate of the
+# full model $\sum_i a_i f(x_i)$ (Zoom-In eq. 5, ATS eq. 19): that is the prediction the classifier learned to read.
+# The measurement: the same runs, rebuilt from their checkpoints, on the same extra test images, with only the
+# predictor changed (`protocol.retest_runs`):
+#
+# - **as tested above**: each method's own predictor (top-k; one draw for U-10; the CNN's one pass);
+# - **one draw**: $N$ locations drawn from the attention, as in training (`mode="sample"`);
+# - **mean of the draws**: the class probabilities of this profile's number of independent draws, averaged
+#   (`steps.predictor(draws=)`): a less noisy estimate of the same prediction.
+#
+# The full model itself reads all 10,000 locations of an image, about 5 s per image on this CPU, too slow for
+# every run on 300 images; the mean of the draws estimates it without bias in the features.
+
+# %%
+draws = cfg["predictor_draws"]
+samplers = {k: methods[k] for k in ("Zoom-In", "ATS-10")}
+# on the stand-in every run on the same extra images; on the real data each run on its own fold's test images
+retest_x, retest_y, own_fold = (*extra_test, False) if extra_test is not None else (x, y, True)
+by_predictor = {"as tested above": {k: checked[k] for k in (*samplers, "U-10")}}
+by_predictor["one draw"] = retest_runs(samplers, out, folds, retest_x, retest_y,
+                                       predictor("sample", torch.Generator(device).manual_seed(seed)), device, own_fold)
+by_predictor[f"mean of {draws} draws"] = retest_runs(
+    {**samplers, "U-10": methods["U-10"]}, out, folds, retest_x, retest_y,
+    predictor("sample", torch.Generator(device).manual_seed(seed), draws=draws), device, own_fold)
+print(f"Measured here: {DATA_LABEL}, profile {profile!r}, every run's model on "
+      + ("the extra test images" if shared else "its fold's test images"))
+display(markdown_table(predictor_rows(by_predictor, shared), digits=3))
+
+# %% [markdown]
+# The papers' comparisons again, each pair with the same kind of predictor: ATS-10 against U-10 as ATS's table 1
+# makes it (one draw each; and the mean of the draws), and Zoom-In against ATS-10 and the CNN.
+
+# %%
+mean_label = f"mean of {draws} draws"
+one_draw = {**by_predictor["one draw"], "U-10": checked["U-10"]}
+comparisons = [("ATS-10", "U-10", one_draw, "one draw"), ("ATS-10", "U-10", by_predictor[mean_label], mean_label),
+               ("Zoom-In", "ATS-10", one_draw, "one draw"), ("Zoom-In", "ATS-10", by_predictor[mean_label], mean_label)]
+paper_gap = {("ATS-10", "U-10"): 100 * (ats_error["U-10"] - ats_error["ATS-10"]),
+             ("Zoom-In", "ATS-10"): paper_acc["Zoom-In"] - paper_acc["ATS-10"]}
+for a, b, runs, label in comparisons:
+    print(f"{label}: " + difference_text(a, runs[a], b, runs[b], paper_gap[(a, b)], shared))
+print(f"{mean_label} against the CNN's one pass: " + difference_text(
+    "Zoom-In", by_predictor[mean_label]["Zoom-In"], CNN, checked[CNN], paper_acc["Zoom-In"] - paper_acc["CNN"], shared))
+
+# %% [markdown]
+# The check, in the `cpu` profile on the stand-in: for Zoom-In, the method of this chapter, predicting as training
+# does (the mean of the draws) leaves at most half the false positives of top-k, summed over the runs (where top-k
+# made at least 10; fewer are too few to halve); and with that predictor Zoom-In is still not below ATS-10 by more
+# than two standard errors. The same for ATS-10, and whether ATS-10 then beats U-10 as in ATS's table 1, are printed,
+# not asserted: they depend on whether every ATS-10 run learned, which the error table above shows run by run and
+# which differs between machines (their floating-point rounding leads training along different paths).
+
+# %%
+fp = {(r["predictor"], r["method"]): r["false positives"] for r in predictor_rows(by_predictor, shared)}
+for name in samplers:
+    print(f"{name}: {fp[('as tested above', name)]} false positives with top-k, {fp[('one draw', name)]} with one "
+          f"draw, {fp[(mean_label, name)]} with the {mean_label}, summed over {len(folds)} runs")
+if profile == "cpu" and data.synthetic:
+    top_fp, mean_fp = fp[("as tested above", "Zoom-In")], fp[(mean_label, "Zoom-In")]
+    if top_fp >= 10:
+        assert 2 * mean_fp <= top_fp, f"Zoom-In: {mean_fp} false positives with the {mean_label}, {top_fp} with top-k"
+    (z_acc, z_n), (a_acc, a_n) = (pooled_accuracy(by_predictor[mean_label][k], shared) for k in ("Zoom-In", "ATS-10"))
+    assert not beats(a_acc, a_n, z_acc, z_n, z=2.0), f"ATS-10 {a_acc:.3f} beats Zoom-In {z_acc:.3f} ({mean_label})"
+
+# %% [markdown]
+# **Reading.** The weights and the images are the same in every row; only the predictor differs. So where a run's
+# false positives vanish when it predicts from draws, they did not come from what the run learned but from how it
+# was read: its attention and its classifier had learned the task, and top-k asked the classifier a question
+# training never put to it. Our reading of why it errs on negatives, not a measured cause: on a negative image no
+# epithelium holds the attention, so top-k collects the $N$ locations that look most like epithelium, and their
+# average is a feature the classifier never met on a negative in training, where the features of negatives were
+# averages of locations drawn across the whole attention. Neither paper says which predictor its tables use;
+# ATS's argument (sec. 3.2.1) is for the sampled estimator of the full model, which is the prediction these models
+# are trained to make. The book keeps top-k as the protocol fixed before any run, and reports the other predictors
+# beside it.
 
 # %% [markdown]
 # ## Beyond the paper: N from the data
@@ -496,7 +585,7 @@ attention_explorer({name: trained[name] for name in ("Zoom-In", "ATS-10", "U-10"
 
 # %% [markdown]
 # Everything measured goes to the chapter's `metrics.json`: the data and their problems, the accuracy summary,
-# the costs, every run's accuracy and AUC, and the memory ratios.
+# the costs, every run's accuracy and AUC, the memory ratios and the accuracy per predictor.
 
 # %%
 write_json(out / "metrics.json", {
@@ -504,7 +593,7 @@ write_json(out / "metrics.json", {
     "problems": data.problems, "annotated_images_per_cell_type": annotated, "summary": summary, "costs": costs,
     "runs": run_records(results),
     "extra_test": {"images": cfg["extra_test"] if extra_test is not None else 0, "methods": extra_rows},
-    "memory_ratios": ratios, "adaptive_n": {"methods": adaptive_table, "tol": [c.tol for c in adaptive_runs],
+    "memory_ratios": ratios, "predictors": predictor_rows(by_predictor, shared), "adaptive_n": {"methods": adaptive_table, "tol": [c.tol for c in adaptive_runs],
                                             "cpu_seconds": sum(c.cpu_seconds for c in adaptive_runs)},
 })
 print("wrote", out / "metrics.json")
