@@ -1,5 +1,8 @@
 """One training step and one prediction for the sampling models, for `train.loop.fit` / `train.loop.evaluate`.
 
+`predictor` predicts in a model's mode (by default its `eval_mode`); in the "sample" mode it can
+average the class probabilities of several draws (`draws`).
+
 `sampling_loss` is the per-batch objective of Zoom-In eq. 12: cross-entropy on the sampled
 prediction, entropy regularisation of alpha and of every sampled beta^c, and, from epoch
 `warmup_epochs` on (sec. 4: "after training without it for 10 epochs"), the contrastive loss of
@@ -89,18 +92,21 @@ def predictor(
 ) -> Callable[[nn.Module, Batch], tuple[Tensor, Tensor]]:
     """The predict_fn(model, (x, y)) for `train.loop.evaluate`: logits in `mode`, by default the model's `eval_mode`.
 
-    With `draws` > 1 the model runs `draws` times and the prediction is the mean of its class
-    probabilities, returned as their logarithm (logits whose softmax is that mean): for "sample", a
-    Monte Carlo estimate of the prediction the training loss was taken on, with less variance than one
-    draw. A deterministic mode gives the same pass each time.
+    With `draws` > 1 and the "sample" mode, the model runs `draws` times and the prediction is the mean
+    of the draws' class probabilities, returned as its logarithm (logits whose softmax is that mean):
+    the expected prediction over draws of the one-draw prediction the training loss is taken on,
+    estimated with less variance than one draw gives. (It is not the full model of eq. 5: the mean of
+    probabilities is not the classifier of the mean feature.) `evaluate`'s loss is then the
+    cross-entropy of that mean, lower than a single draw's on average. Deterministic modes ("topk",
+    "exact") run once whatever `draws` is.
     """
-    if not isinstance(draws, int) or draws < 1:
+    if isinstance(draws, bool) or not isinstance(draws, int) or draws < 1:
         raise ValueError(f"draws must be a positive int, got {draws!r}")
 
     def predict_fn(model: nn.Module, batch: Batch) -> tuple[Tensor, Tensor]:
         x, y, *_ = batch
         chosen = mode or getattr(model, "eval_mode", "topk")
-        if draws == 1:
+        if draws == 1 or chosen != "sample":
             return model(x, mode=chosen, generator=generator).logits, y
         probs = sum(model(x, mode=chosen, generator=generator).logits.softmax(dim=1) for _ in range(draws))  # [B, C]
         return (probs / draws).clamp_min(torch.finfo(probs.dtype).tiny).log(), y

@@ -368,6 +368,11 @@ def test_retest_runs_rebuild_every_run_and_test_it_as_a_direct_evaluation_would(
             model = load_run_model(methods[name], tmp_path, name, f.repetition, f.fold)
             direct, run = evaluate(model, [(xe, ye)], reference), sampled[name][f.fold]
             assert run.confusion == direct["confusion"] and run.loss == pytest.approx(direct["loss"], abs=1e-5)
+    own = retest_runs(methods, tmp_path, folds, x, y, predictor(), own_fold=True)  # each run on its fold's test
+    for name in methods:
+        for again, run, f in zip(own[name], results[name], folds):
+            assert again.n_test == len(f.test) == run.n_test and again.confusion == run.confusion
+            assert again.loss == pytest.approx(run.loss, abs=1e-5)
     with pytest.raises(FileNotFoundError, match="ats_r0_f5.pt"):
         retest_runs(methods, tmp_path, [SimpleNamespace(repetition=0, fold=5)], xe, ye, predictor())
 
@@ -382,5 +387,8 @@ def test_predictor_rows_pool_the_shared_images_and_sum_each_runs_errors():
             for r in rows] == [("top-k", "a", 8, 6, 0, "75.0, 50.0"), ("one draw", "a", 8, 0, 1, "100.0, 87.5")]
     assert rows[0]["accuracy %"] == pytest.approx(62.5) and rows[1]["accuracy %"] == pytest.approx(93.75)
     assert rows[0]["s.e. %"] == pytest.approx(100 * chance_margin(0.625, 8, 1.0))
+    own = [FoldResult("a", r, k, 0.5, None, 4, 0.1, [], [[1, 1], [1, 1]]) for r in (0, 1) for k in (0, 1)]
+    (row,) = predictor_rows({"p": {"a": own}}, shared_test_set=False)  # 2 folds x 2 repetitions of 4 images
+    assert row["test images"] == 8 and (row["false positives"], row["false negatives"]) == (4, 4)
     with pytest.raises(ValueError, match="binary confusion"):
         predictor_rows({"p": {"b": [FoldResult("b", 0, 0, 0.5, None, 9, 0.1, [], [[1, 0, 0], [0, 1, 0], [0, 0, 1]])]}})

@@ -279,15 +279,16 @@ def retest_runs(
     with `shared_test_set=True`); with `own_fold`, each run on its own fold's held-out images x[f.test]
     (x, y: the data `run_folds` split). Predictions come from `predict_fn` (e.g. `steps.predictor` in
     another mode than the one the runs were tested in) on `device`, run after run in the order of
-    `folds`, then `methods`. Results carry each run's repetition and fold and no history. A missing
-    checkpoint stops with its path.
+    `folds`, then `methods`. Results carry each run's repetition and fold and no history; their loss is
+    the cross-entropy of `predict_fn`'s logits (with `steps.predictor(draws=)`, of the mean probabilities,
+    not comparable with one pass's). A missing checkpoint stops with its path.
     """
     shared = _as_loader(x, y)
     out: dict[str, list[FoldResult]] = {name: [] for name in methods}
     for f in folds:
         if own_fold:
             test_idx = torch.as_tensor(np.asarray(f.test), dtype=torch.long)
-            batches = _as_loader(x[test_idx], y[test_idx])
+            batches = _as_loader(x[test_idx], y[test_idx])  # [n, C, H, W], [n] in batches
         else:
             batches = shared
         for name, build in methods.items():
