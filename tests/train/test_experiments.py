@@ -268,15 +268,21 @@ def test_difference_text_compares_the_papers_difference_with_the_standard_error(
     assert "paper" not in difference_text("a", a, "b", b)
 
 
-def test_run_folds_tests_every_run_on_the_shared_extra_images_as_a_direct_evaluation_would(tmp_path):
-    from zoomin_lib.steps import predictor
-    from zoomin_lib.train.loop import evaluate
-
-    gen = torch.Generator().manual_seed(1)
+def _two_folds_and_extra(seed: int):
+    """Eight 32x32 images in two folds of four, and five extra test images [5, 1, 32, 32] with their labels."""
+    gen = torch.Generator().manual_seed(seed)
     x, y = torch.rand(8, 1, 32, 32, generator=gen), torch.arange(8) % 2
     xe, ye = torch.rand(5, 1, 32, 32, generator=gen), torch.tensor([0, 1, 1, 0, 1])
     folds = [SimpleNamespace(repetition=0, fold=k, train=[i for i in range(8) if i // 4 != k],
                              test=[i for i in range(8) if i // 4 == k]) for k in range(2)]
+    return x, y, xe, ye, folds
+
+
+def test_run_folds_tests_every_run_on_the_shared_extra_images_as_a_direct_evaluation_would(tmp_path):
+    from zoomin_lib.steps import predictor
+    from zoomin_lib.train.loop import evaluate
+
+    x, y, xe, ye, folds = _two_folds_and_extra(1)
     methods = {"cnn": lambda: builders.cnn(in_channels=1, n_classes=2, channels=4, n_conv=2)}
     settings = {"cnn": TrainSettings(epochs=1, batch_size=2, lr=1e-2)}
     results, models = run_folds(methods, settings, x, y, folds, out_dir=tmp_path, progress=False, extra_test=(xe, ye))
@@ -347,11 +353,7 @@ def test_retest_runs_rebuild_every_run_and_test_it_as_a_direct_evaluation_would(
     from zoomin_lib.train.loop import evaluate
     from zoomin_lib.train.protocol import load_run_model, retest_runs
 
-    gen = torch.Generator().manual_seed(3)
-    x, y = torch.rand(8, 1, 32, 32, generator=gen), torch.arange(8) % 2
-    xe, ye = torch.rand(5, 1, 32, 32, generator=gen), torch.tensor([0, 1, 1, 0, 1])
-    folds = [SimpleNamespace(repetition=0, fold=k, train=[i for i in range(8) if i // 4 != k],
-                             test=[i for i in range(8) if i // 4 == k]) for k in range(2)]
+    x, y, xe, ye, folds = _two_folds_and_extra(3)
     methods = {"ats": lambda: builders.ats(in_channels=1, n_classes=2, scale=0.25, patch_size=5, n_patches=2),
                "cnn": lambda: builders.cnn(in_channels=1, n_classes=2, channels=4, n_conv=2)}
     settings = {k: TrainSettings(epochs=1, batch_size=2, lr=1e-2) for k in methods}
