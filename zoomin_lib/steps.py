@@ -97,7 +97,7 @@ def predictor(
     the expected prediction over draws of the one-draw prediction the training loss is taken on,
     estimated with less variance than one draw gives. (It is not the full model of eq. 5: the mean of
     probabilities is not the classifier of the mean feature.) `evaluate`'s loss is then the
-    cross-entropy of that mean, lower than a single draw's on average. Deterministic modes ("topk",
+    cross-entropy of that mean, at most the mean of the single draws' (Jensen). Deterministic modes ("topk",
     "exact") run once whatever `draws` is.
     """
     if isinstance(draws, bool) or not isinstance(draws, int) or draws < 1:
