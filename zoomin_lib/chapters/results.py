@@ -119,6 +119,14 @@ def extra_test_rows(results: Mapping[str, Sequence[FoldResult]]) -> list[dict[st
     return rows
 
 
+def _binary_errors(run: FoldResult, where: str) -> tuple[int, int]:
+    """(false positives, false negatives) of a binary run: true class 0 called 1, and 1 called 0."""
+    c = np.asarray(run.confusion, dtype=np.int64)  # [2, 2] true x predicted
+    if c.shape != (2, 2):
+        raise ValueError(f"{where}: needs a binary confusion matrix, got {run.confusion}")
+    return int(c[0, 1]), int(c[1, 0])
+
+
 def error_rows(results: Mapping[str, Sequence[FoldResult]], extra: bool = False,
                key: str = "ce") -> list[dict[str, Any]]:
     """A row per run of a binary task: where its errors lie, beside how far training went and how well it ranks.
@@ -133,13 +141,11 @@ def error_rows(results: Mapping[str, Sequence[FoldResult]], extra: bool = False,
     rows = []
     for name, runs in source.items():
         for run, trained in zip(runs, results[name]):
-            c = np.asarray(run.confusion, dtype=np.int64)  # [2, 2] true x predicted
-            if c.shape != (2, 2):
-                raise ValueError(f"{name} fold {run.fold}: error_rows needs a binary confusion matrix, got {run.confusion}")
+            fp, fn = _binary_errors(run, f"{name} fold {run.fold}: error_rows")
             last = trained.history[-1].get(key) if trained.history else None
             rows.append({"method": name, "repetition": run.repetition, "fold": run.fold, "last training loss": last, "accuracy %": 100 * run.accuracy,
-                         "AUC": run.auc, "false positives": int(c[0, 1]), "false negatives": int(c[1, 0]),
-                         "test images": int(c.sum())})
+                         "AUC": run.auc, "false positives": fp, "false negatives": fn,
+                         "test images": int(np.sum(run.confusion))})
     return rows
 
 
@@ -155,14 +161,12 @@ def predictor_rows(by_predictor: Mapping[str, Mapping[str, Sequence[FoldResult]]
     rows = []
     for label, results in by_predictor.items():
         for name, runs in results.items():
-            c = np.asarray([r.confusion for r in runs], dtype=np.int64)  # [R, 2, 2] true x predicted
-            if c.ndim != 3 or c.shape[1:] != (2, 2):
-                raise ValueError(f"{label} / {name}: predictor_rows needs binary confusion matrices, got {c.shape}")
+            errors = np.array([_binary_errors(r, f"{label} / {name}: predictor_rows") for r in runs])  # [R, 2]
             acc, n = pooled_accuracy(runs, shared_test_set)
             rows.append({"predictor": label, "method": name, "test images": n, "accuracy %": 100 * acc,
                          "s.e. %": 100 * chance_margin(acc, n, 1.0),
                          "per run %": ", ".join(f"{100 * r.accuracy:.1f}" for r in runs),
-                         "false positives": int(c[:, 0, 1].sum()), "false negatives": int(c[:, 1, 0].sum())})
+                         "false positives": int(errors[:, 0].sum()), "false negatives": int(errors[:, 1].sum())})
     return rows
 
 
