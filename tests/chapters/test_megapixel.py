@@ -171,3 +171,87 @@ def test_plot_learning_draws_mass_only_for_runs_that_followed_a_canvas():
     import matplotlib.pyplot as plt
 
     plt.close(fig)
+
+
+def test_plateau_exit_is_the_first_epoch_above_the_share():
+    assert mm.plateau_exit([0.06, 0.07, 0.3, 0.8, 0.4, 0.9]) == 3  # the first crossing, not the last
+    assert mm.plateau_exit([0.06, 0.07, 0.3], share=0.25) == 2
+    assert mm.plateau_exit([0.06, 0.5, 0.2]) is None  # "more than" the share
+    assert mm.plateau_exit([0.7, 0.9]) == 0
+    assert mm.plateau_exit([]) is None
+
+
+def test_digit_ranks_follow_the_top_task_rule(data):
+    boxes = np.array([[50, 10, 78, 38], [5, 90, 33, 118], [5, 40, 33, 68], [120, 0, 148, 28]])
+    centers = np.array([[6, 41], [6, 91], [60, 20], [130, 5], [100, 100], [32, 67]])
+    # digit 2 (row 5, column 40) is the top-most, the tie at row 5 going to the smaller column, then digit 1
+    assert mm.digit_ranks(boxes, centers).tolist() == [0, 1, 2, 3, -1, 0]
+    for i in range(len(data)):  # the top-most digit is the one whose class is the Top label
+        order = np.lexsort((data.digit_boxes(i)[:, 1], data.digit_boxes(i)[:, 0]))
+        assert data.arrays["classes"][i][order[0]] == data.labels(i)["top"]
+
+
+class _PicksOn(torch.nn.Module):
+    """A stub that reads `n` patches centred on the digit of rank `rank` of each canvas (on no digit for -1)."""
+
+    eval_mode = "topk"
+
+    def __init__(self, data, indices, rank, n=4):
+        super().__init__()
+        self.p = torch.nn.Parameter(torch.zeros(1))
+        self.data, self.indices, self.rank, self.n, self.calls = data, list(indices), rank, n, 0
+
+    def forward(self, x, mode, generator=None):
+        centers = []
+        for _ in range(x.shape[0]):
+            boxes = self.data.digit_boxes(self.indices[self.calls])
+            self.calls += 1
+            box = boxes[np.lexsort((boxes[:, 1], boxes[:, 0]))[self.rank]] if self.rank >= 0 else None
+            centre = [box[0] + 2, box[1] + 2] if box is not None else [0, 0]
+            centers.append([centre] * self.n)
+        return type("Out", (), {"centers": torch.tensor(centers, dtype=torch.long)})()
+
+
+def test_picks_by_rank_matches_a_per_canvas_reference_and_finds_a_stub_s_digit(data):
+    if any((data.digit_boxes(i)[:, :2] < 2).any() for i in range(len(data))):
+        pytest.skip("a digit touches the canvas's corner, where the stub's no-digit centre would fall")
+    indices = [3, 1, 0]
+    load = mm.canvas_loader(data, indices)
+    torch.manual_seed(0)
+    models = {n: f() for n, f in mm.methods(SMALL, include=("ats", "zoom")).items() if n in ("ATS-3", "Zoom-In-3")}
+    models["second"] = _PicksOn(data, indices, rank=1)
+    models["nowhere"] = _PicksOn(data, indices, rank=-1)
+    rows = {r["method"]: r for r in mm.picks_by_rank(models, load, data, indices, batch=2)}
+    for name in ("ATS-3", "Zoom-In-3"):  # against mm.picks one canvas at a time
+        ranks = np.concatenate([mm.digit_ranks(data.digit_boxes(i), mm.picks(models[name], load([k]))[0])
+                                for k, i in enumerate(indices)])
+        for r, column in enumerate(mm.RANK_NAMES):
+            assert rows[name][column] == pytest.approx(float(np.mean(ranks == r))), (name, column)
+        assert rows[name]["no digit"] == pytest.approx(float(np.mean(ranks == -1)))
+    assert rows["second"]["2nd from the top"] == 1 and rows["second"]["digits read per canvas"] == 1
+    assert rows["nowhere"]["no digit"] == 1 and rows["nowhere"]["digits read per canvas"] == 0
+
+
+def test_alpha_by_tile_row_matches_the_model_s_alpha_and_the_digits_rows(data):
+    indices = [1, 3, 0]
+    load = mm.canvas_loader(data, indices)
+    setup = mm.Setup(canvas=200, ats_scale=0.2, patch=20, ns=(3,), n=3, zoom_scale1=0.1, zoom_scale2=0.2,
+                     zoom_tile=50, ips_memory=3, ips_iter=5, cnn_scale=0.3)
+    torch.manual_seed(0)
+    zoom = mm.methods(setup, include=("zoom",))["Zoom-In-3"]().eval()
+    rows = mm.alpha_by_tile_row(zoom, load, data, indices, batch=2)
+    assert [r["tile row (0: top)"] for r in rows] == [0, 1, 2, 3]  # 200 / 50
+    with torch.no_grad():
+        alpha = torch.cat([zoom(load([k]), mode="topk").alpha for k in range(3)])  # [3, 16], one canvas at a time
+    expected = alpha.reshape(3, 4, 4).sum(-1).mean(0)  # [4]
+    assert [r["alpha (sum over the row)"] for r in rows] == pytest.approx(expected.tolist(), abs=1e-6)
+    top_rows, all_rows = [], []
+    for i in indices:  # the top-most digit's and every digit's tile row, by hand
+        boxes = data.digit_boxes(i)
+        centre_rows = [int((b[0] + b[2]) / 2 // 50) for b in boxes]
+        top_rows.append(centre_rows[min(range(5), key=lambda d: (boxes[d][0], boxes[d][1]))])
+        all_rows += centre_rows
+    assert [r["top-most digit in it (share of canvases)"] for r in rows] == pytest.approx(
+        [top_rows.count(k) / 3 for k in range(4)])
+    assert [r["digits in it (share of all digits)"] for r in rows] == pytest.approx(
+        [all_rows.count(k) / 15 for k in range(4)])

@@ -17,8 +17,8 @@ authors' megapixel MNIST f has the same layers with valid convolutions and globa
 "strided" is `StridedLeNet` below, a LeNet-1-like network about ten times cheaper per patch for CPU
 runs (ATS supp. H.1 calls its f "inspired from LeNet-1"). ATS sec. 3.4 L2-normalises f's output in
 all its models; `Setup.normalize` does so for ATS, Zoom-In and U (IPS feeds a transformer and does not).
-ATS, Zoom-In and U aggregate features without their locations (ATS eq. 20), so they have no way to
-tell which digit is top-most: their Top accuracy can only be chance.
+ATS, Zoom-In and U aggregate features without their locations (ATS eq. 20), so they cannot tell where
+a patch was: Top is open to them only through which digits their patches land on (`picks_by_rank`).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from zoomin_lib.book.plotting import show_attention
 from zoomin_lib.builders import cnn
 from zoomin_lib.chapters.attention import attention_map, view_box_mask
 from zoomin_lib.chapters.multitask import N_CLASSES, N_OUTPUTS, TASKS, TaskRun, pack_targets
-from zoomin_lib.geometry import view_size
+from zoomin_lib.geometry import tile_grid, view_size
 from zoomin_lib.infra.cache import stand_in
 from zoomin_lib.ips import IPSNet
 from zoomin_lib.models import ATSNet, UniformNet, ZoomInNet
@@ -60,7 +60,12 @@ __all__ = [
     "region_masks",
     "canvas_attention",
     "attention_masses",
+    "plateau_exit",
     "picks",
+    "RANK_NAMES",
+    "digit_ranks",
+    "picks_by_rank",
+    "alpha_by_tile_row",
     "example_canvas",
     "memory_scan",
     "cost_rows",
@@ -256,6 +261,17 @@ def attention_masses(
     return rows
 
 
+def plateau_exit(mass: Sequence[float], share: float = 0.5) -> int | None:
+    """The first epoch after which the attention mass on the digits exceeds `share`, or None if it never does.
+
+    `mass` is a probe's curve: entry 0 before training, entry e after epoch e (`multitask.EpochProbe`).
+    The answer is that entry's index, the number of epochs the attention took to leave the plateau
+    on which it spreads over the canvas (0: already off it before training).
+    """
+    above = np.flatnonzero(np.asarray(mass, dtype=float) > share)
+    return int(above[0]) if above.size else None
+
+
 def plot_learning(runs: Mapping[str, TaskRun], chance_error: float, title: str = "") -> Figure:
     """Maj test error and the attention mass on the digits of the probe canvas after each epoch, one line per run.
 
@@ -282,6 +298,89 @@ def picks(model: nn.Module, x: Tensor, generator: torch.Generator | None = None)
     with evaluating(model):
         out = model(x, mode=getattr(model, "eval_mode", "topk"), generator=generator)
     return out.centers[0].numpy(), tuple(model.patch_size)
+
+
+RANK_NAMES = ("top-most digit", "2nd from the top", "3rd", "4th", "5th")  # the columns of `picks_by_rank`
+
+
+def digit_ranks(boxes: np.ndarray, centers: np.ndarray) -> np.ndarray:
+    """Rank from the top of the digit each centre lies on: 0 the top-most digit, ..., -1 on no digit.
+
+    boxes [k, 4] (top, left, bottom, right; bottom/right exclusive), centers [N, 2] (row, col). Digits are
+    ranked by their top row, ties by the smaller column (the Top task's rule, `megapixel_mnist.task_labels`);
+    a centre on two overlapping digits counts for the higher one.
+    """
+    order = np.lexsort((boxes[:, 1], boxes[:, 0]))  # digit indices, top-most first
+    ranked = boxes[order]  # [k, 4]
+    r, c = centers[:, 0:1], centers[:, 1:2]  # [N, 1]
+    inside = (ranked[:, 0] <= r) & (r < ranked[:, 2]) & (ranked[:, 1] <= c) & (c < ranked[:, 3])  # [N, k]
+    return np.where(inside.any(axis=1), inside.argmax(axis=1), -1)  # [N]
+
+
+def picks_by_rank(
+    models: Mapping[str, nn.Module], load: Callable[[Sequence[int]], Tensor], data: mp.MegapixelMNIST,
+    indices: Sequence[int], seed: int = 0, batch: int = 32,
+) -> list[dict[str, Any]]:
+    """Which digits the patches a model reads at inference land on, a row per model.
+
+    Per model (in its `eval_mode`, on the canvases `indices` of `data`, loaded by `load` by positions within
+    it, `batch` at a time): the share of all its patches whose centre lies on the top-most digit, the second
+    from the top, ... (`digit_ranks`), on no digit, and the mean number of distinct digits it reads per canvas.
+    A method that pools its patches without their positions can get the Top task right beyond what the
+    majority class gives only if these shares lean to the top-most digit.
+    """
+    rows = []
+    for name, model in models.items():
+        counts, distinct = np.zeros(len(RANK_NAMES) + 1), []  # last: on no digit
+        generator = torch.Generator().manual_seed(seed)
+        for start in range(0, len(indices), batch):
+            chunk = list(range(start, min(start + batch, len(indices))))
+            with evaluating(model):
+                x = load(chunk).to(next(model.parameters()).device)  # [b, 1, H, W]
+                centers = model(x, mode=getattr(model, "eval_mode", "topk"), generator=generator).centers  # [b, N, 2]
+            for k, c in zip(chunk, centers.cpu().numpy()):
+                ranks = digit_ranks(data.digit_boxes(int(indices[k])), c)  # [N]
+                counts += np.bincount(np.where(ranks < 0, len(RANK_NAMES), ranks), minlength=len(counts))
+                distinct.append(len(set(ranks[ranks >= 0].tolist())))
+        shares = counts / counts.sum()
+        row: dict[str, Any] = {"method": name, **dict(zip(RANK_NAMES, shares[:-1].tolist())), "no digit": shares[-1]}
+        row["digits read per canvas"] = float(np.mean(distinct))
+        rows.append(row)
+    return rows
+
+
+def alpha_by_tile_row(
+    model: ZoomInNet, load: Callable[[Sequence[int]], Tensor], data: mp.MegapixelMNIST, indices: Sequence[int],
+    batch: int = 32,
+) -> list[dict[str, Any]]:
+    """Where Zoom-In's first stage puts its mass, a row per row of tiles, top row first.
+
+    On the canvases `indices` of `data` (loaded by `load` by positions within it, `batch` at a time): alpha
+    summed over the tiles of each row and averaged over the canvases, beside the share of the canvases whose
+    top-most digit (`digit_ranks`' rule) has its centre in that row of tiles, and the share of all digits that do.
+    A first stage that reads only the canvas's content puts its mass where the digits are; one that leans to
+    the rows where the top-most digit lies has learned where on the canvas to look.
+    """
+    rows_n, _ = tile_grid((data.canvas_size, data.canvas_size), model.tile_size)
+    th = model.tile_size[0]
+    alpha_rows, top_rows, digit_rows = [], [], []
+    for start in range(0, len(indices), batch):
+        chunk = list(range(start, min(start + batch, len(indices))))
+        with evaluating(model):
+            x = load(chunk).to(next(model.parameters()).device)  # [b, 1, H, W]
+            alpha = model(x, mode="topk").alpha.float().cpu()  # [b, T], row-major over the tile grid
+        alpha_rows.append(alpha.reshape(len(chunk), rows_n, -1).sum(-1).numpy())  # [b, rows]
+        for k in chunk:
+            boxes = data.digit_boxes(int(indices[k]))  # [5, 4]
+            centre_rows = ((boxes[:, 0] + boxes[:, 2]) / 2 // th).astype(int)  # [5] tile row of each digit
+            top_rows.append(centre_rows[np.lexsort((boxes[:, 1], boxes[:, 0]))[0]])
+            digit_rows.extend(centre_rows.tolist())
+    mean_alpha = np.concatenate(alpha_rows).mean(axis=0)  # [rows]
+    top_share = np.bincount(top_rows, minlength=rows_n) / len(top_rows)
+    digit_share = np.bincount(digit_rows, minlength=rows_n) / len(digit_rows)
+    return [{"tile row (0: top)": r, "alpha (sum over the row)": float(mean_alpha[r]),
+             "top-most digit in it (share of canvases)": float(top_share[r]),
+             "digits in it (share of all digits)": float(digit_share[r])} for r in range(rows_n)]
 
 
 # ----------------------------------------------------------------------------------------------------
