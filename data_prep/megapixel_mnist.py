@@ -100,10 +100,19 @@ def _majority(counts: np.ndarray) -> np.ndarray:
     return counts.argmax(axis=-1)
 
 
+def top_order(positions: np.ndarray) -> np.ndarray:
+    """The digits of each canvas from the top-most down: indices [..., k] from top-left corners [..., k, 2].
+
+    Digits are ordered by their top row, a tie (side-by-side boxes) by the smaller column, and an exact tie
+    keeps the smaller index (a stable sort). The first index is the digit of the Top task.
+    """
+    positions = np.asarray(positions)
+    return np.lexsort((positions[..., 1], positions[..., 0]), axis=-1)
+
+
 def _top_most(classes: np.ndarray, positions: np.ndarray) -> np.ndarray:
-    """The class of the digit with the smallest top row per canvas [N]; ties go to the smaller column."""
-    key = positions[..., 0].astype(np.int64) * (1 << 32) + positions[..., 1]  # [N, k]
-    return np.take_along_axis(classes, key.argmin(axis=-1)[:, None], axis=-1)[:, 0]
+    """The class of the top-most digit (`top_order`) per canvas [N]."""
+    return np.take_along_axis(classes, top_order(positions)[:, :1], axis=-1)[:, 0]
 
 
 def task_labels(classes: np.ndarray, positions: np.ndarray) -> dict[str, np.ndarray]:

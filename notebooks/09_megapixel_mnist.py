@@ -44,8 +44,8 @@
 # | **CNN** | the ResNet of chapter 03 (8 convolutions, 32 channels) on $V(x, s)$; $s = 1$ in the paper profile, as ATS trains its CNN on the full canvas (ATS's is a ResNet-16 whose channels double every two blocks) |
 #
 # ATS, Zoom-In and U pool their patch features without the patches' positions (ATS eq. 20), so they cannot
-# tell where a patch was: **Top is open to them only through which digits their attention reads** (measured in
-# "Where each method looks"); IPS adds a sinusoidal encoding of each patch's grid position, and the CNN keeps
+# tell where a patch was: **Top is open to them only through which digits their attention reads, and with what
+# weight** (measured in "Where each method looks"); IPS adds a sinusoidal encoding of each patch's grid position, and the CNN keeps
 # the image's layout.
 #
 # **Data.** The canvases are generated here (`data_prep.megapixel_mnist`) with ATS's recipe and real MNIST
@@ -133,15 +133,17 @@ SMOKE = dict(data=dict(canvas=200, n_noise=2, n_train=16, n_test=16),
 # $M = 10$ of the 25 patches, $I = 5$; the CNN on $V(x, 0.4)$; $\lambda = 10^{-4}$, the default of the authors'
 # script. Its costs are measured at the paper's settings on 1500x1500 canvases. The caption lists every
 # reduction with the accuracy table. Why 14 epochs at a fixed rate: the Maj accuracy of an attention model stays
-# at chance until its attention starts finding the digits, and then climbs within an epoch or two. In a 15-epoch
-# run of ATS with cosine decay that happened after about 6 epochs, when the sum of the learning rates was about
-# 6 epochs' worth at the full rate; a fixed rate reaches that sum sooner and keeps learning after it. An earlier
-# version of this chapter stopped every method after 7 epochs, and Zoom-In's two-stage attention had not yet
-# left that plateau. When the budget was set, three runs of Zoom-In alone on the same data and settings were
-# made outside the chapter: a 20-epoch run with this chapter's seed, and two 14-epoch runs with other seeds for
-# the weights and the order of the mini-batches. They left it after their eighth, eighth and seventh epochs.
-# Fourteen epochs leave a margin of six epochs beyond that, since the moment differs from run to run and from
-# machine to machine. Figures 2 and 3b show where it happened in this run.
+# at chance until its attention starts finding the digits, and climbs after that. In a 15-epoch run of ATS with
+# cosine decay, made for an earlier version of this chapter, that happened after about 6 epochs, when the sum of
+# the learning rates was about 6 epochs' worth at the full rate; a fixed rate reaches that sum sooner and keeps
+# learning after it. That version stopped every method after 7 epochs, and there Zoom-In's two-stage attention
+# had not yet left the plateau. When this budget was set, three runs of Zoom-In alone, on the same data and
+# settings at the fixed rate, were made by hand outside the chapter (their logs are not kept): a 20-epoch run
+# with this chapter's seed, and two 14-epoch runs with other seeds for the weights and the order of the
+# mini-batches. They left it after their eighth, eighth and seventh epochs. Fourteen epochs, for every method,
+# leave a margin of six epochs beyond that, since the moment differs from run to run and from machine to
+# machine; a run whose Zoom-In has not left the plateau by then stops the chapter at the check after the
+# accuracy table. Figure 3b and the printout after it show where it happened in this run.
 
 # %%
 CPU = dict(data=dict(canvas=250, n_noise=1, n_train=1024, n_test=256),
@@ -311,9 +313,9 @@ markdown_table(mt.accuracy_rows(runs, chance), digits=3)
 # below). Outside `smoke`, the ATS model with the most patches must beat chance on Maj, and in `cpu`, where
 # Zoom-In's time on the plateau was measured (see the settings), Zoom-In too; the chapter stops if one does not.
 # Top is not independent of Maj: three of the five digits are of the majority class, so the top-most digit is of
-# it on about 60 % of canvases. A method that never sees where its patches were (ATS, Zoom-In, U) and reads the
-# five digits alike gets Top right on about 0.6 x its Maj accuracy plus a little; more than that means its
-# attention leans to the top-most digit, which "Where each method looks" measures.
+# it on about 60 % of canvases. A method that never sees where its patches were (ATS, Zoom-In, U) and weighs the
+# five digits alike gets Top right on about 0.6 x its Maj accuracy plus a little; more than that needs attention
+# that leans to the top-most digit, which "Where each method looks" measures.
 
 # %%
 beaten = mt.above_chance(runs, chance)
@@ -418,8 +420,12 @@ found = {r["method"]: r["mass on digits"] > 0.5 for r in mass_rows}  # more than
 print("Found the digits (more than half the attention on them): "
       + ", ".join(f"{name} {'yes' if ok else 'no'}" for name, ok in found.items()) + ".")
 exits = {n: mm.plateau_exit(runs[n].curve("mass_digits")[1]) for n in (first_ats, setup.zoom_name)}
-print("Left the plateau (more than half the probe canvas's attention on its digits) after epoch: "
-      + ", ".join(f"{n} {e if e is not None else f'never in {len(runs[n].history)}'}" for n, e in exits.items()) + ".")
+print("Left the plateau on the probe canvas (more than half its attention on its digits) after epoch: "
+      + ", ".join(f"{n} {e if e is not None else f'never in {len(runs[n].history)} epoch(s)'}" for n, e in exits.items()) + ".")
+zoom_exit, ats_exit = exits[setup.zoom_name], exits[first_ats]
+if zoom_exit is not None and ats_exit is not None and zoom_exit > ats_exit:
+    print(f"{setup.zoom_name} left it {zoom_exit - ats_exit} epoch(s) after {first_ats}: for those epochs its patches "
+          f"landed mostly on empty canvas while {first_ats}'s were already on the digits.")
 if found[first_ats] and not found[setup.zoom_name]:
     print(f"In this run {setup.zoom_name}'s attention has not left the plateau on which ATS's attention also sat "
           f"before it found the digits; its accuracy is what an attention spread over empty canvas gives.")
@@ -431,13 +437,12 @@ for r in mass_rows:  # a distribution over the map: the masses of the three regi
 # the digits, and only then does the error fall; figures 3 and 3b follow the same switch over this run's few
 # epochs. A model whose attention mass on the digits is still close to the uniform share has not left that
 # plateau: its patches land mostly on empty canvas, and its accuracy can be no better than what such patches
-# give, whatever its ceiling. Once the attention is on the digits, the error falls within an epoch or two. The
-# printout above says, for this run, which models found the digits and after how many epochs. Zoom-In's two
-# stages, each with its own softmax and entropy term, left the plateau later than ATS when this profile's budget
-# was set (see the settings). So the gap between their errors here is partly one of timing: the epochs Zoom-In
-# spent on the plateau that ATS had already left. Where Zoom-In has not found the digits at all, its low
-# accuracy measures that slower start, not what it reaches. How the two compare after the papers' hundreds of
-# epochs is what the `gpu` and `paper` profiles measure.
+# give, whatever its ceiling. The printout above says, for this run, which models found the digits (over 32 test
+# canvases) and after how many epochs each left the plateau (on the probe canvas). Where one attention left it
+# later than the other, part of the gap between their errors after the last epoch is those epochs of learning
+# that it lacked; where Zoom-In has not found the digits at all, its low accuracy measures a slower start, not
+# what it reaches. The next section shows a second difference, in *which* digits each reads. How the two compare
+# after the papers' hundreds of epochs is what the `gpu` and `paper` profiles measure.
 
 # %% [markdown]
 # ## Where each method looks
@@ -453,45 +458,44 @@ fig = mm.plot_picks(test_set, 0, chosen, f"patches read at inference ({DATA_LABE
 save_figure(fig, out, "sampled_patches");
 
 # %% [markdown]
-# Which digits do they read? Over every test canvas: the share of the patches each attention model (ATS and
-# Zoom-In) reads at inference whose centre lies on the top-most digit, on the second from the top, and so on, or
-# on no digit; and how many distinct digits it reads per canvas. (U's draws are uniform by construction, and
-# IPS's patches tile the canvas on a fixed grid, so that a patch can hold a digit without its centre lying on
-# it: this count says little about either.) ATS and Zoom-In pool their patches without positions, so their Top
-# head knows only which digits were read. If they read the five alike, they get Top right mostly through the majority
-# class, to which the top-most digit belongs on the share of test canvases printed above the table. A Top
-# accuracy well above that share times the Maj accuracy needs patches that lean to the top-most digit, and the
-# table shows whether they do.
+# Which digits do they read? ATS and Zoom-In pool the features of their top $N$ patches with weights (the
+# attention, renormalised over them), without the patches' positions, so their Top head knows only which digits
+# were read and with what weight. The table gives, over every test canvas, the share of that weight on patches
+# centred on the top-most digit, on the second from the top, and so on, or on no digit, and how many distinct
+# digits each model reads per canvas. (U's draws are uniform by construction, and IPS's patches tile the canvas
+# on a fixed grid, so that a patch can hold a digit without its centre lying on it: this count says little about
+# either, and they are left out.) A model that weighs the five digits alike gets Top right mostly through the
+# majority class, to which the top-most digit belongs on the share of test canvases printed above the table; a
+# Top accuracy well above that share times the Maj accuracy needs weight that leans to the top-most digit.
 
 # %%
 rank_rows = mm.picks_by_rank(attended, load_test, test_set, list(range(len(test_set))), seed=seed)
 top_is_maj = float(np.mean(test_set.targets["top"] == test_set.targets["maj"]))
-print(f"The top-most digit is of the majority class on {100 * top_is_maj:.1f} % of the {len(test_set)} test canvases; "
-      "Top and Maj accuracy: " + ", ".join(f"{n} {100 * runs[n].metrics['top']:.1f} / {100 * runs[n].metrics['maj']:.1f} %"
-                                          for n in attended) + ".")
+top_maj = ", ".join(f"{n} {100 * runs[n].metrics['top']:.1f} / {100 * runs[n].metrics['maj']:.1f} %" for n in attended)
+print(f"The top-most digit is of the majority class on {100 * top_is_maj:.1f} % of the {len(test_set)} test "
+      f"canvases; Top and Maj accuracy: {top_maj}.")
 markdown_table(rank_rows, digits=3)
 
 # %% [markdown]
-# Zoom-In's first stage is the one place where these methods can learn *where* to look rather than *what* to
-# look at: $\alpha$ is one probability per tile, and its network sees the whole low-resolution canvas with its
-# edges. The table gives, per row of tiles (top first), $\alpha$ summed over the row and averaged over the test
-# canvases, beside the share of canvases whose top-most digit lies in that row and the share of all digits that
-# do. A first stage that followed the digits alone would put its mass in proportion to the last column; mass
-# that follows the middle column instead is a learned preference for the rows where the Top task's digit lies.
+# Where could such a lean come from? Zoom-In's first stage gives one probability per tile, so it can prefer a
+# part of the canvas as a whole. The table gives, per row of tiles (top first), $\alpha$ summed over the row and
+# averaged over the test canvases, beside the share of canvases whose top-most digit has its centre in that row
+# and the share of all digits that do. Mass that follows the middle column more than the last one is a
+# preference for the rows where the Top task's digit lies.
 
 # %%
 tile_rows = mm.alpha_by_tile_row(trained[setup.zoom_name], load_test, test_set, list(range(len(test_set))))
 markdown_table(tile_rows, digits=3)
 
 # %% [markdown]
-# How to read the two tables together. Patches that lean to the top-most digit can get Top right beyond the
-# majority-class route, at the cost of fewer digits read for Maj. ATS's attention scores each location from the
-# few pixels around it (three 3x3 convolutions on the view), so it has no way to prefer a digit for lying higher
-# on the canvas; the first table shows whether it does. Zoom-In's $\alpha$ is one number per tile, the mean of
-# such scores over the whole tile, and a tile of the top row holds the canvas's top edge, where the zero padding
-# can make the scores differ from those at the bottom edge. So a preference for the top rows of tiles can be
-# learned; the second table shows whether it was. This is a property of training the four tasks jointly on this testbed, not of either
-# paper's single-task experiments.
+# How to read the two tables together. Weight that leans to the top-most digit can get Top right beyond the
+# majority-class route, at the cost of fewer digits read for Maj. ATS's attention scores each location from a
+# 7x7 window of its view (three 3x3 convolutions), so it can tell where a location lies only within a few
+# pixels of the canvas's edges, where the zero padding shows; the digits lie anywhere. Zoom-In's $\alpha$ is
+# the mean of such scores over a whole tile, and every tile of the top row holds the canvas's top edge, so
+# that a whole row of tiles can be preferred; the second table shows whether it was. Both are readings of
+# the architectures, not measurements. Neither paper trains Zoom-In on this testbed, and we have not measured
+# whether a model trained on Maj alone leans the same way.
 
 # %% [markdown]
 # ## Cost per sample

@@ -183,75 +183,109 @@ def test_plateau_exit_is_the_first_epoch_above_the_share():
 
 def test_digit_ranks_follow_the_top_task_rule(data):
     boxes = np.array([[50, 10, 78, 38], [5, 90, 33, 118], [5, 40, 33, 68], [120, 0, 148, 28]])
-    centers = np.array([[6, 41], [6, 91], [60, 20], [130, 5], [100, 100], [32, 67]])
-    # digit 2 (row 5, column 40) is the top-most, the tie at row 5 going to the smaller column, then digit 1
-    assert mm.digit_ranks(boxes, centers).tolist() == [0, 1, 2, 3, -1, 0]
-    for i in range(len(data)):  # the top-most digit is the one whose class is the Top label
-        order = np.lexsort((data.digit_boxes(i)[:, 1], data.digit_boxes(i)[:, 0]))
-        assert data.arrays["classes"][i][order[0]] == data.labels(i)["top"]
+    centers = np.array([[6, 41], [6, 91], [60, 20], [130, 5], [100, 100], [32, 67], [33, 50], [50, 38]])
+    # digit 2 (row 5, column 40) is the top-most, the tie at row 5 going to the smaller column, then digit 1;
+    # bottom and right edges are exclusive
+    assert mm.digit_ranks(boxes, centers).tolist() == [0, 1, 2, 3, -1, 0, -1, -1]
+    for i in range(len(data)):  # the digit ranked first is the one whose class is the Top label
+        boxes = data.digit_boxes(i)
+        ranks = mm.digit_ranks(boxes, (boxes[:, :2] + boxes[:, 2:]) // 2)  # [5], each digit's centre
+        assert sorted(ranks.tolist()) == [0, 1, 2, 3, 4]
+        assert data.arrays["classes"][i][ranks.tolist().index(0)] == data.labels(i)["top"]
 
 
 class _PicksOn(torch.nn.Module):
-    """A stub that reads `n` patches centred on the digit of rank `rank` of each canvas (on no digit for -1)."""
+    """A stub that reads, on each canvas, one patch per (rank, weight) of `picks`, centred on the digit of that rank.
+
+    Rank -1 puts the patch at (0, 0), on no digit; `weights=False` returns no weights (as a sampled mode).
+    """
 
     eval_mode = "topk"
 
-    def __init__(self, data, indices, rank, n=4):
+    def __init__(self, data, indices, picks, weights=True):
         super().__init__()
         self.p = torch.nn.Parameter(torch.zeros(1))
-        self.data, self.indices, self.rank, self.n, self.calls = data, list(indices), rank, n, 0
+        self.data, self.indices, self.picks, self.weighted, self.calls = data, list(indices), picks, weights, 0
 
     def forward(self, x, mode, generator=None):
         centers = []
         for _ in range(x.shape[0]):
             boxes = self.data.digit_boxes(self.indices[self.calls])
             self.calls += 1
-            box = boxes[np.lexsort((boxes[:, 1], boxes[:, 0]))[self.rank]] if self.rank >= 0 else None
-            centre = [box[0] + 2, box[1] + 2] if box is not None else [0, 0]
-            centers.append([centre] * self.n)
-        return type("Out", (), {"centers": torch.tensor(centers, dtype=torch.long)})()
+            order = mp.top_order(boxes[:, :2])
+            centers.append([[boxes[order[r]][0] + 2, boxes[order[r]][1] + 2] if r >= 0 else [0, 0]
+                            for r, _ in self.picks])
+        weights = torch.tensor([[w for _, w in self.picks]] * x.shape[0]) if self.weighted else None
+        return type("Out", (), {"centers": torch.tensor(centers, dtype=torch.long), "weights": weights})()
 
 
-def test_picks_by_rank_matches_a_per_canvas_reference_and_finds_a_stub_s_digit(data):
-    if any((data.digit_boxes(i)[:, :2] < 2).any() for i in range(len(data))):
-        pytest.skip("a digit touches the canvas's corner, where the stub's no-digit centre would fall")
+def test_picks_by_rank_weighs_the_patches_and_matches_a_per_canvas_reference(data):
+    if any(((data.digit_boxes(i)[:, 0] == 0) & (data.digit_boxes(i)[:, 1] == 0)).any() for i in range(len(data))):
+        pytest.skip("a digit covers the canvas's corner, where the stub's no-digit centre falls")
     indices = [3, 1, 0]
     load = mm.canvas_loader(data, indices)
     torch.manual_seed(0)
     models = {n: f() for n, f in mm.methods(SMALL, include=("ats", "zoom")).items() if n in ("ATS-3", "Zoom-In-3")}
-    models["second"] = _PicksOn(data, indices, rank=1)
-    models["nowhere"] = _PicksOn(data, indices, rank=-1)
+    models["weighted"] = _PicksOn(data, indices, [(1, 3.0), (1, 1.0), (0, 2.0), (-1, 2.0)])
+    models["unweighted"] = _PicksOn(data, indices, [(1, 3.0), (0, 1.0), (-1, 1.0), (-1, 1.0)], weights=False)
     rows = {r["method"]: r for r in mm.picks_by_rank(models, load, data, indices, batch=2)}
-    for name in ("ATS-3", "Zoom-In-3"):  # against mm.picks one canvas at a time
-        ranks = np.concatenate([mm.digit_ranks(data.digit_boxes(i), mm.picks(models[name], load([k]))[0])
-                                for k, i in enumerate(indices)])
+    assert rows["weighted"]["2nd from the top"] == pytest.approx(0.5)
+    assert rows["weighted"]["top-most digit"] == pytest.approx(0.25) == rows["weighted"]["no digit"]
+    assert rows["weighted"]["digits read per canvas"] == 2
+    assert rows["unweighted"]["no digit"] == pytest.approx(0.5)  # equal weights when the model gives none
+    assert rows["unweighted"]["2nd from the top"] == pytest.approx(0.25) == rows["unweighted"]["top-most digit"]
+    for name in ("ATS-3", "Zoom-In-3"):  # against the model's own top-k output, one canvas at a time
+        per_canvas = []
+        for k, i in enumerate(indices):
+            with torch.no_grad():
+                out = models[name].eval()(load([k]), mode="topk")
+            ranks = mm.digit_ranks(data.digit_boxes(i), out.centers[0].numpy())
+            w = out.weights[0].numpy() / out.weights[0].numpy().sum()
+            per_canvas.append([w[ranks == r].sum() for r in range(-1, 5)])
+        expected = np.mean(per_canvas, axis=0)  # [6]: no digit, then ranks 0..4
+        assert rows[name]["no digit"] == pytest.approx(expected[0], abs=1e-6)
         for r, column in enumerate(mm.RANK_NAMES):
-            assert rows[name][column] == pytest.approx(float(np.mean(ranks == r))), (name, column)
-        assert rows[name]["no digit"] == pytest.approx(float(np.mean(ranks == -1)))
-    assert rows["second"]["2nd from the top"] == 1 and rows["second"]["digits read per canvas"] == 1
-    assert rows["nowhere"]["no digit"] == 1 and rows["nowhere"]["digits read per canvas"] == 0
+            assert rows[name][column] == pytest.approx(expected[r + 1], abs=1e-6), (name, column)
+        assert sum(rows[name][c] for c in (*mm.RANK_NAMES, "no digit")) == pytest.approx(1)
 
 
-def test_alpha_by_tile_row_matches_the_model_s_alpha_and_the_digits_rows(data):
+class _OneTile(torch.nn.Module):
+    """A stub Zoom-In first stage: alpha one-hot on tile `tile` of a `grid` of `tile_size` tiles."""
+
+    def __init__(self, tile, grid, tile_size):
+        super().__init__()
+        self.p = torch.nn.Parameter(torch.zeros(1))
+        self.tile, self.grid, self.tile_size = tile, grid, (tile_size, tile_size)
+
+    def first_stage(self, x):
+        alpha = torch.zeros(x.shape[0], self.grid[0] * self.grid[1])
+        alpha[:, self.tile] = 1
+        return alpha
+
+
+def test_alpha_by_tile_row_reads_the_grid_row_major_and_finds_the_digits_rows(data):
     indices = [1, 3, 0]
     load = mm.canvas_loader(data, indices)
+    # 200 / 75: a 3x3 grid whose last row and column are partial; tile 5 is row 1, column 2
+    rows = mm.alpha_by_tile_row(_OneTile(5, (3, 3), 75), load, data, indices, batch=2)
+    assert [r["tile row (0: top)"] for r in rows] == [0, 1, 2]
+    assert [r["alpha (sum over the row)"] for r in rows] == [0, 1, 0]
+    top_rows, all_rows = [], []
+    for i in indices:  # the top-most digit's and every digit's tile row, by hand
+        boxes = data.digit_boxes(i)
+        centre_rows = [int((b[0] + b[2]) / 2 // 75) for b in boxes]
+        top_rows.append(centre_rows[min(range(5), key=lambda d: (boxes[d][0], boxes[d][1]))])
+        all_rows += centre_rows
+    assert [r["top-most digit in it (share of canvases)"] for r in rows] == pytest.approx(
+        [top_rows.count(k) / 3 for k in range(3)])
+    assert [r["digits in it (share of all digits)"] for r in rows] == pytest.approx(
+        [all_rows.count(k) / 15 for k in range(3)])
     setup = mm.Setup(canvas=200, ats_scale=0.2, patch=20, ns=(3,), n=3, zoom_scale1=0.1, zoom_scale2=0.2,
                      zoom_tile=50, ips_memory=3, ips_iter=5, cnn_scale=0.3)
     torch.manual_seed(0)
     zoom = mm.methods(setup, include=("zoom",))["Zoom-In-3"]().eval()
+    with torch.no_grad():  # a real Zoom-In against the alpha its forward pass returns, one canvas at a time
+        alpha = torch.cat([zoom(load([k]), mode="topk").alpha for k in range(3)])  # [3, 16]
     rows = mm.alpha_by_tile_row(zoom, load, data, indices, batch=2)
-    assert [r["tile row (0: top)"] for r in rows] == [0, 1, 2, 3]  # 200 / 50
-    with torch.no_grad():
-        alpha = torch.cat([zoom(load([k]), mode="topk").alpha for k in range(3)])  # [3, 16], one canvas at a time
-    expected = alpha.reshape(3, 4, 4).sum(-1).mean(0)  # [4]
-    assert [r["alpha (sum over the row)"] for r in rows] == pytest.approx(expected.tolist(), abs=1e-6)
-    top_rows, all_rows = [], []
-    for i in indices:  # the top-most digit's and every digit's tile row, by hand
-        boxes = data.digit_boxes(i)
-        centre_rows = [int((b[0] + b[2]) / 2 // 50) for b in boxes]
-        top_rows.append(centre_rows[min(range(5), key=lambda d: (boxes[d][0], boxes[d][1]))])
-        all_rows += centre_rows
-    assert [r["top-most digit in it (share of canvases)"] for r in rows] == pytest.approx(
-        [top_rows.count(k) / 3 for k in range(4)])
-    assert [r["digits in it (share of all digits)"] for r in rows] == pytest.approx(
-        [all_rows.count(k) / 15 for k in range(4)])
+    assert [r["alpha (sum over the row)"] for r in rows] == pytest.approx(
+        alpha.reshape(3, 4, 4).sum(-1).mean(0).tolist(), abs=1e-6)

@@ -74,6 +74,10 @@ def test_task_labels_on_a_hand_built_canvas():
     assert batch["top"].tolist() == [2, 9] and batch["maj"].tolist() == [7, 7]
     with pytest.raises(ValueError, match="majority"):
         mp.task_labels(np.array([1, 1, 2, 2, 3]), positions)
+    # the whole order, top-most first: by top row, then column, then index (an exact tie)
+    assert mp.top_order(positions).tolist() == [1, 4, 2, 0, 3]
+    assert mp.top_order(np.array([[5, 5], [5, 5], [1, 9]])).tolist() == [2, 0, 1]
+    assert mp.top_order(np.stack([positions, tie])).tolist() == [[1, 4, 2, 0, 3], [1, 0, 2, 3, 4]]
 
 
 def test_render_canvas_puts_the_given_digits_at_the_given_positions():

@@ -18,7 +18,8 @@ authors' megapixel MNIST f has the same layers with valid convolutions and globa
 runs (ATS supp. H.1 calls its f "inspired from LeNet-1"). ATS sec. 3.4 L2-normalises f's output in
 all its models; `Setup.normalize` does so for ATS, Zoom-In and U (IPS feeds a transformer and does not).
 ATS, Zoom-In and U aggregate features without their locations (ATS eq. 20), so they cannot tell where
-a patch was: Top is open to them only through which digits their patches land on (`picks_by_rank`).
+a patch was: Top is open to them only through which digits their patches land on and with what weight
+they are pooled (`picks_by_rank`).
 """
 
 from __future__ import annotations
@@ -307,11 +308,10 @@ def digit_ranks(boxes: np.ndarray, centers: np.ndarray) -> np.ndarray:
     """Rank from the top of the digit each centre lies on: 0 the top-most digit, ..., -1 on no digit.
 
     boxes [k, 4] (top, left, bottom, right; bottom/right exclusive), centers [N, 2] (row, col). Digits are
-    ranked by their top row, ties by the smaller column (the Top task's rule, `megapixel_mnist.task_labels`);
-    a centre on two overlapping digits counts for the higher one.
+    ranked by the Top task's rule (`megapixel_mnist.top_order`); a centre on two overlapping digits would
+    count for the higher one (the generator never overlaps them).
     """
-    order = np.lexsort((boxes[:, 1], boxes[:, 0]))  # digit indices, top-most first
-    ranked = boxes[order]  # [k, 4]
+    ranked = boxes[mp.top_order(boxes[:, :2])]  # [k, 4], top-most first
     r, c = centers[:, 0:1], centers[:, 1:2]  # [N, 1]
     inside = (ranked[:, 0] <= r) & (r < ranked[:, 2]) & (ranked[:, 1] <= c) & (c < ranked[:, 3])  # [N, k]
     return np.where(inside.any(axis=1), inside.argmax(axis=1), -1)  # [N]
@@ -321,31 +321,40 @@ def picks_by_rank(
     models: Mapping[str, nn.Module], load: Callable[[Sequence[int]], Tensor], data: mp.MegapixelMNIST,
     indices: Sequence[int], seed: int = 0, batch: int = 32,
 ) -> list[dict[str, Any]]:
-    """Which digits the patches a model reads at inference land on, a row per model.
+    """Which digits the patches a model reads at inference land on, and with what weight, a row per model.
 
     Per model (in its `eval_mode`, on the canvases `indices` of `data`, loaded by `load` by positions within
-    it, `batch` at a time): the share of all its patches whose centre lies on the top-most digit, the second
-    from the top, ... (`digit_ranks`), on no digit, and the mean number of distinct digits it reads per canvas.
+    it, `batch` at a time, each batch once for all models): the share of the weight with which it pools its
+    patches (its `weights`, normalised per canvas; equal weights when it returns none, as a sampled mode
+    does) that goes to patches centred on the top-most digit, the second from the top, ... (`digit_ranks`),
+    and on no digit, averaged over the canvases; and the mean number of distinct digits it reads per canvas.
     A method that pools its patches without their positions can get the Top task right beyond what the
-    majority class gives only if these shares lean to the top-most digit.
+    majority class gives only if this weight leans to the top-most digit.
     """
-    rows = []
-    for name, model in models.items():
-        counts, distinct = np.zeros(len(RANK_NAMES) + 1), []  # last: on no digit
-        generator = torch.Generator().manual_seed(seed)
-        for start in range(0, len(indices), batch):
-            chunk = list(range(start, min(start + batch, len(indices))))
+    k = len(RANK_NAMES)
+    shares = {name: [] for name in models}  # per model: [k + 1] per canvas, the last on no digit
+    distinct: dict[str, list[int]] = {name: [] for name in models}
+    generators = {name: torch.Generator().manual_seed(seed) for name in models}
+    for start in range(0, len(indices), batch):
+        chunk = list(range(start, min(start + batch, len(indices))))
+        x = load(chunk)  # [b, 1, H, W]
+        boxes = [data.digit_boxes(int(indices[i])) for i in chunk]
+        for name, model in models.items():
             with evaluating(model):
-                x = load(chunk).to(next(model.parameters()).device)  # [b, 1, H, W]
-                centers = model(x, mode=getattr(model, "eval_mode", "topk"), generator=generator).centers  # [b, N, 2]
-            for k, c in zip(chunk, centers.cpu().numpy()):
-                ranks = digit_ranks(data.digit_boxes(int(indices[k])), c)  # [N]
-                counts += np.bincount(np.where(ranks < 0, len(RANK_NAMES), ranks), minlength=len(counts))
-                distinct.append(len(set(ranks[ranks >= 0].tolist())))
-        shares = counts / counts.sum()
-        row: dict[str, Any] = {"method": name, **dict(zip(RANK_NAMES, shares[:-1].tolist())), "no digit": shares[-1]}
-        row["digits read per canvas"] = float(np.mean(distinct))
-        rows.append(row)
+                out = model(x.to(next(model.parameters()).device), mode=getattr(model, "eval_mode", "topk"),
+                            generator=generators[name])
+            centers = out.centers.cpu().numpy()  # [b, N, 2]
+            weights = (out.weights.float().cpu().numpy() if out.weights is not None
+                       else np.ones(centers.shape[:2]))  # [b, N]
+            for b, c, w in zip(boxes, centers, weights):
+                ranks = digit_ranks(b, c)  # [N]
+                shares[name].append(np.bincount(np.where(ranks < 0, k, ranks), weights=w / w.sum(), minlength=k + 1))
+                distinct[name].append(len(set(ranks[ranks >= 0].tolist())))
+    rows = []
+    for name in models:
+        mean = np.mean(shares[name], axis=0)  # [k + 1]
+        rows.append({"method": name, **dict(zip(RANK_NAMES, mean[:k].tolist())), "no digit": float(mean[k]),
+                     "digits read per canvas": float(np.mean(distinct[name]))})
     return rows
 
 
@@ -356,24 +365,22 @@ def alpha_by_tile_row(
     """Where Zoom-In's first stage puts its mass, a row per row of tiles, top row first.
 
     On the canvases `indices` of `data` (loaded by `load` by positions within it, `batch` at a time): alpha
-    summed over the tiles of each row and averaged over the canvases, beside the share of the canvases whose
-    top-most digit (`digit_ranks`' rule) has its centre in that row of tiles, and the share of all digits that do.
-    A first stage that reads only the canvas's content puts its mass where the digits are; one that leans to
-    the rows where the top-most digit lies has learned where on the canvas to look.
+    (`ZoomInNet.first_stage`, row-major over the tile grid) summed over the tiles of each row and averaged over
+    the canvases, beside the share of the canvases whose top-most digit (`megapixel_mnist.top_order`) has its
+    centre in that row of tiles, and the share of all digits that do.
     """
-    rows_n, _ = tile_grid((data.canvas_size, data.canvas_size), model.tile_size)
+    rows_n, cols_n = tile_grid((data.canvas_size, data.canvas_size), model.tile_size)
     th = model.tile_size[0]
     alpha_rows, top_rows, digit_rows = [], [], []
     for start in range(0, len(indices), batch):
         chunk = list(range(start, min(start + batch, len(indices))))
         with evaluating(model):
-            x = load(chunk).to(next(model.parameters()).device)  # [b, 1, H, W]
-            alpha = model(x, mode="topk").alpha.float().cpu()  # [b, T], row-major over the tile grid
-        alpha_rows.append(alpha.reshape(len(chunk), rows_n, -1).sum(-1).numpy())  # [b, rows]
-        for k in chunk:
-            boxes = data.digit_boxes(int(indices[k]))  # [5, 4]
-            centre_rows = ((boxes[:, 0] + boxes[:, 2]) / 2 // th).astype(int)  # [5] tile row of each digit
-            top_rows.append(centre_rows[np.lexsort((boxes[:, 1], boxes[:, 0]))[0]])
+            alpha = model.first_stage(load(chunk).to(next(model.parameters()).device)).float().cpu()  # [b, T]
+        alpha_rows.append(alpha.reshape(len(chunk), rows_n, cols_n).sum(-1).numpy())  # [b, rows]
+        for i in chunk:
+            boxes = data.digit_boxes(int(indices[i]))  # [5, 4]
+            centre_rows = ((boxes[:, 0] + boxes[:, 2]) // 2 // th).astype(int)  # [5] tile row of each digit's centre
+            top_rows.append(centre_rows[mp.top_order(boxes[:, :2])[0]])
             digit_rows.extend(centre_rows.tolist())
     mean_alpha = np.concatenate(alpha_rows).mean(axis=0)  # [rows]
     top_share = np.bincount(top_rows, minlength=rows_n) / len(top_rows)
