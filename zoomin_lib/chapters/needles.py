@@ -8,6 +8,9 @@ training); table 1 (accuracy, memory, FLOPs of Zoom-In, ATS-30 and a BagNet) and
 - data: `crop_stats`, `crop_loader`, `one_per_metastasis`, `examples_figure` (with `metastasis_outline`);
 - methods and training: `bagnet_name`, `method_factories`, `train_settings`, `train_methods`;
 - cost: `full_resolution_bagnet`, `paper_settings`, `memory_ratios`;
+- why nothing learned: `background_share`, `nuisance_rows` (what besides the metastasis tells a split's classes
+  apart), `before_training` and `before_after_rows` (the same networks with their initial weights, against trained),
+  `auc_by_predictor` (the top-N predictor against the mean of draws, on each split);
 - figures: `attention_figure`, `mask_box`.
 """
 
@@ -24,15 +27,18 @@ from torch import nn
 from data_prep.needle_camelyon import NeedleCamelyon
 from zoomin_lib import builders
 from zoomin_lib.book.plotting import show_attention
-from zoomin_lib.chapters.attention import attention_map
+from zoomin_lib.chapters.attention import attention_map, attention_on_objects
 from zoomin_lib.chapters.bagnet import bagnet, evidence_map
 from zoomin_lib.models import CNNBaseline
+from zoomin_lib.steps import predictor
+from zoomin_lib.train.loop import binary_auc, evaluate, seed_everything
 from zoomin_lib.train.protocol import TrainSettings, channel_stats, image_tensor, lazy_batches, run_method, standardized_image
 
 __all__ = [
     "C", "PAPER_SIDE", "PAPER_RUN", "FULL_BAGNET", "crop_stats", "crop_loader", "metastasis_outline",
     "one_per_metastasis", "examples_figure", "bagnet_name", "method_factories", "train_settings", "train_methods",
-    "full_resolution_bagnet", "paper_settings", "memory_ratios", "attention_figure", "mask_box",
+    "full_resolution_bagnet", "paper_settings", "memory_ratios", "background_share", "nuisance_rows",
+    "before_training", "before_after_rows", "auc_by_predictor", "attention_figure", "mask_box",
 ]
 
 C = dict(in_channels=3, n_classes=2)  # RGB crops, metastasis or not
@@ -175,6 +181,115 @@ def memory_ratios(costs: Mapping[str, Mapping[str, Any]], bagnet: str,
         {"ratio": "Zoom-In / BagNet (full resolution)", "measured here": zoom_mb / bag_mb,
          "paper (table 1)": paper["Zoom-In"]["memory_mb"] / paper["BagNet"]["memory_mb"]},
     ]
+
+
+# ------------------------------------------------------------------------------------ why nothing learned
+GLASS_SATURATION = 0.05  # `infra.slides.tissue_mask`'s saturation floor: glass lies below it, stained tissue above
+
+
+def background_share(image: np.ndarray) -> float:
+    """The share of an RGB uint8 crop [S, S, 3] that is background: HSV saturation below `GLASS_SATURATION`."""
+    rgb = np.asarray(image)
+    hi = rgb.max(axis=2).astype(np.float32)  # [S, S]
+    lo = rgb.min(axis=2).astype(np.float32)  # [S, S]
+    saturation = np.where(hi > 0, (hi - lo) / np.maximum(hi, 1), 0)  # [S, S]
+    return float((saturation < GLASS_SATURATION).mean())
+
+
+def nuisance_rows(splits: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Per split, two whole-crop statistics that are not the metastasis, and how well each tells the classes apart.
+
+    `splits` maps a split's name to its crops (`image(i)` uint8 [S, S, 3], `labels` [n] with 1 = metastasis).
+    A row: the split, its crops, each class's mean share of background (`background_share`) and mean brightness
+    (0-255 over pixels and channels), and each statistic's AUC as a score for "metastasis" (0.5: no help; above:
+    the positives tend to have more of it; below: less).
+    """
+    rows = []
+    for split, data in splits.items():
+        y = np.asarray(data.labels).astype(int)  # [n]
+        images = [data.image(i) for i in range(len(y))]
+        background = np.array([background_share(a) for a in images])  # [n]
+        brightness = np.array([float(np.mean(a)) for a in images])  # [n]
+        pos, neg = y == 1, y == 0
+        rows.append({"split": split, "crops": len(y),
+                     "background, positives": background[pos].mean(), "background, negatives": background[neg].mean(),
+                     "AUC of background": binary_auc(background, y),
+                     "brightness, positives": brightness[pos].mean(), "brightness, negatives": brightness[neg].mean(),
+                     "AUC of brightness": binary_auc(brightness, y)})
+    return rows
+
+
+def before_training(
+    factories: Mapping[str, Callable[[], nn.Module]],
+    load: Callable[[Sequence[int]], torch.Tensor],
+    labels: torch.Tensor,
+    positives: Sequence[int],
+    boxes: Sequence[Sequence[tuple[float, float, float, float]]],
+    seed: int,
+) -> dict[str, dict[str, Any]]:
+    """Each network with the weights it starts training from: its test AUC and where its attention lands.
+
+    `run_method` seeds everything with `seed` and then builds the model, so doing the same here gives the
+    initial weights of the trained model of the same name. The AUC uses the model's own predictor (top-N for
+    the sampling models) on the crops `load` reads with `labels`; the attention row is `attention_on_objects`
+    on the crops `positives` with their `boxes` ((x0, y0, x1, y1), full-resolution pixels).
+    """
+    out = {}
+    inputs = [load([i]) for i in positives]
+    for name, factory in factories.items():
+        generator = seed_everything(seed, "cpu")
+        model = factory().eval()
+        metrics = evaluate(model, lazy_batches(load, labels, 8, seed, shuffle=False)(0), predictor(generator=generator))
+        seen = attention_on_objects({name: model}, inputs, boxes)[0] if inputs else {}
+        out[name] = {"auc": metrics["auc"], **seen}
+    return out
+
+
+def before_after_rows(before: Mapping[str, Mapping[str, Any]], after_auc: Mapping[str, float | None],
+                      after_attention: Sequence[Mapping[str, Any]], n_patches: int) -> list[dict[str, Any]]:
+    """A row per method in `before`: test AUC, attention mass / uniform and peak on the metastasis, initial and trained.
+
+    `after_auc` holds the trained models' test AUCs by name, `after_attention` their `attention_on_objects`
+    rows (a method missing from either gets NaN there). "draws on it" is N times the mass on the metastasis: how many of the N locations a draw from the map puts there, in expectation (the
+    marginal of each draw is the map, for Zoom-In's two stages as for ATS).
+    """
+    after = {r["method"]: r for r in after_attention}
+    nan = float("nan")
+    rows = []
+    for name, b in before.items():
+        a = after.get(name, {})
+        auc = after_auc.get(name)
+        rows.append({"method": name, "AUC, initial": nan if b["auc"] is None else b["auc"],
+                     "AUC, trained": nan if auc is None else auc,
+                     "mass / uniform, initial": b.get("mass / uniform", nan),
+                     "mass / uniform, trained": a.get("mass / uniform", nan),
+                     "peak on it %, initial": b.get("peak on the object %", nan),
+                     "peak on it %, trained": a.get("peak on the object %", nan),
+                     "draws on it, initial": n_patches * b.get("mass on the object", nan),
+                     "draws on it, trained": n_patches * a.get("mass on the object", nan)})
+    return rows
+
+
+def auc_by_predictor(
+    models: Mapping[str, nn.Module],
+    splits: Mapping[str, tuple[Callable[[Sequence[int]], torch.Tensor], torch.Tensor]],
+    draws: int,
+    seed: int,
+) -> list[dict[str, Any]]:
+    """A row per model and split: the AUC with the model's top-N predictor and with the mean of `draws` draws.
+
+    `splits` maps a split's name to (load, labels). The mean of draws (`steps.predictor("sample", draws=...)`)
+    is the prediction closest to what training takes its loss on (one draw); top-N is what the test reads.
+    """
+    rows = []
+    for name, model in models.items():
+        for split, (load, labels) in splits.items():
+            batches = list(lazy_batches(load, labels, 8, seed, shuffle=False)(0))
+            top = evaluate(model, batches, predictor(generator=torch.Generator().manual_seed(seed)))
+            drawn = evaluate(model, batches, predictor("sample", torch.Generator().manual_seed(seed), draws=draws))
+            rows.append({"method": name, "split": split, "crops": len(labels), "AUC, top-N": top["auc"],
+                         f"AUC, mean of {draws} draws": drawn["auc"]})
+    return rows
 
 
 # ------------------------------------------------------------------------------------------- figures
