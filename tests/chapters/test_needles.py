@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -17,7 +19,7 @@ from zoomin_lib.chapters.needles import (
     mask_box,
     memory_ratios,
     method_factories,
-    nuisance_rows,
+    crop_statistic_rows,
     one_per_metastasis,
     train_settings,
 )
@@ -100,29 +102,41 @@ def test_background_share_counts_unsaturated_pixels():
     grey_and_black = np.zeros((2, 2, 3), dtype=np.uint8)
     grey_and_black[0] = 128  # grey: saturation 0; black: no brightness at all
     assert background_share(grey_and_black) == 1.0
+    near_floor = np.array([[[200, 200, 191], [200, 200, 189]]], dtype=np.uint8)  # saturation 0.045 and 0.055
+    assert background_share(near_floor) == 0.5  # the floor is tissue_mask's 0.05, strictly below
+
+
+BLACK = (0, 0, 0)  # background (no saturation) and dark: the two statistics disagree on it
 
 
 class _Split:
-    """Crops with given glass rows and labels."""
+    """Crops of 4x4 pixels: the first `glass` rows glass, the next `black` rows black, the rest stained tissue."""
 
-    def __init__(self, glass_rows: list[int], labels: list[int]) -> None:
-        self.glass_rows, self.labels = glass_rows, torch.tensor(labels)
+    def __init__(self, glass: list[int], black: list[int], labels: list[int]) -> None:
+        self.glass, self.black, self.labels = glass, black, torch.tensor(labels)
 
     def image(self, i: int) -> np.ndarray:
-        return _crop(self.glass_rows[i])
+        image = _crop(self.glass[i])
+        image[self.glass[i]:self.glass[i] + self.black[i]] = BLACK
+        return image
 
 
-def test_nuisance_rows_per_split_against_per_crop_values():
-    rows = nuisance_rows({"a": _Split([4, 2, 0, 1], [1, 1, 0, 0]), "b": _Split([0, 3, 4], [1, 0, 0])})
-    a, b = rows
-    assert (a["split"], a["crops"], b["split"], b["crops"]) == ("a", 4, "b", 3)
-    assert (a["background, positives"], a["background, negatives"]) == (0.75, 0.125)
-    assert a["AUC of background"] == 1.0 and b["AUC of background"] == 0.0  # more glass: positive in a, negative in b
-    glass_mean, tissue_mean = np.mean(GLASS), np.mean(TISSUE)
-    for row, split in ((a, _Split([4, 2, 0, 1], [1, 1, 0, 0])),):
-        want = np.mean([np.mean(split.image(i)) for i in (0, 1)])
-        assert row["brightness, positives"] == pytest.approx(want)
-    assert glass_mean > tissue_mean and a["AUC of brightness"] == 1.0 and b["AUC of brightness"] == 0.0
+def test_crop_statistic_rows_against_per_crop_values():
+    a = _Split([2, 0, 0, 1], [0, 0, 3, 0], [1, 1, 0, 0])  # negatives: more background (black), darker
+    b = _Split([0, 3, 4], [0, 0, 0], [1, 0, 0])
+    rows = crop_statistic_rows({"a": a, "b": b})
+    assert [(r["split"], r["crops"]) for r in rows] == [("a", 4), ("b", 3)]
+    for row, split in zip(rows, (a, b)):
+        y = split.labels.numpy()
+        share = [background_share(split.image(i)) for i in range(len(y))]
+        bright = [float(np.mean(split.image(i))) for i in range(len(y))]
+        for key, values in (("background", share), ("brightness", bright)):
+            assert row[f"{key}, positives"] == pytest.approx(np.mean([v for v, t in zip(values, y) if t == 1]))
+            assert row[f"{key}, negatives"] == pytest.approx(np.mean([v for v, t in zip(values, y) if t == 0]))
+    # split a, by hand: background 0.5, 0 (positives) against 0.75, 0.25: 1 of 4 pairs ranked right;
+    # brightness about 196, 150 against 38 (mostly black), 173: 3 of 4 right: the two statistics disagree
+    assert rows[0]["AUC of background"] == 0.25 and rows[0]["AUC of brightness"] == 0.75
+    assert rows[1]["AUC of background"] == 0.0 and rows[1]["AUC of brightness"] == 0.0
 
 
 def test_before_after_rows_hand_computed():
@@ -133,7 +147,7 @@ def test_before_after_rows_hand_computed():
     assert (a["AUC, initial"], a["AUC, trained"], a["mass / uniform, initial"], a["mass / uniform, trained"]) == (
         0.9, 0.3, 1.5, 0.5)
     assert (a["peak on it %, initial"], a["peak on it %, trained"]) == (100.0, 0.0)
-    assert a["draws on it, initial"] == pytest.approx(0.6) and a["draws on it, trained"] == pytest.approx(0.3)
+    assert a["N x mass, initial"] == pytest.approx(0.6) and a["N x mass, trained"] == pytest.approx(0.3)
     assert b["method"] == "B" and all(np.isnan(v) for k, v in b.items() if k != "method")
 
 
@@ -149,11 +163,12 @@ def test_before_training_scores_the_weights_training_starts_from():
     load = lambda idx: x[list(idx)]  # noqa: E731
     factory = lambda: builders.ats(in_channels=3, n_classes=2, scale=0.5, patch_size=8, n_patches=3)  # noqa: E731
     boxes = [[(0, 0, 16, 16)], [(8, 8, 24, 24)], [(16, 0, 32, 16)]]
-    seen = before_training({"ATS": factory, "again": factory}, load, labels, [0, 2, 4], boxes, seed=5)
+    seen = before_training({"ATS": factory, "again": factory}, load, labels, [load([i]) for i in (0, 2, 4)], boxes,
+                           seed=5)
     # run_method with no epochs returns the model with the weights training would start from
     test = list(lazy_batches(load, labels, 8, 5, shuffle=False)(0))
     result, model = run_method("ATS", factory, TrainSettings(epochs=0, batch_size=2, lr=1e-3),
-                               lazy_batches(load, labels, 2, 5), test, run_seed=5, tag="t")
+                               lazy_batches(load, labels, 2, 5), test, run_seed=5, tag="t", device="cpu")
     other = factory()  # other weights, another AUC: the check above can fail (everything here is seeded)
     assert seen["ATS"]["auc"] == pytest.approx(result.auc)
     assert evaluate(other, test, predictor(generator=torch.Generator()))["auc"] != pytest.approx(result.auc)
@@ -163,16 +178,19 @@ def test_before_training_scores_the_weights_training_starts_from():
 
 
 class _Scorer(nn.Module):
-    """Top-N scores a crop by its mean, a draw by its mean plus noise; both positive for class 1."""
+    """Top-N scores a crop by its mean; a draw by minus its mean, plus noise (draws rank the other way); counts draws."""
 
     eval_mode = "topk"
 
-    def forward(self, x, mode="topk", generator=None):
-        from types import SimpleNamespace
+    def __init__(self) -> None:
+        super().__init__()
+        self.draws = 0
 
+    def forward(self, x: torch.Tensor, mode: str = "topk", generator: torch.Generator | None = None) -> SimpleNamespace:
         score = x.mean(dim=(1, 2, 3))  # [B]
         if mode == "sample":
-            score = -score + 0.01 * torch.randn(score.shape, generator=generator)  # draws rank the other way
+            self.draws += 1
+            score = -score + 0.01 * torch.randn(score.shape, generator=generator)
         return SimpleNamespace(logits=torch.stack([torch.zeros_like(score), score], dim=1))  # [B, 2]
 
 
@@ -180,7 +198,9 @@ def test_auc_by_predictor_per_split_and_predictor():
     x = torch.arange(8, dtype=torch.float32).view(8, 1, 1, 1).expand(8, 1, 2, 2)  # crop i has mean i
     load = lambda idx: x[list(idx)]  # noqa: E731
     up, down = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1]), torch.tensor([1, 1, 1, 1, 0, 0, 0, 0])
-    rows = auc_by_predictor({"m": _Scorer()}, {"a": (load, up), "b": (load, down)}, draws=2, seed=0)
+    scorer = _Scorer()
+    rows = auc_by_predictor({"m": scorer}, {"a": (load, up), "b": (load, down)}, draws=3, seed=0)
+    assert scorer.draws == 2 * 3  # one batch of 8 per split, three draws each
     assert [(r["method"], r["split"], r["crops"]) for r in rows] == [("m", "a", 8), ("m", "b", 8)]
-    assert (rows[0]["AUC, top-N"], rows[0]["AUC, mean of 2 draws"]) == (1.0, 0.0)
-    assert (rows[1]["AUC, top-N"], rows[1]["AUC, mean of 2 draws"]) == (0.0, 1.0)
+    assert (rows[0]["AUC, top-N"], rows[0]["AUC, mean of 3 draws"]) == (1.0, 0.0)
+    assert (rows[1]["AUC, top-N"], rows[1]["AUC, mean of 3 draws"]) == (0.0, 1.0)

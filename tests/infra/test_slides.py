@@ -20,6 +20,7 @@ from zoomin_lib.infra.slides import (
     SlideError,
     TiffSlide,
     downsample2,
+    hsv_saturation,
     open_slide,
     tile_fraction,
     tissue_mask,
@@ -240,6 +241,18 @@ def test_bad_files_name_the_file(tmp_path: Path) -> None:
         open_slide(tmp_path)
     with pytest.raises(ValueError, match="level must be an int"):
         ArraySlide(np.zeros((8, 8, 3), np.uint8)).read_region((0, 0), 1, (2, 2))
+
+
+def test_hsv_saturation_matches_skimage() -> None:
+    """Per pixel, the saturation skimage's rgb2hsv gives (black included: 0)."""
+    from skimage.color import rgb2hsv
+
+    rgb = np.random.default_rng(1).integers(0, 256, (9, 7, 3), dtype=np.uint8)
+    rgb[0, 0] = 0  # black
+    rgb[0, 1] = 128  # grey
+    sat = hsv_saturation(rgb)
+    assert sat.dtype == np.float32 and sat.shape == (9, 7) and sat[0, 0] == 0 and sat[0, 1] == 0
+    np.testing.assert_allclose(sat, rgb2hsv(rgb)[..., 1], atol=1e-6)
 
 
 def test_tissue_mask_finds_a_blob() -> None:

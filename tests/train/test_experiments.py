@@ -394,3 +394,28 @@ def test_predictor_rows_pool_the_shared_images_and_sum_each_runs_errors():
     assert row["test images"] == 8 and (row["false positives"], row["false negatives"]) == (4, 4)
     with pytest.raises(ValueError, match="binary confusion"):
         predictor_rows({"p": {"b": [FoldResult("b", 0, 0, 0.5, None, 9, 0.1, [], [[1, 0, 0], [0, 1, 0], [0, 0, 1]])]}})
+
+
+def test_auc_standard_error_is_the_exact_null_spread_at_one_half():
+    """At 0.5 Hanley-McNeil's SE is the spread of the AUC over every ranking of n1 positives among n1 + n2 crops."""
+    from itertools import combinations
+
+    import numpy as np
+
+    from zoomin_lib.chapters.results import auc_standard_error
+    from zoomin_lib.train.loop import binary_auc
+
+    n1, n2 = 3, 5
+    scores = np.arange(n1 + n2, dtype=float)
+    aucs = []
+    for chosen in combinations(range(n1 + n2), n1):  # every ranking, equally likely when scores carry no signal
+        labels = np.zeros(n1 + n2, dtype=int)
+        labels[list(chosen)] = 1
+        aucs.append(binary_auc(scores, labels))
+    labels = np.array([1] * n1 + [0] * n2)
+    assert auc_standard_error(labels) == pytest.approx(np.std(aucs))
+    q1, q2 = 0.9 / 1.1, 2 * 0.81 / 1.9  # eq. 2 of Hanley & McNeil at AUC 0.9, by hand
+    want = np.sqrt((0.9 * 0.1 + 2 * (q1 - 0.81) + 4 * (q2 - 0.81)) / 15)
+    assert auc_standard_error(labels, 0.9) == pytest.approx(want)
+    with pytest.raises(ValueError, match="both classes"):
+        auc_standard_error(np.ones(4, dtype=int))

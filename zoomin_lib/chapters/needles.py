@@ -8,7 +8,7 @@ training); table 1 (accuracy, memory, FLOPs of Zoom-In, ATS-30 and a BagNet) and
 - data: `crop_stats`, `crop_loader`, `one_per_metastasis`, `examples_figure` (with `metastasis_outline`);
 - methods and training: `bagnet_name`, `method_factories`, `train_settings`, `train_methods`;
 - cost: `full_resolution_bagnet`, `paper_settings`, `memory_ratios`;
-- why nothing learned: `background_share`, `nuisance_rows` (what besides the metastasis tells a split's classes
+- why nothing learned: `background_share`, `crop_statistic_rows` (what besides the metastasis tells a split's classes
   apart), `before_training` and `before_after_rows` (the same networks with their initial weights, against trained),
   `auc_by_predictor` (the top-N predictor against the mean of draws, on each split);
 - figures: `attention_figure`, `mask_box`.
@@ -29,6 +29,7 @@ from zoomin_lib import builders
 from zoomin_lib.book.plotting import show_attention
 from zoomin_lib.chapters.attention import attention_map, attention_on_objects
 from zoomin_lib.chapters.bagnet import bagnet, evidence_map
+from zoomin_lib.infra.slides import MIN_SATURATION, hsv_saturation
 from zoomin_lib.models import CNNBaseline
 from zoomin_lib.steps import predictor
 from zoomin_lib.train.loop import binary_auc, evaluate, seed_everything
@@ -37,7 +38,7 @@ from zoomin_lib.train.protocol import TrainSettings, channel_stats, image_tensor
 __all__ = [
     "C", "PAPER_SIDE", "PAPER_RUN", "FULL_BAGNET", "crop_stats", "crop_loader", "metastasis_outline",
     "one_per_metastasis", "examples_figure", "bagnet_name", "method_factories", "train_settings", "train_methods",
-    "full_resolution_bagnet", "paper_settings", "memory_ratios", "background_share", "nuisance_rows",
+    "full_resolution_bagnet", "paper_settings", "memory_ratios", "background_share", "crop_statistic_rows",
     "before_training", "before_after_rows", "auc_by_predictor", "attention_figure", "mask_box",
 ]
 
@@ -184,19 +185,12 @@ def memory_ratios(costs: Mapping[str, Mapping[str, Any]], bagnet: str,
 
 
 # ------------------------------------------------------------------------------------ why nothing learned
-GLASS_SATURATION = 0.05  # `infra.slides.tissue_mask`'s saturation floor: glass lies below it, stained tissue above
-
-
 def background_share(image: np.ndarray) -> float:
-    """The share of an RGB uint8 crop [S, S, 3] that is background: HSV saturation below `GLASS_SATURATION`."""
-    rgb = np.asarray(image)
-    hi = rgb.max(axis=2).astype(np.float32)  # [S, S]
-    lo = rgb.min(axis=2).astype(np.float32)  # [S, S]
-    saturation = np.where(hi > 0, (hi - lo) / np.maximum(hi, 1), 0)  # [S, S]
-    return float((saturation < GLASS_SATURATION).mean())
+    """The share of an RGB uint8 crop [S, S, 3] that is background: HSV saturation below `tissue_mask`'s floor."""
+    return float((hsv_saturation(np.asarray(image)) < MIN_SATURATION).mean())
 
 
-def nuisance_rows(splits: Mapping[str, Any]) -> list[dict[str, Any]]:
+def crop_statistic_rows(splits: Mapping[str, NeedleCamelyon]) -> list[dict[str, Any]]:
     """Per split, two whole-crop statistics that are not the metastasis, and how well each tells the classes apart.
 
     `splits` maps a split's name to its crops (`image(i)` uint8 [S, S, 3], `labels` [n] with 1 = metastasis).
@@ -223,19 +217,19 @@ def before_training(
     factories: Mapping[str, Callable[[], nn.Module]],
     load: Callable[[Sequence[int]], torch.Tensor],
     labels: torch.Tensor,
-    positives: Sequence[int],
+    inputs: Sequence[torch.Tensor],
     boxes: Sequence[Sequence[tuple[float, float, float, float]]],
     seed: int,
 ) -> dict[str, dict[str, Any]]:
     """Each network with the weights it starts training from: its test AUC and where its attention lands.
 
-    `run_method` seeds everything with `seed` and then builds the model, so doing the same here gives the
-    initial weights of the trained model of the same name. The AUC uses the model's own predictor (top-N for
-    the sampling models) on the crops `load` reads with `labels`; the attention row is `attention_on_objects`
-    on the crops `positives` with their `boxes` ((x0, y0, x1, y1), full-resolution pixels).
+    `run_method` seeds everything with `seed` and then builds the model (on the host, moved to its device
+    after), so doing the same here gives the initial weights of the trained model of the same name. The AUC
+    uses the model's own predictor (top-N for the sampling models) on the crops `load` reads with `labels`;
+    the attention row is `attention_on_objects` on `inputs` (crops [1, 3, S, S] with an object each) with their
+    `boxes` ((x0, y0, x1, y1), full-resolution pixels). Runs on the host, as the chapter's other analyses.
     """
     out = {}
-    inputs = [load([i]) for i in positives]
     for name, factory in factories.items():
         generator = seed_everything(seed, "cpu")
         model = factory().eval()
@@ -250,8 +244,11 @@ def before_after_rows(before: Mapping[str, Mapping[str, Any]], after_auc: Mappin
     """A row per method in `before`: test AUC, attention mass / uniform and peak on the metastasis, initial and trained.
 
     `after_auc` holds the trained models' test AUCs by name, `after_attention` their `attention_on_objects`
-    rows (a method missing from either gets NaN there). "draws on it" is N times the mass on the metastasis: how many of the N locations a draw from the map puts there, in expectation (the
-    marginal of each draw is the map, for Zoom-In's two stages as for ATS).
+    rows (a method missing from either gets NaN there). "N x mass" is `n_patches` times the map's mass on the
+    object's box: the expected number of the N draws whose centre falls in the box if they were independent
+    draws from the map. The models draw without replacement (ATS its N locations, Zoom-In the sub-tiles within
+    a tile), which raises the later draws' chances on what is left; while no location holds much of the mass
+    the expected count stays close to it.
     """
     after = {r["method"]: r for r in after_attention}
     nan = float("nan")
@@ -265,8 +262,8 @@ def before_after_rows(before: Mapping[str, Mapping[str, Any]], after_auc: Mappin
                      "mass / uniform, trained": a.get("mass / uniform", nan),
                      "peak on it %, initial": b.get("peak on the object %", nan),
                      "peak on it %, trained": a.get("peak on the object %", nan),
-                     "draws on it, initial": n_patches * b.get("mass on the object", nan),
-                     "draws on it, trained": n_patches * a.get("mass on the object", nan)})
+                     "N x mass, initial": n_patches * b.get("mass on the object", nan),
+                     "N x mass, trained": n_patches * a.get("mass on the object", nan)})
     return rows
 
 
@@ -284,9 +281,9 @@ def auc_by_predictor(
     rows = []
     for name, model in models.items():
         for split, (load, labels) in splits.items():
-            batches = list(lazy_batches(load, labels, 8, seed, shuffle=False)(0))
-            top = evaluate(model, batches, predictor(generator=torch.Generator().manual_seed(seed)))
-            drawn = evaluate(model, batches, predictor("sample", torch.Generator().manual_seed(seed), draws=draws))
+            batches = lazy_batches(load, labels, 8, seed, shuffle=False)  # read batch by batch, once per predictor
+            top = evaluate(model, batches(0), predictor(generator=torch.Generator().manual_seed(seed)))
+            drawn = evaluate(model, batches(0), predictor("sample", torch.Generator().manual_seed(seed), draws=draws))
             rows.append({"method": name, "split": split, "crops": len(labels), "AUC, top-N": top["auc"],
                          f"AUC, mean of {draws} draws": drawn["auc"]})
     return rows

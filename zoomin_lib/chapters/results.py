@@ -3,7 +3,8 @@
 `result_rows` puts accuracy (mean +- standard deviation over runs, `train.protocol.summarize`) beside
 peak memory, FLOPs/MACs and time (`train.profiling.profile_methods`); `above_majority` and
 `report_above_majority` say which methods beat the majority class by more than z binomial standard
-errors (`beats_chance`, the one rule every chapter uses); `beats` says whether one accuracy beats
+errors (`beats_chance`, the one rule every chapter uses); `auc_standard_error` is an AUC's standard
+error (Hanley & McNeil); `beats` says whether one accuracy beats
 another by more than z standard errors of their difference; `pooled_accuracy` and `difference_text` put
 a measured difference beside its standard error and the paper's difference (`extra_test_results`: the
 same on a test set every run shared; `error_rows` and `predictor_rows`: where the errors lie, per run or per
@@ -65,6 +66,20 @@ def beats_chance(accuracy: float, p: float, n: int, z: float = 2.0) -> bool:
     With z = 2, a guesser passes about 2 % of the time.
     """
     return accuracy > p + chance_margin(p, n, z)
+
+
+def auc_standard_error(labels: Sequence[int] | np.ndarray, auc: float = 0.5) -> float:
+    """The standard error of an AUC over binary `labels` (Hanley & McNeil 1982, eq. 2); by default near 0.5.
+
+    Near 0.5 it is about sqrt((n1 + n2 + 1) / (12 n1 n2)) for n1 positives and n2 negatives.
+    """
+    y = np.asarray(labels).astype(int)  # [n]
+    n1, n2 = int((y == 1).sum()), int((y == 0).sum())
+    if n1 == 0 or n2 == 0:
+        raise ValueError(f"an AUC needs both classes, got {n1} positives and {n2} negatives")
+    q1, q2 = auc / (2 - auc), 2 * auc**2 / (1 + auc)
+    variance = (auc * (1 - auc) + (n1 - 1) * (q1 - auc**2) + (n2 - 1) * (q2 - auc**2)) / (n1 * n2)
+    return float(np.sqrt(variance))
 
 
 def beats(accuracy: float, n: int, baseline: float, n_baseline: int, z: float = 3.0) -> bool:

@@ -67,6 +67,8 @@ __all__ = [
     "OpenSlideSlide",
     "open_slide",
     "downsample2",
+    "MIN_SATURATION",
+    "hsv_saturation",
     "tissue_mask",
     "tile_fraction",
     "tissue_tiles",
@@ -528,11 +530,21 @@ def _specificity(reason: str) -> int:
 # -------------------------------------------------------------------- tissue
 
 
+MIN_SATURATION = 0.05  # tissue_mask's floor: empty glass lies below it, stained tissue above
+
+
+def hsv_saturation(rgb: np.ndarray) -> np.ndarray:
+    """HSV saturation float32 [h, w] in [0, 1] of an RGB view [h, w, 3]: (max - min) / max of R, G, B; 0 if black."""
+    hi = rgb.max(axis=2).astype(np.float32)  # [h, w]
+    lo = rgb.min(axis=2).astype(np.float32)  # [h, w]
+    return np.where(hi > 0, (hi - lo) / np.maximum(hi, 1), 0).astype(np.float32)  # [h, w]
+
+
 def tissue_mask(
     slide_or_view: Slide | np.ndarray,
     scale: float | None = None,
     *,
-    min_saturation: float = 0.05,
+    min_saturation: float = MIN_SATURATION,
     radius: int = 2,
     min_size: int = 16,
 ) -> np.ndarray:
@@ -554,9 +566,7 @@ def tissue_mask(
             raise ValueError(f"a view must be uint8 [h, w, 3], got {rgb.dtype} {rgb.shape}")
         if scale is not None:
             rgb = ArraySlide(rgb).view(scale)  # [h, w, 3]
-    hi = rgb.max(axis=2).astype(np.float32)  # [h, w]
-    lo = rgb.min(axis=2).astype(np.float32)  # [h, w]
-    sat = np.where(hi > 0, (hi - lo) / np.maximum(hi, 1), 0).astype(np.float32)  # HSV saturation [h, w] in [0, 1]
+    sat = hsv_saturation(rgb)  # [h, w] in [0, 1]
     threshold = max(float(threshold_otsu(sat)) if sat.min() < sat.max() else 1.0, min_saturation)
     mask = sat > threshold  # [h, w]
     if radius > 0:
