@@ -327,8 +327,9 @@ if profile == "cpu" and train_set.synthetic:
 # `needles.before_training`): its test AUC with its own top-$N$ predictor, and where its attention lands on
 # the positive test crops, beside the trained network's. "N x mass" is $N$ times the attention's mass on the
 # metastasis's box: about how many of the $N$ locations a draw puts there (exactly so for independent draws
-# from the map; the models draw without replacement, which changes it little while no location holds much of the
-# mass). Training takes its loss on such draws, while the test reads the top $N$.
+# from the map; ATS draws its $N$ without replacement and Zoom-In its sub-tiles within a tile, which changes it
+# little while no location holds much of the mass). Training takes its loss on such draws, while the test reads
+# the top $N$.
 
 # %%
 initial = needles.before_training({k: methods[k] for k in attending}, load_test, test_set.labels, positive_inputs,
@@ -358,8 +359,9 @@ markdown_table(crop_stats_by_split, digits=3)
 # Third, what the trained networks learned from their draws: each one's AUC on the training crops and on the
 # test crops, with its top-$N$ predictor (what the test reads) and with the mean of 3 draws (the prediction
 # closest to what training takes its loss on; `needles.auc_by_predictor`). Zoom-In and ATS-30 only, for the
-# budget. Near 0.5, an AUC over this training split's 60 crops has a standard error of about 0.07, over the 100
-# test crops about 0.06 (Hanley and McNeil's formula; `results.auc_standard_error`).
+# budget. The line after the reading below gives each split's standard error of an AUC near 0.5 (Hanley and
+# McNeil's formula, `results.auc_standard_error`: for independent crops; crops cut from a few slides and
+# metastases vary together, so the real spread is larger).
 
 # %%
 by_predictor = needles.auc_by_predictor({k: trained[k] for k in ("Zoom-In", f"ATS-{N}")},
@@ -375,24 +377,27 @@ markdown_table(by_predictor, digits=3)
 #   direction is its random head's (Zoom-In (Res)'s lies below 0.5). No crop statistic of the second table comes
 #   near that, and where the initial attention also peaks on the metastasis (a darker, denser texture than the
 #   tissue round it, as `data_prep.synthetic_slides` paints it), the metastasis is what tells them apart.
-#   Training did not keep it: the trained columns.
+#   Training did not keep it (the trained columns): a trained AUC near 0.5 has lost it, and one far below 0.5
+#   tells the crops apart the wrong way round (last bullet).
 # - Where $N$ x mass is well under one, a positive crop's draws in a training step mostly miss the metastasis's
 #   box (measured on the test crops, whose metastases have the training crops' size range): most of what it
 #   contributes is ordinary tissue and glass.
 # - Where the mean of draws ranks the test crops below 0.5, as the test crops' brightness does, what the draws
 #   taught carries to the test split the wrong way round: it is not the metastasis, which is in every positive
 #   crop of both splits. On the training split, the last line below gives how far they lie from 0.5, in standard
-#   errors: weaker evidence than the test split's.
+#   errors.
 # - Where a network's top-$N$ AUC on its own training crops lies far below its draws' AUC, the two predictors
-#   disagree on the crops it was trained on: the top $N$ rank them the wrong way round while the draws rank them
-#   the right way. That is a second way to a test AUC below 0.5, besides what the draws taught.
+#   disagree on the crops it was trained on: the top $N$ rank them the wrong way round while the draws lean the
+#   right way (how far, in standard errors, is printed below). That is a second way to a test AUC below 0.5,
+#   besides what the draws taught.
 #
-# With the paper's 6,000 training crops from 122 metastases, and negatives from more slides, a difference between
-# a few slides would, we expect, weigh less; this was not measured. The checks, in the `cpu` profile on the
-# stand-in: Zoom-In's and ATS-30's initial AUCs are above 0.9 and their initial attention peaks on the metastasis
-# in at least half the positive test crops; both trained AUCs are lower; $N$ x mass is under one; the test
-# crops' brightness and both networks' means of draws rank the test crops below 0.5; and ATS-30's top-$N$ AUC on
-# its training crops lies more than 0.3 below its draws'.
+# With the paper's 6,000 training crops from 122 metastases, and presumably negatives from more slides, a
+# difference between a few slides would, we expect, weigh less; this was not measured.
+#
+# The checks, in the `cpu` profile on the stand-in: Zoom-In's and ATS-30's initial AUCs are above 0.9 and their
+# initial attention peaks on the metastasis in at least half the positive test crops; both trained AUCs are
+# lower; their initial $N$ x mass is under one; the test crops' brightness and both networks' means of draws rank
+# the test crops below 0.5; and ATS-30's top-$N$ AUC on its training crops lies more than 0.3 below its draws'.
 
 # %%
 by_split = {r["split"]: r for r in crop_stats_by_split}

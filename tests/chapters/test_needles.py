@@ -16,10 +16,10 @@ from zoomin_lib.chapters.needles import (
     before_after_rows,
     before_training,
     crop_loader,
+    crop_statistic_rows,
     mask_box,
     memory_ratios,
     method_factories,
-    crop_statistic_rows,
     one_per_metastasis,
     train_settings,
 )
