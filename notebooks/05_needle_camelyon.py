@@ -350,9 +350,8 @@ markdown_table(changes, digits=3)
 # %%
 crop_stats_by_split = needles.crop_statistic_rows({"train": train_set, "test": test_set})
 for split, data in (("train", train_set), ("test", test_set)):
-    slides = {r["slide_id"] for r, label in zip(data.rows, data.labels.tolist()) if label == 0}
-    print(f"{split}: negatives from {len(slides)} slides, positives from "
-          f"{len({r['metastasis'] for r in data.rows if r['metastasis']})} metastases")
+    sources = needles.split_sources(data)
+    print(f"{split}: negatives from {sources['negative slides']} slides, positives from {sources['metastases']} metastases")
 markdown_table(crop_stats_by_split, digits=3)
 
 # %% [markdown]

@@ -21,6 +21,7 @@ from zoomin_lib.chapters.needles import (
     memory_ratios,
     method_factories,
     one_per_metastasis,
+    split_sources,
     train_settings,
 )
 
@@ -204,3 +205,11 @@ def test_auc_by_predictor_per_split_and_predictor():
     assert [(r["method"], r["split"], r["crops"]) for r in rows] == [("m", "a", 8), ("m", "b", 8)]
     assert (rows[0]["AUC, top-N"], rows[0]["AUC, mean of 3 draws"]) == (1.0, 0.0)
     assert (rows[1]["AUC, top-N"], rows[1]["AUC, mean of 3 draws"]) == (0.0, 1.0)
+
+
+def test_split_sources_counts_slides_of_negatives_and_metastases_of_positives():
+    split = SimpleNamespace(labels=torch.tensor([1, 1, 0, 0, 0, 1]), rows=[
+        {"slide_id": "t1", "metastasis": "t1/0"}, {"slide_id": "t1", "metastasis": "t1/0"},
+        {"slide_id": "n1", "metastasis": ""}, {"slide_id": "n2", "metastasis": ""}, {"slide_id": "n1", "metastasis": ""},
+        {"slide_id": "t2", "metastasis": "t2/3"}])
+    assert split_sources(split) == {"negative slides": 2, "metastases": 2}

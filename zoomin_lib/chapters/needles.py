@@ -8,7 +8,7 @@ training); table 1 (accuracy, memory, FLOPs of Zoom-In, ATS-30 and a BagNet) and
 - data: `crop_stats`, `crop_loader`, `one_per_metastasis`, `examples_figure` (with `metastasis_outline`);
 - methods and training: `bagnet_name`, `method_factories`, `train_settings`, `train_methods`;
 - cost: `full_resolution_bagnet`, `paper_settings`, `memory_ratios`;
-- why nothing learned: `background_share`, `crop_statistic_rows` (what besides the metastasis tells a split's classes
+- why nothing learned: `split_sources`, `background_share`, `crop_statistic_rows` (what besides the metastasis tells a split's classes
   apart), `before_training` and `before_after_rows` (the same networks with their initial weights, against trained),
   `auc_by_predictor` (the top-N predictor against the mean of draws, on each split);
 - figures: `attention_figure`, `mask_box`.
@@ -38,7 +38,7 @@ from zoomin_lib.train.protocol import TrainSettings, channel_stats, image_tensor
 __all__ = [
     "C", "PAPER_SIDE", "PAPER_RUN", "FULL_BAGNET", "crop_stats", "crop_loader", "metastasis_outline",
     "one_per_metastasis", "examples_figure", "bagnet_name", "method_factories", "train_settings", "train_methods",
-    "full_resolution_bagnet", "paper_settings", "memory_ratios", "background_share", "crop_statistic_rows",
+    "full_resolution_bagnet", "paper_settings", "memory_ratios", "split_sources", "background_share", "crop_statistic_rows",
     "before_training", "before_after_rows", "auc_by_predictor", "attention_figure", "mask_box",
 ]
 
@@ -188,6 +188,13 @@ def memory_ratios(costs: Mapping[str, Mapping[str, Any]], bagnet: str,
 def background_share(image: np.ndarray) -> float:
     """The share of an RGB uint8 crop [S, S, 3] that is background: HSV saturation below `tissue_mask`'s floor."""
     return float((hsv_saturation(np.asarray(image)) < MIN_SATURATION).mean())
+
+
+def split_sources(data: NeedleCamelyon) -> dict[str, int]:
+    """How many normal slides a split's negatives are cut from, and how many metastases its positives hold."""
+    labels = np.asarray(data.labels).astype(int)  # [n]
+    return {"negative slides": len({r["slide_id"] for r, y in zip(data.rows, labels) if y == 0}),
+            "metastases": len({r["metastasis"] for r, y in zip(data.rows, labels) if y == 1})}
 
 
 def crop_statistic_rows(splits: Mapping[str, NeedleCamelyon]) -> list[dict[str, Any]]:
