@@ -1,7 +1,8 @@
 """Helpers of particular chapters, so that each chapter's cells read as short calls.
 
 Shared by every chapter: the opening (`opening`), result tables and claims (`results`), attention
-figures (`attention`), per-class tables (`per_class`).
+figures (`attention`), per-class tables (`per_class`). Not tied to one data set, though only 06 uses
+it so far: what the contrastive term does to an attention that has not found the object (`contrastive`).
 
 One module per chapter (or pair of chapters): `proofs` (01, eq. 8 and unbiasedness checked by
 code), `variance_study` (02, how noisy each sampler is), `colon` (03), `camelyon` (04, whole

@@ -5,7 +5,9 @@
 `unique_tiles`: N', the distinct tiles among N draws (appendix A, fig. 4);
 `view_box_mask` / `object_attention` (`attention_on_objects` for the readers' (x0, y0, x1, y1) boxes): how
 much of that attention lands on an annotated object, beside what a uniform attention would put there (the
-measurement a chapter gives when a method stays at chance).
+measurement a chapter gives when a method stays at chance);
+`attention_spread`: how many locations an attention effectively uses (exp of its entropy) and its
+mass in the top, middle and bottom third of the image.
 """
 
 from __future__ import annotations
@@ -139,3 +141,31 @@ def attention_on_objects(models: Mapping[str, nn.Module], inputs: Sequence[Tenso
                          roi_boxes: Sequence[Sequence[tuple[float, float, float, float]]]) -> list[dict[str, Any]]:
     """`object_attention` for boxes given as the data readers give them, (x0, y0, x1, y1) in full-resolution pixels."""
     return object_attention(models, inputs, [[(y0, x0, y1, x1) for x0, y0, x1, y1 in b] for b in roi_boxes])
+
+
+def attention_spread(models: Mapping[str, nn.Module], inputs: Sequence[Tensor]) -> list[dict[str, Any]]:
+    """How far each attention spreads and along which part of the image's height, a row per model.
+
+    For each image x [1, C, H, W] the `attention_map` a [h, w] gives the share of its locations that
+    the attention effectively uses, exp(H(a)) / (h w) (1: uniform; 1 / (h w): one location), and its
+    mass in the top, middle and bottom third of the rows (row r is in third floor(3 r / h)). The row
+    gives the means over the images.
+    """
+    if not inputs:
+        raise ValueError("need at least one image")
+    rows = []
+    for name, model in models.items():
+        used, thirds = [], []
+        with evaluating(model):
+            device = next(model.parameters()).device
+            for x in inputs:
+                a = attention_map(model, x.to(device))[0].double().cpu()  # [h, w], sums to 1
+                entropy = -(a * a.clamp_min(1e-300).log()).sum()
+                used.append(float(entropy.exp()) / a.numel())
+                third = torch.div(torch.arange(a.shape[0]) * 3, a.shape[0], rounding_mode="floor")  # [h]
+                thirds.append([float(a[third == k].sum()) for k in range(3)])
+        top, middle, bottom = np.mean(thirds, axis=0)
+        rows.append({"method": name, "images": len(inputs), "locations used (exp H / K)": float(np.mean(used)),
+                     "mass in the top third": float(top), "mass in the middle third": float(middle),
+                     "mass in the bottom third": float(bottom)})
+    return rows
