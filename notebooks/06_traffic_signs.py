@@ -127,7 +127,7 @@ SMOKE = dict(synthetic=dict(n_train=24, n_test=12), train_subset=12, test_subset
 #
 # The study of the contrastive term trains the plain Zoom-In twice more, with and without it, for 12 epochs at the
 # constant lr $10^{-3}$ (no decay; one epoch of warm-up, as above): within the 4 decaying epochs above, the attention
-# stays where it starts (the measurements below), so the study trains long enough for it to move.
+# stays where it starts (the measurements below), so the study trains long enough to see whether it moves.
 
 # %%
 CPU = dict(synthetic=dict(n_train=100, n_test=100), train_subset=None, test_subset=None, n_patches=5, patch=50,
@@ -478,48 +478,54 @@ if profile == "cpu" and train_set.synthetic:
 # %% [markdown]
 # ## Trained longer: what the contrastive term does to an attention that has not found the sign
 #
-# The paper credits part of Zoom-In's accuracy to its contrastive term (sec. 2.2; "accurate target object
-# localization achieved by the attention mechanism and contrastive learning", sec. 4): for every image with a
-# sign, $N$ sub-tiles are drawn from the complements $(1 - \alpha)/(T - 1)$ and $(1 - \beta)/(K_2 - 1)$ and the
-# classifier is asked to call them EMPTY ($\mathcal{L}_{con}$, here from the second epoch on). Once the attention
-# holds the sign, the complement's draws miss it and EMPTY is their right answer. Before that, the term has
-# another way down: an attention that gathers on one kind of region lets the classifier tell a complement draw
-# from an attention draw by what the draw shows, and call the first EMPTY whatever the image holds.
+# The paper introduces its contrastive term "to improve the quality of the attention mechanisms used for sampling"
+# (sec. 1) and credits "accurate target object localization achieved by the attention mechanism and contrastive
+# learning" (sec. 4); its evidence is the ablation of table 4 (appendix I) on colon, NeedleCamelyon and Camelyon16,
+# none on traffic signs (chapter 08 repeats the colon rows). For every image with a sign, $N$ sub-tiles are drawn
+# from the complements $(1 - \alpha)/(T - 1)$ and $(1 - \beta)/(K_2 - 1)$ (our normalised reading of the paper's
+# "$1 - a$") and the classifier is asked to call them EMPTY, the reference class of the paper's multi-class extension
+# ($\mathcal{L}_{con}$, sec. 2.2; after the profile's warm-up, in `cpu` from the second epoch on). Once the attention
+# holds the sign, the complement's draws miss it and EMPTY is their right answer. Before that, the term has another
+# way down: an attention that gathers on one kind of region lets the classifier tell a complement draw from an
+# attention draw by what the draw shows, and call the first EMPTY whatever the scene holds.
 #
 # Which of the two happens here is measured by training the plain Zoom-In twice more from the same initial weights
 # on the same mini-batches, with and without $\mathcal{L}_{con}$ (`contrastive.with_and_without`; the profile's
-# epochs and rate are in the settings), its attention on the signs of the test images probed after each epoch.
+# epochs and rate are in the settings; after the warm-up the two also differ in their random draws, which the
+# contrastive forward shares), its attention on the signs of the test images probed after each epoch.
 
 # %%
 from dataclasses import replace
 from zoomin_lib.chapters import contrastive
-from zoomin_lib.chapters.attention import attention_spread
+from zoomin_lib.chapters.attention import LazyInputs, attention_spread
 
 CC = cfg["contrastive"]
 study_settings = replace(settings["Zoom-In"], epochs=CC["epochs"], cosine_decay=CC["cosine"])
-sign_inputs = [load_test([i]) for i in signed]
 con_study = contrastive.with_and_without(
     "Zoom-In", methods["Zoom-In"], study_settings, lazy_batches(load_train, train_set.labels[train_idx], cfg["batch"], seed),
-    list(lazy_batches(load_test, test_set.labels[test_idx], 8, seed, shuffle=False)(0)), sign_inputs,
+    lambda: lazy_batches(load_test, test_set.labels[test_idx], 8, seed, shuffle=False)(0), LazyInputs(load_test, signed),
     [[(y0, x0, y1, x1) for x0, y0, x1, y1 in test_set.roi_boxes(int(test_idx[i]))] for i in signed],
     seed=seed, out=out, resume=resume, record={"profile": profile, "data": DATA_ID})
 save_figure(contrastive.contrastive_figure(con_study, flat, f"plain Zoom-In, {CC['epochs']} epochs ({DATA_LABEL}, profile "
                                            f"{profile!r})"), out, "contrastive_study")
-print(f"{len(signed)} test images with a sign; last epoch: " + "; ".join(
-    f"{k}: cross-entropy {contrastive.curve(r, 'ce')[-1]:.3f}, L_con {contrastive.curve(r, 'contrastive')[-1]:.3f}, "
-    f"attention on the sign {contrastive.curve(r, 'val_mass_ratio')[-1]:.2f} x uniform" for k, (r, _) in con_study.items()))
+curve = lambda label, key: contrastive.curve(con_study[label][0], key)  # per epoch
+print(f"best constant prediction {flat:.3f}; {len(signed)} test images with a sign; " + "; ".join(
+    f"{k}: cross-entropy {curve(k, 'ce')[0]:.3f} (first epoch) to {curve(k, 'ce')[-1]:.3f} (last), L_con "
+    f"{curve(k, 'contrastive').max():.3f} (highest) to {curve(k, 'contrastive')[-1]:.3f}, attention on the sign "
+    f"{curve(k, 'val_mass_ratio')[0]:.2f} to {curve(k, 'val_mass_ratio')[-1]:.2f} x uniform" for k in con_study))
 
 # %% [markdown]
 # Where each run's attention went, on every test image: the share of the locations it effectively uses
 # ($e^{H(a)}$ over their number: 1 for a uniform attention) and its mass in the top, middle and bottom third of the
-# scene (sky, horizon, near road). Then, for images with a sign and without, the probability of EMPTY that the
-# classifier gives to draws of the attention and to draws of the complement, the contrastive samples
-# (`contrastive.draw_source_rows`, 2 draws of each kind per scene). A classifier that reads the sign calls the attention's draws of an
-# empty scene EMPTY as well; one that has learned to tell the two kinds of draw apart answers by the kind.
+# scene (sky, horizon, near road; on a 1280x960 scene, the three rows of 320-pixel tiles, so this is $\alpha$'s mass
+# per row of tiles). Then, for scenes with a sign and without, the probability of EMPTY that the classifier gives
+# (sample mode, 2 draws of each kind per scene) to draws of the attention and to draws of the complement, the
+# contrastive samples (`contrastive.draw_source_rows`). A classifier that reads the sign calls the attention's draws
+# of an empty scene EMPTY as well; one that has learned to tell the two kinds of draw apart answers by the kind.
 
 # %%
 study_models = {k: m for k, (_, m) in con_study.items()}
-test_inputs = [load_test([i]) for i in range(len(test_idx))]
+test_inputs = LazyInputs(load_test, range(len(test_idx)))
 spread = attention_spread(study_models, test_inputs)
 display(markdown_table(spread, digits=3))
 sources = contrastive.draw_source_rows(study_models, test_inputs, list(test_set.labels[test_idx] > 0), 0, "EMPTY",
@@ -529,31 +535,34 @@ markdown_table(sources, digits=3)
 # %% [markdown]
 # How to read it. Without $\mathcal{L}_{con}$ the cross-entropy stays at the constant's and the attention where it
 # started: nothing is learned, as above, only for longer. With it, $\mathcal{L}_{con}$ falls while the attention
-# leaves the signs and gathers on fewer locations in one part of the scene (the first table), and the classifier
-# answers by the kind of draw: EMPTY for the complement's, not for the attention's, in scenes with a sign and
-# without alike (the second). The term is lowered without the sign, by moving the attention away from it. On this
-# stand-in, at this budget, the contrastive term does the opposite of what the paper credits it with; it works here
-# on a classifier that cannot yet read a sign (the cross-entropy at the constant's when it starts; the paper's
-# warm-up is 10 epochs of 747 scenes, here one of 100). Whether it helps once the attention holds the sign is not
-# measured here. The check, in the `cpu` profile on the stand-in: with the term, the last epoch's attention on the
-# signs is below half the uniform one, its $\mathcal{L}_{con}$ below half its first, and it uses less than 0.7 times
-# the locations the attention without the term uses; without the term, the attention stays above 0.7 times uniform;
-# with it, the complement's draws get EMPTY at least 0.3 more often than the attention's in both groups of scenes,
-# without it less than 0.1 apart.
+# gathers on fewer locations in one part of the scene (the first table), where the signs are not: it puts less and
+# less on them. The classifier then answers by the kind of draw: EMPTY for the complement's, not for the attention's,
+# in scenes with a sign and without alike (the second table). The term is lowered without the sign, and the
+# cross-entropy ends above the constant's: in this run the term works against the localisation the paper credits it
+# with. It works here on a classifier that cannot yet read a sign (the first epoch's cross-entropy, at the
+# constant's; the paper's warm-up is 10 epochs of 747 scenes, `cpu`'s one of 100). One run, one seed; whether the
+# term helps once the attention holds the sign is not measured here. The check, in the `cpu` profile on the
+# stand-in: with the term, the last epoch's attention on the signs is below half the uniform one, its
+# $\mathcal{L}_{con}$ below half its first, it uses less than 0.7 times the locations of the run without the term
+# and holds more than half its mass in one third of the scene; without the term, the attention stays above 0.7 times
+# uniform and the cross-entropy within 0.05 of the constant's or above; with the term, p(EMPTY) is at least 0.3
+# higher for the complement's draws than for the attention's in both groups of scenes, without it less than 0.1 apart.
 
 # %%
-study_ratio = {k: contrastive.curve(r, "val_mass_ratio")[-1] for k, (r, _) in con_study.items()}
 gap = {(r["run"], r["test images"]): r["p(EMPTY) from the complement's draws"] - r["p(EMPTY) from the attention's draws"]
        for r in sources}
 print("p(EMPTY), complement's draws minus attention's: " + ", ".join(f"{k[0]}, {k[1]}: {v:+.2f}" for k, v in gap.items()))
 if profile == "cpu" and train_set.synthetic:
-    con = contrastive.curve(con_study[contrastive.WITH][0], "contrastive")
-    assert study_ratio[contrastive.WITH] < 0.5 and con[-1] < 0.5 * con[1], f"with L_con: {study_ratio}, {con}"
-    assert study_ratio[contrastive.WITHOUT] > 0.7, f"without L_con the attention should stay: {study_ratio}"
-    used = {r["method"]: r["locations used (exp H / K)"] for r in spread}
-    assert used[contrastive.WITH] < 0.7 * used[contrastive.WITHOUT], f"locations used: {used}"
-    assert all(v > 0.3 for k, v in gap.items() if k[0] == contrastive.WITH), gap
-    assert all(abs(v) < 0.1 for k, v in gap.items() if k[0] == contrastive.WITHOUT), gap
+    W, WO = contrastive.WITH, contrastive.WITHOUT
+    con, ratio_end = curve(W, "contrastive"), {k: curve(k, "val_mass_ratio")[-1] for k in (W, WO)}
+    assert ratio_end[W] < 0.5 and con[-1] < 0.5 * con[study_settings.warmup_epochs], f"with L_con: {ratio_end}, {con}"
+    assert ratio_end[WO] > 0.7 and curve(WO, "ce")[-1] > flat - 0.05, f"without L_con: {ratio_end}, {curve(WO, 'ce')}"
+    where = {r["method"]: r for r in spread}
+    thirds = [where[W][f"mass in the {t} third"] for t in ("top", "middle", "bottom")]
+    used = {k: where[k]["locations used (exp H / K)"] for k in (W, WO)}
+    assert used[W] < 0.7 * used[WO] and max(thirds) > 0.5, f"locations used: {used}; thirds with L_con: {thirds}"
+    assert len(gap) == 4 and all(v > 0.3 for k, v in gap.items() if k[0] == W), gap
+    assert all(abs(v) < 0.1 for k, v in gap.items() if k[0] == WO), gap
 
 # %% [markdown]
 # ## IPS on traffic signs: the thesis's regularisers and patch sizes (sec. 4.3, 4.5, 4.6)

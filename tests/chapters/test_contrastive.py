@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from zoomin_lib import builders
-from zoomin_lib.chapters.attention import attention_map, attention_spread, object_attention
+from zoomin_lib.chapters.attention import LazyInputs, attention_map, attention_spread, object_attention
 from zoomin_lib.chapters.contrastive import WITH, WITHOUT, contrastive_figure, curve, draw_source_rows, with_and_without
 from zoomin_lib.geometry import view_size
+from zoomin_lib.train.checkpoints import settings_differences
 from zoomin_lib.train.protocol import FoldResult, TrainSettings, lazy_batches
 
 
@@ -29,7 +30,8 @@ class _Peaked(torch.nn.Module):
 
 
 def _spread_reference(a: torch.Tensor) -> tuple[float, list[float]]:
-    """exp(H) / K and the mass per third of the rows, location by location."""
+    """exp(H) / K and the mass per third of the rows, location by location, of a renormalised to sum 1."""
+    a = a.double() / a.double().sum()
     h, w = a.shape
     entropy, thirds = 0.0, [0.0, 0.0, 0.0]
     for r in range(h):
@@ -58,35 +60,44 @@ def test_attention_spread_matches_a_location_by_location_reference():
     assert row["images"] == 2
     assert row["locations used (exp H / K)"] == pytest.approx(np.mean(used), rel=1e-9)
     assert [row[f"mass in the {k} third"] for k in ("top", "middle", "bottom")] == pytest.approx(np.mean(thirds, axis=0))
+    zoom = builders.zoomin(in_channels=3, n_classes=2, scale1=0.1, scale2=0.2, tile_size=40, patch_size=8, n_patches=2)
+    x = torch.randn(1, 3, 70, 50)  # not a multiple of the tile: the map is cropped to the image
+    cropped = attention_map(zoom.eval(), x)[0]  # [14, 10] of the [16, 16] grid of 2x2 tiles at s2
+    assert tuple(cropped.shape) == (14, 10)
+    (row,) = attention_spread({"zoom": zoom}, [x])
+    used, thirds = _spread_reference(cropped)
+    assert row["locations used (exp H / K)"] == pytest.approx(used, rel=1e-9)
+    assert [row[f"mass in the {k} third"] for k in ("top", "middle", "bottom")] == pytest.approx(thirds)
+    assert sum(thirds) == pytest.approx(1.0)
     with pytest.raises(ValueError, match="at least one image"):
         attention_spread({"ats": model}, [])
 
 
 class _BySource(torch.nn.Module):
-    """p(class 0) is `p_attention` for the training forward and `p_complement` for the contrastive one; counts calls."""
+    """p(class 0) is the image's fill value for the training forward and 1 minus it for the contrastive one; counts calls."""
 
-    def __init__(self, p_attention: float, p_complement: float) -> None:
+    def __init__(self) -> None:
         super().__init__()
         self.weight = torch.nn.Parameter(torch.zeros(1))
-        self.p = {False: p_attention, True: p_complement}
         self.calls = {False: 0, True: 0}
 
     def forward(self, x, mode="sample", generator=None, contrastive=False):
         assert mode == "sample" and not self.training
         self.calls[contrastive] += 1
-        p0 = self.p[contrastive] + 0.0 * float(torch.rand(1, generator=generator))
-        probs = torch.tensor([[p0, 1 - p0]])
-        return type("Out", (), {"logits": probs.log()})()
+        fill = float(x.flatten()[0])
+        p0 = 1 - fill if contrastive else fill
+        return type("Out", (), {"logits": torch.tensor([[p0, 1 - p0]]).log()})()
 
 
 def test_draw_source_rows_average_each_source_per_group():
-    stub = _BySource(0.2, 0.9)
-    images = [torch.zeros(1, 3, 8, 8)] * 5
+    stub = _BySource()
+    fills = [0.1, 0.6, 0.2, 0.3, 0.8]
+    images = [torch.full((1, 3, 8, 8), f) for f in fills]
     rows = draw_source_rows({"stub": stub}, images, [True, False, True, True, False], 0, "EMPTY", draws=3)
     assert [(r["test images"], r["images"]) for r in rows] == [("without it", 2), ("with the object", 3)]
-    for r in rows:
-        assert r["p(EMPTY) from the attention's draws"] == pytest.approx(0.2)
-        assert r["p(EMPTY) from the complement's draws"] == pytest.approx(0.9)
+    for r, group in zip(rows, ([0.6, 0.8], [0.1, 0.2, 0.3])):
+        assert r["p(EMPTY) from the attention's draws"] == pytest.approx(np.mean(group))
+        assert r["p(EMPTY) from the complement's draws"] == pytest.approx(1 - np.mean(group))
     assert stub.calls == {False: 15, True: 15}  # draws per image and source
     only_with = draw_source_rows({"stub": stub}, images[:1], [True], 0, "EMPTY", draws=1)
     assert [r["test images"] for r in only_with] == ["with the object"]
@@ -109,11 +120,11 @@ def test_draw_source_rows_of_a_real_model_are_its_mean_softmax_per_source():
     assert row["p(normal) from the complement's draws"] == pytest.approx(expect[1], rel=1e-6)
 
 
-def test_with_and_without_share_the_warm_up_and_differ_only_in_the_contrastive_term(tmp_path):
+def test_with_and_without_share_the_warm_up_and_their_settings_differ_only_in_the_contrastive_term(tmp_path):
     gen = torch.Generator().manual_seed(3)
     x, y = torch.rand(8, 3, 40, 40, generator=gen), torch.tensor([0, 1, 1, 0, 1, 0, 1, 1])
     batches = lazy_batches(lambda idx: x[list(idx)], y, 4, 0)
-    test = list(lazy_batches(lambda idx: x[list(idx)], y, 4, 0, shuffle=False)(0))
+    test = lambda: lazy_batches(lambda idx: x[list(idx)], y, 4, 0, shuffle=False)(0)
     boxes = [[(5.0, 5.0, 20.0, 20.0)], [(10.0, 20.0, 40.0, 40.0)]]
     factory = lambda: builders.ats(in_channels=3, n_classes=2, scale=0.25, patch_size=8, n_patches=2)
     settings = TrainSettings(epochs=3, lr=1e-2, batch_size=4, warmup_epochs=1)
@@ -128,7 +139,11 @@ def test_with_and_without_share_the_warm_up_and_differ_only_in_the_contrastive_t
         last = object_attention({"m": model}, [x[:1], x[1:2]], boxes)[0]
         assert curve(result, "val_mass_ratio")[-1] == pytest.approx(last["mass / uniform"], rel=1e-6)
         assert curve(result, "val_peak_on")[-1] == pytest.approx(last["peak on the object %"])
-    assert (tmp_path / "runs" / f"ATS, {WITH}_r0_f0.json").is_file()
+    assert with_result.n_test == without_result.n_test == 8  # each run read the whole test set
+    saved = {label: torch.load(tmp_path / "checkpoints" / f"ATS, {label}_r0_f0.pt", weights_only=True)["settings"]
+             for label in (WITH, WITHOUT)}
+    assert sorted(d.split(":")[0] for d in settings_differences(saved[WITH], saved[WITHOUT])) == [
+        "method", "training.contrastive"]  # the name, and the term
     assert (tmp_path / "runs" / f"ATS, {WITHOUT}_r0_f0.json").is_file()
     fig = contrastive_figure(runs, 0.69, "t")
     left, right = fig.axes
@@ -144,3 +159,25 @@ def test_curve_reads_a_key_per_epoch_and_nan_where_missing():
     assert list(curve(result, "ce")) == [1.0, 0.5]
     assert np.isnan(curve(result, "x")[0]) and curve(result, "x")[1] == 2.0
 
+
+
+def test_with_and_without_without_probe_images_records_no_probe():
+    x, y = torch.rand(4, 3, 40, 40, generator=torch.Generator().manual_seed(4)), torch.tensor([0, 1, 1, 0])
+    factory = lambda: builders.ats(in_channels=3, n_classes=2, scale=0.25, patch_size=8, n_patches=2)
+    runs = with_and_without("ATS", factory, TrainSettings(epochs=2, lr=1e-2, batch_size=2, warmup_epochs=1),
+                            lazy_batches(lambda idx: x[list(idx)], y, 2, 0),
+                            lambda: lazy_batches(lambda idx: x[list(idx)], y, 2, 0, shuffle=False)(0), [], [], seed=0)
+    for result, _ in runs.values():
+        assert not any(k.startswith("val_") for h in result.history for k in h)
+        assert np.isnan(curve(result, "val_mass_ratio")).all()
+
+
+def test_lazy_inputs_read_each_image_when_indexed():
+    reads = []
+    load = lambda idx: (reads.append(list(idx)), torch.full((1, 1, 2, 2), float(idx[0])))[1]
+    images = LazyInputs(load, [4, 7, 9])
+    assert len(images) == 3 and reads == []
+    assert float(images[1][0, 0, 0, 0]) == 7.0 and reads == [[7]]
+    assert [float(t[0, 0, 0, 0]) for t in images] == [4.0, 7.0, 9.0]
+    tail = images[1:]
+    assert isinstance(tail, LazyInputs) and len(tail) == 2 and float(tail[-1][0, 0, 0, 0]) == 9.0

@@ -7,13 +7,14 @@
 much of that attention lands on an annotated object, beside what a uniform attention would put there (the
 measurement a chapter gives when a method stays at chance);
 `attention_spread`: how many locations an attention effectively uses (exp of its entropy) and its
-mass in the top, middle and bottom third of the image.
+mass in the top, middle and bottom third of the image;
+`LazyInputs`: images read only when indexed, so that the measurements can run over a whole test set.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -22,6 +23,21 @@ from torch import Tensor, nn
 from zoomin_lib.geometry import view_to_full
 from zoomin_lib.hierarchical import unique_draws
 from zoomin_lib.train.loop import evaluating
+
+
+class LazyInputs(Sequence[Tensor]):
+    """The images [1, C, H, W] at `positions`, each read by `load([position])` when it is indexed, never kept."""
+
+    def __init__(self, load: Callable[[Sequence[int]], Tensor], positions: Iterable[int]) -> None:
+        self.load, self.positions = load, [int(p) for p in positions]
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def __getitem__(self, i):  # int -> [1, C, H, W]; slice -> LazyInputs
+        if isinstance(i, slice):
+            return LazyInputs(self.load, self.positions[i])
+        return self.load([self.positions[i]])
 
 
 def unique_tiles(model: nn.Module, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -146,7 +162,8 @@ def attention_on_objects(models: Mapping[str, nn.Module], inputs: Sequence[Tenso
 def attention_spread(models: Mapping[str, nn.Module], inputs: Sequence[Tensor]) -> list[dict[str, Any]]:
     """How far each attention spreads and along which part of the image's height, a row per model.
 
-    For each image x [1, C, H, W] the `attention_map` a [h, w] gives the share of its locations that
+    For each image x [1, C, H, W] the `attention_map` a [h, w] (renormalised to sum 1, in case a
+    Zoom-In map cropped to the image left some mass out) gives the share of its locations that
     the attention effectively uses, exp(H(a)) / (h w) (1: uniform; 1 / (h w): one location), and its
     mass in the top, middle and bottom third of the rows (row r is in third floor(3 r / h)). The row
     gives the means over the images.
@@ -159,7 +176,8 @@ def attention_spread(models: Mapping[str, nn.Module], inputs: Sequence[Tensor]) 
         with evaluating(model):
             device = next(model.parameters()).device
             for x in inputs:
-                a = attention_map(model, x.to(device))[0].double().cpu()  # [h, w], sums to 1
+                a = attention_map(model, x.to(device))[0].double().cpu()  # [h, w]
+                a = a / a.sum()  # a guard: Zoom-In's map is cropped to the image
                 entropy = -(a * a.clamp_min(1e-300).log()).sum()
                 used.append(float(entropy.exp()) / a.numel())
                 third = torch.div(torch.arange(a.shape[0]) * 3, a.shape[0], rounding_mode="floor")  # [h]

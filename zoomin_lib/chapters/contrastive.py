@@ -1,18 +1,22 @@
 """What the contrastive term of Zoom-In sec. 2.2 does to an attention that has not yet found the object.
 
-L_con = sum_n -log p(reference | draws from the complements (1 - alpha)/(T - 1), (1 - beta)/(K2 - 1)),
-over the images whose label is not the reference class (`losses.contrastive_loss`; the sum over the
-batch divided by its size, `steps.sampling_loss`), asks the classifier to call what the complement
-draws "reference" (EMPTY, normal). With the attention on the object, the complement's draws miss it
-and the term is the paper's help. Without, the term can still be lowered: by an attention that
-gathers on one kind of region, so that the classifier can tell a complement draw from an attention
-draw by what it shows, whatever the image holds. The chapters measure which of the two happens:
+    L_con = sum_n -log p(reference | draws from the complements (1 - alpha)/(T - 1), (1 - beta)/(K2 - 1)),
+
+over the images whose label is not the reference class (`losses.contrastive_loss`; the sum over
+the batch divided by its size, `steps.sampling_loss`), asks the classifier to call what the
+complement draws "reference" (EMPTY, normal). The normalised complements are this project's reading
+of the paper's "1 - a" (`models`), and one reference class is the first of its two multi-class
+extensions. With the attention on the object, the complement's draws miss it and the term is the
+paper's help. Without, the term can still be lowered: by an attention that gathers on one kind of
+region, so that the classifier can tell a complement draw from an attention draw by what it shows,
+whatever the image holds. The chapters measure which of the two happens:
 
 - `with_and_without`: one method trained twice from the same initial weights on the same
-  mini-batches, once with L_con after the warm-up and once without, its attention on the objects
-  of a few test images probed after each epoch (`attention.object_attention`);
-- `draw_source_rows`: the mean probability of the reference class predicted from draws of the
-  attention and from draws of its complement (the contrastive samples), on test images with the
+  mini-batches, once with L_con after the warm-up and once without (so, after the warm-up, also with
+  other random draws: the contrastive forward draws from the same generator), its attention on the
+  objects of the test images probed after each epoch (`attention.object_attention`);
+- `draw_source_rows`: the mean probability of the reference class predicted (sample mode) from draws
+  of the attention and from draws of its complement (the contrastive samples), on test images with the
   object and without it. A classifier that reads the object gives the reference class to the
   complement's draws of every image and to the attention's draws of the images without the object;
   one that tells the two sources apart gives it to the complement's draws only, whatever the image;
@@ -24,7 +28,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -45,8 +49,8 @@ def with_and_without(
     name: str,
     factory: Callable[[], nn.Module],
     settings: TrainSettings,
-    train_batches: Callable[[int], Iterator[Any]],
-    test_batches: Sequence[Any],
+    train_batches: Callable[[int], Iterable[Any]],
+    test_batches: Callable[[], Iterable[Any]],
     probe_inputs: Sequence[Tensor],
     probe_boxes: Sequence[Sequence[tuple[float, float, float, float]]],
     *,
@@ -57,7 +61,8 @@ def with_and_without(
 ) -> dict[str, tuple[FoldResult, nn.Module]]:
     """`name` trained with `settings` (L_con on) and with L_con off, same seed and batches: {WITH: .., WITHOUT: ..}.
 
-    After each epoch both runs are probed on `probe_inputs` (images [1, C, H, W]) and their object
+    `train_batches(epoch)` gives an epoch's mini-batches, `test_batches()` the test batches (called
+    once per run, so both may be read lazily). After each epoch both runs are probed on `probe_inputs` (images [1, C, H, W]) and their object
     boxes (top, left, bottom, right) in full-resolution pixels: the history gets "val_mass_ratio"
     (the attention's mass on the objects over a uniform attention's) and "val_peak_on" (% of images
     whose highest location lies on an object); with no probe image, neither. Checkpoints and runs go under `out`, tagged
@@ -74,7 +79,7 @@ def with_and_without(
 
     runs = {}
     for label, s in ((WITH, settings), (WITHOUT, replace(settings, contrastive=False))):
-        runs[label] = run_method(f"{name}, {label}", factory, s, train_batches, test_batches, run_seed=seed,
+        runs[label] = run_method(f"{name}, {label}", factory, s, train_batches, test_batches(), run_seed=seed,
                                  tag=f"{name}, {label}_r0_f0", out_dir=out, resume=resume, record=record, probe=probe)
     return runs
 
