@@ -508,11 +508,7 @@ con_study = contrastive.with_and_without(
     seed=seed, out=out, resume=resume, record={"profile": profile, "data": DATA_ID})
 save_figure(contrastive.contrastive_figure(con_study, flat, f"plain Zoom-In, {CC['epochs']} epochs ({DATA_LABEL}, profile "
                                            f"{profile!r})"), out, "contrastive_study")
-curve = lambda label, key: contrastive.curve(con_study[label][0], key)  # per epoch
-print(f"best constant prediction {flat:.3f}; {len(signed)} test images with a sign; " + "; ".join(
-    f"{k}: cross-entropy {curve(k, 'ce')[0]:.3f} (first epoch) to {curve(k, 'ce')[-1]:.3f} (last), L_con "
-    f"{curve(k, 'contrastive').max():.3f} (highest) to {curve(k, 'contrastive')[-1]:.3f}, attention on the sign "
-    f"{curve(k, 'val_mass_ratio')[0]:.2f} to {curve(k, 'val_mass_ratio')[-1]:.2f} x uniform" for k in con_study))
+print(f"{len(signed)} test images with a sign; " + contrastive.study_text(con_study, flat, "the sign"))
 
 # %% [markdown]
 # Where each run's attention went, on every test image: the share of the locations it effectively uses
@@ -549,8 +545,8 @@ markdown_table(sources, digits=3)
 # higher for the complement's draws than for the attention's in both groups of scenes, without it less than 0.1 apart.
 
 # %%
-gap = {(r["run"], r["test images"]): r["p(EMPTY) from the complement's draws"] - r["p(EMPTY) from the attention's draws"]
-       for r in sources}
+gap = contrastive.source_gaps(sources, "EMPTY")
+curve = lambda label, key: contrastive.curve(con_study[label][0], key)  # per epoch
 print("p(EMPTY), complement's draws minus attention's: " + ", ".join(f"{k[0]}, {k[1]}: {v:+.2f}" for k, v in gap.items()))
 if profile == "cpu" and train_set.synthetic:
     W, WO = contrastive.WITH, contrastive.WITHOUT

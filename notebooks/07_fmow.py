@@ -85,7 +85,7 @@ SMOKE = dict(synthetic=dict(n_train_per_class=1, n_test_per_class=1, min_size=50
              cnn_size=224, cnn_epochs=1, timing=0.01, boxes=dict(pretrain={"a": 1, "b": 1, "f": 1}, epochs=1, lr=1e-4))
 
 # %% [markdown]
-# The `cpu` profile, the book's default on a 2-core CPU (10 minutes for the chapter), trains on a stand-in of
+# The `cpu` profile, the book's default on a 2-core CPU (8 minutes for the chapter), trains on a stand-in of
 # 20 training and 8 test images per class with sides between 500 and 1250 pixels: still every size from a
 # tile's two to five a side, each read at its own size, the object 96 pixels or more and a small part of its image, and
 # the time of every method (the first-stage views, the CNN's resizing, the reading) grows with the pixels. It reads

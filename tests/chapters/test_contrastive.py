@@ -10,7 +10,8 @@ import torch
 
 from zoomin_lib import builders
 from zoomin_lib.chapters.attention import LazyInputs, attention_map, attention_spread, object_attention
-from zoomin_lib.chapters.contrastive import WITH, WITHOUT, contrastive_figure, curve, draw_source_rows, with_and_without
+from zoomin_lib.chapters.contrastive import (WITH, WITHOUT, contrastive_figure, curve, draw_source_rows, source_gaps, study_text,
+                                             with_and_without)
 from zoomin_lib.geometry import view_size
 from zoomin_lib.train.checkpoints import settings_differences
 from zoomin_lib.train.protocol import FoldResult, TrainSettings, lazy_batches
@@ -181,3 +182,20 @@ def test_lazy_inputs_read_each_image_when_indexed():
     assert [float(t[0, 0, 0, 0]) for t in images] == [4.0, 7.0, 9.0]
     tail = images[1:]
     assert isinstance(tail, LazyInputs) and len(tail) == 2 and float(tail[-1][0, 0, 0, 0]) == 9.0
+
+
+def test_source_gaps_and_study_text_read_the_rows_and_histories():
+    stub = _BySource()
+    images = [torch.full((1, 3, 8, 8), f) for f in (0.1, 0.6, 0.3)]
+    rows = draw_source_rows({"stub": stub}, images, [True, False, True], 0, "EMPTY", draws=1)
+    assert source_gaps(rows, "EMPTY") == pytest.approx({("stub", "without it"): 0.4 - 0.6,
+                                                       ("stub", "with the object"): 0.8 - 0.2})
+    run = lambda h: (FoldResult("m", 0, 0, 0.5, None, 4, 0.7, h), None)
+    runs = {WITH: run([{"ce": 1.4, "contrastive": 0.0, "val_mass_ratio": 0.9},
+                       {"ce": 1.5, "contrastive": 0.6, "val_mass_ratio": 0.5},
+                       {"ce": 1.45, "contrastive": 0.1, "val_mass_ratio": 0.2}]),
+            WITHOUT: run([{"ce": 1.4, "contrastive": 0.0, "val_mass_ratio": 0.9}])}
+    assert study_text(runs, 1.3, "the sign") == (
+        "best constant prediction 1.300; with L_con: cross-entropy 1.400 (first epoch) to 1.450 (last), L_con 0.600 "
+        "(highest) to 0.100, attention on the sign 0.90 to 0.20 x uniform; without L_con: cross-entropy 1.400 (first "
+        "epoch) to 1.400 (last), L_con 0.000 (highest) to 0.000, attention on the sign 0.90 to 0.90 x uniform")

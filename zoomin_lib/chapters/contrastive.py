@@ -20,8 +20,9 @@ whatever the image holds. The chapters measure which of the two happens:
   object and without it. A classifier that reads the object gives the reference class to the
   complement's draws of every image and to the attention's draws of the images without the object;
   one that tells the two sources apart gives it to the complement's draws only, whatever the image;
-- `contrastive_figure`: L_con, the classification cross-entropy and the attention on the objects
-  per epoch, for both runs.
+- `source_gaps`: from those rows, the complement's p(reference) minus the attention's, per run and group;
+- `study_text` and `contrastive_figure`: the cross-entropy, L_con and the attention on the objects
+  per epoch, for both runs, as one line each and as a figure.
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ from zoomin_lib.chapters.attention import object_attention
 from zoomin_lib.train.loop import evaluating
 from zoomin_lib.train.protocol import FoldResult, TrainSettings, run_method
 
-__all__ = ["WITH", "WITHOUT", "with_and_without", "draw_source_rows", "contrastive_figure", "curve"]
+__all__ = ["WITH", "WITHOUT", "with_and_without", "draw_source_rows", "source_gaps", "study_text", "contrastive_figure",
+           "curve"]
 
 WITH, WITHOUT = "with L_con", "without L_con"  # the two runs' names
 
@@ -131,6 +133,22 @@ def draw_source_rows(
                          f"p({reference_name}) from the attention's draws": float(a),
                          f"p({reference_name}) from the complement's draws": float(c)})
     return rows
+
+
+def source_gaps(rows: Sequence[Mapping[str, Any]], reference_name: str) -> dict[tuple[str, str], float]:
+    """(run, test images) -> p(reference) from the complement's draws minus from the attention's, from `draw_source_rows`."""
+    return {(r["run"], r["test images"]): float(r[f"p({reference_name}) from the complement's draws"])
+            - float(r[f"p({reference_name}) from the attention's draws"]) for r in rows}
+
+
+def study_text(runs: Mapping[str, tuple[FoldResult, nn.Module]], constant: float, thing: str) -> str:
+    """One line on both runs: cross-entropy (first and last epoch), L_con (highest, last), attention on `thing` (first, last)."""
+    parts = []
+    for label, (result, _) in runs.items():
+        ce, con, mass = (curve(result, k) for k in ("ce", "contrastive", "val_mass_ratio"))
+        parts.append(f"{label}: cross-entropy {ce[0]:.3f} (first epoch) to {ce[-1]:.3f} (last), L_con {np.nanmax(con):.3f} "
+                     f"(highest) to {con[-1]:.3f}, attention on {thing} {mass[0]:.2f} to {mass[-1]:.2f} x uniform")
+    return f"best constant prediction {constant:.3f}; " + "; ".join(parts)
 
 
 def contrastive_figure(runs: Mapping[str, tuple[FoldResult, nn.Module]], constant: float, title: str = "") -> Figure:
