@@ -504,7 +504,7 @@ study_settings = replace(settings["Zoom-In"], epochs=CC["epochs"], cosine_decay=
 con_study = contrastive.with_and_without(
     "Zoom-In", methods["Zoom-In"], study_settings, lazy_batches(load_train, train_set.labels[train_idx], cfg["batch"], seed),
     lambda: lazy_batches(load_test, test_set.labels[test_idx], 8, seed, shuffle=False)(0), LazyInputs(load_test, signed),
-    [[(y0, x0, y1, x1) for x0, y0, x1, y1 in test_set.roi_boxes(int(test_idx[i]))] for i in signed],
+    [test_set.roi_boxes(int(test_idx[i])) for i in signed],
     seed=seed, out=out, resume=resume, record={"profile": profile, "data": DATA_ID})
 save_figure(contrastive.contrastive_figure(con_study, flat, f"plain Zoom-In, {CC['epochs']} epochs ({DATA_LABEL}, profile "
                                            f"{profile!r})"), out, "contrastive_study")

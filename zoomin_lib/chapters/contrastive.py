@@ -14,7 +14,7 @@ whatever the image holds. The chapters measure which of the two happens:
 - `with_and_without`: one method trained twice from the same initial weights on the same
   mini-batches, once with L_con after the warm-up and once without (so, after the warm-up, also with
   other random draws: the contrastive forward draws from the same generator), its attention on the
-  objects of the test images probed after each epoch (`attention.object_attention`);
+  objects of the test images probed after each epoch (`attention.attention_on_objects`);
 - `draw_source_rows`: the mean probability of the reference class predicted (sample mode) from draws
   of the attention and from draws of its complement (the contrastive samples), on test images with the
   object and without it. A classifier that reads the object gives the reference class to the
@@ -37,7 +37,7 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor, nn
 
-from zoomin_lib.chapters.attention import object_attention
+from zoomin_lib.chapters.attention import attention_on_objects
 from zoomin_lib.train.loop import evaluating
 from zoomin_lib.train.protocol import FoldResult, TrainSettings, run_method
 
@@ -64,19 +64,21 @@ def with_and_without(
     """`name` trained with `settings` (L_con on) and with L_con off, same seed and batches: {WITH: .., WITHOUT: ..}.
 
     `train_batches(epoch)` gives an epoch's mini-batches, `test_batches()` the test batches (called
-    once per run, so both may be read lazily). After each epoch both runs are probed on `probe_inputs` (images [1, C, H, W]) and their object
-    boxes (top, left, bottom, right) in full-resolution pixels: the history gets "val_mass_ratio"
-    (the attention's mass on the objects over a uniform attention's) and "val_peak_on" (% of images
-    whose highest location lies on an object); with no probe image, neither. Checkpoints and runs go under `out`, tagged
-    "<name>, <WITH or WITHOUT>_r0_f0".
+    once per run, so both may be read lazily). After each epoch both runs are probed on
+    `probe_inputs` (images [1, C, H, W]) and their object boxes as the data readers give them,
+    (x0, y0, x1, y1) in full-resolution pixels (`attention.attention_on_objects`): the history gets
+    "val_mass_ratio" (the attention's mass on the objects over a uniform attention's) and
+    "val_peak_on" (% of images whose highest location lies on an object); with no probe image,
+    neither. Checkpoints and runs go under `out`, tagged "<name>, <WITH or WITHOUT>_r0_f0".
     """
+
     if not settings.contrastive:
         raise ValueError("settings must have the contrastive term on; the run without it is made here")
 
     def probe(model: nn.Module, generator: torch.Generator) -> dict[str, float]:
         if not probe_inputs:  # no test image holds an object: nothing to probe
             return {}
-        row = object_attention({name: model}, probe_inputs, probe_boxes)[0]
+        row = attention_on_objects({name: model}, probe_inputs, probe_boxes)[0]
         return {"mass_ratio": float(row["mass / uniform"]), "peak_on": float(row["peak on the object %"])}
 
     runs = {}
