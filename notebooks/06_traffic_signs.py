@@ -535,8 +535,8 @@ markdown_table(sources, digits=3)
 # less on them. The classifier then answers by the kind of draw: EMPTY for the complement's, not for the attention's,
 # in scenes with a sign and without alike (the second table). The term is lowered without the sign, and the
 # cross-entropy ends above the constant's: in this run the term works against the localisation the paper credits it
-# with. It works here on a classifier that cannot yet read a sign (the first epoch's cross-entropy, at the
-# constant's; the paper's warm-up is 10 epochs of 747 scenes, `cpu`'s one of 100). One run, one seed; whether the
+# with. It works here on a classifier that cannot yet read a sign (the first epoch's cross-entropy, not below
+# the constant's; the paper's warm-up is 10 epochs of 747 scenes, `cpu`'s one of 100). One run, one seed; whether the
 # term helps once the attention holds the sign is not measured here. The check, in the `cpu` profile on the
 # stand-in: with the term, the last epoch's attention on the signs is below half the uniform one, its
 # $\mathcal{L}_{con}$ below half its first, it uses less than 0.7 times the locations of the run without the term
