@@ -93,7 +93,7 @@ SMOKE = dict(max_positives=(12, 4, 6), in_memory=True, tile=64, patch=16, n_patc
              bagnet_epochs=1, timing=0.01, contrastive=dict(epochs=1, cosine=False))
 
 # %% [markdown]
-# **cpu**, the book's default, fits a 2-core CPU (14 minutes for the chapter). It keeps the paper's crops
+# **cpu**, the book's default, fits a 2-core CPU (15 minutes for the chapter). It keeps the paper's crops
 # (1024x1024), its Zoom-In and ATS architectures and $N = 30$, but trains on 60 crops and tests on 100 (not 6000
 # and 2000), for 3 epochs (not 150) at lr $10^{-3}$ with cosine decay (not a fixed $10^{-4}$), with the
 # contrastive loss in the last (from epoch 2, counting from 0). A crop-epoch of the four methods together costs
