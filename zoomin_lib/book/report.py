@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Mapping, Sequence
 
 __all__ = ["MarkdownTable", "format_cell", "markdown_table"]
@@ -20,11 +21,20 @@ class MarkdownTable(str):
 
 
 def format_cell(value: Any, digits: int = 3) -> str:
-    """A table cell: booleans as yes/no, floats in `digits` significant figures, the rest as str."""
+    """A table cell: booleans as yes/no, floats in `digits` significant figures, the rest as str.
+
+    A float whose integer part has more than `digits` digits (below 10^7) is written whole, as 3260 or 20851,
+    not as 3.26e+03: a quoted paper figure keeps its digits and a percentage reads as one.
+    """
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, float):
-        return f"{value:.{digits}g}"
+        if math.isfinite(value) and 10 ** digits <= abs(value) < 1e7:
+            return f"{value:.0f}"
+        text = f"{value:.{digits}g}"
+        if "e+" in text and abs(value) < 1e7:  # rounding carried it to 10^digits: 99.7 -> 1e+02
+            return f"{value:.0f}"
+        return text
     return str(value).replace("|", "\\|")
 
 
