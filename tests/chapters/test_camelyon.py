@@ -13,8 +13,11 @@ from zoomin_lib.chapters.camelyon import (
     contours,
     measured_rows,
     memory_rows_table,
+    plateau_facts,
+    plateau_text,
     pretraining_lines,
     spearman_rows,
+    training_figure,
 )
 
 
@@ -88,3 +91,44 @@ def test_contours_keep_the_tumour_groups_and_names_become_file_names():
     assert len(contours(roi)) == 1 and contours(roi)[0] is square
     assert contours(None) == []
     assert checkpoint_name("Zoom-In (Res) + annotations") == "Zoom-In_Res_+_annotations"
+
+
+def _histories() -> dict[str, list[dict]]:
+    """Two runs of 6 epochs, L_con from the third (warm-up 2): one stays at log 2, one learns."""
+    flat = [0.70, 0.69, 0.71, 0.69, 0.70, 0.68]
+    learns = [0.70, 0.60, 0.50, 0.40, 0.30, 0.20]
+    con = [0.0, 0.0, 0.40, 0.10, 0.02, 0.01]
+    return {"Zoom-In": [{"ce": c, "contrastive": k} for c, k in zip(flat, con)],
+            "Zoom-In + annotations": [{"ce": c, "contrastive": 0.0} for c in learns]}
+
+
+def test_plateau_facts_by_hand():
+    spearman = {"Zoom-In": {"rho": -0.3, "per_slide": [-0.4, float("nan"), -0.2, 0.1]}}
+    facts = plateau_facts(_histories(), spearman, warmup=2, last=3)
+    plain = facts["Zoom-In"]
+    assert plain["ce_first"] == 0.70 and plain["ce_last"] == pytest.approx((0.69 + 0.70 + 0.68) / 3)
+    assert plain["con_highest"] == 0.40 and plain["con_last"] == 0.01  # the warm-up's zeros are not L_con's first
+    assert (plain["rho"], plain["slides_below_zero"], plain["slides"]) == (-0.3, 2, 3)  # a NaN slide is not counted
+    other = facts["Zoom-In + annotations"]
+    assert np.isnan(other["rho"]) and other["slides"] == 0 and other["ce_last"] == pytest.approx(0.3)
+    lines = plateau_text(facts, 0.6931)
+    assert lines[0] == ("Zoom-In: cross-entropy first epoch 0.700, mean of the last 3 0.690 (best constant 0.693); "
+                        "L_con highest 0.400, last 0.0100; figure 7's rho -0.300, below 0 on 2 of 3 annotated test slides")
+    assert lines[1].endswith("L_con highest 0.000, last 0.0000")
+    no_warmup_left = plateau_facts(_histories(), {}, warmup=6)
+    assert "no L_con" in plateau_text(no_warmup_left, 0.6931)[0]
+
+
+def test_training_figure_draws_both_losses_of_every_run():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = training_figure(_histories(), 0.6931, warmup=2, title="t")
+    ce_ax, con_ax = fig.axes
+    assert [list(line.get_ydata()) for line in ce_ax.lines[:2]] == [[h["ce"] for h in v] for v in _histories().values()]
+    assert [list(line.get_ydata()) for line in con_ax.lines[:2]] == [[h["contrastive"] for h in v]
+                                                                    for v in _histories().values()]
+    assert any(list(line.get_ydata()) == [0.6931, 0.6931] for line in ce_ax.lines)  # the constant's line
+    plt.close(fig)

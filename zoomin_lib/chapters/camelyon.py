@@ -12,11 +12,14 @@ analysis of sec. 2.1, measured on slides from 1e8 to 1e10 pixels against one-sta
 - inference: `evaluate_variants`, `measured_rows`;
 - figures: `SlideViews` / `slide_views`, `contours`, `attention_figure`, `zoom_in_figure`,
   `attention_vs_ratio`, `spearman_rows`;
+- where training stopped: `training_figure` (eq. 12's cross-entropy and sec. 2.2's L_con per epoch),
+  `plateau_facts`, `plateau_text`;
 - memory against slide size: `memory_sweep`, `MemoryCurve`, `memory_figure`, `memory_rows_table`.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +46,7 @@ __all__ = [
     "NAMES", "SlideData", "slide_data", "geometry_rows", "slide_stats", "roi_of", "slide_zoomin", "Training",
     "train_variants", "pretraining_lines", "Evaluation", "evaluate_variants", "measured_rows", "SlideViews",
     "slide_views", "contours", "attention_figure", "zoom_in_figure", "attention_vs_ratio", "spearman_rows",
-    "memory_sweep", "MemoryCurve", "memory_figure", "memory_rows_table",
+    "training_figure", "plateau_facts", "plateau_text", "memory_sweep", "MemoryCurve", "memory_figure", "memory_rows_table",
 ]
 
 # the methods of table 2 by (backbone, trained with annotations)
@@ -377,6 +380,62 @@ def spearman_rows(spearman: Mapping[str, Mapping[str, Any]], paper_rho: float) -
     return [{"model": n, "Spearman rho (measured)": s["rho"], "p-value": s["p_value"], "tiles": s["n_tiles"],
              "tiles with metastasis": s["n_tiles_with_roi"], "paper reports": paper_rho if "annotations" not in n else ""}
             for n, s in spearman.items()]
+
+
+# ------------------------------------------------------------------------------ where training stopped
+def training_figure(histories: Mapping[str, Sequence[Mapping[str, Any]]], constant: float, warmup: int,
+                    title: str) -> Any:
+    """Two panels per run, epoch by epoch: eq. 12's cross-entropy (the constant prediction's dotted) and L_con (sec. 2.2).
+
+    `warmup` is the number of epochs without L_con (a dashed line after them); a run's point per epoch is the mean
+    over its mini-batches, as `fit_slides` records it.
+    """
+    import matplotlib.pyplot as plt
+
+    fig, (ax_ce, ax_con) = plt.subplots(1, 2, figsize=(9, 3.4))
+    for name, hist in histories.items():
+        epochs = range(1, len(hist) + 1)
+        ax_ce.plot(epochs, [h["ce"] for h in hist], "o-", ms=3, label=name)
+        ax_con.plot(epochs, [h["contrastive"] for h in hist], "o-", ms=3, label=name)
+    ax_ce.axhline(constant, color="gray", ls=":", lw=1, label=f"best constant prediction ({constant:.3f})")
+    for ax, ylabel in ((ax_ce, "training cross-entropy"), (ax_con, "contrastive loss L_con")):
+        ax.axvline(warmup + 0.5, color="gray", ls="--", lw=0.8)
+        ax.set_xlabel("epoch (dashed: L_con switched on)")
+        ax.set_ylabel(ylabel)
+        ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def plateau_facts(histories: Mapping[str, Sequence[Mapping[str, Any]]], spearman: Mapping[str, Mapping[str, Any]],
+                  warmup: int, last: int = 5) -> dict[str, dict[str, Any]]:
+    """Per run: first and last-`last`-epoch mean cross-entropy, L_con's highest and last value after the warm-up,
+    figure 7's rho (overall and the number of annotated test slides where it is below 0), as far as measured."""
+    facts = {}
+    for name, hist in histories.items():
+        con = [h["contrastive"] for h in hist[warmup:]]
+        rho = spearman.get(name, {})
+        slides = [r for r in rho.get("per_slide", []) if not math.isnan(r)]
+        facts[name] = {"ce_first": hist[0]["ce"], "ce_last": float(np.mean([h["ce"] for h in hist[-last:]])),
+                       "last_epochs": min(last, len(hist)),
+                       "con_highest": max(con) if con else math.nan, "con_last": con[-1] if con else math.nan,
+                       "rho": rho.get("rho", math.nan), "slides_below_zero": sum(r < 0 for r in slides),
+                       "slides": len(slides)}
+    return facts
+
+
+def plateau_text(facts: Mapping[str, Mapping[str, Any]], constant: float) -> list[str]:
+    """One line per run of `plateau_facts`, with the constant prediction's cross-entropy beside its own."""
+    lines = []
+    for name, f in facts.items():
+        con = ("no L_con" if math.isnan(f["con_highest"])
+               else f"L_con highest {f['con_highest']:.3f}, last {f['con_last']:.4f}")
+        rho = ("" if math.isnan(f["rho"]) else f"; figure 7's rho {f['rho']:.3f}, below 0 on "
+               f"{f['slides_below_zero']} of {f['slides']} annotated test slides")
+        lines.append(f"{name}: cross-entropy first epoch {f['ce_first']:.3f}, mean of the last {f['last_epochs']} "
+                     f"{f['ce_last']:.3f} (best constant {constant:.3f}); {con}{rho}")
+    return lines
 
 
 # ------------------------------------------------------------------------------ memory against size
