@@ -348,46 +348,63 @@ markdown_table(rho_rows) if rho_rows else None
 # %% [markdown]
 # ### Why plain Zoom-In stays at chance here, measured
 #
-# The table above gives the model without annotations the accuracy of a coin. Where did its training stop? Two
-# losses of eq. 12, epoch by epoch, for both variants: the cross-entropy beside that of the best constant
-# prediction on the training slides (a model on that line has learned nothing it can use), and the contrastive
-# loss $L_{con}$ of sec. 2.2, switched on after the warm-up. On a tumour slide $L_{con}$ draws from the
-# complement of the attention and asks the classifier to answer *normal* for those draws; on a normal slide it is
-# zero. Beside them, figure 7's $\rho$ of each variant, over all annotated test tiles and slide by slide.
+# The table above gives the model without annotations the accuracy of a coin. Where did its training stop, and
+# what did the contrastive loss $L_{con}$ of sec. 2.2 do? On a tumour slide $L_{con}$ draws from the complement of
+# the attention and asks the classifier to answer *normal* for those draws; on a normal slide it is zero; it joins
+# after the warm-up. So the plain model is measured twice more: with the weights it starts training from, and
+# trained again from them on the same mini-batches with the warm-up lasting every epoch, i.e. without $L_{con}$
+# (its first epochs are the chapter's own, which the test suite checks; one more training run, about a minute and
+# a half of CPU in `cpu`). For each run: the cross-entropy epoch by epoch beside that of the best constant
+# prediction on the training slides (a model on that line has learned nothing it can use), $L_{con}$, the top-k
+# accuracy and AUC on the test slides, and figure 7's $\rho$, over all annotated test tiles and slide by slide.
 
 # %%
+study = camelyon.term_study(cfg, stats, readers, test, views, histories, results, spearman, seed=seed, out=out,
+                            resume=resume)
 train_constant = constant_loss([r.label for r in train], 2)
-fig = camelyon.training_figure(histories, train_constant, cfg["warmup"],
+trained_runs = {name: h for name, h in study.histories.items() if h}
+fig = camelyon.training_figure(trained_runs, train_constant, cfg["warmup"],
                                f"Training losses per epoch ({DATA_LABEL}, profile {profile!r})")
 save_figure(fig, out, "training_losses")
 plt.show()
-plateau = camelyon.plateau_facts(histories, spearman, cfg["warmup"])
-for line in camelyon.plateau_text(plateau, train_constant):
-    print(line)
+plateau = camelyon.plateau_facts(study)
+print(f"Measured here: {DATA_LABEL}, profile {profile!r}, {len(test)} test slides; best constant prediction "
+      f"{train_constant:.3f}")
+markdown_table(camelyon.plateau_rows(plateau), digits=3)
 
 # %% [markdown]
-# How to read them. In the `cpu` run the model without annotations keeps its cross-entropy on the constant's line,
-# while $L_{con}$ falls to almost nothing in the epochs after it is switched on: on the tumour slides the
-# classifier answers *normal* for the complement's draws, and it does so without telling tumour slides from normal
-# ones. Its attention $\alpha$ is then *anti*-correlated with the metastases, on every annotated test slide, where
-# the paper's is positively correlated ($\rho = 0.357$). So $L_{con}$ was lowered without the metastases: the
-# attention gathered where they are not, and the classifier learned to tell the attention's draws from the
-# complement's instead of tumour from normal. This is the pattern that chapters 05 and 06 measure by training the
-# same model with and without the term (there, the run without it keeps its attention spread and the two kinds of
-# draw get the same answer); here that second run is not made, so that the term is the cause on slides is our
-# reading, not a measurement. The model with annotations is told where the metastases are (eq. 13): its $\alpha$
-# follows them, its $L_{con}$ is met at once, and its cross-entropy leaves the constant's line. The checks, in the
-# `cpu` profile on the stand-in: the plain model's cross-entropy over its last five epochs lies within 0.05 of the
-# constant's, its $L_{con}$ ends below a quarter of its highest value, its $\rho$ is below 0 on every annotated test
-# slide, and the annotated model's $\rho$ is above 0.
+# How to read them, in the `cpu` run. **Before training** the attention already leans towards the metastases
+# ($\rho > 0$ on every annotated test slide; our reading: they differ from tissue in colour and texture, to which
+# random filters respond). **With $L_{con}$** the classifier learns nothing, its cross-entropy on the constant's
+# line, while $L_{con}$ falls to almost nothing, and the attention ends *anti*-correlated with the metastases on
+# every annotated test slide: $L_{con}$ was lowered without them, the attention gathering where they are not and
+# the classifier telling the attention's draws from the complement's instead of tumour from normal. **Without
+# $L_{con}$**, from the same start, the classifier learns nothing either, but the attention does not turn away: its
+# $\rho$ ends positive and well above the run with the term. How far above is not stable: in a run of this chapter
+# with two CPU threads instead of the book's one (not repeated here), the run without the term ended with $\rho$
+# barely above 0 and positive on one slide of five, where the run with the term gave the same $\rho$ as here, below
+# 0 on every slide. So on these slides the term, switched on before the classifier can read a metastasis, turns the
+# attention away from the metastases, as chapters 05 and 06 measure on crops and street scenes; without it the
+# attention stays about where it started,
+# and neither run learns in this budget, so neither says what happens at the paper's (200 epochs, a warm-up of
+# 10, 216 slides; the paper reports $\rho = 0.357$). The model with annotations is told where the metastases are
+# (eq. 13): its $\alpha$ follows them and its $L_{con}$ is met at once. The accuracies and AUCs rest on ten test
+# slides and move between runs. The checks, in the `cpu` profile on the stand-in: both plain runs' cross-entropy
+# over their last five epochs lies within 0.05 of the constant's; with $L_{con}$ it ends below a quarter of its
+# highest value and $\rho$ is below 0 on every annotated test slide; without it $\rho$ is above 0, at least 0.2
+# above the run with the term, and above 0 on at least one slide; before training and with annotations it is above
+# 0 on every slide.
 
 # %%
-plain = plateau["Zoom-In"]
+plain, without = plateau["Zoom-In"], plateau[camelyon.WITHOUT]
 if profile == "cpu" and data_dir is None:
-    assert abs(plain["ce_last"] - train_constant) < 0.05, f"the plain model left the constant's line: {plain}"
+    for f in (plain, without):
+        assert abs(f["ce_last"] - train_constant) < 0.05, f"a plain run left the constant's line: {plateau}"
     assert plain["con_last"] < 0.25 * plain["con_highest"], f"L_con was not lowered: {plain}"
-    assert plain["rho"] < 0 and plain["slides_below_zero"] == plain["slides"] > 0, f"alpha is not anti-correlated: {plain}"
-    assert plateau["Zoom-In + annotations"]["rho"] > 0, plateau
+    assert plain["slides_below_zero"] == plain["slides"] > 0, f"alpha is not anti-correlated: {plain}"
+    assert without["rho"] > max(0.0, plain["rho"] + 0.2) and without["slides_above_zero"] > 0, plateau
+    for name in (camelyon.BEFORE, "Zoom-In + annotations"):
+        assert plateau[name]["slides_above_zero"] == plateau[name]["slides"] > 0, f"{name}: {plateau[name]}"
 
 # %% [markdown]
 # ## Beyond the paper: N from the data
@@ -622,7 +639,9 @@ elapsed = time.perf_counter() - started
 write_json(out / "metrics.json", {
     "profile": profile, "data": DATA_LABEL, "seed": seed, "settings": cfg, "skipped": problems,
     "results": results, "memory_per_slide_mb": memory, "pretraining": pretraining, "train_cpu_seconds": train_cpu,
-    "histories": histories, "spearman": spearman, "constant_loss": train_constant, "plateau": plateau, "memory_vs_size": memory_rows,
+    "histories": histories, "spearman": spearman, "constant_loss": train_constant, "plateau": plateau,
+    "without_contrastive": {"history": study.histories[camelyon.WITHOUT], "results": study.results[camelyon.WITHOUT]},
+    "memory_vs_size": memory_rows,
     "ats_fit": {"mib_per_pixel": curve.slope, "intercept_mib": curve.intercept},
     "predictions": {n: [p.summary() for p in ps] for n, ps in predictions.items()}, "seconds": elapsed,
 })

@@ -13,8 +13,11 @@ from zoomin_lib.chapters.camelyon import (
     contours,
     measured_rows,
     memory_rows_table,
+    BEFORE,
+    WITHOUT,
+    TermStudy,
     plateau_facts,
-    plateau_text,
+    plateau_rows,
     pretraining_lines,
     spearman_rows,
     training_figure,
@@ -102,21 +105,46 @@ def _histories() -> dict[str, list[dict]]:
             "Zoom-In + annotations": [{"ce": c, "contrastive": 0.0} for c in learns]}
 
 
+def _study() -> TermStudy:
+    """The four runs of chapter 04's table, by hand: no history before training, no L_con without it."""
+    runs = _histories()
+    histories = {BEFORE: [], "Zoom-In": runs["Zoom-In"],
+                 WITHOUT: [{"ce": c, "contrastive": 0.0} for c in (0.70, 0.69, 0.70, 0.69, 0.69, 0.69)],
+                 "Zoom-In + annotations": runs["Zoom-In + annotations"]}
+    warmups = {BEFORE: 0, "Zoom-In": 2, WITHOUT: 6, "Zoom-In + annotations": 2}
+    results = {BEFORE: {"accuracy": 0.5, "auc": 0.92}, "Zoom-In": {"accuracy": 0.5, "auc": 0.4},
+               WITHOUT: {"accuracy": 0.6, "auc": None}, "Zoom-In + annotations": {"accuracy": 0.8, "auc": 1.0}}
+    spearman = {"Zoom-In": {"rho": -0.3, "per_slide": [-0.4, float("nan"), -0.2, 0.1]},
+                WITHOUT: {"rho": 0.25, "per_slide": [0.3, 0.2]}}
+    return TermStudy(histories, warmups, results, spearman)
+
+
 def test_plateau_facts_by_hand():
-    spearman = {"Zoom-In": {"rho": -0.3, "per_slide": [-0.4, float("nan"), -0.2, 0.1]}}
-    facts = plateau_facts(_histories(), spearman, warmup=2, last=3)
+    facts = plateau_facts(_study(), last=3)
+    assert list(facts) == [BEFORE, "Zoom-In", WITHOUT, "Zoom-In + annotations"]
     plain = facts["Zoom-In"]
     assert plain["ce_first"] == 0.70 and plain["ce_last"] == pytest.approx((0.69 + 0.70 + 0.68) / 3)
     assert plain["con_highest"] == 0.40 and plain["con_last"] == 0.01  # the warm-up's zeros are not L_con's first
-    assert (plain["rho"], plain["slides_below_zero"], plain["slides"]) == (-0.3, 2, 3)  # a NaN slide is not counted
-    other = facts["Zoom-In + annotations"]
-    assert np.isnan(other["rho"]) and other["slides"] == 0 and other["ce_last"] == pytest.approx(0.3)
-    lines = plateau_text(facts, 0.6931)
-    assert lines[0] == ("Zoom-In: cross-entropy first epoch 0.700, mean of the last 3 0.690 (best constant 0.693); "
-                        "L_con highest 0.400, last 0.0100; figure 7's rho -0.300, below 0 on 2 of 3 annotated test slides")
-    assert lines[1].endswith("L_con highest 0.000, last 0.0000")
-    no_warmup_left = plateau_facts(_histories(), {}, warmup=6)
-    assert "no L_con" in plateau_text(no_warmup_left, 0.6931)[0]
+    assert (plain["rho"], plain["slides_above_zero"], plain["slides_below_zero"], plain["slides"]) == (-0.3, 1, 2, 3)
+    assert (plain["accuracy"], plain["auc"]) == (0.5, 0.4)
+    before, without = facts[BEFORE], facts[WITHOUT]
+    assert np.isnan(before["ce_first"]) and np.isnan(before["con_highest"]) and before["auc"] == 0.92
+    assert np.isnan(without["con_highest"]) and np.isnan(without["auc"])  # its warm-up is every epoch; AUC None
+    assert (without["slides_above_zero"], without["slides"]) == (2, 2)
+    annotated = facts["Zoom-In + annotations"]
+    assert np.isnan(annotated["rho"]) and annotated["slides"] == 0 and annotated["ce_last"] == pytest.approx(0.3)
+
+
+def test_plateau_rows_leave_what_a_run_lacks_empty():
+    rows = plateau_rows(plateau_facts(_study(), last=3), last=3)
+    assert rows[1] == {"run": "Zoom-In", "cross-entropy, first epoch": 0.70,
+                       "cross-entropy, mean of the last 3 epochs": pytest.approx(0.69),
+                       "L_con, highest": 0.40, "L_con, last": 0.01, "test accuracy % (top-k)": 50.0,
+                       "AUC (top-k)": 0.4, "figure 7's rho": -0.3, "annotated slides with rho > 0 / < 0": "1 / 2"}
+    assert [rows[0][k] for k in ("cross-entropy, first epoch", "L_con, highest", "figure 7's rho")] == ["", "", ""]
+    assert (rows[2]["L_con, last"], rows[2]["AUC (top-k)"], rows[2]["annotated slides with rho > 0 / < 0"]) == \
+        ("", "", "2 / 0")
+    assert rows[3]["annotated slides with rho > 0 / < 0"] == ""
 
 
 def test_training_figure_draws_both_losses_of_every_run():
@@ -132,3 +160,36 @@ def test_training_figure_draws_both_losses_of_every_run():
                                                                     for v in _histories().values()]
     assert any(list(line.get_ydata()) == [0.6931, 0.6931] for line in ce_ax.lines)  # the constant's line
     plt.close(fig)
+
+
+def test_term_study_on_smoke_slides_shares_the_warm_up_and_drops_only_l_con(tmp_path, monkeypatch):
+    """On the smoke stand-in: the run without L_con repeats the chapter's warm-up epoch exactly, then has no L_con."""
+    import torch
+
+    from zoomin_lib.chapters import camelyon
+
+    monkeypatch.setenv("ZOOMIN_DATA", str(tmp_path / "data"))
+    torch.set_num_threads(1)
+    cfg = dict(synthetic="smoke", tile=512, s1=1 / 16, s2=1 / 4, patch=32, n=4, epochs=2, warmup=1, lr=1e-3, batch=2,
+               val_fraction=0.0, variants=("lenet",), pixel=False, strip_pixels=2**12)
+    data = camelyon.slide_data(None, cfg, seed=0)
+    stats = camelyon.slide_stats(data.train)
+    template = camelyon.slide_zoomin(cfg, stats, "lenet")
+    readers = [template.open(r.path, name=r.slide_id, label=r.label, roi=camelyon.roi_of(r), cache_views=True)
+               for r in data.train]
+    trained = camelyon.train_variants(cfg, stats, readers, seed=0, out=tmp_path / "out")
+    evaluation = camelyon.evaluate_variants(trained.models, data.test, [], memory_slides=1, seed=0)
+    views = camelyon.slide_views(data.test, cfg["tile"], template.tissue_side)
+    spearman, _ = camelyon.attention_vs_ratio(trained.models, evaluation.predictions, data.test, views, "t")
+    study = camelyon.term_study(cfg, stats, readers, data.test, views, trained.histories, evaluation.results, spearman,
+                                seed=0, out=tmp_path / "out")
+    assert list(study.histories) == [BEFORE, "Zoom-In", WITHOUT]
+    assert study.histories[BEFORE] == [] and study.warmups == {BEFORE: 0, "Zoom-In": 1, WITHOUT: 2}
+    with_con, without = study.histories["Zoom-In"], study.histories[WITHOUT]
+    assert without[0]["ce"] == with_con[0]["ce"] and without[0]["loss"] == with_con[0]["loss"]  # the same warm-up
+    assert all(h["contrastive"] == 0.0 for h in without) and with_con[1]["contrastive"] > 0
+    assert (tmp_path / "out" / "checkpoints" / "Zoom-In_without_L_con.pt").is_file()
+    assert study.results["Zoom-In"] is evaluation.results["Zoom-In"]
+    for name in (BEFORE, WITHOUT):
+        assert study.results[name]["n"] == len(data.test) and study.results[name]["mode"] == "topk"
+    assert spearman and set(study.spearman) == {BEFORE, "Zoom-In", WITHOUT}  # the smoke test set has annotations

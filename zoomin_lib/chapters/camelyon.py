@@ -13,7 +13,7 @@ analysis of sec. 2.1, measured on slides from 1e8 to 1e10 pixels against one-sta
 - figures: `SlideViews` / `slide_views`, `contours`, `attention_figure`, `zoom_in_figure`,
   `attention_vs_ratio`, `spearman_rows`;
 - where training stopped: `training_figure` (eq. 12's cross-entropy and sec. 2.2's L_con per epoch),
-  `plateau_facts`, `plateau_text`;
+  `term_study` (the plain model before training and trained without L_con), `plateau_facts`, `plateau_rows`;
 - memory against slide size: `memory_sweep`, `MemoryCurve`, `memory_figure`, `memory_rows_table`.
 """
 
@@ -45,8 +45,9 @@ from zoomin_lib.wsi.train import fit_slides, pretrain_tile_classifiers
 __all__ = [
     "NAMES", "SlideData", "slide_data", "geometry_rows", "slide_stats", "roi_of", "slide_zoomin", "Training",
     "train_variants", "pretraining_lines", "Evaluation", "evaluate_variants", "measured_rows", "SlideViews",
-    "slide_views", "contours", "attention_figure", "zoom_in_figure", "attention_vs_ratio", "spearman_rows",
-    "training_figure", "plateau_facts", "plateau_text", "memory_sweep", "MemoryCurve", "memory_figure", "memory_rows_table",
+    "slide_views", "contours", "attention_figure", "zoom_in_figure", "tile_attention_and_ratios",
+    "attention_vs_ratio", "spearman_rows", "training_figure", "BEFORE", "WITHOUT", "TermStudy", "term_study",
+    "plateau_facts", "plateau_rows", "memory_sweep", "MemoryCurve", "memory_figure", "memory_rows_table",
 ]
 
 # the methods of table 2 by (backbone, trained with annotations)
@@ -163,8 +164,11 @@ def train_variants(
     seed: int,
     out: Path,
     resume: bool = False,
+    suffix: str = "",
 ) -> Training:
     """Train each variant of the profile (backbones, without and with annotations), each from `seed`; a line each.
+
+    `suffix` is added to each variant's name (and so to its checkpoint's), for a run in other settings.
 
     With annotations, a, b and f are first pre-trained as tile classifiers (appendix L) unless a checkpoint is
     resumed, and eq. 13's MSE joins eq. 12's loss (weight 1). Checkpoints go to `out/checkpoints/`.
@@ -172,7 +176,7 @@ def train_variants(
     variants = [(bb, False) for bb in cfg["variants"]] + ([(bb, True) for bb in cfg["variants"]] if cfg["pixel"] else [])
     models, histories, pretraining, train_cpu = {}, {}, {}, {}
     for backbone, pixel in variants:
-        name = NAMES[(backbone, pixel)]
+        name = NAMES[(backbone, pixel)] + suffix
         generator = seed_everything(seed)  # on the GPU when there is one
         model = slide_zoomin(cfg, stats, backbone)
         checkpoint = out / "checkpoints" / f"{checkpoint_name(name)}.pt"
@@ -339,6 +343,21 @@ def zoom_in_figure(model: SlideZoomIn, pairs: Sequence[tuple[camelyon16.SlideRec
     return fig
 
 
+def tile_attention_and_ratios(model: SlideZoomIn, preds: Sequence[SlidePrediction],
+                              records: Sequence[camelyon16.SlideRecord], views: SlideViews
+                              ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+    """alpha_c, the metastasis-to-tile ratio and the tissue mask, each [n_rows, n_cols], per annotated test slide."""
+    alphas, ratios, masks = [], [], []
+    for r, p in zip(records, preds):
+        if views.rois[r.slide_id] is None:
+            continue
+        with model.open(r.path, roi=views.rois[r.slide_id]) as reader:
+            alphas.append(p.alpha)  # [n_rows, n_cols]
+            ratios.append(roi_tiles(model, reader)[0])  # [n_rows, n_cols]
+            masks.append(views.tissue[r.slide_id])
+    return alphas, ratios, masks
+
+
 def attention_vs_ratio(models: Mapping[str, SlideZoomIn], predictions: Mapping[str, Sequence[SlidePrediction]],
                        records: Sequence[camelyon16.SlideRecord], views: SlideViews,
                        title: str) -> tuple[dict[str, dict[str, Any]], Any]:
@@ -351,14 +370,7 @@ def attention_vs_ratio(models: Mapping[str, SlideZoomIn], predictions: Mapping[s
 
     spearman, fig = {}, plt.figure(figsize=(4.2 * len(models), 3.4))
     for k, (name, preds) in enumerate(predictions.items()):
-        alphas, ratios, masks = [], [], []
-        for r, p in zip(records, preds):
-            if views.rois[r.slide_id] is None:
-                continue
-            with models[name].open(r.path, roi=views.rois[r.slide_id]) as reader:
-                alphas.append(p.alpha)  # [n_rows, n_cols]
-                ratios.append(roi_tiles(models[name], reader)[0])  # [n_rows, n_cols]
-                masks.append(views.tissue[r.slide_id])
+        alphas, ratios, masks = tile_attention_and_ratios(models[name], preds, records, views)
         if not alphas:
             print("no annotated test slide: no correlation to compute")
             break
@@ -408,34 +420,88 @@ def training_figure(histories: Mapping[str, Sequence[Mapping[str, Any]]], consta
     return fig
 
 
-def plateau_facts(histories: Mapping[str, Sequence[Mapping[str, Any]]], spearman: Mapping[str, Mapping[str, Any]],
-                  warmup: int, last: int = 5) -> dict[str, dict[str, Any]]:
-    """Per run: first and last-`last`-epoch mean cross-entropy, L_con's highest and last value after the warm-up,
-    figure 7's rho (overall and the number of annotated test slides where it is below 0), as far as measured."""
+BEFORE, WITHOUT = "Zoom-In, initial weights", "Zoom-In without L_con"  # WITHOUT is NAMES' plain LeNet + a suffix
+
+
+class TermStudy(NamedTuple):
+    """What `term_study` returns, by run name, in the order of its table: before training, with L_con, without it,
+    with annotations (where the profile trains them)."""
+
+    histories: dict[str, list[dict[str, Any]]]  # none for the initial weights
+    warmups: dict[str, int]  # the epochs each run trained without L_con (all of them for WITHOUT)
+    results: dict[str, dict[str, Any]]  # top-k metrics on the test slides (`evaluate_slides`)
+    spearman: dict[str, dict[str, Any]]  # figure 7's rho; empty without an annotated test slide
+
+
+def term_study(cfg: Mapping[str, Any], stats: tuple[torch.Tensor, torch.Tensor], readers: Sequence[SlideReader],
+               test: Sequence[camelyon16.SlideRecord], views: SlideViews,
+               histories: Mapping[str, list[dict[str, Any]]], results: Mapping[str, Mapping[str, Any]],
+               spearman: Mapping[str, Mapping[str, Any]], *, seed: int, out: Path, resume: bool = False) -> TermStudy:
+    """The plain LeNet Zoom-In twice more: with the weights it starts training from, and trained without L_con (the
+    warm-up lasting every epoch), both from `seed` as in `train_variants`, so the first `cfg["warmup"]` epochs are
+    the chapter's own; each on the test slides (top-k) with figure 7's rho, beside the chapter's runs (their
+    `histories`, top-k `results` and `spearman`, as `train_variants`, `evaluate_variants` and `attention_vs_ratio`
+    give them).
+
+    The run without L_con keeps its checkpoint beside the others, in `out/checkpoints/`.
+    """
+    seed_everything(seed)  # the initial weights of train_variants' plain model
+    extra = {BEFORE: slide_zoomin(cfg, stats, "lenet")}
+    without = train_variants(dict(cfg, warmup=cfg["epochs"], variants=("lenet",), pixel=False), stats, readers,
+                             seed=seed, out=out, resume=resume, suffix=WITHOUT.removeprefix(NAMES[("lenet", False)]))
+    extra[WITHOUT] = without.models[WITHOUT]
+    paths, labels = [r.path for r in test], [r.label for r in test]
+    measured, rho = {}, {}
+    for name, model in extra.items():
+        with lean_inference(model.net):
+            measured[name], preds, failed = evaluate_slides(model, paths, labels, mode="topk")
+        for p in failed:
+            print("not predicted:", p)
+        alphas, ratios, masks = tile_attention_and_ratios(model, preds, test, views)
+        if alphas:
+            rho[name] = attention_roi_spearman(alphas, ratios, masks)
+    order = [BEFORE, "Zoom-In", WITHOUT] + [n for n in histories if n != "Zoom-In"]
+    runs = {BEFORE: [], **histories, WITHOUT: without.histories[WITHOUT]}
+    warmups = {n: cfg["warmup"] for n in order} | {BEFORE: 0, WITHOUT: cfg["epochs"]}
+    measured = {**{n: results[n] for n in histories}, **measured}
+    rho = {**spearman, **rho}
+    return TermStudy({n: runs[n] for n in order}, {n: warmups[n] for n in order}, {n: measured[n] for n in order},
+                     {n: rho[n] for n in order if n in rho})
+
+
+def plateau_facts(study: TermStudy, last: int = 5) -> dict[str, dict[str, Any]]:
+    """Per run: first and last-`last`-epoch mean cross-entropy, L_con's highest and last value after its warm-up,
+    top-k accuracy and AUC, figure 7's rho (overall, and how many annotated test slides have it above and below 0);
+    NaN where a run has no such measure (no history before training, no L_con, no annotated slide)."""
     facts = {}
-    for name, hist in histories.items():
-        con = [h["contrastive"] for h in hist[warmup:]]
-        rho = spearman.get(name, {})
+    for name, hist in study.histories.items():
+        con = [h["contrastive"] for h in hist[study.warmups[name]:]]
+        rho = study.spearman.get(name, {})
         slides = [r for r in rho.get("per_slide", []) if not math.isnan(r)]
-        facts[name] = {"ce_first": hist[0]["ce"], "ce_last": float(np.mean([h["ce"] for h in hist[-last:]])),
+        result = study.results.get(name, {})
+        facts[name] = {"ce_first": hist[0]["ce"] if hist else math.nan,
+                       "ce_last": float(np.mean([h["ce"] for h in hist[-last:]])) if hist else math.nan,
                        "last_epochs": min(last, len(hist)),
                        "con_highest": max(con) if con else math.nan, "con_last": con[-1] if con else math.nan,
-                       "rho": rho.get("rho", math.nan), "slides_below_zero": sum(r < 0 for r in slides),
-                       "slides": len(slides)}
+                       "accuracy": result.get("accuracy", math.nan),
+                       "auc": math.nan if result.get("auc") is None else result["auc"],
+                       "rho": rho.get("rho", math.nan), "slides_above_zero": sum(r > 0 for r in slides),
+                       "slides_below_zero": sum(r < 0 for r in slides), "slides": len(slides)}
     return facts
 
 
-def plateau_text(facts: Mapping[str, Mapping[str, Any]], constant: float) -> list[str]:
-    """One line per run of `plateau_facts`, with the constant prediction's cross-entropy beside its own."""
-    lines = []
-    for name, f in facts.items():
-        con = ("no L_con" if math.isnan(f["con_highest"])
-               else f"L_con highest {f['con_highest']:.3f}, last {f['con_last']:.4f}")
-        rho = ("" if math.isnan(f["rho"]) else f"; figure 7's rho {f['rho']:.3f}, below 0 on "
-               f"{f['slides_below_zero']} of {f['slides']} annotated test slides")
-        lines.append(f"{name}: cross-entropy first epoch {f['ce_first']:.3f}, mean of the last {f['last_epochs']} "
-                     f"{f['ce_last']:.3f} (best constant {constant:.3f}); {con}{rho}")
-    return lines
+def plateau_rows(facts: Mapping[str, Mapping[str, Any]], last: int = 5) -> list[dict[str, Any]]:
+    """A table row per run of `plateau_facts` (with the same `last`; "" where a run has no such measure)."""
+    def cell(x: float) -> Any:
+        return "" if math.isnan(x) else x
+
+    return [{"run": name, "cross-entropy, first epoch": cell(f["ce_first"]),
+             f"cross-entropy, mean of the last {last} epochs": cell(f["ce_last"]),
+             "L_con, highest": cell(f["con_highest"]), "L_con, last": cell(f["con_last"]),
+             "test accuracy % (top-k)": cell(100 * f["accuracy"]), "AUC (top-k)": cell(f["auc"]),
+             "figure 7's rho": cell(f["rho"]),
+             "annotated slides with rho > 0 / < 0": f"{f['slides_above_zero']} / {f['slides_below_zero']}"
+             if f["slides"] else ""} for name, f in facts.items()]
 
 
 # ------------------------------------------------------------------------------ memory against size
