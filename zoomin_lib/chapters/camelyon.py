@@ -30,6 +30,7 @@ import torch
 
 from data_prep import camelyon16, synthetic_slides
 from zoomin_lib import builders
+from zoomin_lib.book.report import format_cell
 from zoomin_lib.geometry import tile_grid, view_size
 from zoomin_lib.infra.config import data_dir as cache_dir
 from zoomin_lib.models import module_device
@@ -46,7 +47,7 @@ __all__ = [
     "NAMES", "SlideData", "slide_data", "geometry_rows", "slide_stats", "roi_of", "slide_zoomin", "Training",
     "train_variants", "pretraining_lines", "Evaluation", "evaluate_variants", "measured_rows", "SlideViews",
     "slide_views", "contours", "attention_figure", "zoom_in_figure", "tile_attention_and_ratios",
-    "attention_vs_ratio", "spearman_rows", "training_figure", "BEFORE", "WITHOUT", "TermStudy", "term_study",
+    "attention_vs_ratio", "spearman_rows", "training_figure", "INITIAL", "NO_CON", "TermStudy", "term_study",
     "plateau_facts", "plateau_rows", "memory_sweep", "MemoryCurve", "memory_figure", "memory_rows_table",
 ]
 
@@ -346,10 +347,16 @@ def zoom_in_figure(model: SlideZoomIn, pairs: Sequence[tuple[camelyon16.SlideRec
 def tile_attention_and_ratios(model: SlideZoomIn, preds: Sequence[SlidePrediction],
                               records: Sequence[camelyon16.SlideRecord], views: SlideViews
                               ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
-    """alpha_c, the metastasis-to-tile ratio and the tissue mask, each [n_rows, n_cols], per annotated test slide."""
+    """alpha_c, the metastasis-to-tile ratio and the tissue mask, each [n_rows, n_cols], per annotated test slide.
+
+    A prediction is matched to its record by the slide's path (`evaluate_slides` leaves out the slides it could
+    not predict); an annotated slide without a prediction is left out.
+    """
+    by_slide = {p.slide: p for p in preds}
     alphas, ratios, masks = [], [], []
-    for r, p in zip(records, preds):
-        if views.rois[r.slide_id] is None:
+    for r in records:
+        p = by_slide.get(str(r.path))
+        if views.rois[r.slide_id] is None or p is None:
             continue
         with model.open(r.path, roi=views.rois[r.slide_id]) as reader:
             alphas.append(p.alpha)  # [n_rows, n_cols]
@@ -395,24 +402,30 @@ def spearman_rows(spearman: Mapping[str, Mapping[str, Any]], paper_rho: float) -
 
 
 # ------------------------------------------------------------------------------ where training stopped
-def training_figure(histories: Mapping[str, Sequence[Mapping[str, Any]]], constant: float, warmup: int,
-                    title: str) -> Any:
-    """Two panels per run, epoch by epoch: eq. 12's cross-entropy (the constant prediction's dotted) and L_con (sec. 2.2).
+def training_figure(histories: Mapping[str, Sequence[Mapping[str, Any]]], constant: float,
+                    warmups: Mapping[str, int], title: str) -> Any:
+    """Per epoch: eq. 12's cross-entropy of each run (left; the constant prediction's dotted) and sec. 2.2's L_con of
+    the runs that had it (right).
 
-    `warmup` is the number of epochs without L_con (a dashed line after them); a run's point per epoch is the mean
-    over its mini-batches, as `fit_slides` records it.
+    `warmups[name]` is the number of epochs a run trained without L_con: a run whose warm-up is every epoch is left
+    out of the right panel, and a dashed line marks each warm-up's end there. A point is the mean over a run's
+    mini-batches, as `fit_slides` records it. (`contrastive.contrastive_figure` is its counterpart for `run_method`'s
+    results, with the attention probe beside it.)
     """
     import matplotlib.pyplot as plt
 
     fig, (ax_ce, ax_con) = plt.subplots(1, 2, figsize=(9, 3.4))
-    for name, hist in histories.items():
+    for k, (name, hist) in enumerate(histories.items()):
         epochs = range(1, len(hist) + 1)
-        ax_ce.plot(epochs, [h["ce"] for h in hist], "o-", ms=3, label=name)
-        ax_con.plot(epochs, [h["contrastive"] for h in hist], "o-", ms=3, label=name)
+        ax_ce.plot(epochs, [h["ce"] for h in hist], "o-", ms=3, color=f"C{k}", label=name)
+        if warmups[name] < len(hist):
+            ax_con.plot(epochs, [h["contrastive"] for h in hist], "o-", ms=3, color=f"C{k}", label=name)
     ax_ce.axhline(constant, color="gray", ls=":", lw=1, label=f"best constant prediction ({constant:.3f})")
+    for w in sorted({warmups[n] for n, hist in histories.items() if warmups[n] < len(hist)}):
+        ax_con.axvline(w + 0.5, color="gray", ls="--", lw=0.8)
+    ax_ce.set_xlabel("epoch")
+    ax_con.set_xlabel("epoch (dashed: L_con switched on)")
     for ax, ylabel in ((ax_ce, "training cross-entropy"), (ax_con, "contrastive loss L_con")):
-        ax.axvline(warmup + 0.5, color="gray", ls="--", lw=0.8)
-        ax.set_xlabel("epoch (dashed: L_con switched on)")
         ax.set_ylabel(ylabel)
         ax.legend(fontsize=7)
     fig.suptitle(title, fontsize=9)
@@ -420,7 +433,7 @@ def training_figure(histories: Mapping[str, Sequence[Mapping[str, Any]]], consta
     return fig
 
 
-BEFORE, WITHOUT = "Zoom-In, initial weights", "Zoom-In without L_con"  # WITHOUT is NAMES' plain LeNet + a suffix
+INITIAL, NO_CON = "Zoom-In, initial weights", "Zoom-In without L_con"  # NO_CON is NAMES' plain LeNet + a suffix
 
 
 class TermStudy(NamedTuple):
@@ -428,9 +441,10 @@ class TermStudy(NamedTuple):
     with annotations (where the profile trains them)."""
 
     histories: dict[str, list[dict[str, Any]]]  # none for the initial weights
-    warmups: dict[str, int]  # the epochs each run trained without L_con (all of them for WITHOUT)
+    warmups: dict[str, int]  # the epochs each run trained without L_con (all of them for NO_CON)
     results: dict[str, dict[str, Any]]  # top-k metrics on the test slides (`evaluate_slides`)
     spearman: dict[str, dict[str, Any]]  # figure 7's rho; empty without an annotated test slide
+    models: dict[str, SlideZoomIn]  # the two models measured here: INITIAL and NO_CON
 
 
 def term_study(cfg: Mapping[str, Any], stats: tuple[torch.Tensor, torch.Tensor], readers: Sequence[SlideReader],
@@ -446,10 +460,10 @@ def term_study(cfg: Mapping[str, Any], stats: tuple[torch.Tensor, torch.Tensor],
     The run without L_con keeps its checkpoint beside the others, in `out/checkpoints/`.
     """
     seed_everything(seed)  # the initial weights of train_variants' plain model
-    extra = {BEFORE: slide_zoomin(cfg, stats, "lenet")}
+    extra = {INITIAL: slide_zoomin(cfg, stats, "lenet")}
     without = train_variants(dict(cfg, warmup=cfg["epochs"], variants=("lenet",), pixel=False), stats, readers,
-                             seed=seed, out=out, resume=resume, suffix=WITHOUT.removeprefix(NAMES[("lenet", False)]))
-    extra[WITHOUT] = without.models[WITHOUT]
+                             seed=seed, out=out, resume=resume, suffix=NO_CON.removeprefix(NAMES[("lenet", False)]))
+    extra[NO_CON] = without.models[NO_CON]
     paths, labels = [r.path for r in test], [r.label for r in test]
     measured, rho = {}, {}
     for name, model in extra.items():
@@ -460,24 +474,25 @@ def term_study(cfg: Mapping[str, Any], stats: tuple[torch.Tensor, torch.Tensor],
         alphas, ratios, masks = tile_attention_and_ratios(model, preds, test, views)
         if alphas:
             rho[name] = attention_roi_spearman(alphas, ratios, masks)
-    order = [BEFORE, "Zoom-In", WITHOUT] + [n for n in histories if n != "Zoom-In"]
-    runs = {BEFORE: [], **histories, WITHOUT: without.histories[WITHOUT]}
-    warmups = {n: cfg["warmup"] for n in order} | {BEFORE: 0, WITHOUT: cfg["epochs"]}
+    order = [INITIAL, "Zoom-In", NO_CON] + [n for n in histories if n != "Zoom-In"]
+    runs = {INITIAL: [], **histories, NO_CON: without.histories[NO_CON]}
+    warmups = {n: cfg["warmup"] for n in order} | {INITIAL: 0, NO_CON: cfg["epochs"]}
     measured = {**{n: results[n] for n in histories}, **measured}
     rho = {**spearman, **rho}
     return TermStudy({n: runs[n] for n in order}, {n: warmups[n] for n in order}, {n: measured[n] for n in order},
-                     {n: rho[n] for n in order if n in rho})
+                     {n: rho[n] for n in order if n in rho}, extra)
 
 
 def plateau_facts(study: TermStudy, last: int = 5) -> dict[str, dict[str, Any]]:
     """Per run: first and last-`last`-epoch mean cross-entropy, L_con's highest and last value after its warm-up,
-    top-k accuracy and AUC, figure 7's rho (overall, and how many annotated test slides have it above and below 0);
-    NaN where a run has no such measure (no history before training, no L_con, no annotated slide)."""
+    top-k accuracy and AUC, figure 7's rho (overall, and how many annotated test slides have it above and below 0, of
+    `slides`, which counts a slide whose rho is undefined too); NaN where a run has no such measure (no history
+    before training, no L_con, no annotated slide)."""
     facts = {}
     for name, hist in study.histories.items():
         con = [h["contrastive"] for h in hist[study.warmups[name]:]]
         rho = study.spearman.get(name, {})
-        slides = [r for r in rho.get("per_slide", []) if not math.isnan(r)]
+        slides = rho.get("per_slide", [])
         result = study.results.get(name, {})
         facts[name] = {"ce_first": hist[0]["ce"] if hist else math.nan,
                        "ce_last": float(np.mean([h["ce"] for h in hist[-last:]])) if hist else math.nan,
@@ -486,21 +501,22 @@ def plateau_facts(study: TermStudy, last: int = 5) -> dict[str, dict[str, Any]]:
                        "accuracy": result.get("accuracy", math.nan),
                        "auc": math.nan if result.get("auc") is None else result["auc"],
                        "rho": rho.get("rho", math.nan), "slides_above_zero": sum(r > 0 for r in slides),
-                       "slides_below_zero": sum(r < 0 for r in slides), "slides": len(slides)}
+                       "slides_below_zero": sum(r < 0 for r in slides), "slides": len(slides)}  # NaN: neither
     return facts
 
 
-def plateau_rows(facts: Mapping[str, Mapping[str, Any]], last: int = 5) -> list[dict[str, Any]]:
-    """A table row per run of `plateau_facts` (with the same `last`; "" where a run has no such measure)."""
+def plateau_rows(facts: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """A table row per run of `plateau_facts` ("" where a run has no such measure)."""
     def cell(x: float) -> Any:
         return "" if math.isnan(x) else x
 
+    last = max(f["last_epochs"] for f in facts.values())
     return [{"run": name, "cross-entropy, first epoch": cell(f["ce_first"]),
              f"cross-entropy, mean of the last {last} epochs": cell(f["ce_last"]),
              "L_con, highest": cell(f["con_highest"]), "L_con, last": cell(f["con_last"]),
              "test accuracy % (top-k)": cell(100 * f["accuracy"]), "AUC (top-k)": cell(f["auc"]),
              "figure 7's rho": cell(f["rho"]),
-             "annotated slides with rho > 0 / < 0": f"{f['slides_above_zero']} / {f['slides_below_zero']}"
+             "annotated slides with rho > 0 / < 0": f"{f['slides_above_zero']} / {f['slides_below_zero']} of {f['slides']}"
              if f["slides"] else ""} for name, f in facts.items()]
 
 
@@ -611,7 +627,7 @@ def memory_rows_table(rows: Sequence[Mapping[str, Any]], ats_line: np.ndarray) -
              "Zoom-In numpy (MiB)": r["zoomin"]["numpy_mb"], "Zoom-In time (s)": r["zoomin"]["seconds"],
              **({"Zoom-In tiles opened": f"{r['zoomin']['opened']} of {r['zoomin']['tissue_tiles']}"}
                 if "opened" in r["zoomin"] else {}),
-             "ATS tensors (MiB)": r["ats"]["torch_mb"] if "ats" in r else f"{ats_line[k]:.4g} (extrapolated)",
+             "ATS tensors (MiB)": r["ats"]["torch_mb"] if "ats" in r else f"{format_cell(float(ats_line[k]), 4)} (extrapolated)",
              "ATS numpy (MiB)": r["ats"]["numpy_mb"] if "ats" in r else "",
              "ATS time (s)": r["ats"]["seconds"] if "ats" in r else ""}
             for k, r in enumerate(rows)]
