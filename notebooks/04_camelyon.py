@@ -401,7 +401,8 @@ markdown_table(camelyon.plateau_rows(plateau), digits=3)
 # the run with $L_{con}$ over its warm-up, lie within 0.05 of the constant's; with $L_{con}$ the term ends below a
 # quarter of its highest value and $\rho$ is below 0 on every annotated test slide; without it $\rho$ is above 0, at
 # least 0.2 above the run with the term, and above 0 on at least one slide; before training and with annotations it
-# is above 0 on every slide. In every profile on a CPU, the warm-up epochs of the two plain runs are identical.
+# is above 0 on every slide; the initial weights' AUC is above both trained plain runs'. In every profile on a CPU,
+# the warm-up epochs of the two plain runs are identical.
 
 # %%
 plain, without, warm = plateau["Zoom-In"], plateau[camelyon.NO_CON], cfg["warmup"]
@@ -412,6 +413,7 @@ if profile == "cpu" and data_dir is None:
         assert abs(ce - train_constant) < 0.05, f"a plain run left the constant's line: {plateau}"
     assert plain["con_last"] < 0.25 * plain["con_highest"], f"L_con was not lowered: {plain}"
     assert plain["slides_below_zero"] == plain["slides"] > 0, f"alpha is not anti-correlated: {plain}"
+    assert plateau[camelyon.INITIAL]["auc"] > max(plain["auc"], without["auc"]), f"training kept the ranking: {plateau}"
     assert without["rho"] > max(0.0, plain["rho"] + 0.2) and without["slides_above_zero"] > 0, plateau
     for name in (camelyon.INITIAL, "Zoom-In + annotations"):
         assert plateau[name]["slides_above_zero"] == plateau[name]["slides"] > 0, f"{name}: {plateau[name]}"
