@@ -69,3 +69,33 @@ def test_each_fault_is_found_on_its_page_and_only_there(site, tmp_path):
     assert any("no executed notebook" in p for p in reports["executed/lost.html"].problems)
     assert (tmp_path / "check" / "screenshots" / "index.png").stat().st_size > 1000
     assert len(json.loads((tmp_path / "check" / "report.json").read_text())) == 8
+
+
+class _SlowRenderer:
+    """A driver whose first `misses` screenshots time out, as Chromium's renderer does on a busy machine."""
+
+    def __init__(self, misses: int) -> None:
+        self.misses, self.calls = misses, 0
+
+    def save_screenshot(self, path: str) -> bool:
+        from selenium.common.exceptions import TimeoutException
+
+        self.calls += 1
+        if self.calls <= self.misses:
+            raise TimeoutException("timeout: Timed out receiving message from renderer: 10.000\n  (Session info)")
+        Path(path).write_bytes(b"png")
+        return True
+
+
+def test_a_screenshot_that_times_out_is_retried_then_reported(tmp_path):
+    pytest.importorskip("selenium")
+    from zoomin_lib.book.page_check import save_screenshot
+
+    driver = _SlowRenderer(misses=2)
+    assert save_screenshot(driver, tmp_path / "a.png", tries=3, wait=0) is None
+    assert driver.calls == 3 and (tmp_path / "a.png").read_bytes() == b"png"
+    driver = _SlowRenderer(misses=5)
+    problem = save_screenshot(driver, tmp_path / "b.png", tries=3, wait=0)
+    assert driver.calls == 3 and not (tmp_path / "b.png").exists()
+    assert problem == ("no screenshot: the renderer did not answer 3 times (Message: timeout: Timed out receiving "
+                       "message from renderer: 10.000)")

@@ -32,7 +32,7 @@ from typing import Any, Iterator, Sequence
 
 from zoomin_lib.infra.io import write_json
 
-__all__ = ["CHROMIUM", "CHROMEDRIVER", "FORBIDDEN", "PageReport", "check_book", "figures_in_notebook", "main"]
+__all__ = ["CHROMIUM", "CHROMEDRIVER", "FORBIDDEN", "PageReport", "check_book", "figures_in_notebook", "save_screenshot", "main"]
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -201,9 +201,12 @@ def check_book(
                                            f"{notebook.name}")
             driver.set_window_size(1280, min(max(1000, int(seen["height"])), 8000))
             shot = shots / (rel.replace("/", "__").removesuffix(".html") + ".png")
-            driver.save_screenshot(str(shot))
+            failure = save_screenshot(driver, shot)
             driver.set_window_size(1280, 1000)
-            report.screenshot = str(shot.relative_to(out_dir))
+            if failure is None:
+                report.screenshot = str(shot.relative_to(out_dir))
+            else:
+                report.problems.append(failure)
             reports.append(report)
     finally:
         if driver is not None:
@@ -211,6 +214,25 @@ def check_book(
         server.shutdown()
     write_json(out_dir / "report.json", [asdict(r) for r in reports])
     return reports
+
+
+def save_screenshot(driver: Any, path: Path, tries: int = 3, wait: float = 2.0) -> str | None:
+    """Save `driver`'s page as `path`; None, or the problem after `tries` attempts.
+
+    On a busy machine Chromium's renderer can miss chromedriver's 10 s deadline for one tall screenshot
+    (TimeoutException); that is retried after `wait` seconds, so one slow moment does not end the whole check.
+    """
+    from selenium.common.exceptions import TimeoutException
+
+    for attempt in range(tries):
+        try:
+            driver.save_screenshot(str(path))
+            return None
+        except TimeoutException as err:
+            last = err
+            if attempt + 1 < tries:
+                time.sleep(wait)
+    return f"no screenshot: the renderer did not answer {tries} times ({str(last).strip().splitlines()[0][:160]})"
 
 
 def _lines(reports: Sequence[PageReport]) -> Iterator[str]:
