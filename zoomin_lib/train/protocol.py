@@ -7,7 +7,7 @@ as mean +- standard deviation over the runs (`run_folds`, `run_method`, `summari
 standardised per channel with statistics that use no labels (`channel_stats`, `image_stats`,
 `standardize`, `standardized_image`); mini-batches are drawn lazily in an order fixed by (seed, epoch) (`lazy_batches`,
 `tensor_batches`), and batches of images of different sizes go image by image (`per_image`).
-A run's model is rebuilt from its checkpoint (`load_run_model`), and every run can be tested again, e.g.
+A run's model is rebuilt from its checkpoint (`load_run_model`), its initial weights from its seed (`initial_model`), and every run can be tested again, e.g.
 with another predictor (`retest_runs`).
 Every method trains on `infra.config.default_device()` (a GPU when there is one); checkpoints
 record the settings that shape training (`train.checkpoints`).
@@ -188,6 +188,19 @@ def _as_loader(x: Tensor, y: Tensor, batch_size: int = 16) -> list[tuple[Tensor,
     return [(x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)]
 
 
+def initial_model(factory: Factory, run_seed: int, device: str | torch.device | None = None
+                  ) -> tuple[nn.Module, torch.Generator]:
+    """The model `run_method(..., run_seed=run_seed)` starts training from, on `device`, and the generator it then uses.
+
+    Every random number generator is seeded with `run_seed` (`seed_everything`, with a generator on
+    `device`; None: `config.default_device()`) before `factory` builds the model, so the same call gives
+    the same initial weights: a chapter measures an untrained method with exactly the weights its run began with.
+    """
+    device = default_device() if device is None else torch.device(device)
+    generator = seed_everything(run_seed, device)
+    return factory().to(device), generator
+
+
 def run_method(
     name: str,
     factory: Factory,
@@ -221,8 +234,7 @@ def run_method(
     the result's `extra_test`.
     """
     device = default_device() if device is None else torch.device(device)
-    generator = seed_everything(run_seed, device)
-    model = factory().to(device)
+    model, generator = initial_model(factory, run_seed, device)
     checkpoint = Path(out_dir) / "checkpoints" / f"{tag}.pt" if out_dir is not None else None
     history = train_model(
         model, train_batches, settings, generator,
