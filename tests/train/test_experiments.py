@@ -423,25 +423,25 @@ def test_auc_standard_error_is_the_exact_null_spread_at_one_half():
 
 
 def test_initial_model_is_the_model_run_method_starts_training_from():
-    """initial_model's weights equal those run_method's model has before its first step, and depend only on the seed."""
-    started = []
+    """initial_model's weights equal those of run_method's model at its first loss, and depend only on the seed."""
+    at_first_loss = []
 
-    def recording():
-        model = _zoomin()
-        started.append({k: v.clone() for k, v in model.state_dict().items()})
-        return model
+    def recording(loss_fn):
+        def loss(model, batch, epoch):
+            if not at_first_loss:
+                at_first_loss.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+            return loss_fn(model, batch, epoch)
+        return loss
 
     x, y = torch.rand(4, 1, 32, 32, generator=torch.Generator().manual_seed(1)), torch.tensor([0, 1, 0, 1])
     settings = TrainSettings(epochs=1, batch_size=2, lr=1e-2, contrastive=False)
-    _, trained = run_method("Zoom-In", recording, settings, tensor_batches(x, y, 2, seed=0), [(x, y)], run_seed=7,
-                            tag="Zoom-In_r0_f0", device="cpu")
-    initial, generator = initial_model(_zoomin, 7, "cpu")
-    again = initial_model(_zoomin, 7, "cpu")[0]
-    other = initial_model(_zoomin, 8, "cpu")[0]
-    state = initial.state_dict()
-    assert state.keys() == started[0].keys()
-    assert all(torch.equal(state[k], started[0][k]) for k in state)
-    assert all(torch.equal(state[k], v) for k, v in again.state_dict().items())
-    assert any(not torch.equal(state[k], v) for k, v in other.state_dict().items())
+    _, trained = run_method("Zoom-In", _zoomin, settings, tensor_batches(x, y, 2, seed=0), [(x, y)], run_seed=7,
+                            tag="Zoom-In_r0_f0", device="cpu", loss_wrapper=recording)
+    state = initial_model(_zoomin, 7, "cpu")[0].state_dict()
+    again = initial_model(_zoomin, 7, "cpu")[0].state_dict()
+    other = initial_model(_zoomin, 8, "cpu")[0].state_dict()
+    assert at_first_loss and state.keys() == at_first_loss[0].keys()
+    assert all(torch.equal(state[k], at_first_loss[0][k]) for k in state)
+    assert all(torch.equal(state[k], again[k]) for k in state)
+    assert any(not torch.equal(state[k], other[k]) for k in state)
     assert any(not torch.equal(state[k], v) for k, v in trained.state_dict().items())  # the run did train
-    assert generator.device.type == "cpu" and torch.equal(generator.get_state(), initial_model(_zoomin, 7, "cpu")[1].get_state())

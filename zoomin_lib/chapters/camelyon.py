@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Mapping, NamedTuple, Sequence
 
@@ -34,9 +35,8 @@ from zoomin_lib.book.report import format_cell
 from zoomin_lib.geometry import tile_grid, view_size
 from zoomin_lib.infra.config import data_dir as cache_dir
 from zoomin_lib.models import module_device
-from zoomin_lib.train.loop import seed_everything
 from zoomin_lib.train.profiling import host_peak_memory, lean_inference
-from zoomin_lib.train.protocol import image_stats
+from zoomin_lib.train.protocol import image_stats, initial_model
 from zoomin_lib.wsi.annotations import attention_roi_spearman, roi_tiles
 from zoomin_lib.wsi.figures import show_slide
 from zoomin_lib.wsi.predict import SlideATS, SlidePrediction, SlideZoomIn, evaluate_slides
@@ -178,8 +178,8 @@ def train_variants(
     models, histories, pretraining, train_cpu = {}, {}, {}, {}
     for backbone, pixel in variants:
         name = NAMES[(backbone, pixel)] + suffix
-        generator = seed_everything(seed)  # on the GPU when there is one
-        model = slide_zoomin(cfg, stats, backbone)
+        # the initial weights drawn from `seed`, on the GPU when there is one
+        model, generator = initial_model(partial(slide_zoomin, cfg, stats, backbone), seed)
         checkpoint = out / "checkpoints" / f"{checkpoint_name(name)}.pt"
         cpu0 = time.process_time()
         if pixel and not (resume and checkpoint.is_file()):
@@ -459,8 +459,7 @@ def term_study(cfg: Mapping[str, Any], stats: tuple[torch.Tensor, torch.Tensor],
 
     The run without L_con keeps its checkpoint beside the others, in `out/checkpoints/`.
     """
-    seed_everything(seed)  # the initial weights of train_variants' plain model
-    extra = {INITIAL: slide_zoomin(cfg, stats, "lenet")}
+    extra = {INITIAL: initial_model(partial(slide_zoomin, cfg, stats, "lenet"), seed, "cpu")[0]}  # train_variants' start
     without = train_variants(dict(cfg, warmup=cfg["epochs"], variants=("lenet",), pixel=False), stats, readers,
                              seed=seed, out=out, resume=resume, suffix=NO_CON.removeprefix(NAMES[("lenet", False)]))
     extra[NO_CON] = without.models[NO_CON]

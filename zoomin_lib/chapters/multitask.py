@@ -43,14 +43,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zoomin_lib.chapters.results import beats, beats_chance
-from zoomin_lib.infra.config import default_device
 from zoomin_lib.infra.io import write_json
 from zoomin_lib.ips import regulariser_terms as ips_regulariser_terms
 from zoomin_lib.losses import entropy_regularizer
 from zoomin_lib.steps import ExtraTerm
-from zoomin_lib.train.loop import evaluating, seed_everything
+from zoomin_lib.train.loop import evaluating
 from zoomin_lib.train.profiling import training_step_peak_mb
-from zoomin_lib.train.protocol import TrainSettings, train_model
+from zoomin_lib.train.protocol import TrainSettings, initial_model, train_model
 
 __all__ = [
     "TASKS",
@@ -342,9 +341,7 @@ def train_tasks(
     (e.g. `regulariser_terms`) added. `probe` runs before
     training and after every epoch. With `out_dir`, the run is written to out_dir/runs/<name>.json.
     """
-    device = default_device()
-    generator = seed_everything(run_seed, device)
-    model = factory().to(device)
+    model, generator = initial_model(factory, run_seed)  # on config.default_device()
     loss = multitask_loss(settings.lam, generator, extra_terms)
     before = probe(model, generator) if probe is not None else {}
     history = train_model(

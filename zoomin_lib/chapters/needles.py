@@ -32,8 +32,9 @@ from zoomin_lib.chapters.bagnet import bagnet, evidence_map
 from zoomin_lib.infra.slides import MIN_SATURATION, hsv_saturation
 from zoomin_lib.models import CNNBaseline
 from zoomin_lib.steps import predictor
-from zoomin_lib.train.loop import binary_auc, evaluate, seed_everything
-from zoomin_lib.train.protocol import TrainSettings, channel_stats, image_tensor, lazy_batches, run_method, standardized_image
+from zoomin_lib.train.loop import binary_auc, evaluate
+from zoomin_lib.train.protocol import (TrainSettings, channel_stats, image_tensor, initial_model, lazy_batches, run_method,
+                                      standardized_image)
 
 __all__ = [
     "C", "PAPER_SIDE", "PAPER_RUN", "FULL_BAGNET", "crop_stats", "crop_loader", "metastasis_outline",
@@ -230,16 +231,16 @@ def before_training(
 ) -> dict[str, dict[str, Any]]:
     """Each network with the weights it starts training from: its test AUC and where its attention lands.
 
-    `run_method` seeds everything with `seed` and then builds the model (on the host, moved to its device
-    after), so doing the same here gives the initial weights of the trained model of the same name. The AUC
+    `initial_model` builds each as `run_method` does before training (seed everything with `seed`, then build
+    on the host), so these are the initial weights of the trained model of the same name. The AUC
     uses the model's own predictor (top-N for the sampling models) on the crops `load` reads with `labels`;
     the attention row is `attention_on_objects` on `inputs` (crops [1, 3, S, S] with an object each) with their
     `boxes` ((x0, y0, x1, y1), full-resolution pixels). Runs on the host, as the chapter's other analyses.
     """
     out = {}
     for name, factory in factories.items():
-        generator = seed_everything(seed, "cpu")
-        model = factory().eval()
+        model, generator = initial_model(factory, seed, "cpu")
+        model.eval()
         metrics = evaluate(model, lazy_batches(load, labels, 8, seed, shuffle=False)(0), predictor(generator=generator))
         seen = attention_on_objects({name: model}, inputs, boxes)[0] if inputs else {}
         out[name] = {"auc": metrics["auc"], **seen}

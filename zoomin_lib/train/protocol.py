@@ -7,8 +7,8 @@ as mean +- standard deviation over the runs (`run_folds`, `run_method`, `summari
 standardised per channel with statistics that use no labels (`channel_stats`, `image_stats`,
 `standardize`, `standardized_image`); mini-batches are drawn lazily in an order fixed by (seed, epoch) (`lazy_batches`,
 `tensor_batches`), and batches of images of different sizes go image by image (`per_image`).
-A run's model is rebuilt from its checkpoint (`load_run_model`), its initial weights from its seed (`initial_model`), and every run can be tested again, e.g.
-with another predictor (`retest_runs`).
+A run's model is rebuilt from its checkpoint (`load_run_model`), its initial weights from its seed
+(`initial_model`), and every run can be tested again, e.g. with another predictor (`retest_runs`).
 Every method trains on `infra.config.default_device()` (a GPU when there is one); checkpoints
 record the settings that shape training (`train.checkpoints`).
 """
