@@ -216,6 +216,16 @@ class Evaluation(NamedTuple):
     memory: dict[str, dict[str, float]]  # mean peak (MiB) over the measured test slides
 
 
+def _topk_on(model: SlideZoomIn, records: Sequence[camelyon16.SlideRecord]) -> tuple[dict[str, Any], list[SlidePrediction]]:
+    """`model`'s top-k metrics and predictions on `records`, reading tiles one at a time; the slides it could not
+    predict are printed."""
+    with lean_inference(model.net):
+        metrics, preds, failed = evaluate_slides(model, [r.path for r in records], [r.label for r in records], mode="topk")
+    for p in failed:
+        print("not predicted:", p)
+    return metrics, preds
+
+
 def evaluate_variants(
     models: Mapping[str, SlideZoomIn],
     test: Sequence[camelyon16.SlideRecord],
@@ -231,14 +241,12 @@ def evaluate_variants(
     test_paths, test_labels = [r.path for r in test], [r.label for r in test]
     results, predictions, memory = {}, {}, {}
     for name, model in models.items():
+        metrics, preds = _topk_on(model, test)
         with lean_inference(model.net):
-            metrics, preds, failed = evaluate_slides(model, test_paths, test_labels, mode="topk")
             sampled, _, _ = evaluate_slides(model, test_paths, test_labels, mode="sample",
                                             generator=torch.Generator().manual_seed(seed))
             peaks = [host_peak_memory(lambda p=p: model.predict_one(p), module_device(model))
                      for p in test_paths[:memory_slides]]
-        for p in failed:
-            print("not predicted:", p)
         results[name] = {**metrics, "accuracy_sampling": sampled["accuracy"], "auc_sampling": sampled["auc"]}
         predictions[name] = preds
         memory[name] = {k: float(np.mean([m[k] for m in peaks])) for k in ("torch_mb", "numpy_mb", "sum_mb", "device_mb")
@@ -463,13 +471,9 @@ def term_study(cfg: Mapping[str, Any], stats: tuple[torch.Tensor, torch.Tensor],
     without = train_variants(dict(cfg, warmup=cfg["epochs"], variants=("lenet",), pixel=False), stats, readers,
                              seed=seed, out=out, resume=resume, suffix=NO_CON.removeprefix(NAMES[("lenet", False)]))
     extra[NO_CON] = without.models[NO_CON]
-    paths, labels = [r.path for r in test], [r.label for r in test]
     measured, rho = {}, {}
     for name, model in extra.items():
-        with lean_inference(model.net):
-            measured[name], preds, failed = evaluate_slides(model, paths, labels, mode="topk")
-        for p in failed:
-            print("not predicted:", p)
+        measured[name], preds = _topk_on(model, test)
         alphas, ratios, masks = tile_attention_and_ratios(model, preds, test, views)
         if alphas:
             rho[name] = attention_roi_spearman(alphas, ratios, masks)
